@@ -1,0 +1,202 @@
+"""The `mqlab` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mqlab import services
+from mqlab.procs import port_free
+from mqlab.services.manager import ServicesError
+from mqlab.settings import Settings
+
+app = typer.Typer(
+    name="mqlab",
+    help="A terminal lab for the producer-consumer pattern (Kata 3: message queues + workers).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+services_app = typer.Typer(help="The embedded Redis and PostgreSQL servers.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+
+console = Console()
+err = Console(stderr=True)
+
+RedisUrl = Annotated[
+    str | None,
+    typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to use (default: embedded)."),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", envvar="DATABASE_URL", help="PostgreSQL to use (default: embedded)."
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error the person can act on and return the exit to raise."""
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def resolve(redis_url: str | None, database_url: str | None) -> Settings:
+    try:
+        return Settings.resolve(redis_url, database_url)
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start the embedded Redis and PostgreSQL (or reuse them if they run) and apply the schema."""
+    from mqlab.services.view import services_table
+
+    try:
+        infos = services.up(owned=False)
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
+    console.print(services_table(infos))
+    console.print("Stop them with [bold]mqlab services down[/].")
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the embedded servers."""
+    from mqlab.services.view import services_table
+
+    infos = services.down()
+    if not infos:
+        console.print("No embedded servers were running.")
+        return
+    console.print(services_table(infos))
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Each embedded server's state, URL, pid, version and health."""
+    from mqlab.services.view import services_table
+
+    infos = services.status()
+    console.print(services_table(infos))
+    if any(i.state == "stale" for i in infos):
+        console.print("A stale record (its server had died) was cleaned.")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 3000,
+    pool_size: Annotated[int, typer.Option(help="PostgreSQL connections.", min=1)] = 20,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run the HTTP API (the producer) on http://HOST:PORT."""
+    import uvicorn
+
+    from mqlab.api import create_app
+    from mqlab.db import apply_schema
+
+    setup_logging()
+    settings = resolve(redis_url, database_url)
+    if not port_free(port, host):
+        raise fail(
+            f"port {port} on {host} is taken (another `mqlab api`?). Stop that process "
+            f"(`ss -ltnp 'sport = :{port}'` shows it) or use --port."
+        )
+    try:
+        apply_schema(settings.database_url)
+    except Exception as exc:  # the API still starts, and answers 503 until PostgreSQL is back
+        logging.getLogger("mqlab.api").warning("could not apply the schema: %s", exc)
+    logging.getLogger("mqlab.api").info("API on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(
+        create_app(settings, pool_size=pool_size),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=access_log,
+        log_level="info" if access_log else "warning",
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def worker(
+    id: Annotated[str | None, typer.Option("--id", help="Worker id (default: host-pid).")] = None,
+    job_seconds: Annotated[
+        float, typer.Option(help="How long each job works (the kata: 2 s).", min=0)
+    ] = 2.0,
+    work: Annotated[
+        str, typer.Option(help="sleep (I/O-bound, as in the kata) or cpu (spins the CPU).")
+    ] = "sleep",
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run one worker (a consumer). Ctrl-C once: finish the job and exit; twice: hand it back."""
+    import uvloop
+
+    from mqlab.db import apply_schema
+    from mqlab.work import WORK_KINDS
+    from mqlab.worker import serve
+
+    if work not in WORK_KINDS:
+        raise fail(f"--work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
+    setup_logging()
+    settings = resolve(redis_url, database_url)
+    try:
+        apply_schema(settings.database_url)
+    except Exception as exc:  # the worker waits and reconnects until PostgreSQL is back
+        logging.getLogger("mqlab.worker").warning("could not apply the schema: %s", exc)
+    raise typer.Exit(uvloop.run(serve(settings, id, job_seconds, work)))
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Queue depth, each worker, and the orders by status."""
+    from mqlab.status_view import show
+
+    settings = resolve(redis_url, database_url)
+    try:
+        asyncio.run(show(settings, console, watch=watch, interval=interval))
+    except KeyboardInterrupt:
+        pass
+    except ConnectionError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def reset(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete every order, job and queue entry (the lab's clean slate)."""
+    from mqlab.resetting import reset_all
+
+    settings = resolve(redis_url, database_url)
+    if not yes and not typer.confirm("Delete all orders, jobs and queued messages?"):
+        raise typer.Exit(1)
+    reset_all(settings)
+    console.print("Orders, jobs and queues are empty.")

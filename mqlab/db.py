@@ -1,0 +1,162 @@
+"""PostgreSQL: the schema, and every statement the API and the workers run, in one place.
+
+Each state change is one statement (CTEs touch `jobs` and `orders` together), so it is one
+round trip and one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+#: Statuses, in flow order. `failed` and `dead` are for the retry drills.
+STATUSES = ("pending", "processing", "completed", "failed", "dead")
+
+
+def schema_path() -> Path:
+    """sql/schema.sql in a checkout, or the copy packed into the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "sql" / "schema.sql", here / "sql" / "schema.sql"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError("sql/schema.sql not found beside the mqlab package")
+
+
+def apply_schema(url: str) -> None:
+    """Create the tables if they are missing (idempotent; safe with concurrent starters)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        # An advisory lock, so two processes starting at once do not race on CREATE.
+        conn.execute("SELECT pg_advisory_lock(727274)")
+        try:
+            conn.execute(schema_path().read_text())  # type: ignore[arg-type]
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(727274)")
+
+
+# The order and its job in one statement: committed before the API enqueues.
+INSERT_ORDER = """
+WITH o AS (
+    INSERT INTO orders (product, quantity, price) VALUES (%(product)s, %(quantity)s, %(price)s)
+    RETURNING id, created_at
+)
+INSERT INTO jobs (id, order_id, enqueued_at)
+SELECT 'job-' || o.id || '-' || %(ms)s, o.id, o.created_at FROM o
+RETURNING order_id, id, enqueued_at
+"""
+
+# Undo an order whose job could not be enqueued (Redis down): a rejected request leaves nothing.
+DELETE_ORDER = "DELETE FROM orders WHERE id = %s"
+
+# A worker claims a job: only from pending, or from processing (a redelivery after its worker
+# died). attempts counts deliveries; the RETURNING row is the proof that the claim happened.
+CLAIM_JOB = """
+WITH j AS (
+    UPDATE jobs SET status = 'processing', worker_id = %(worker)s, attempts = attempts + 1,
+                    started_at = clock_timestamp(), finished_at = NULL
+    WHERE id = %(job)s AND status IN ('pending', 'processing')
+    RETURNING id, order_id, attempts, started_at
+), o AS (
+    UPDATE orders SET status = 'processing', updated_at = j.started_at FROM j
+    WHERE orders.id = j.order_id
+)
+SELECT id, order_id, attempts, started_at FROM j
+"""
+
+# Completion is guarded by the claim (worker and attempt): a worker whose job was handed to
+# another after it was presumed dead cannot complete it a second time.
+COMPLETE_JOB = """
+WITH j AS (
+    UPDATE jobs SET status = 'completed', finished_at = clock_timestamp()
+    WHERE id = %(job)s AND status = 'processing' AND worker_id = %(worker)s
+      AND attempts = %(attempt)s
+    RETURNING order_id, finished_at
+), o AS (
+    UPDATE orders SET status = 'completed', completed_at = j.finished_at,
+                      updated_at = j.finished_at
+    FROM j WHERE orders.id = j.order_id
+)
+SELECT order_id, finished_at FROM j
+"""
+
+JOB_STATUS = "SELECT status, worker_id, attempts FROM jobs WHERE id = %s"
+
+ORDER_COLUMNS = (
+    "o.id, o.product, o.quantity, o.price, o.status, o.created_at, o.updated_at, "
+    "o.completed_at, j.id"
+)
+JOB_COLUMNS = (
+    "id, order_id, status, worker_id, attempts, last_error, enqueued_at, started_at, finished_at"
+)
+SELECT_ORDERS = f"""
+SELECT {ORDER_COLUMNS} FROM orders o LEFT JOIN LATERAL (
+    SELECT id FROM jobs WHERE jobs.order_id = o.id ORDER BY enqueued_at DESC LIMIT 1
+) j ON true
+"""
+SELECT_JOBS = f"SELECT {JOB_COLUMNS} FROM jobs"
+
+COUNT_BY_STATUS = """
+SELECT 'orders', status, count(*) FROM orders GROUP BY status
+UNION ALL
+SELECT 'jobs', status, count(*) FROM jobs GROUP BY status
+"""
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """ISO-8601 in UTC with a Z, as the API promises."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def order_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row of SELECT_ORDERS as the API's camelCase JSON."""
+    oid, product, quantity, price, status, created, updated, completed, job_id = row
+    return {
+        "id": oid,
+        "orderId": oid,
+        "product": product,
+        "quantity": quantity,
+        "price": float(price) if isinstance(price, Decimal) else price,
+        "status": status,
+        "jobId": job_id,
+        "createdAt": iso(created),
+        "updatedAt": iso(updated),
+        "completedAt": iso(completed),
+    }
+
+
+def job_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row of SELECT_JOBS as the API's camelCase JSON."""
+    jid, order_id, status, worker, attempts, error, enqueued, started, finished = row
+    return {
+        "id": jid,
+        "jobId": jid,
+        "orderId": order_id,
+        "status": status,
+        "workerId": worker,
+        "attempts": attempts,
+        "lastError": error,
+        "enqueuedAt": iso(enqueued),
+        "startedAt": iso(started),
+        "finishedAt": iso(finished),
+    }
+
+
+def counts_by_status(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, int]]:
+    """COUNT_BY_STATUS rows as {"orders": {status: n, ...}, "jobs": {...}} with every status."""
+    out: dict[str, dict[str, int]] = {
+        "orders": dict.fromkeys(STATUSES, 0),
+        "jobs": dict.fromkeys(STATUSES, 0),
+    }
+    for table, status, count in rows:
+        out[table][status] = int(count)
+    return out
+
+
+def reset_data(conn: psycopg.Connection[Any]) -> None:
+    """Empty both tables and restart the ids (the lab's reset; tests between cases)."""
+    conn.execute("TRUNCATE jobs, orders RESTART IDENTITY CASCADE")

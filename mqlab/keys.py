@@ -1,0 +1,31 @@
+"""Redis key names: the queue protocol's contract, in one place (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+#: The FIFO queue: the API LPUSHes, workers BLMOVE from the right.
+QUEUE = "orders:queue"
+#: Per-worker in-flight list (the reliable-queue pattern): `orders:processing:<worker>`.
+PROCESSING_PREFIX = "orders:processing:"
+#: Messages that are not valid jobs, each wrapped with the reason.
+DEAD = "orders:dead"
+#: Per-worker liveness hash with a TTL: `mqlab:worker:<worker>`.
+WORKER_PREFIX = "mqlab:worker:"
+#: Live events for the UI (job started/finished/failed, worker up/down).
+EVENTS = "mqlab:events"
+EVENTS_MAXLEN = 10_000
+
+#: A worker refreshes its heartbeat this often (seconds) ...
+HEARTBEAT_INTERVAL = 1.0
+#: ... and its key expires this long after the last beat. A job held by a worker whose key
+#: expired is moved back to the queue, so a crash is recovered within TTL + one reaper pass.
+HEARTBEAT_TTL = 3
+
+
+def processing_key(worker_id: str) -> str:
+    """The in-flight list of one worker."""
+    return f"{PROCESSING_PREFIX}{worker_id}"
+
+
+def worker_key(worker_id: str) -> str:
+    """The heartbeat hash of one worker."""
+    return f"{WORKER_PREFIX}{worker_id}"

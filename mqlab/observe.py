@@ -1,0 +1,132 @@
+"""One snapshot of the system (queue, workers, counts): for /stats, `mqlab status`, the lab."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+
+from mqlab import db, keys
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live worker, from its heartbeat hash."""
+
+    id: str
+    pid: int
+    host: str
+    state: str  # idle | busy | stopping
+    job: str
+    job_started: float  # epoch seconds; 0 when idle
+    jobs_done: int
+    started: float
+    last_beat: float
+    in_flight: int  # length of its processing list
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Queue depth, in-flight and dead messages, live workers, counts by status."""
+
+    taken_at: float
+    queue_depth: int
+    processing: int
+    dead: int
+    workers: list[WorkerInfo] = field(default_factory=list)
+    orders: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "takenAt": self.taken_at,
+            "queueDepth": self.queue_depth,
+            "processing": self.processing,
+            "dead": self.dead,
+            "workers": [
+                {
+                    "id": w.id,
+                    "pid": w.pid,
+                    "host": w.host,
+                    "state": w.state,
+                    "currentJob": w.job or None,
+                    "jobStarted": w.job_started or None,
+                    "jobsDone": w.jobs_done,
+                    "started": w.started,
+                    "lastBeat": w.last_beat,
+                    "inFlight": w.in_flight,
+                }
+                for w in self.workers
+            ],
+            "orders": self.orders,
+            "jobs": self.jobs,
+        }
+
+
+def _worker(worker_id: str, raw: dict[str, str], in_flight: int) -> WorkerInfo:
+    def num(name: str) -> float:
+        try:
+            return float(raw.get(name, 0) or 0)
+        except ValueError:
+            return 0.0
+
+    return WorkerInfo(
+        id=worker_id,
+        pid=int(num("pid")),
+        host=raw.get("host", ""),
+        state=raw.get("state", "?"),
+        job=raw.get("job", ""),
+        job_started=num("job_started"),
+        jobs_done=int(num("jobs_done")),
+        started=num("started"),
+        last_beat=num("last_beat"),
+        in_flight=in_flight,
+    )
+
+
+async def queue_snapshot(client: aioredis.Redis) -> tuple[int, int, int, list[WorkerInfo]]:
+    """(queue depth, in-flight, dead, workers) from Redis alone."""
+    worker_ids = [
+        key.removeprefix(keys.WORKER_PREFIX)
+        async for key in client.scan_iter(match=f"{keys.WORKER_PREFIX}*", count=500)
+    ]
+    processing_keys = [
+        key async for key in client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500)
+    ]
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.llen(keys.QUEUE)
+        pipe.llen(keys.DEAD)
+        for key in processing_keys:
+            pipe.llen(key)
+        for wid in worker_ids:
+            pipe.hgetall(keys.worker_key(wid))
+        results = await pipe.execute()
+    depth, dead = int(results[0]), int(results[1])
+    lengths = dict(zip(processing_keys, results[2 : 2 + len(processing_keys)], strict=True))
+    hashes = results[2 + len(processing_keys) :]
+    workers = [
+        _worker(wid, raw, int(lengths.get(keys.processing_key(wid), 0)))
+        for wid, raw in zip(worker_ids, hashes, strict=True)
+        if raw  # expired between SCAN and HGETALL
+    ]
+    workers.sort(key=lambda w: w.id)
+    return depth, sum(int(n) for n in lengths.values()), dead, workers
+
+
+async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -> Snapshot:
+    """Everything `mqlab status` and /stats show."""
+    depth, processing, dead, workers = await queue_snapshot(client)
+    cur = await conn.execute(db.COUNT_BY_STATUS)
+    counts = db.counts_by_status(await cur.fetchall())
+    return Snapshot(
+        taken_at=time.time(),
+        queue_depth=depth,
+        processing=processing,
+        dead=dead,
+        workers=workers,
+        orders=counts["orders"],
+        jobs=counts["jobs"],
+    )

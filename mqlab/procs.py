@@ -1,0 +1,125 @@
+"""Small process helpers shared by the embedded servers and the supervisor."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL us when the parent dies.
+
+    This is what makes a SIGKILLed lab take its API, workers and owned servers with it: no
+    cleanup code of ours runs then, so the kernel has to do it.
+    """
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    owned: bool,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    stdout: int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a process in its own process group.
+
+    owned=True: it dies with this process (parent-death signal), for anything a lab command
+    starts. owned=False: a daemon that outlives us (`mqlab services up`).
+    """
+    preexec: Callable[[], None] | None = _die_with_parent if owned else None
+    out = open(log_path, "ab") if log_path is not None else stdout  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out if out is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+            env=env,
+            user=user,
+            close_fds=True,
+        )
+    finally:
+        if log_path is not None and hasattr(out, "close"):
+            out.close()  # type: ignore[union-attr]
+
+
+def pid_alive(pid: int | None, expect: str | None = None) -> bool:
+    """True if `pid` runs and (when given) its command line mentions `expect`.
+
+    The command-line check is what detects a stale pid file whose pid was reused.
+    """
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return expect is None or any(expect in part for part in proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def terminate(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
+    """Send `sig`, wait up to `timeout`, then SIGKILL. True if the process is gone."""
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(sig)
+    except psutil.NoSuchProcess:
+        return True
+    try:
+        proc.wait(timeout)
+        return True
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+            proc.wait(5)
+    return not pid_alive(pid)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port from the kernel's ephemeral range (never 6379, 5432 or 3000)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `check` until it is true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,22 @@
+"""A clean slate: no orders, no jobs, nothing queued, in flight, dead or in the event stream."""
+
+from __future__ import annotations
+
+import psycopg
+import redis
+
+from mqlab import db, keys
+from mqlab.settings import Settings
+
+
+def reset_all(settings: Settings) -> None:
+    """Empty PostgreSQL's tables and mqlab's Redis keys (worker heartbeats are left alone)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        doomed = [keys.QUEUE, keys.DEAD, keys.EVENTS]
+        doomed += list(client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500))
+        client.delete(*doomed)
+    finally:
+        client.close()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        db.reset_data(conn)

@@ -1,0 +1,30 @@
+"""How `mqlab services ...` shows the servers."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from mqlab.services.manager import ServiceInfo
+
+_STATE_STYLE = {"running": "green", "started": "green", "stopped": "dim", "stale": "yellow"}
+
+
+def services_table(infos: list[ServiceInfo]) -> Group:
+    """A row per server, then its URLs on lines of their own (they are long; keep them whole)."""
+    table = Table(title="mqlab embedded services", title_justify="left")
+    for column in ("server", "state", "health", "pid", "version"):
+        table.add_column(column)
+    lines: list[Text] = []
+    for info in infos:
+        health = "" if info.state in ("stopped", "stale") else ("ok" if info.healthy else "DOWN")
+        style = _STATE_STYLE.get(info.state, "")
+        table.add_row(
+            info.name, Text(info.state, style=style), health, str(info.pid or ""), info.version
+        )
+        if info.url and info.state in ("running", "started"):
+            lines.append(Text.assemble((f"{info.name:<9}", "bold"), info.url))
+            if info.tcp_url and info.tcp_url != info.url:
+                lines.append(Text.assemble(" " * 9, info.tcp_url))
+    return Group(table, *lines)

@@ -1,0 +1,334 @@
+"""The worker (consumer): reliable fetch, guarded claims, heartbeats, crash recovery.
+
+Loop: BLMOVE a message from `orders:queue` into this worker's own processing list, claim the
+job in PostgreSQL (a guarded UPDATE), do the work, record the outcome, and only then remove
+the message from the processing list (the ack). A worker that dies keeps its message in its
+processing list; when its heartbeat key expires, any other worker moves it back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from typing import Any
+
+import orjson
+import psycopg
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from mqlab import db, events, keys
+from mqlab.settings import Settings
+from mqlab.work import do_work
+
+log = logging.getLogger("mqlab.worker")
+
+#: BLMOVE blocks at most this long, so that a stop request is seen within it when idle.
+POP_TIMEOUT = 1.0
+#: Reconnect backoff: doubles from the first to the last, with jitter.
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    OSError,
+)
+
+
+class InvalidMessage(ValueError):
+    """A queue entry that is not a job message."""
+
+
+def parse_message(raw: str) -> tuple[str, int]:
+    """(jobId, orderId) of a queue message, or InvalidMessage saying what is wrong."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage("not a JSON object")
+    job_id, order_id = data.get("jobId"), data.get("orderId")
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidMessage("jobId missing or not a string")
+    if not isinstance(order_id, int) or isinstance(order_id, bool):
+        raise InvalidMessage("orderId missing or not an integer")
+    return job_id, order_id
+
+
+class Worker:
+    """One consumer process. `run()` until stopped; `request_stop()` from a signal handler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str | None = None,
+        job_seconds: float = 2.0,
+        work: str = "sleep",
+    ) -> None:
+        self.settings = settings
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.job_seconds = job_seconds
+        self.work = work
+        self.processing = keys.processing_key(self.id)
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.state = "starting"
+        self.current_job = ""
+        self.job_started = 0.0
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._cold_stop = asyncio.Event()
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=POP_TIMEOUT + 5,
+            socket_connect_timeout=2,
+        )  # fmt: skip
+        self.pg: psycopg.AsyncConnection[Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.id} state={self.state} j_done={self.jobs_done} "
+            f"j_failed={self.jobs_failed}>"
+        )
+
+    def request_stop(self) -> None:
+        """First call: finish the current job, then exit. Second call: hand it back now."""
+        if self._stop.is_set():
+            log.warning("%s: second stop request: handing the current job back", self.id)
+            self._cold_stop.set()
+        else:
+            log.info("%s: stopping after the current job (again to stop at once)", self.id)
+            self.state = "stopping"
+            self._stop.set()
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _db(self) -> psycopg.AsyncConnection[Any]:
+        if self.pg is None or self.pg.closed:
+            self.pg = await psycopg.AsyncConnection.connect(
+                self.settings.database_url, autocommit=True, connect_timeout=3
+            )
+        return self.pg
+
+    async def _retry(self, what: str, op: Any) -> Any:
+        """Run `op()` until the backends answer, backing off; gives up only on a cold stop."""
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                return await op()
+            except BACKEND_ERRORS as exc:
+                if self._cold_stop.is_set():
+                    raise
+                if isinstance(exc, psycopg.Error) and self.pg is not None:
+                    with contextlib.suppress(Exception):
+                        await self.pg.close()
+                    self.pg = None
+                log.warning("%s: %s failed (%s); retrying in %.1fs", self.id, what, exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _sql(self, sql: str, params: Any) -> tuple[Any, ...] | None:
+        async def op() -> tuple[Any, ...] | None:
+            conn = await self._db()
+            return await (await conn.execute(sql, params)).fetchone()
+
+        return await self._retry("PostgreSQL", op)  # type: ignore[no-any-return]
+
+    # -- heartbeat and recovery ------------------------------------------------------------
+
+    def _beat_fields(self) -> dict[str, str | int | float]:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "state": self.state,
+            "job": self.current_job,
+            "job_started": self.job_started,
+            "jobs_done": self.jobs_done,
+            "jobs_failed": self.jobs_failed,
+            "started": self.started,
+            "last_beat": time.time(),
+            "job_seconds": self.job_seconds,
+        }
+
+    def _queue_beat(self, pipe: Any) -> None:
+        pipe.hset(keys.worker_key(self.id), mapping=self._beat_fields())
+        pipe.expire(keys.worker_key(self.id), keys.HEARTBEAT_TTL)
+
+    async def beat(self) -> None:
+        """Write the liveness hash with its TTL."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_beat(pipe)
+            await pipe.execute()
+
+    async def _publish(self, kind: str, ack: str | None = None, **fields: str | int) -> None:
+        """One round trip: the ack (if any), our new state, and the event for the lab."""
+
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if ack is not None:
+                    pipe.lrem(self.processing, 1, ack)
+                self._queue_beat(pipe)
+                events.queue(pipe, kind, worker=self.id, **fields)
+                await pipe.execute()
+
+        if ack is not None:
+            await self._retry("Redis", op)
+        else:
+            with contextlib.suppress(*BACKEND_ERRORS):
+                await op()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            with contextlib.suppress(*BACKEND_ERRORS):
+                await self.beat()
+                await requeue_orphans(self.redis, exclude=self.id)
+            await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
+
+    async def _hand_back_own(self) -> int:
+        """Move whatever sits in our own processing list back to the queue's front."""
+        moved = 0
+        while await self.redis.lmove(self.processing, keys.QUEUE, "RIGHT", "RIGHT") is not None:
+            moved += 1
+        return moved
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Consume until stopped. Returns the exit code (0 on a requested stop)."""
+        await self._retry("Redis", self.beat)
+        moved = await self._retry("Redis", self._hand_back_own)
+        if moved:
+            log.info("%s: handed %d job(s) of a previous run back to the queue", self.id, moved)
+        await self._retry("PostgreSQL", self._db)
+        self.state = "idle"
+        await self._retry("Redis", self.beat)
+        await events.emit(self.redis, "worker_up", worker=self.id, pid=os.getpid())
+        log.info("%s: ready (pid %d, job %.3gs %s)", self.id, os.getpid(), self.job_seconds,
+                 self.work)  # fmt: skip
+        heart = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while not self._stop.is_set():
+                raw = await self._retry("Redis", self._pop)
+                if raw is None:
+                    continue
+                job = asyncio.create_task(self.handle(raw))
+                cold = asyncio.create_task(self._cold_stop.wait())
+                await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
+                cold.cancel()
+                if not job.done():
+                    job.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await job
+                    break
+                job.result()
+        finally:
+            heart.cancel()
+            self.state = "stopping"
+            with contextlib.suppress(*BACKEND_ERRORS):
+                moved = await self._hand_back_own()
+                if moved:
+                    log.info("%s: handed %d unfinished job(s) back to the queue", self.id, moved)
+                await events.emit(self.redis, "worker_down", worker=self.id)
+                await self.redis.delete(keys.worker_key(self.id))
+            await self.redis.aclose()
+            if self.pg is not None:
+                await self.pg.close()
+        log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
+        return 0
+
+    async def _pop(self) -> str | None:
+        raw: str | None = await self.redis.blmove(
+            keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT"
+        )
+        return raw
+
+    async def _ack(self, raw: str) -> None:
+        await self._retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
+
+    async def _dead_letter(self, raw: str, reason: str) -> None:
+        entry = orjson.dumps(
+            {"message": raw, "reason": reason, "workerId": self.id, "at": time.time()}
+        )
+
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(keys.DEAD, entry)
+                pipe.lrem(self.processing, 1, raw)
+                await pipe.execute()
+
+        await self._retry("Redis", op)
+        self.jobs_failed += 1
+        log.error("%s: dead-lettered a message (%s): %.200s", self.id, reason, raw)
+        await events.emit(self.redis, "job_dead", worker=self.id, reason=reason)
+
+    async def handle(self, raw: str) -> None:
+        """One delivery: claim, work, record, ack."""
+        try:
+            job_id, order_id = parse_message(raw)
+        except InvalidMessage as exc:
+            await self._dead_letter(raw, str(exc))
+            return
+        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id})
+        if claim is None:
+            found = await self._sql(db.JOB_STATUS, [job_id])
+            if found is None:
+                await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
+            else:
+                status, owner, attempts = found
+                log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
+                         self.id, job_id, status, owner, attempts)  # fmt: skip
+                await self._ack(raw)
+            return
+        _, _, attempt, started_at = claim
+        self.state, self.current_job, self.job_started = "busy", job_id, time.time()
+        await self._publish("job_started", job=job_id, order=order_id, attempt=attempt)
+        again = f" (attempt {attempt})" if attempt > 1 else ""
+        log.info("%s: started %s (order %d)%s", self.id, job_id, order_id, again)
+        await do_work(self.work, self.job_seconds)
+        done = await self._sql(
+            db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}
+        )
+        self.current_job, self.job_started = "", 0.0
+        self.state = "stopping" if self._stop.is_set() else "idle"
+        if done is None:
+            # Presumed dead and taken over: the other delivery owns the outcome now.
+            log.warning("%s: %s was taken over by another worker; not completing it",
+                        self.id, job_id)  # fmt: skip
+            await self._publish("job_lost", ack=raw, job=job_id, order=order_id)
+            return
+        self.jobs_done += 1
+        await self._publish("job_finished", ack=raw, job=job_id, order=order_id)
+        took = (done[1] - started_at).total_seconds()
+        log.info("%s: completed %s (order %d) in %.3fs", self.id, job_id, order_id, took)
+
+
+async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:
+    """Move the jobs of workers whose heartbeat expired back to the queue. Returns how many.
+
+    LMOVE moves one element atomically, so two workers reaping at once never duplicate one.
+    """
+    moved = 0
+    async for key in client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500):
+        owner = key.removeprefix(keys.PROCESSING_PREFIX)
+        if owner == exclude or await client.exists(keys.worker_key(owner)):
+            continue
+        while await client.lmove(key, keys.QUEUE, "RIGHT", "RIGHT") is not None:
+            moved += 1
+            log.warning("requeued a job of dead worker %s", owner)
+    return moved
+
+
+async def serve(settings: Settings, worker_id: str | None, job_seconds: float, work: str) -> int:
+    """Run one worker with SIGTERM / SIGINT wired to its graceful stop."""
+    worker = Worker(settings, worker_id, job_seconds, work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    return await worker.run()
