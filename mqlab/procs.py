@@ -15,6 +15,14 @@ from pathlib import Path
 import psutil
 
 _PR_SET_PDEATHSIG = 1
+#: Servers we started and keep no other handle on: kept here so that they are reaped by
+#: terminate() (no zombies, no "still running" warnings from a collected Popen).
+_servers: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def keep(proc: subprocess.Popen[bytes]) -> None:
+    """Hold on to a server process until terminate() stops it."""
+    _servers[proc.pid] = proc
 
 
 def _die_with_parent() -> None:
@@ -78,6 +86,15 @@ def pid_alive(pid: int | None, expect: str | None = None) -> bool:
 
 def terminate(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
     """Send `sig`, wait up to `timeout`, then SIGKILL. True if the process is gone."""
+    popen = _servers.pop(pid, None)
+    if popen is not None:
+        popen.send_signal(sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+        return True
     try:
         proc = psutil.Process(pid)
         proc.send_signal(sig)

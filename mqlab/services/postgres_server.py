@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from mqlab.procs import is_root, spawn, wait_until
+from mqlab.procs import is_root, keep, spawn, wait_until
 
 NAME = "postgres"
 DATABASE = "mqlab"
@@ -95,6 +95,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
         "-c", "logging_collector=off",
     ]  # fmt: skip
     proc = spawn(argv, owned=owned, log_path=log, user=user)
+    keep(proc)
     url, tcp_url = _urls(run, port, "postgres")
     admin = {"url": url}
     if not wait_until(lambda: probe(admin)[0] or proc.poll() is not None, timeout=30):

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from mqlab.procs import spawn, wait_until
+from mqlab.procs import keep, spawn, wait_until
 
 NAME = "redis"
 #: A unix socket path longer than this does not fit in sockaddr_un; we fall back to TCP.
@@ -49,6 +49,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     if use_socket:
         argv += ["--unixsocket", str(sock), "--unixsocketperm", "700"]
     proc = spawn(argv, owned=owned, log_path=logs / "redis.log")
+    keep(proc)
     tcp_url = f"redis://127.0.0.1:{port}/0"
     url = f"unix://{sock}?db=0" if use_socket else tcp_url
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}

@@ -1,0 +1,117 @@
+"""Fixtures: real Redis and PostgreSQL (embedded by default, or REDIS_URL / DATABASE_URL)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from mqlab import keys, services
+from mqlab.resetting import reset_all
+from mqlab.settings import Settings
+from mqlab.supervisor import Supervisor
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The backends of the whole run.
+
+    With REDIS_URL and DATABASE_URL set, those servers (CI's second pass points them at a
+    Redis DB number and a PostgreSQL database of its own). Otherwise embedded servers in a
+    temporary MQLAB_HOME, owned by this process: stopped at the end, and killed with it.
+    """
+    redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
+    if redis_url and database_url:
+        from mqlab.db import apply_schema
+
+        apply_schema(database_url)
+        yield Settings(redis_url, database_url)
+        return
+    base = short_tmp(tmp_path_factory, "svc")
+    services.up(owned=True, base=base)
+    from mqlab.services.home import read_state
+
+    state = read_state(base)
+    try:
+        yield Settings(state["redis"]["url"], state["postgres"]["url"])
+    finally:
+        services.down(base=base)
+
+
+def short_tmp(factory: pytest.TempPathFactory, name: str) -> Path:
+    """A temp dir whose unix socket paths stay short enough."""
+    return factory.mktemp(name, numbered=True)
+
+
+@pytest.fixture(scope="session")
+def rds(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg(settings: Settings) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        yield conn
+
+
+def _clean(settings: Settings, rds: redis.Redis) -> None:
+    reset_all(settings)
+    stale = list(rds.scan_iter(match=f"{keys.WORKER_PREFIX}*"))
+    if stale:
+        rds.delete(*stale)
+
+
+@pytest.fixture
+def clean(settings: Settings, rds: redis.Redis) -> Iterator[None]:
+    """Empty tables and queues before and after the test."""
+    _clean(settings, rds)
+    yield
+    _clean(settings, rds)
+
+
+@pytest.fixture(scope="session")
+def api_sup(settings: Settings) -> Iterator[Supervisor]:
+    """One API process for the session (its own supervisor, so tests' close() spare it)."""
+    sup = Supervisor(settings)
+    sup.start_api()
+    yield sup
+    sup.close()
+
+
+@pytest.fixture
+def api_url(api_sup: Supervisor, clean: None) -> str:
+    assert api_sup.api_url is not None
+    return api_sup.api_url
+
+
+@pytest.fixture
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def sup(settings: Settings, clean: None) -> Iterator[Supervisor]:
+    """A supervisor for the workers a test starts; everything it started is stopped after."""
+    s = Supervisor(settings)
+    yield s
+    s.close()
+    assert not [c.name for c in s.children.values() if c.alive()]
+
+
+def counts(pg: psycopg.Connection, rds: redis.Redis) -> dict[str, int]:
+    """Rows and queue entries: what a rejected request must not leave behind."""
+    orders = pg.execute("SELECT count(*) FROM orders").fetchone()
+    jobs = pg.execute("SELECT count(*) FROM jobs").fetchone()
+    return {
+        "orders": orders[0] if orders else -1,
+        "jobs": jobs[0] if jobs else -1,
+        "queue": int(rds.llen(keys.QUEUE)),
+    }

@@ -1,0 +1,103 @@
+"""The HTTP contract of DESIGN.md, as the kata's curl commands use it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import httpx
+import orjson
+import psycopg
+import redis
+
+from mqlab import keys
+from tests.conftest import counts
+
+
+def post(client: httpx.Client, product: str = "Laptop", quantity: int = 1, price: float = 1200):
+    return client.post("/orders", json={"product": product, "quantity": quantity, "price": price})
+
+
+def test_post_order_answers_202_with_the_katas_body(
+    client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    res = post(client)
+    assert res.status_code == 202
+    body = res.json()
+    assert body["message"] == "Orden recibida y en proceso"
+    assert body["status"] == "pending"
+    assert isinstance(body["orderId"], int)
+    assert body["jobId"].startswith(f"job-{body['orderId']}-")
+    assert res.headers["location"] == f"/orders/{body['orderId']}"
+    # One row each, and one message on the queue that names them.
+    assert counts(pg, rds) == {"orders": 1, "jobs": 1, "queue": 1}
+    message = orjson.loads(rds.lindex(keys.QUEUE, 0))
+    assert message["jobId"] == body["jobId"]
+    assert message["orderId"] == body["orderId"]
+    assert dt.datetime.fromisoformat(message["enqueuedAt"].replace("Z", "+00:00"))
+
+
+def test_order_and_job_are_readable(client: httpx.Client) -> None:
+    created = post(client, "Mouse", 3, 19.99).json()
+    order = client.get(f"/orders/{created['orderId']}").json()
+    assert order["product"] == "Mouse"
+    assert order["quantity"] == 3
+    assert order["price"] == 19.99
+    assert order["status"] == "pending"
+    assert order["jobId"] == created["jobId"]
+    assert order["createdAt"].endswith("Z")
+    job = client.get(f"/jobs/{created['jobId']}").json()
+    assert job["orderId"] == created["orderId"]
+    assert job["status"] == "pending"
+    assert job["attempts"] == 0
+    assert job["workerId"] is None
+    assert job["enqueuedAt"].endswith("Z")
+
+
+def test_lists_are_newest_first_with_limit_and_offset(client: httpx.Client) -> None:
+    ids = [post(client, f"Item{i}").json()["orderId"] for i in range(5)]
+    listed = [o["id"] for o in client.get("/orders").json()]
+    assert listed == sorted(ids, reverse=True)
+    page = [o["id"] for o in client.get("/orders", params={"limit": 2, "offset": 1}).json()]
+    assert page == sorted(ids, reverse=True)[1:3]
+    jobs = client.get("/jobs", params={"limit": 3}).json()
+    assert [j["orderId"] for j in jobs] == sorted(ids, reverse=True)[:3]
+
+
+def test_bad_paging_and_unknown_ids(client: httpx.Client) -> None:
+    for params in ({"limit": 0}, {"limit": 5000}, {"offset": -1}, {"limit": "x"}):
+        res = client.get("/orders", params=params)
+        assert res.status_code == 422, params
+        assert res.json()["error"] == "invalid request"
+    res = client.get("/orders/999999")
+    assert res.status_code == 404
+    assert res.json() == {"error": "not found", "details": [{"orderId": 999999}]}
+    assert client.get("/jobs/job-nope").status_code == 404
+    assert client.get("/orders/abc").status_code == 422
+
+
+def test_unknown_path_and_method_are_json(client: httpx.Client) -> None:
+    res = client.get("/nowhere")
+    assert res.status_code == 404
+    assert res.json()["error"] == "not found"
+    res = client.delete("/orders")
+    assert res.status_code == 405
+    assert res.json()["error"] == "method not allowed"
+
+
+def test_health_and_stats(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok", "redis": "up", "postgres": "up"}
+    post(client)
+    stats = client.get("/stats").json()
+    assert stats["queueDepth"] == 1
+    assert stats["orders"]["pending"] == 1
+    assert stats["jobs"]["pending"] == 1
+    assert stats["dead"] == 0
+    assert stats["workers"] == []
+
+
+def test_openapi_and_docs(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/orders" in spec["paths"]
+    body = spec["paths"]["/orders"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["schema"]["required"]) == {"product", "quantity", "price"}
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,194 @@
+"""The worker: processing, graceful stops, crash recovery, dead letters, duplicates."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import httpx
+import orjson
+import psycopg
+import redis
+
+from mqlab import keys
+from mqlab.supervisor import Supervisor
+from tests.helpers import eventually, job, post_order
+
+
+def test_one_order_one_worker_completes_in_about_the_job_time(
+    sup: Supervisor, client: httpx.Client
+) -> None:
+    sup.start_worker("w1", job_seconds=0.5)
+    created = post_order(client)
+    done = eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
+    assert done
+    j = job(client, created["jobId"])
+    assert j["workerId"] == "w1"
+    assert j["attempts"] == 1
+    order = client.get(f"/orders/{created['orderId']}").json()
+    assert order["status"] == "completed"
+    assert order["completedAt"] == j["finishedAt"]
+
+
+def test_jobs_are_spread_over_workers(sup: Supervisor, client: httpx.Client) -> None:
+    sup.start_workers(2, job_seconds=0.3)
+    for i in range(6):
+        post_order(client, f"Item{i}")
+    eventually(lambda: client.get("/stats").json()["jobs"]["completed"] == 6, timeout=15)
+    by_worker: dict[str, int] = {}
+    for j in client.get("/jobs").json():
+        by_worker[j["workerId"]] = by_worker.get(j["workerId"], 0) + 1
+    assert set(by_worker) == {"w1", "w2"}
+    assert min(by_worker.values()) >= 2
+
+
+def test_500_orders_from_10_clients_at_4_idle_workers_all_complete(
+    sup: Supervisor, api_url: str, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """Commit before enqueue: no job may be popped before its row exists."""
+    sup.start_workers(4, job_seconds=0)
+
+    def fire(n: int) -> list[int]:
+        with httpx.Client(base_url=api_url, timeout=10) as c:
+            return [
+                c.post(
+                    "/orders", json={"product": f"p{n}-{i}", "quantity": 1, "price": 1}
+                ).status_code
+                for i in range(50)
+            ]
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        codes = [code for batch in pool.map(fire, range(10)) for code in batch]
+    assert codes == [202] * 500
+
+    def all_done() -> bool:
+        row = pg.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()
+        return row is not None and row[0] == 500
+
+    eventually(all_done, timeout=60, interval=0.2)
+    statuses = dict(pg.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
+    assert statuses == {"completed": 500}
+    assert rds.llen(keys.DEAD) == 0
+    assert rds.llen(keys.QUEUE) == 0
+    attempts = pg.execute("SELECT max(attempts), min(attempts) FROM jobs").fetchone()
+    assert attempts == (1, 1)
+
+
+def test_kill_9_mid_job_is_recovered_by_another_worker_exactly_once(
+    sup: Supervisor, client: httpx.Client, rds: redis.Redis
+) -> None:
+    sup.start_worker("w1", job_seconds=3)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    # A second worker, idle, so the recovered job has somewhere to go.
+    sup.start_worker("w2", job_seconds=0.5)
+    assert job(client, created["jobId"])["workerId"] == "w1"
+    killed_at = time.monotonic()
+    sup.kill("w1")
+
+    def taken_over() -> bool:
+        j = job(client, created["jobId"])
+        return j["workerId"] == "w2" and j["attempts"] == 2
+
+    eventually(taken_over, timeout=8, interval=0.05)
+    recovered_in = time.monotonic() - killed_at
+    assert recovered_in < 5, f"back in the queue {recovered_in:.1f}s after the kill"
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=5)
+    final = job(client, created["jobId"])
+    assert final["attempts"] == 2
+    assert final["workerId"] == "w2"
+    finished = [
+        fields
+        for _, fields in rds.xrange(keys.EVENTS)
+        if fields["type"] == "job_finished" and fields["job"] == created["jobId"]
+    ]
+    assert len(finished) == 1
+    assert rds.llen(keys.processing_key("w1")) == 0
+
+
+def test_sigterm_finishes_the_current_job_then_exits_0(
+    sup: Supervisor, client: httpx.Client
+) -> None:
+    sup.start_worker("w1", job_seconds=1)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    assert sup.stop("w1") == 0
+    j = job(client, created["jobId"])
+    assert j["status"] == "completed"
+    assert j["attempts"] == 1
+
+
+def test_second_sigterm_hands_the_job_back(
+    sup: Supervisor, client: httpx.Client, rds: redis.Redis
+) -> None:
+    child = sup.start_worker("w1", job_seconds=30)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    os.kill(child.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    os.kill(child.pid, signal.SIGTERM)
+    assert child.proc.wait(10) == 0
+    assert rds.llen(keys.QUEUE) == 1
+    assert rds.llen(keys.processing_key("w1")) == 0
+    sup.start_worker("w2", job_seconds=0)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed")
+    assert job(client, created["jobId"])["attempts"] == 2
+
+
+def test_invalid_messages_go_to_the_dead_letter_list_and_the_worker_goes_on(
+    sup: Supervisor, client: httpx.Client, rds: redis.Redis
+) -> None:
+    sup.start_worker("w1", job_seconds=0)
+    bad = [
+        "not json",
+        "[1, 2]",
+        '{"orderId": 1}',
+        '{"jobId": "job-x", "orderId": "1"}',
+        '{"jobId": "job-404-1", "orderId": 404}',
+    ]
+    for message in bad:
+        rds.lpush(keys.QUEUE, message)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed")
+    eventually(lambda: rds.llen(keys.DEAD) == len(bad))
+    dead = [orjson.loads(x) for x in rds.lrange(keys.DEAD, 0, -1)]
+    assert {d["message"] for d in dead} == set(bad)
+    reasons = " | ".join(d["reason"] for d in dead)
+    for word in ("not JSON", "not a JSON object", "jobId", "orderId", "no job job-404-1"):
+        assert word in reasons
+    assert rds.llen(keys.processing_key("w1")) == 0
+
+
+def test_a_duplicate_delivery_is_not_completed_twice(
+    sup: Supervisor, client: httpx.Client, rds: redis.Redis
+) -> None:
+    created = post_order(client)
+    message = rds.lindex(keys.QUEUE, 0)
+    assert message is not None
+    rds.lpush(keys.QUEUE, message)  # the same job, delivered twice
+    sup.start_worker("w1", job_seconds=0.2)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed")
+    eventually(lambda: rds.llen(keys.QUEUE) == 0 and rds.llen(keys.processing_key("w1")) == 0)
+    time.sleep(0.3)
+    j = job(client, created["jobId"])
+    assert j["attempts"] == 1
+    finished = [f for _, f in rds.xrange(keys.EVENTS) if f["type"] == "job_finished"]
+    assert len(finished) == 1
+    assert rds.llen(keys.DEAD) == 0
+
+
+def test_heartbeat_shows_state_and_expires_after_a_kill(
+    sup: Supervisor, client: httpx.Client, rds: redis.Redis
+) -> None:
+    sup.start_worker("w1", job_seconds=2)
+    beat = rds.hgetall(keys.worker_key("w1"))
+    assert beat["state"] == "idle"
+    assert int(beat["pid"]) == sup.children["w1"].pid
+    assert 0 < rds.ttl(keys.worker_key("w1")) <= keys.HEARTBEAT_TTL
+    created = post_order(client)
+    eventually(lambda: rds.hget(keys.worker_key("w1"), "job") == created["jobId"])
+    assert rds.hget(keys.worker_key("w1"), "state") == "busy"
+    sup.kill("w1")
+    eventually(lambda: not rds.exists(keys.worker_key("w1")), timeout=keys.HEARTBEAT_TTL + 2)
