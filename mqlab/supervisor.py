@@ -101,8 +101,10 @@ class Supervisor:
                 if self.on_line is not None:
                     self.on_line(child.name, line)
 
-    def start_api(self, port: int | None = None, host: str = "127.0.0.1") -> Child:
-        """Start the API and wait until /health answers 200."""
+    def start_api(
+        self, port: int | None = None, host: str = "127.0.0.1", require_healthy: bool = True
+    ) -> Child:
+        """Start the API and wait until /health answers 200 (any answer: require_healthy=False)."""
         port = port or free_port()
         child = self._spawn("api", "api", ["api", "--host", host, "--port", str(port)])
         url = f"http://{host}:{port}"
@@ -111,7 +113,8 @@ class Supervisor:
             if not child.alive():
                 return True
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{url}/health", timeout=1).status_code == 200
+                code = httpx.get(f"{url}/health", timeout=1).status_code
+                return code == 200 or not require_healthy
             return False
 
         wait_until(healthy, timeout=30, interval=0.1)
@@ -134,7 +137,7 @@ class Supervisor:
         work: str = "sleep",
         wait: bool = True,
     ) -> Child:
-        """Start a worker; with wait=True, return once its heartbeat says idle."""
+        """Start a worker; with wait=True, return once its heartbeat says it consumes."""
         worker_id = worker_id or self.next_worker_id()
         args = ["worker", "--id", worker_id, "--job-seconds", str(job_seconds), "--work", work]
         child = self._spawn(worker_id, "worker", args)
@@ -153,7 +156,8 @@ class Supervisor:
             for wid in ids:
                 if not self.children[wid].alive():
                     raise ChildFailed(f"worker {wid} exited at start:\n{self.children[wid].tail()}")
-                if self._redis.hget(keys.worker_key(wid), "state") != "idle":
+                # busy counts: a worker may take a job before we look.
+                if self._redis.hget(keys.worker_key(wid), "state") not in ("idle", "busy"):
                     return False
             return True
 

@@ -1,0 +1,97 @@
+"""`mqlab services up | down | status` on a home of its own, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mqlab.procs import pid_alive
+
+
+def mqlab(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    full_env.update({"MQLAB_HOME": str(home), "COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mqlab", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=90,
+    )
+
+
+def state(home: Path) -> dict:
+    return json.loads((home / "services.json").read_text())
+
+
+def test_up_is_idempotent_status_reports_and_down_leaves_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    home = tmp_path_factory.mktemp("home")
+    first = mqlab(home, "services", "up")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("started") == 2
+    pids = {name: rec["pid"] for name, rec in state(home).items()}
+    try:
+        for rec in state(home).values():
+            assert rec["port"] not in (6379, 5432, 3000)
+        again = mqlab(home, "services", "up")
+        assert again.returncode == 0
+        assert again.stdout.count("running") == 2
+        assert {name: rec["pid"] for name, rec in state(home).items()} == pids
+        shown = mqlab(home, "services", "status")
+        assert "Redis 6.2" in shown.stdout
+        assert "PostgreSQL 18" in shown.stdout
+        assert shown.stdout.count(" ok ") == 2
+        for pid in pids.values():
+            assert pid_alive(pid)
+    finally:
+        down = mqlab(home, "services", "down")
+    assert down.returncode == 0
+    assert down.stdout.count("stopped") == 2
+    for pid in pids.values():
+        assert not pid_alive(pid)
+    leftovers = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if any(str(home) in part for part in (p.info["cmdline"] or []))
+    ]
+    assert leftovers == []
+
+
+def test_a_crashed_server_is_detected_as_stale_and_restarted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    home = tmp_path_factory.mktemp("home")
+    assert mqlab(home, "services", "up").returncode == 0
+    try:
+        redis_pid = state(home)["redis"]["pid"]
+        os.kill(redis_pid, signal.SIGKILL)
+        psutil.Process(redis_pid).wait(5) if psutil.pid_exists(redis_pid) else None
+        shown = mqlab(home, "services", "status")
+        assert "stale" in shown.stdout
+        assert "redis" not in state(home)
+        up = mqlab(home, "services", "up")
+        assert up.returncode == 0
+        assert "started" in up.stdout
+        assert state(home)["redis"]["pid"] != redis_pid
+    finally:
+        mqlab(home, "services", "down")
+
+
+def test_commands_say_how_to_get_servers_when_none_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    home = tmp_path_factory.mktemp("home")
+    for command in (["worker"], ["api"], ["status"]):
+        res = mqlab(home, *command)
+        assert res.returncode == 1
+        assert "mqlab services up" in res.stderr
+        assert "Traceback" not in res.stderr
