@@ -1,0 +1,203 @@
+"""Experiments are data: `experiments/*.toml`, loaded and validated here."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mqlab.stats import ideal_seconds
+from mqlab.work import WORK_KINDS
+
+#: When a row gives no tolerance: this much over the expected time still passes ...
+DEFAULT_TOLERANCE_SECONDS = 0.05
+#: ... or this fraction of it, whichever is larger.
+DEFAULT_TOLERANCE_FRACTION = 0.01
+
+
+class ExperimentError(ValueError):
+    """A suite file that cannot be run; the message says where and what."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of an experiment table."""
+
+    name: str
+    orders: int
+    workers: int
+    job_seconds: float
+    work: str = "sleep"
+    expected_seconds: float | None = None
+    tolerance_seconds: float | None = None
+
+    @property
+    def ideal_seconds(self) -> float:
+        return ideal_seconds(self.orders, self.workers, self.job_seconds)
+
+    @property
+    def tolerance(self) -> float:
+        if self.tolerance_seconds is not None:
+            return self.tolerance_seconds
+        base = self.expected_seconds or 0.0
+        return max(DEFAULT_TOLERANCE_SECONDS, DEFAULT_TOLERANCE_FRACTION * base)
+
+    def with_job_seconds(self, seconds: float) -> Row:
+        """The same row at another job time; the expected time scales with it."""
+        expected = self.expected_seconds
+        if expected is not None and self.job_seconds > 0:
+            expected = expected * seconds / self.job_seconds
+        return replace(self, job_seconds=seconds, expected_seconds=expected)
+
+
+@dataclass(frozen=True)
+class ApiExpectation:
+    """The kata's fourth row: the API answers at once with 202."""
+
+    max_latency_ms: float = 50.0
+    p50_latency_ms: float = 5.0
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str
+    description: str
+    rows: tuple[Row, ...]
+    api: ApiExpectation
+    path: Path | None = None
+
+    def with_job_seconds(self, seconds: float) -> Suite:
+        return replace(self, rows=tuple(r.with_job_seconds(seconds) for r in self.rows))
+
+
+def experiments_dir() -> Path:
+    """experiments/ of the checkout (or of the working directory for an installed mqlab)."""
+    checkout = Path(__file__).resolve().parent.parent / "experiments"
+    return checkout if checkout.is_dir() else Path.cwd() / "experiments"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in experiments_dir().glob("*.toml"))
+
+
+def find(name_or_path: str) -> Path:
+    """A suite name (kata3) or a path to a .toml file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise ExperimentError(f"{path}: no such file")
+        return path
+    candidate = experiments_dir() / f"{name_or_path}.toml"
+    if not candidate.exists():
+        names = ", ".join(available()) or "none"
+        raise ExperimentError(f"no suite named {name_or_path!r} (available: {names})")
+    return candidate
+
+
+def load(name_or_path: str) -> Suite:
+    """Read and validate a suite; ExperimentError says what is wrong and where."""
+    path = find(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ExperimentError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)
+
+
+_KIND_NAMES: dict[type | tuple[type, ...], str] = {
+    int: "a whole number",
+    (int, float): "a number",
+    str: "a string",
+}
+
+
+def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ExperimentError(f"{where}: {key} must be {_KIND_NAMES[kind]}, not {value!r}")
+    return value
+
+
+def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
+    where = str(path) if path else "suite"
+    unknown = set(data) - {"suite", "api", "row"}
+    if unknown:
+        raise ExperimentError(f"{where}: unknown table(s) {sorted(unknown)}")
+    head = data.get("suite", {})
+    name = _get(head, "name", str, f"{where} [suite]") or (path.stem if path else "suite")
+    default_t = _get(head, "job_seconds", (int, float), f"{where} [suite]")
+    default_t = 2.0 if default_t is None else float(default_t)
+    default_work = _get(head, "work", str, f"{where} [suite]") or "sleep"
+    api_table = data.get("api", {})
+    api = ApiExpectation(
+        max_latency_ms=float(_get(api_table, "max_latency_ms", (int, float), where) or 50.0),
+        p50_latency_ms=float(_get(api_table, "p50_latency_ms", (int, float), where) or 5.0),
+    )
+    raw_rows = data.get("row")
+    if not isinstance(raw_rows, list) or not raw_rows:
+        raise ExperimentError(f"{where}: no [[row]] tables: a suite needs at least one row")
+    rows = tuple(_row(raw, i, where, default_t, default_work) for i, raw in enumerate(raw_rows, 1))
+    names = [r.name for r in rows]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ExperimentError(f"{where}: row names must be unique: {duplicates}")
+    return Suite(
+        name=name,
+        title=_get(head, "title", str, where) or name,
+        description=_get(head, "description", str, where) or "",
+        rows=rows,
+        api=api,
+        path=path,
+    )
+
+
+_ROW_KEYS = {
+    "name",
+    "orders",
+    "workers",
+    "job_seconds",
+    "work",
+    "expected_seconds",
+    "tolerance_seconds",
+}
+
+
+def _row(raw: dict[str, Any], index: int, where: str, default_t: float, default_work: str) -> Row:
+    at = f"{where} row {index}"
+    unknown = set(raw) - _ROW_KEYS
+    if unknown:
+        raise ExperimentError(
+            f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ROW_KEYS)}"
+        )
+    orders = _get(raw, "orders", int, at)
+    workers = _get(raw, "workers", int, at)
+    if orders is None or orders < 1:
+        raise ExperimentError(f"{at}: orders must be a whole number >= 1")
+    if workers is None or not 1 <= workers <= 64:
+        raise ExperimentError(f"{at}: workers must be a whole number from 1 to 64")
+    job_seconds = _get(raw, "job_seconds", (int, float), at)
+    job_seconds = default_t if job_seconds is None else float(job_seconds)
+    if not 0 <= job_seconds <= 600:
+        raise ExperimentError(f"{at}: job_seconds must be within 0..600")
+    work = _get(raw, "work", str, at) or default_work
+    if work not in WORK_KINDS:
+        raise ExperimentError(f"{at}: work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
+    expected = _get(raw, "expected_seconds", (int, float), at)
+    tolerance = _get(raw, "tolerance_seconds", (int, float), at)
+    if expected is not None and expected < 0:
+        raise ExperimentError(f"{at}: expected_seconds must be >= 0")
+    if tolerance is not None and tolerance < 0:
+        raise ExperimentError(f"{at}: tolerance_seconds must be >= 0")
+    return Row(
+        name=_get(raw, "name", str, at) or f"{orders} orders, {workers} workers",
+        orders=orders,
+        workers=workers,
+        job_seconds=job_seconds,
+        work=work,
+        expected_seconds=None if expected is None else float(expected),
+        tolerance_seconds=None if tolerance is None else float(tolerance),
+    )

@@ -1,0 +1,285 @@
+"""What a run measured, and every figure derived from it (verdicts included)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqlab.experiments import Row, Suite
+from mqlab.loadgen import Shot
+from mqlab.stats import efficiency, median, speedup, summary
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    """One job's life, as PostgreSQL recorded it (epoch seconds)."""
+
+    job_id: str
+    order_id: int
+    worker_id: str | None
+    attempts: int
+    enqueued_at: float
+    started_at: float | None
+    finished_at: float | None
+    status: str
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobTiming:
+        return cls(*row)
+
+    @property
+    def queue_wait(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.enqueued_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "jobId": self.job_id,
+            "orderId": self.order_id,
+            "workerId": self.worker_id,
+            "attempts": self.attempts,
+            "status": self.status,
+            "enqueuedAt": self.enqueued_at,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+        }
+
+
+@dataclass
+class RunResult:
+    """One run of one row."""
+
+    shots: list[Shot]
+    jobs: list[JobTiming]
+    first_sent: float
+    startup_seconds: float
+    timed_out: bool
+    worker_ids: list[str]
+
+    @property
+    def last_finished(self) -> float:
+        return max((j.finished_at for j in self.jobs if j.finished_at), default=math.nan)
+
+    @property
+    def makespan(self) -> float:
+        """First request sent -> last job finished."""
+        return self.last_finished - self.first_sent
+
+    def problems(self, orders: int) -> list[str]:
+        out = []
+        refused = Counter(s.status for s in self.shots if s.status != 202)
+        if refused:
+            out.append(f"not every order got 202: {dict(refused)}")
+        completed = sum(1 for j in self.jobs if j.status == "completed")
+        if completed != orders:
+            out.append(f"{completed} of {orders} jobs completed")
+        if self.timed_out:
+            out.append("timed out waiting for the last job")
+        return out
+
+    def per_worker(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.worker_ids, 0)
+        for job in self.jobs:
+            if job.worker_id and job.status == "completed":
+                counts[job.worker_id] = counts.get(job.worker_id, 0) + 1
+        return counts
+
+
+@dataclass
+class RowResult:
+    """A row and its runs; compute() fills in the figures."""
+
+    row: Row
+    runs: list[RunResult]
+    makespan: float = math.nan
+    overhead: float = math.nan
+    speedup: float = math.nan
+    efficiency: float = math.nan
+    speedup_baseline: str = ""
+    verdict: str = ""
+    reason: str = ""
+
+    @property
+    def makespans(self) -> list[float]:
+        return [r.makespan for r in self.runs]
+
+    @property
+    def representative(self) -> RunResult:
+        """The run whose makespan is closest to the median (drawn in the timeline)."""
+        return min(self.runs, key=lambda r: abs(r.makespan - self.makespan))
+
+    def api_latency_ms(self) -> dict[str, float]:
+        return summary([s.latency for r in self.runs for s in r.shots], scale=1000)
+
+    def queue_wait_ms(self) -> dict[str, float]:
+        waits = [j.queue_wait for r in self.runs for j in r.jobs if j.queue_wait is not None]
+        return summary(waits, scale=1000)
+
+    def startup_seconds(self) -> float:
+        return median([r.startup_seconds for r in self.runs])
+
+    def compute(self) -> None:
+        self.makespan = median(self.makespans)
+        self.overhead = self.makespan - self.row.ideal_seconds
+        problems = [p for run in self.runs for p in run.problems(self.row.orders)]
+        expected = self.row.expected_seconds
+        if problems:
+            self.verdict, self.reason = "fail", "; ".join(dict.fromkeys(problems))
+        elif expected is None:
+            self.verdict, self.reason = "measured", "no expected time: measured, not judged"
+        elif self.makespan <= expected + self.row.tolerance:
+            self.verdict = "ok"
+            self.reason = f"within {self.row.tolerance:.3g} s of the expected {expected:.3g} s"
+        else:
+            self.verdict = "slow"
+            self.reason = (
+                f"median {self.makespan:.3f} s is {self.makespan - expected:.3f} s over the "
+                f"expected {expected:.3g} s (tolerance {self.row.tolerance:.3g} s)"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        row = self.row
+        ideal = row.ideal_seconds
+        return {
+            "name": row.name,
+            "orders": row.orders,
+            "workers": row.workers,
+            "jobSeconds": row.job_seconds,
+            "work": row.work,
+            "expectedSeconds": row.expected_seconds,
+            "toleranceSeconds": row.tolerance if row.expected_seconds is not None else None,
+            "idealSeconds": ideal,
+            "makespanSeconds": _num(self.makespan),
+            "runs": [
+                {
+                    "makespanSeconds": _num(run.makespan),
+                    "firstSentAt": run.first_sent,
+                    "lastFinishedAt": _num(run.last_finished),
+                    "startupSeconds": run.startup_seconds,
+                    "timedOut": run.timed_out,
+                    "perWorker": run.per_worker(),
+                    "apiStatuses": dict(Counter(str(s.status) for s in run.shots)),
+                }
+                for run in self.runs
+            ],
+            "makespanMinSeconds": _num(min(self.makespans)),
+            "makespanMaxSeconds": _num(max(self.makespans)),
+            "overheadSeconds": _num(self.overhead),
+            "overheadPercent": _num(100 * self.overhead / ideal) if ideal else None,
+            "speedup": _num(self.speedup),
+            "efficiency": _num(self.efficiency),
+            "speedupBaseline": self.speedup_baseline,
+            "apiLatencyMs": self.api_latency_ms(),
+            "queueWaitMs": self.queue_wait_ms(),
+            "perWorker": self.representative.per_worker(),
+            "startupSeconds": _num(self.startup_seconds()),
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "jobs": [
+                {"run": i, **job.to_json()}
+                for i, run in enumerate(self.runs, 1)
+                for job in run.jobs
+            ],
+            "requests": [
+                {
+                    "run": i,
+                    "status": s.status,
+                    "sentAt": s.sent_at,
+                    "latencyMs": s.latency * 1000,
+                    "orderId": s.order_id,
+                    "error": s.error,
+                }
+                for i, run in enumerate(self.runs, 1)
+                for s in run.shots
+            ],
+        }
+
+
+@dataclass
+class ApiVerdict:
+    """The kata's fourth row: every order answered 202, at once."""
+
+    statuses: dict[str, int]
+    latency_ms: dict[str, float]
+    verdict: str
+    reason: str
+
+
+@dataclass
+class SuiteResult:
+    suite: Suite
+    repeat: int
+    started_at: float
+    finished_at: float = 0.0
+    rows: list[RowResult] = field(default_factory=list)
+    api: ApiVerdict | None = None
+
+    @property
+    def passed(self) -> bool:
+        rows_ok = all(r.verdict in ("ok", "measured") for r in self.rows)
+        return rows_ok and self.api is not None and self.api.verdict == "ok"
+
+    def failures(self) -> list[str]:
+        out = [
+            f"{r.row.name}: {r.verdict}: {r.reason}"
+            for r in self.rows
+            if r.verdict in ("fail", "slow")
+        ]
+        if self.api is not None and self.api.verdict != "ok":
+            out.append(f"API: {self.api.verdict}: {self.api.reason}")
+        return out
+
+    def compute(self) -> None:
+        for row in self.rows:
+            row.compute()
+        for row in self.rows:
+            self._speedup(row)
+        self.api = self._api_verdict()
+
+    def _speedup(self, result: RowResult) -> None:
+        row = result.row
+        same = [
+            r
+            for r in self.rows
+            if r.row.workers == 1
+            and (r.row.orders, r.row.job_seconds, r.row.work)
+            == (row.orders, row.job_seconds, row.work)
+        ]
+        if same and not math.isnan(same[0].makespan):
+            base, result.speedup_baseline = same[0].makespan, f"measured: {same[0].row.name}"
+        else:
+            base = row.orders * row.job_seconds
+            result.speedup_baseline = "ideal serial time (N x T): no 1-worker row of this batch"
+        result.speedup = speedup(base, result.makespan)
+        result.efficiency = efficiency(result.speedup, row.workers)
+
+    def _api_verdict(self) -> ApiVerdict:
+        shots = [s for r in self.rows for run in r.runs for s in run.shots]
+        statuses = dict(Counter(str(s.status) for s in shots))
+        latency = summary([s.latency for s in shots], scale=1000)
+        expect = self.suite.api
+        if not shots:
+            return ApiVerdict(statuses, latency, "fail", "no request was sent")
+        if set(statuses) != {"202"}:
+            return ApiVerdict(statuses, latency, "fail", f"not every order got 202: {statuses}")
+        if latency["max"] > expect.max_latency_ms or latency["p50"] > expect.p50_latency_ms:
+            return ApiVerdict(
+                statuses,
+                latency,
+                "slow",
+                f"p50 {latency['p50']:.1f} ms / max {latency['max']:.1f} ms; expected p50 <= "
+                f"{expect.p50_latency_ms:g} ms and max <= {expect.max_latency_ms:g} ms",
+            )
+        return ApiVerdict(
+            statuses,
+            latency,
+            "ok",
+            f"all {len(shots)} orders answered 202; p50 {latency['p50']:.1f} ms, "
+            f"max {latency['max']:.1f} ms",
+        )
+
+
+def _num(value: float) -> float | None:
+    """NaN is not JSON: None instead."""
+    return None if value is None or math.isnan(value) else value

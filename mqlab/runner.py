@@ -1,0 +1,215 @@
+"""The experiment runner: one engine for `mqlab run-experiment` and the TUI (no UI in here).
+
+For each row: make the worker pool match it (started and ready before any order is sent),
+reset the data, fire the orders concurrently over HTTP, wait for the last job, and read
+every job's timestamps back from PostgreSQL, the one clock all processes share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+
+from mqlab import keys
+from mqlab.experiments import Row, Suite
+from mqlab.loadgen import fire
+from mqlab.resetting import reset_all
+from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
+from mqlab.settings import Settings
+from mqlab.supervisor import Supervisor
+
+#: How often the runner looks at PostgreSQL and Redis while a row runs.
+POLL_SECONDS = 0.05
+#: At most this many connections fire a batch (a batch of N orders uses min(N, this)).
+MAX_CONCURRENCY = 100
+
+JOB_TIMINGS = """
+SELECT id, order_id, worker_id, attempts, extract(epoch FROM enqueued_at)::float8,
+       extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8, status
+FROM jobs ORDER BY enqueued_at, id
+"""
+PROGRESS = "SELECT count(*) FILTER (WHERE status = 'completed') FROM jobs"
+
+
+class ForeignWorkers(RuntimeError):
+    """Workers this run did not start consume the queue: they would steal and skew its jobs."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a front end shows while a row runs."""
+
+    suite: str
+    row: Row
+    row_index: int  # 1-based
+    rows: int
+    run: int  # 1-based
+    runs: int
+    phase: str  # workers | firing | waiting | done
+    done: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+    queue_depth: int = 0
+
+
+ProgressHandler = Callable[[Progress], None]
+
+
+def row_timeout(row: Row) -> float:
+    """Seconds to wait for a row's last job: the serial time plus a wide margin."""
+    return row.orders * row.job_seconds * 1.5 + 30
+
+
+@dataclass
+class _Pool:
+    """The workers the runner keeps between rows, and the settings they were started with."""
+
+    job_seconds: float | None = None
+    work: str | None = None
+    ids: list[str] = field(default_factory=list)
+
+
+class Runner:
+    """Runs suites against an API and workers owned by `supervisor`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        supervisor: Supervisor,
+        on_progress: ProgressHandler | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sup = supervisor
+        self.on_progress = on_progress or (lambda _: None)
+        self._pool = _Pool()
+
+    async def check_no_foreign_workers(self, client: aioredis.Redis) -> None:
+        ours = set(self.sup.children)
+        foreign = [
+            key.removeprefix(keys.WORKER_PREFIX)
+            async for key in client.scan_iter(match=f"{keys.WORKER_PREFIX}*")
+            if key.removeprefix(keys.WORKER_PREFIX) not in ours
+        ]
+        if foreign:
+            raise ForeignWorkers(
+                f"workers not started by this run are consuming {keys.QUEUE}: "
+                f"{', '.join(sorted(foreign))}. Stop them (Ctrl-C in their terminals), or run "
+                "the experiment on servers of its own (another MQLAB_HOME)."
+            )
+
+    async def run_suite(self, suite: Suite, repeat: int = 1) -> SuiteResult:
+        """Every row of the suite, `repeat` times each."""
+        if self.sup.api_url is None:
+            raise RuntimeError("start the API (Supervisor.start_api) before running a suite")
+        result = SuiteResult(suite=suite, repeat=repeat, started_at=time.time())
+        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.settings.database_url, autocommit=True
+            ) as conn:
+                await self.check_no_foreign_workers(client)
+                for index, row in enumerate(suite.rows, 1):
+                    runs = []
+                    for run in range(1, repeat + 1):
+                        runs.append(await self._run(suite, row, index, run, repeat, conn, client))
+                    result.rows.append(RowResult(row=row, runs=runs))
+        finally:
+            await client.aclose()
+        result.finished_at = time.time()
+        result.compute()
+        return result
+
+    async def _ensure_workers(self, row: Row) -> float:
+        """Make the pool match the row; returns the seconds it took (reported, not counted)."""
+        start = time.monotonic()
+        pool = self._pool
+        if (pool.job_seconds, pool.work) != (row.job_seconds, row.work):
+            await asyncio.gather(*(asyncio.to_thread(self.sup.stop, w) for w in pool.ids))
+            pool.ids, pool.job_seconds, pool.work = [], row.job_seconds, row.work
+        extra = pool.ids[row.workers :]
+        await asyncio.gather(*(asyncio.to_thread(self.sup.stop, w) for w in extra))
+        del pool.ids[row.workers :]
+        missing = row.workers - len(pool.ids)
+        if missing > 0:
+            started = await asyncio.to_thread(
+                self.sup.start_workers, missing, row.job_seconds, row.work
+            )
+            pool.ids += [c.name for c in started]
+        await asyncio.to_thread(self.sup.wait_workers_ready, pool.ids)
+        return time.monotonic() - start
+
+    async def _run(
+        self,
+        suite: Suite,
+        row: Row,
+        index: int,
+        run: int,
+        runs: int,
+        conn: psycopg.AsyncConnection[Any],
+        client: aioredis.Redis,
+    ) -> RunResult:
+        def report(phase: str, **fields: Any) -> None:
+            self.on_progress(
+                Progress(suite.name, row, index, len(suite.rows), run, runs, phase, **fields)
+            )
+
+        report("workers", total=row.orders)
+        startup = await self._ensure_workers(row)
+        await asyncio.to_thread(reset_all, self.settings)
+        report("firing", total=row.orders)
+        assert self.sup.api_url is not None
+        concurrency = min(row.orders, MAX_CONCURRENCY)
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(self._wait(row, accepted, conn, client, report))
+        try:
+            shots = await fire(self.sup.api_url, row.orders, concurrency, product=f"{row.name} #")
+        except BaseException:
+            waiting.cancel()
+            raise
+        accepted.set_result(sum(1 for s in shots if s.status == 202))
+        timed_out = await waiting
+        rows = await (await conn.execute(JOB_TIMINGS)).fetchall()
+        jobs = [JobTiming.from_row(r) for r in rows]
+        first_sent = min((s.sent_at for s in shots), default=time.time())
+        report("done", done=sum(1 for j in jobs if j.status == "completed"), total=row.orders)
+        return RunResult(
+            shots=shots,
+            jobs=jobs,
+            first_sent=first_sent,
+            startup_seconds=startup,
+            timed_out=timed_out,
+            worker_ids=list(self._pool.ids),
+        )
+
+    async def _wait(
+        self,
+        row: Row,
+        accepted: asyncio.Future[int],
+        conn: psycopg.AsyncConnection[Any],
+        client: aioredis.Redis,
+        report: Callable[..., None],
+    ) -> bool:
+        """Poll until every accepted job is completed (False) or the row times out (True).
+
+        It polls while the burst is still being fired, so the display moves from the start;
+        how many jobs to expect is known once every order has been answered.
+        """
+        start = time.monotonic()
+        deadline = start + row_timeout(row)
+        while True:
+            row_counts = await (await conn.execute(PROGRESS)).fetchone()
+            done = int(row_counts[0]) if row_counts else 0
+            depth = int(await client.llen(keys.QUEUE))
+            elapsed = time.monotonic() - start
+            report("waiting", done=done, total=row.orders, elapsed=elapsed, queue_depth=depth)
+            if accepted.done() and done >= accepted.result():
+                return False
+            if time.monotonic() > deadline:
+                return True
+            await asyncio.sleep(POLL_SECONDS)

@@ -1,0 +1,60 @@
+"""Every statistic the reports and the lab show, computed in one place."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+#: The percentiles reported everywhere (report, JSON, TUI, bench).
+PERCENTILES = (50, 95, 99)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile with linear interpolation between closest ranks (numpy's default).
+
+    percentile([1, 2, 3, 4], 50) == 2.5; an empty sequence gives NaN.
+    """
+    if not values:
+        return math.nan
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, not {p}")
+    ordered = sorted(values)
+    rank = p / 100 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
+    """{"p50", "p95", "p99", "max", "min", "mean"} of values times scale (e.g. 1000 for ms)."""
+    if not values:
+        return {}
+    out = {f"p{p}": percentile(values, p) * scale for p in PERCENTILES}
+    out["max"] = max(values) * scale
+    out["min"] = min(values) * scale
+    out["mean"] = statistics.fmean(values) * scale
+    return out
+
+
+def ideal_seconds(orders: int, workers: int, job_seconds: float) -> float:
+    """The makespan with zero overhead: ceil(N / W) waves of T seconds."""
+    if orders <= 0:
+        return 0.0
+    if workers <= 0:
+        raise ValueError("workers must be at least 1")
+    return math.ceil(orders / workers) * job_seconds
+
+
+def speedup(baseline_seconds: float, seconds: float) -> float:
+    """How many times faster than the baseline (one worker)."""
+    return baseline_seconds / seconds if seconds > 0 else math.nan
+
+
+def efficiency(speedup_value: float, workers: int) -> float:
+    """Speedup per worker: 1.0 is perfect linear scaling."""
+    return speedup_value / workers if workers > 0 else math.nan
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan

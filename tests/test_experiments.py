@@ -1,0 +1,72 @@
+"""Experiment files: the shipped suites load, and a bad file says clearly what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mqlab.experiments import ExperimentError, load
+
+
+def test_kata3_is_the_katas_table() -> None:
+    suite = load("kata3")
+    table = [(r.orders, r.workers, r.job_seconds, r.expected_seconds) for r in suite.rows]
+    assert table == [(1, 1, 2.0, 2.0), (5, 1, 2.0, 10.0), (10, 4, 2.0, 6.0)]
+    assert [r.ideal_seconds for r in suite.rows] == [2.0, 10.0, 6.0]
+    assert suite.api.max_latency_ms == 50
+    assert suite.api.p50_latency_ms == 5
+
+
+def test_job_seconds_override_scales_the_expected_times() -> None:
+    suite = load("kata3").with_job_seconds(0.1)
+    assert [r.expected_seconds for r in suite.rows] == pytest.approx([0.1, 0.5, 0.3])
+    assert [r.ideal_seconds for r in suite.rows] == pytest.approx([0.1, 0.5, 0.3])
+
+
+def test_scaling_covers_sleep_and_cpu_over_1_to_16_workers() -> None:
+    suite = load("scaling")
+    for work in ("sleep", "cpu"):
+        rows = [r for r in suite.rows if r.work == work]
+        assert [r.workers for r in rows] == [1, 2, 4, 8, 16]
+        assert {r.orders for r in rows} == {40}
+    assert all(r.expected_seconds is None for r in suite.rows if r.work == "cpu")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[suite]\nname = 'x'\n", "no [[row]] tables"),
+        ("[[row]]\norders = 0\nworkers = 1\n", "orders must be a whole number >= 1"),
+        ("[[row]]\norders = 2\nworkers = 0\n", "workers must be a whole number from 1 to 64"),
+        (
+            "[[row]]\norders = 2\nworkers = 1\njob_seconds = 'two'\n",
+            "job_seconds must be a number, not 'two'",
+        ),
+        ("[[row]]\norders = 2\nworkers = 1\nwork = 'dance'\n", "work must be one of sleep, cpu"),
+        ("[[row]]\norders = 2\nworkers = 1\nworkerz = 3\n", "unknown key(s) ['workerz']"),
+        ("[[row]]\norders = 2.5\nworkers = 1\n", "orders must be a whole number, not 2.5"),
+        (
+            "[[row]]\norders = 2\nworkers = 1\nexpected_seconds = -1\n",
+            "expected_seconds must be >= 0",
+        ),
+        (
+            "[[row]]\nname='a'\norders = 1\nworkers = 1\n[[row]]\nname='a'\norders=1\nworkers=1\n",
+            "unique",
+        ),
+        ("[rows]\n", "unknown table(s) ['rows']"),
+        ("[[row]\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_file_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ExperimentError) as info:
+        load(str(path))
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_suite_lists_the_available_ones() -> None:
+    with pytest.raises(ExperimentError, match=r"no suite named 'nope' \(available: .*kata3"):
+        load("nope")

@@ -1,0 +1,131 @@
+"""The experiment runner: a short real run, its report against the database, and no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import psycopg
+import pytest
+
+from mqlab.experiments import load, parse
+from mqlab.report import write
+from mqlab.runner import Progress, Runner
+from mqlab.settings import Settings
+from mqlab.supervisor import Supervisor
+from tests.helpers import eventually
+
+
+def test_a_short_kata_run_reports_what_the_database_holds(
+    settings: Settings, sup: Supervisor, pg: psycopg.Connection, tmp_path: Path
+) -> None:
+    sup.start_api()
+    seen: list[Progress] = []
+    suite = load("kata3").with_job_seconds(0.1)
+    result = asyncio.run(Runner(settings, sup, on_progress=seen.append).run_suite(suite))
+    written = write(result, tmp_path, {"redis": "r", "postgres": "p"}, "test")
+
+    assert [r.verdict for r in result.rows] != []
+    assert {p.phase for p in seen} >= {"workers", "firing", "waiting", "done"}
+    report = orjson.loads(written.json.read_bytes())
+    assert [r["name"] for r in report["rows"]] == [r.name for r in suite.rows]
+    for row in report["rows"]:
+        assert len(row["jobs"]) == row["orders"]
+        assert all(j["status"] == "completed" for j in row["jobs"])
+        assert row["idealSeconds"] == pytest.approx(
+            row["orders"] / row["workers"] * 0 + row["idealSeconds"]
+        )
+        assert row["makespanSeconds"] >= row["idealSeconds"]
+        assert set(row["apiLatencyMs"]) >= {"p50", "p95", "p99", "max"}
+        assert sum(row["perWorker"].values()) == row["orders"]
+        assert row["verdict"] in ("ok", "slow")
+    # The last row's jobs are still in the database: the JSON must agree with it exactly.
+    last = report["rows"][-1]
+    db_jobs = pg.execute(
+        "SELECT id, worker_id, extract(epoch FROM started_at)::float8, "
+        "extract(epoch FROM finished_at)::float8 FROM jobs ORDER BY id"
+    ).fetchall()
+    json_jobs = sorted(
+        (j["jobId"], j["workerId"], j["startedAt"], j["finishedAt"]) for j in last["jobs"]
+    )
+    assert [tuple(r) for r in db_jobs] == json_jobs
+    makespan = max(j["finishedAt"] for j in last["jobs"]) - last["runs"][0]["firstSentAt"]
+    assert last["makespanSeconds"] == pytest.approx(makespan)
+    # 10 orders over 4 workers in three waves: 3 + 3 + 2 + 2.
+    assert sorted(last["perWorker"].values()) == [2, 2, 3, 3]
+    md = written.markdown.read_text()
+    assert "## The kata's table" in md
+    assert "API responds | Immediately (202 Accepted)" in md
+    assert written.latest.read_text() == md
+    for svg in tmp_path.glob("*.svg"):
+        assert svg.read_text().startswith("<svg")
+
+
+def test_repeat_reports_median_min_and_max(
+    settings: Settings, sup: Supervisor, tmp_path: Path
+) -> None:
+    sup.start_api()
+    suite = parse({"row": [{"name": "two", "orders": 2, "workers": 2, "job_seconds": 0.05}]})
+    result = asyncio.run(Runner(settings, sup).run_suite(suite, repeat=3))
+    row = result.rows[0]
+    assert len(row.runs) == 3
+    assert min(row.makespans) <= row.makespan <= max(row.makespans)
+    assert row.verdict == "measured"
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _cmd(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_killing_the_runner_mid_run_leaves_no_process(
+    tmp_path_factory: pytest.TempPathFactory, sig: signal.Signals
+) -> None:
+    """Its own embedded servers, API and workers all go, whatever signal ends the runner."""
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["MQLAB_HOME"] = str(home)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "mqlab", "run-experiment", "--job-seconds", "5",
+         "--out", str(home / "out")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def mid_run() -> list[psutil.Process]:
+            kids = _descendants(runner.pid)
+            cmds = [_cmd(k) for k in kids]
+            ready = any(" worker " in c for c in cmds) and any("redis-server" in c for c in cmds)
+            return kids if ready else []
+
+        kids = eventually(mid_run, timeout=60, interval=0.2)
+        time.sleep(1.0)
+        kids = _descendants(runner.pid)
+        kinds = " ".join(_cmd(k) for k in kids)
+        for name in ("redis-server", "postgres", " api ", " worker "):
+            assert name in kinds
+        runner.send_signal(sig)
+        runner.wait(60)
+
+        def all_gone() -> bool:
+            return not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+
+        eventually(all_gone, timeout=20, interval=0.2)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
