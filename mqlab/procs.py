@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 import psutil
 
 _PR_SET_PDEATHSIG = 1
+#: Loaded once here: dlopen() in a forked child of a threaded process can deadlock.
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 #: Servers we started and keep no other handle on: kept here so that they are reaped by
 #: terminate() (no zombies, no "still running" warnings from a collected Popen).
 _servers: dict[int, subprocess.Popen[bytes]] = {}
@@ -31,8 +35,11 @@ def _die_with_parent() -> None:
     This is what makes a SIGKILLed lab take its API, workers and owned servers with it: no
     cleanup code of ours runs then, so the kernel has to do it.
     """
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_SPAWNER_NAME = "mqlab-spawner"
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=_SPAWNER_NAME)
 
 
 def spawn(
@@ -49,6 +56,13 @@ def spawn(
     owned=True: it dies with this process (parent-death signal), for anything a lab command
     starts. owned=False: a daemon that outlives us (`mqlab services up`).
     """
+    if owned and not threading.current_thread().name.startswith(_SPAWNER_NAME):
+        # Linux sends the parent-death signal when the *thread* that forked exits, so owned
+        # children are forked from one thread that lives as long as the process (a TUI or
+        # runner may start them from short-lived worker threads).
+        return _SPAWNER.submit(
+            spawn, argv, owned=owned, log_path=log_path, env=env, user=user, stdout=stdout
+        ).result()
     preexec: Callable[[], None] | None = _die_with_parent if owned else None
     out = open(log_path, "ab") if log_path is not None else stdout  # noqa: SIM115
     try:
