@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -98,6 +99,19 @@ def services_status() -> None:
         console.print("A stale record (its server had died) was cleaned.")
 
 
+@services_app.command("env")
+def services_env() -> None:
+    """Print `export REDIS_URL=... DATABASE_URL=...` (TCP) for the running embedded servers.
+
+    `eval "$(mqlab services env)"`, then `redis-cli -u "$REDIS_URL"` and `psql "$DATABASE_URL"`.
+    """
+    infos = {i.name: i for i in services.status() if i.state == "running"}
+    if set(infos) != {"redis", "postgres"}:
+        raise fail("the embedded servers are not running: `mqlab services up` starts them")
+    print(f"export REDIS_URL={infos['redis'].tcp_url}")
+    print(f"export DATABASE_URL={infos['postgres'].tcp_url}")
+
+
 @app.command()
 def api(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -186,6 +200,31 @@ def status(
         raise fail(str(exc)) from None
 
 
+@app.command("run-experiment")
+def run_experiment(
+    suites: Annotated[
+        list[str] | None,
+        typer.Argument(help="Suite names (experiments/NAME.toml) or .toml paths. Default: kata3."),
+    ] = None,
+    job_seconds: Annotated[
+        float | None,
+        typer.Option(help="Run every row at this job time (expected times scale).", min=0),
+    ] = None,
+    repeat: Annotated[int, typer.Option(help="Runs per row; the median is reported.", min=1)] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="Where reports go (default experiments/results).")
+    ] = None,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run experiments headless and write a report (markdown + JSON). Resets the data."""
+    from mqlab.experiment_cli import run
+
+    setup_logging(logging.WARNING)
+    code = run(suites or ["kata3"], job_seconds, repeat, out, redis_url, database_url, console)
+    raise typer.Exit(code)
+
+
 @app.command()
 def reset(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
@@ -200,3 +239,66 @@ def reset(
         raise typer.Exit(1)
     reset_all(settings)
     console.print("Orders, jobs and queues are empty.")
+
+
+@app.command()
+def tui(
+    workers: Annotated[int, typer.Option(help="Workers to start with.", min=0, max=64)] = 1,
+    job_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Job time of the workers (default: the kata's 2 s); the experiments table "
+            "runs at it too (expected times scale).",
+            min=0,
+        ),
+    ] = None,
+    suite: Annotated[str, typer.Option(help="The experiments table (name or .toml).")] = "kata3",
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """The live lab: start the stack, fire orders, add/stop/kill workers, run the experiments."""
+    from mqlab.experiments import ExperimentError
+    from mqlab.tui.main import run
+
+    try:
+        code = run(workers, job_seconds, suite, redis_url, database_url)
+    except ExperimentError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def bench(
+    seconds: Annotated[
+        float, typer.Option(help="Length of each POST /orders phase.", min=0.5)
+    ] = 5.0,
+    jobs: Annotated[int, typer.Option(help="Jobs per drain phase.", min=1)] = 3000,
+    json_path: Annotated[
+        str | None, typer.Option("--json", help="Also write the figures as JSON to this file.")
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Allow emptying the Redis and PostgreSQL given.")
+    ] = False,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Measure POST /orders, the drain rate and the dispatch latency, beside their targets.
+
+    Without --redis-url / --database-url it runs its own embedded servers in a temporary
+    folder; the API and the workers are its children. Nothing is left running after it.
+    """
+    from pathlib import Path
+
+    from mqlab.bench import run
+
+    out = Path(json_path) if json_path else None
+    raise typer.Exit(
+        run(
+            seconds=seconds,
+            jobs=jobs,
+            json_path=out,
+            redis_url=redis_url,
+            database_url=database_url,
+            yes=yes,
+        )
+    )

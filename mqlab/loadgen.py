@@ -1,10 +1,11 @@
 """A cheap async load generator for POST /orders: raw HTTP/1.1 over keep-alive connections.
 
 The client shares two cores with the API, PostgreSQL and Redis, so every microsecond it burns
-is taken from the system under test. Measured on this machine (1 connection, same API):
-httpx.AsyncClient ~190 us of client CPU per request, aiohttp ~95 us, this module ~25 us. So
-this is a small asyncio Protocol that writes pre-formatted request bytes and parses only what
-it needs (status line, Content-Length, the JSON body); no dependency beyond orjson.
+is taken from the system under test. Measured on the 2-core lab machine against a trivial
+uvloop HTTP server, 5000 POSTs, client CPU per request at 1 / 10 connections: httpx
+(AsyncClient) 1275 / 1890 us, aiohttp 230 / 143 us, this module 81 / 30 us (7,100 / 32,000
+requests/s). So this is a small asyncio Protocol that writes pre-formatted request bytes and
+parses only what it needs (status line, Content-Length, the JSON body): no new dependency.
 
 Each of `concurrency` connections sends its next request when the previous answer arrived
 (closed loop), so the offered load adapts to the server: the figures are sustained rates.

@@ -31,6 +31,10 @@ log = logging.getLogger("mqlab.worker")
 
 #: BLMOVE blocks at most this long, so that a stop request is seen within it when idle.
 POP_TIMEOUT = 1.0
+#: A job this short (seconds) is announced when it ends: its "started" beat and event go out
+#: with its ack, in the same round trip as the "finished" ones, and it logs one line, not two.
+#: Nobody could have watched it busy anyway (the lab refreshes about once a second).
+SHORT_JOB = 0.05
 #: Reconnect backoff: doubles from the first to the last, with jitter.
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
@@ -41,6 +45,10 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.InterfaceError,
     OSError,
 )
+
+
+#: A happening for the event stream: (type, fields).
+Event = tuple[str, dict[str, str | int | float]]
 
 
 class InvalidMessage(ValueError):
@@ -74,7 +82,9 @@ class Worker:
         work: str = "sleep",
     ) -> None:
         self.settings = settings
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        # Looked up once: they are in every beat, and a beat goes out with every job.
+        self.pid, self.host = os.getpid(), socket.gethostname()
+        self.id = worker_id or f"{self.host}-{self.pid}"
         self.job_seconds = job_seconds
         self.work = work
         self.processing = keys.processing_key(self.id)
@@ -84,6 +94,7 @@ class Worker:
         self.current_job = ""
         self.job_started = 0.0
         self.started = time.time()
+        self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -145,8 +156,8 @@ class Worker:
 
     def _beat_fields(self) -> dict[str, str | int | float]:
         return {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "pid": self.pid,
+            "host": self.host,
             "state": self.state,
             "job": self.current_job,
             "job_started": self.job_started,
@@ -158,6 +169,7 @@ class Worker:
         }
 
     def _queue_beat(self, pipe: Any) -> None:
+        self.last_beat_sent = time.monotonic()
         pipe.hset(keys.worker_key(self.id), mapping=self._beat_fields())
         pipe.expire(keys.worker_key(self.id), keys.HEARTBEAT_TTL)
 
@@ -167,7 +179,9 @@ class Worker:
             self._queue_beat(pipe)
             await pipe.execute()
 
-    async def _publish(self, kind: str, ack: str | None = None, **fields: str | int) -> None:
+    async def _publish(
+        self, kind: str, ack: str | None = None, **fields: str | int | float
+    ) -> None:
         """One round trip: the ack (if any), our new state, and the event for the lab."""
 
         async def op() -> None:
@@ -185,11 +199,16 @@ class Worker:
                 await op()
 
     async def _heartbeat_loop(self) -> None:
+        # Sleep first: run() has just beaten. A beat sent now would race the first job's
+        # "busy" beat on a second, still connecting, connection and could land after it,
+        # showing the worker idle for a second while it works.
         while True:
-            with contextlib.suppress(*BACKEND_ERRORS):
-                await self.beat()
-                await requeue_orphans(self.redis, exclude=self.id)
             await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
+            with contextlib.suppress(*BACKEND_ERRORS):
+                # Jobs beat as they start and finish: no need to add one when they did lately.
+                if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
+                    await self.beat()
+                await requeue_orphans(self.redis, exclude=self.id)
 
     async def _hand_back_own(self) -> int:
         """Move whatever sits in our own processing list back to the queue's front."""
@@ -213,22 +232,27 @@ class Worker:
         log.info("%s: ready (pid %d, job %.3gs %s)", self.id, os.getpid(), self.job_seconds,
                  self.work)  # fmt: skip
         heart = asyncio.create_task(self._heartbeat_loop())
+        # One waiter for the whole run, not one per job: jobs can be thousands a second.
+        cold = asyncio.create_task(self._cold_stop.wait())
+        raw: str | None = None
         try:
             while not self._stop.is_set():
-                raw = await self._retry("Redis", self._pop)
                 if raw is None:
-                    continue
+                    raw = await self._retry("Redis", self._pop)
+                    if raw is None:
+                        continue
                 job = asyncio.create_task(self.handle(raw))
-                cold = asyncio.create_task(self._cold_stop.wait())
                 await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
-                cold.cancel()
                 if not job.done():
                     job.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await job
                     break
-                job.result()
+                # The next message, when it came with this one's ack (see _finish).
+                raw = job.result()
         finally:
+            # A message taken but not handled (a stop came with it) is handed back below.
+            cold.cancel()
             heart.cancel()
             self.state = "stopping"
             with contextlib.suppress(*BACKEND_ERRORS):
@@ -268,13 +292,16 @@ class Worker:
         log.error("%s: dead-lettered a message (%s): %.200s", self.id, reason, raw)
         await events.emit(self.redis, "job_dead", worker=self.id, reason=reason)
 
-    async def handle(self, raw: str) -> None:
-        """One delivery: claim, work, record, ack."""
+    async def handle(self, raw: str) -> str | None:
+        """One delivery: claim, work, record, ack.
+
+        Returns the next message when it was taken in the same round trip as the ack.
+        """
         try:
             job_id, order_id = parse_message(raw)
         except InvalidMessage as exc:
             await self._dead_letter(raw, str(exc))
-            return
+            return None
         claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id})
         if claim is None:
             found = await self._sql(db.JOB_STATUS, [job_id])
@@ -285,12 +312,16 @@ class Worker:
                 log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
                          self.id, job_id, status, owner, attempts)  # fmt: skip
                 await self._ack(raw)
-            return
-        _, _, attempt, started_at = claim
+            return None
+        _, _, attempt = claim
         self.state, self.current_job, self.job_started = "busy", job_id, time.time()
-        await self._publish("job_started", job=job_id, order=order_id, attempt=attempt)
+        started: Event = ("job_started", {"job": job_id, "order": order_id, "attempt": attempt,
+                                          "at": self.job_started})  # fmt: skip
         again = f" (attempt {attempt})" if attempt > 1 else ""
-        log.info("%s: started %s (order %d)%s", self.id, job_id, order_id, again)
+        short = self.job_seconds < SHORT_JOB
+        if not short:
+            await self._publish(started[0], **started[1])
+            log.info("%s: started %s (order %d)%s", self.id, job_id, order_id, again)
         await do_work(self.work, self.job_seconds)
         done = await self._sql(
             db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}
@@ -298,15 +329,70 @@ class Worker:
         self.current_job, self.job_started = "", 0.0
         self.state = "stopping" if self._stop.is_set() else "idle"
         if done is None:
-            # Presumed dead and taken over: the other delivery owns the outcome now.
-            log.warning("%s: %s was taken over by another worker; not completing it",
-                        self.id, job_id)  # fmt: skip
-            await self._publish("job_lost", ack=raw, job=job_id, order=order_id)
-            return
+            await self._not_completed(raw, job_id, order_id)
+            return None
         self.jobs_done += 1
-        await self._publish("job_finished", ack=raw, job=job_id, order=order_id)
-        took = (done[1] - started_at).total_seconds()
-        log.info("%s: completed %s (order %d) in %.3fs", self.id, job_id, order_id, took)
+        took = float(done[1])
+        # Logged before the ack: _finish may then wait up to POP_TIMEOUT for the next message.
+        log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
+                 again if short else "")  # fmt: skip
+        finished: Event = ("job_finished", {"job": job_id, "order": order_id})
+        return await self._finish(raw, [started, finished] if short else [finished])
+
+    async def _finish(self, raw: str, happened: list[Event]) -> str | None:
+        """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
+        queued behind them) unless a stop was asked for: one round trip less per job.
+
+        Returns that next message (None when the queue stayed empty for POP_TIMEOUT).
+        """
+        pop = not self._stop.is_set()
+        try:
+            return await self._finish_once(raw, happened, pop)
+        except BACKEND_ERRORS as exc:
+            if self._cold_stop.is_set():
+                raise
+            log.warning("%s: ack of %s failed (%s); retrying", self.id, raw[:80], exc)
+        # The reply was lost: the ack may or may not have happened, and a message may have
+        # been moved into our processing list that we never saw. Ack again (LREM of a message
+        # no longer there is a no-op), then hand back whatever else the list holds.
+        await self._retry("Redis", lambda: self._finish_once(raw, happened, pop=False))
+        await self._retry("Redis", self._hand_back_own)
+        return None
+
+    async def _finish_once(self, raw: str, happened: list[Event], pop: bool) -> str | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrem(self.processing, 1, raw)
+            self._queue_beat(pipe)
+            for kind, fields in happened:
+                events.queue(pipe, kind, worker=self.id, **fields)
+            if pop:
+                pipe.blmove(keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT")
+            results = await pipe.execute()
+        return results[-1] if pop else None  # type: ignore[no-any-return]
+
+    async def _not_completed(self, raw: str, job_id: str, order_id: int) -> None:
+        """Our completion matched no claim: taken over, or our claim was lost."""
+        found = await self._sql(db.JOB_STATUS, [job_id])
+        if found is not None and found[0] == "pending":
+            # The claim commits asynchronously: a PostgreSQL crash can lose it. The job is
+            # pending again, and only our processing list holds it: hand it back, so that it is
+            # redelivered (and worked again) rather than lost.
+            log.warning("%s: the claim of %s was lost (PostgreSQL restarted?); handing it back",
+                        self.id, job_id)  # fmt: skip
+            await self._retry("Redis", lambda: self._requeue(raw))
+            await self._publish("job_requeued", job=job_id, order=order_id)
+            return
+        # Presumed dead and taken over: the other delivery owns the outcome now.
+        log.warning("%s: %s was taken over by another worker; not completing it",
+                    self.id, job_id)  # fmt: skip
+        await self._publish("job_lost", ack=raw, job=job_id, order=order_id)
+
+    async def _requeue(self, raw: str) -> None:
+        """Move one message from our processing list back to the queue's front, atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self.processing, 1, raw)
+            pipe.rpush(keys.QUEUE, raw)
+            await pipe.execute()
 
 
 async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:

@@ -97,6 +97,13 @@ def parse_order(body: bytes) -> OrderIn:
         order = OrderIn.model_validate(data)
     except ValidationError as exc:
         raise BadRequest(422, "invalid order", field_errors(exc)) from None
+    if "\x00" in order.product:
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail at the INSERT.
+        raise BadRequest(
+            422,
+            "invalid order",
+            [{"field": "product", "message": "must not contain NUL characters", "type": "nul"}],
+        )
     if Decimal(repr(order.price)).as_tuple().exponent < -2:  # type: ignore[operator]
         raise BadRequest(
             422,
