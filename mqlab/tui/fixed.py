@@ -1,0 +1,209 @@
+"""A fixed data source and a simulated lab: the same screen every time, for snapshot tests.
+
+FixedSource shows one moment of a typical session (a second burst of orders being worked off
+by four workers, one worker killed earlier). FixedLab carries out the keys without any
+process: it records them, and "runs" experiment rows by computing perfect waves, so that the
+experiments panel fills in through the same code path as with the real Runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+
+from mqlab.experiments import Row, Suite
+from mqlab.loadgen import Shot
+from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
+from mqlab.runner import Progress, ProgressHandler
+from mqlab.tui.model import Frame, JobBar, LineHandler, RowHandler, Service, WorkerRow
+
+#: "Now" in the fixed world (2023-11-14 22:13:20 UTC); everything is relative to it.
+NOW = 1_700_000_000.0
+
+
+def _depth_history() -> tuple[float, ...]:
+    """120 half-second bins: a burst of 10 drained in three waves 20 s ago, and one now."""
+    bins = [0.0] * 120
+    for start, levels in ((80, (10, 6, 2)), (114, (10, 10, 8))):
+        for wave, level in enumerate(levels):
+            for i in range(start + wave * 4, min(120, start + wave * 4 + 4)):
+                bins[i] = level
+    return tuple(bins)
+
+
+def _bars() -> tuple[JobBar, ...]:
+    """Ten orders on four workers in three waves, 20 s ago; four jobs under way now."""
+    bars = []
+    t0 = NOW - 20.0
+    for i in range(10):
+        worker, wave = f"w{i % 4 + 1}", i // 4
+        start = t0 + wave * 2.004
+        bars.append(JobBar(worker, f"job-{i + 1}", i + 1, start, start + 2.0))
+    bars.append(JobBar("w5", "job-0", 0, NOW - 28.0, NOW - 26.5))  # w5 killed mid-job
+    for i, worker in enumerate(("w1", "w2", "w3", "w4")):
+        bars.append(JobBar(worker, f"job-{11 + i}", 11 + i, NOW - 1.2, None))
+    return tuple(bars)
+
+
+def fixed_frame() -> Frame:
+    return Frame(
+        at=NOW,
+        services=(
+            Service("Redis", "redis://127.0.0.1:6390/0", True),
+            Service("PostgreSQL", "postgresql://postgres@127.0.0.1:5439/mqlab", True),
+            Service("API", "http://127.0.0.1:3000", True),
+        ),
+        depth=6,
+        trend=-1,
+        depth_history=_depth_history(),
+        processing=4,
+        dead_letters=0,
+        jobs_per_second=2.0,
+        orders={"pending": 6, "processing": 4, "completed": 10, "failed": 0, "dead": 0},
+        workers=(
+            WorkerRow("w1", 41001, "busy", "job-11", 1.2, 3),
+            WorkerRow("w2", 41002, "busy", "job-12", 1.2, 3),
+            WorkerRow("w3", 41003, "busy", "job-13", 1.2, 2),
+            WorkerRow("w4", 41004, "stopping", "job-14", 1.2, 2),
+            WorkerRow("w5", 41005, "dead", "SIGKILL", None, 0),
+        ),
+        bars=_bars(),
+        timeline_seconds=30.0,
+    )
+
+
+class FixedSource:
+    """Always the same frame."""
+
+    def __init__(self, frame: Frame | None = None) -> None:
+        self.frame = frame or fixed_frame()
+        self.samples = 0
+
+    async def sample(self) -> Frame:
+        self.samples += 1
+        return self.frame
+
+    async def close(self) -> None:
+        return None
+
+
+def simulated_run(row: Row, t0: float = NOW) -> RunResult:
+    """A run of `row` as a perfect lab would record it: waves of W jobs, 4 ms apart."""
+    shots = [
+        Shot(i, 202, t0 + i * 1e-4, 0.002, i + 1, f"job-{i + 1}", None) for i in range(row.orders)
+    ]
+    jobs = []
+    for i in range(row.orders):
+        wave = i // row.workers
+        started = t0 + 0.012 + wave * (row.job_seconds + 0.004)
+        jobs.append(
+            JobTiming(
+                f"job-{i + 1}",
+                i + 1,
+                f"w{i % row.workers + 1}",
+                1,
+                t0 + 0.003,
+                started,
+                started + row.job_seconds,
+                "completed",
+            )
+        )
+    workers = [f"w{k + 1}" for k in range(row.workers)]
+    return RunResult(shots, jobs, t0, 0.5, False, workers)
+
+
+class FixedLab:
+    """The controls, without processes: each call is recorded in `calls`."""
+
+    def __init__(self, suite: Suite, job_seconds: float = 2.0, step_seconds: float = 0.0) -> None:
+        self.suite = suite
+        self.job_seconds = job_seconds
+        self.step_seconds = step_seconds  # how long each simulated phase lasts
+        self.state = "up"
+        self.error = ""
+        self.calls: list[str] = []
+        self._handler: LineHandler = lambda _name, _line: None
+        self._workers = 5
+
+    def set_line_handler(self, handler: LineHandler) -> None:
+        self._handler = handler
+
+    def open(self) -> None:
+        self.calls.append("open")
+        for name, line in (
+            ("lab", "API on http://127.0.0.1:3000"),
+            ("w1", "12:00:00.000 INFO    w1: ready (pid 41001, job 2s sleep)"),
+            ("api", "12:00:00.000 INFO    API on http://127.0.0.1:3000 (docs at /docs)"),
+        ):
+            self._handler(name, line)
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.state = "closed"
+
+    def add_worker(self) -> str:
+        self._workers += 1
+        self.calls.append(f"add w{self._workers}")
+        return f"w{self._workers}"
+
+    def stop_worker(self, worker_id: str) -> int | None:
+        self.calls.append(f"stop {worker_id}")
+        return 0
+
+    def kill_worker(self, worker_id: str) -> int | None:
+        self.calls.append(f"kill {worker_id}")
+        return -9
+
+    def reset(self) -> None:
+        self.calls.append("reset")
+
+    async def fire(self, orders: int) -> dict[int, int]:
+        self.calls.append(f"fire {orders}")
+        return {202: orders}
+
+    async def run_rows(
+        self, rows: Sequence[Row], on_progress: ProgressHandler, on_row: RowHandler
+    ) -> SuiteResult:
+        self.calls.append(f"run {len(rows)}")
+        suite = replace(self.suite, rows=tuple(rows))
+        result = SuiteResult(suite=suite, repeat=1, started_at=NOW)
+        for index, row in enumerate(rows, 1):
+            for phase, done in (("workers", 0), ("waiting", row.orders // 2)):
+                on_progress(
+                    Progress(
+                        suite.name,
+                        row,
+                        index,
+                        len(rows),
+                        1,
+                        1,
+                        phase,
+                        done,
+                        row.orders,
+                        row.ideal_seconds / 2,
+                    )
+                )
+                await asyncio.sleep(self.step_seconds)
+            run = simulated_run(row)
+            on_progress(
+                Progress(
+                    suite.name,
+                    row,
+                    index,
+                    len(rows),
+                    1,
+                    1,
+                    "done",
+                    row.orders,
+                    row.orders,
+                    run.makespan,
+                )
+            )
+            done = RowResult(row=row, runs=[run])
+            done.compute()
+            result.rows.append(done)
+            on_row(done)
+        result.finished_at = NOW + 60
+        result.compute()
+        return result

@@ -1,0 +1,214 @@
+"""The TUI's controls on the real stack: the same Stack, Supervisor and Runner as
+`mqlab run-experiment`, nothing re-implemented. Blocking methods run in thread workers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+
+from mqlab.experiments import Row, Suite
+from mqlab.loadgen import fire
+from mqlab.resetting import reset_all
+from mqlab.results import SuiteResult
+from mqlab.runner import MAX_CONCURRENCY, Progress, ProgressHandler, Runner
+from mqlab.settings import Settings
+from mqlab.stack import Stack
+from mqlab.supervisor import Child, Supervisor
+from mqlab.tui.model import LineHandler, RowHandler
+
+
+class LabClosed(RuntimeError):
+    """The lab is closing or closed: no new process may start."""
+
+
+class LiveLab:
+    """Owns a Stack (servers if none are configured, the API) and N workers on top of it."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        workers: int = 1,
+        job_seconds: float = 2.0,
+        redis_url: str | None = None,
+        database_url: str | None = None,
+    ) -> None:
+        self.suite = suite
+        self.initial_workers = workers
+        self.job_seconds = job_seconds
+        self.state = "starting"
+        self.error = ""
+        self._handler: LineHandler = lambda _name, _line: None
+        self.stack = Stack(redis_url, database_url, on_line=self._line)
+        # open() and close() may run at once (a person quits while the servers start).
+        self._state_lock = threading.Lock()
+        self._closing = False
+
+    # -- what the source reads --------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings | None:
+        return self.stack.settings
+
+    @property
+    def sup(self) -> Supervisor | None:
+        return self.stack.sup
+
+    def children(self) -> list[Child]:
+        """Every child the supervisor started, alive or not (a copy: threads add to it)."""
+        sup = self.stack.sup
+        return [] if sup is None else list(sup.children.values())
+
+    def api_alive(self) -> bool | None:
+        sup = self.stack.sup
+        api = None if sup is None else sup.children.get("api")
+        return None if api is None else api.alive()
+
+    # -- log lines ----------------------------------------------------------------------------
+
+    def set_line_handler(self, handler: LineHandler) -> None:
+        self._handler = handler
+
+    def _line(self, name: str, line: str) -> None:
+        self._handler(name, line)
+
+    def say(self, line: str) -> None:
+        """A line of the lab's own (what it did), shown among the children's lines."""
+        self._handler("lab", line)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start what is missing (servers, API) and the initial workers; blocks for seconds.
+
+        A close() meanwhile does not wait for it: it stops what exists at once, which makes
+        the supervisor's waits here fail fast, and this sweeps again what it started after.
+        """
+        with self._state_lock:
+            if self.state != "starting":
+                return
+        try:
+            self.say("starting the stack (servers if none run, then the API) ...")
+            self.stack.open()
+            sup = self.stack.sup
+            assert sup is not None
+            if self.stack.started_services:
+                self.say(f"started embedded {' and '.join(self.stack.started_services)}")
+            self.say(f"API on {sup.api_url}")
+            if self.initial_workers and not self._closing:
+                started = sup.start_workers(self.initial_workers, self.job_seconds)
+                self.say(f"workers {', '.join(c.name for c in started)} ready")
+            with self._state_lock:
+                if not self._closing:
+                    self.state = "up"
+        except Exception as exc:
+            if self._closing:
+                return  # quit while starting: not a failure
+            with self._state_lock:
+                self.state, self.error = "failed", str(exc) or type(exc).__name__
+            self.say(f"could not start: {self.error}")
+            raise
+        finally:
+            if self._closing:
+                self.stack.close()
+
+    def close(self) -> None:
+        """Stop every child and the servers this lab started. Idempotent; safe from any thread.
+
+        Called again after a first close, it still sweeps: a worker that a thread started
+        while the first close ran is stopped by the second.
+        """
+        with self._state_lock:
+            self._closing = True
+            if self.state != "closed":
+                self.state = "closing"
+        self.stack.close()
+        with self._state_lock:
+            self.state = "closed"
+
+    def _require_up(self) -> Supervisor:
+        if self.state != "up" or self.stack.sup is None:
+            raise LabClosed(f"the lab is {self.state}")
+        return self.stack.sup
+
+    # -- controls ----------------------------------------------------------------------------
+
+    def add_worker(self) -> str:
+        child = self._require_up().start_worker(job_seconds=self.job_seconds)
+        self.say(f"started {child.name} (pid {child.pid})")
+        return child.name
+
+    def stop_worker(self, worker_id: str) -> int | None:
+        sup = self._require_up()
+        self.say(f"SIGTERM {worker_id}: it finishes its current job, then exits")
+        code = sup.stop(worker_id)
+        self.say(f"{worker_id} exited with {code}")
+        return code
+
+    def kill_worker(self, worker_id: str) -> int | None:
+        sup = self._require_up()
+        self.say(f"SIGKILL {worker_id}: its job goes back to the queue when its heartbeat expires")
+        code = sup.kill(worker_id)
+        self.say(f"{worker_id} exited with {code}")
+        return code
+
+    def reset(self) -> None:
+        self._require_up()
+        assert self.settings is not None
+        reset_all(self.settings)
+        self.say("reset: no orders, no jobs, nothing queued")
+
+    async def fire(self, orders: int) -> dict[int, int]:
+        """POST `orders` orders at once; returns how many got each HTTP status (0: no answer)."""
+        sup = self._require_up()
+        assert sup.api_url is not None
+        shots = await fire(sup.api_url, orders, min(orders, MAX_CONCURRENCY), product="tui #")
+        statuses = dict(Counter(s.status for s in shots))
+        self.say(f"fired {orders} orders: {statuses}")
+        return statuses
+
+    async def run_rows(
+        self, rows: Sequence[Row], on_progress: ProgressHandler, on_row: RowHandler
+    ) -> SuiteResult:
+        """Run rows of the suite with the shared Runner, one at a time, so that each row's
+        verdict shows as soon as it is known; the API's verdict comes with the whole result.
+
+        The workers added by hand would take the experiment's jobs and skew its figures, so
+        every live worker is stopped first and the runner starts the pool each row needs; that
+        pool stays up (and visible) afterwards.
+        """
+        sup = self._require_up()
+        assert self.settings is not None
+        live = [c.name for c in sup.workers()]
+        if live:
+            self.say(f"stopping {', '.join(live)}: the runner starts the workers each row needs")
+            await asyncio.gather(*(asyncio.to_thread(sup.stop, name) for name in live))
+        self.say(f"running {self.suite.name}: {', '.join(r.name for r in rows)}")
+        suite = replace(self.suite, rows=tuple(rows))
+        result = SuiteResult(suite=suite, repeat=1, started_at=time.time())
+        # One runner for all the rows: it keeps its pool of workers from one row to the next.
+        runner = Runner(self.settings, sup)
+        for index, row in enumerate(rows, 1):
+
+            def progress(p: Progress, index: int = index) -> None:
+                on_progress(replace(p, row_index=index, rows=len(rows)))
+
+            runner.on_progress = progress
+            try:
+                part = await runner.run_suite(replace(self.suite, rows=(row,)))
+            except asyncio.CancelledError:
+                self.say("experiment cancelled")
+                raise
+            done = part.rows[0]
+            self.say(f"{row.name}: {done.makespan:.3f} s, {done.verdict} ({done.reason})")
+            result.rows.append(done)
+            on_row(done)
+        result.finished_at = time.time()
+        result.compute()
+        return result
+
+    def __repr__(self) -> str:
+        return f"<LiveLab {self.state} children={[c.name for c in self.children()]}>"

@@ -1,0 +1,257 @@
+"""The live panels: stack bar, queue, workers, log. Each takes a Frame as an attribute."""
+
+from __future__ import annotations
+
+import collections
+import re
+from typing import ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive, var
+from textual.widget import Widget
+from textual.widgets import DataTable, RichLog, Sparkline, Static
+
+from mqlab.tui.model import Frame, Service, WorkerRow
+
+#: Log lines are shortened for a narrow pane: the INFO level and the process's own name go
+#: (the margin shows it), and so does the epoch suffix of job ids.
+_INFO = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} )INFO +(?:[\w.-]+: )?")
+_LONG_JOB_ID = re.compile(r"\b(job-\d+)-\d{10,}\b")
+
+STATE_STYLES = {
+    "idle": "green",
+    "busy": "bold yellow",
+    "stopping": "magenta",
+    "starting": "cyan",
+    "dead": "bold red",
+}
+TREND = {1: ("▲ rising", "yellow"), -1: ("▼ falling", "green"), 0: ("= steady", "dim")}
+#: Colors of the log lines' process names: the lab, the API, then the workers in turn.
+PROCESS_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_green")
+
+
+def service_text(service: Service, with_url: bool = True) -> Text:
+    """● Redis up unix:///... (green up, red down, dim not known yet)."""
+    if service.up is None:
+        dot, word = ("dim", "…")
+    elif service.up:
+        dot, word = ("green", "up")
+    else:
+        dot, word = ("bold red", "down")
+    text = Text.assemble(("● ", dot), (service.name, "bold"), " ", (word, dot))
+    if service.url and with_url:
+        text.append(f" {service.url}", style="dim")
+    return text
+
+
+class StackBar(Widget):
+    """The top line: Redis, PostgreSQL and API up or down with their URLs, and what the lab
+    is doing. URLs are dropped, the database ones first, where the line would not fit."""
+
+    frame: reactive[Frame | None] = reactive(None)
+    status: reactive[str] = reactive("starting ...")
+
+    def render(self) -> Text:
+        services = self.frame.services if self.frame is not None else ()
+        status = Text(f" {self.status} ", style="reverse")
+        width = self.size.width - status.cell_len - 1
+        for keep_urls in ({"Redis", "PostgreSQL", "API"}, {"Redis", "API"}, {"API"}, set()):
+            line = Text.assemble(("mqlab", "bold"))
+            for service in services:
+                line.append("  ")
+                line.append_text(service_text(service, service.name in keep_urls))
+            if line.cell_len <= width:
+                break
+        line.truncate(width, overflow="ellipsis")
+        line.pad_right(width - line.cell_len + 1)
+        return line + status
+
+
+class QueuePanel(Vertical):
+    """Depth now (with a trend cue), its sparkline over the last minute, jobs/s, counts."""
+
+    BORDER_TITLE = "queue"
+    # var, not reactive: a new frame repaints only the lines that changed (see _put).
+    frame: var[Frame | None] = var(None)
+    batch: reactive[int] = reactive(10)
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._shown: dict[str, Text] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="depth")
+        yield Sparkline([], id="depth-spark")
+        yield Static(id="spark-axis")
+        yield Static(id="rates")
+        yield Static(id="counts")
+        yield Static(id="batch")
+
+    def _put(self, widget_id: str, text: Text) -> None:
+        """Update a line only when it changed: a refresh 5 times a second must cost nothing
+        while the lab is idle."""
+        if self._shown.get(widget_id) != text:
+            self._shown[widget_id] = text
+            self.query_one(f"#{widget_id}", Static).update(text)
+
+    def watch_frame(self, frame: Frame | None) -> None:
+        if frame is None:
+            return
+        cue, style = TREND[frame.trend]
+        depth = Text.assemble("depth ", (f"{frame.depth:>6}", "bold"), "  ", (cue, style))
+        self._put("depth", depth)
+        spark = self.query_one("#depth-spark", Sparkline)
+        history = list(frame.depth_history)
+        if history != list(spark.data or []):
+            spark.data = history  # a new list each time: Sparkline redraws on assignment
+        peak = f"max {max(history, default=0):g}"
+        if self._shown.get("spark-axis") != Text(peak):
+            self._shown["spark-axis"] = Text(peak)
+            axis = Table.grid(expand=True)
+            for justify in ("left", "center", "right"):
+                axis.add_column(justify=justify)  # type: ignore[arg-type]
+            axis.add_row("-60s", peak, "now", style="dim")
+            self.query_one("#spark-axis", Static).update(axis)
+        rates = Text.assemble(
+            "jobs/s ", (f"{frame.jobs_per_second:.1f}", "bold"),
+            "  in flight ", (str(frame.processing), "bold"),
+        )  # fmt: skip
+        if frame.dead_letters:  # rare, and then worth the width
+            rates.append_text(Text.assemble("  dead letters ", (str(frame.dead_letters), "red")))
+        self._put("rates", rates)
+        counts = Text()
+        for status, n in frame.orders.items():
+            if n or status in ("pending", "processing", "completed"):
+                counts.append(f"{status} ", style="dim")
+                counts.append(f"{n}  ", style="bold")
+        self._put("counts", counts or Text("no orders", style="dim"))
+
+    def watch_batch(self, batch: int) -> None:
+        self._put(
+            "batch", Text.assemble("batch ", (str(batch), "bold"), (" (f fires, +/- size)", "dim"))
+        )
+
+
+def job_age(row: WorkerRow) -> str:
+    """At most 4 cells: 1.2s, 12s, 345s."""
+    if row.job_age is None:
+        return ""
+    return f"{row.job_age:.1f}s" if row.job_age < 9.95 else f"{row.job_age:.0f}s"
+
+
+class WorkersTable(DataTable[Text | str]):
+    """One row per worker, keyed by its id; cells change in place so the cursor stays put."""
+
+    #: Fixed widths: cells change 5 times a second and columns must not jitter.
+    COLUMNS: ClassVar[dict[str, int]] = {
+        "id": 3, "pid": 7, "state": 8, "job": 8, "for": 4, "done": 4,
+    }  # fmt: skip
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        for name, width in self.COLUMNS.items():
+            self.add_column(name, key=name, width=width)
+        self.rows_shown: dict[str, WorkerRow] = {}
+
+    def cells(self, row: WorkerRow) -> dict[str, Text | str]:
+        state = Text(row.state, style=STATE_STYLES.get(row.state, ""))
+        name = row.id if row.ours else f"{row.id}*"
+        return {
+            "id": name,
+            "pid": str(row.pid),
+            "state": state,
+            "job": Text(row.job, style="dim") if row.state == "dead" else row.job,
+            "for": job_age(row),
+            "done": str(row.jobs_done),
+        }
+
+    def show(self, rows: tuple[WorkerRow, ...]) -> None:
+        """Add new workers, update changed cells, drop rows that left the frame."""
+        wanted = {r.id: r for r in rows}
+        with self.app.batch_update():
+            for gone in [wid for wid in self.rows_shown if wid not in wanted]:
+                self.remove_row(gone)
+                del self.rows_shown[gone]
+            for wid, row in wanted.items():
+                old = self.rows_shown.get(wid)
+                if old == row:
+                    continue
+                cells = self.cells(row)
+                if old is None:
+                    self.add_row(*cells.values(), key=wid)
+                else:
+                    before = self.cells(old)
+                    for column, value in cells.items():
+                        if value != before[column]:
+                            self.update_cell(wid, column, value)
+                self.rows_shown[wid] = row
+
+    def selected(self) -> WorkerRow | None:
+        """The worker under the cursor, if any."""
+        if not self.row_count:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        return self.rows_shown.get(key or "")
+
+
+class WorkersPanel(Vertical):
+    BORDER_TITLE = "workers"
+    frame: var[Frame | None] = var(None)
+
+    def compose(self) -> ComposeResult:
+        yield WorkersTable(id="workers-table", zebra_stripes=True)
+
+    def watch_frame(self, frame: Frame | None) -> None:
+        if frame is None:
+            return
+        self.query_one(WorkersTable).show(frame.workers)
+        alive = sum(1 for w in frame.workers if w.state != "dead")
+        busy = sum(1 for w in frame.workers if w.state == "busy")
+        subtitle = f"{alive} alive, {busy} busy"
+        if self.border_subtitle != subtitle:
+            self.border_subtitle = subtitle
+
+
+class LogPanel(Vertical):
+    """The children's log lines (and the lab's own), filterable by process."""
+
+    BORDER_TITLE = "log"
+    MAX_LINES = 2000
+    process: reactive[str] = reactive("")  # "" = every process
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.lines: collections.deque[tuple[str, str]] = collections.deque(maxlen=self.MAX_LINES)
+        self.process_colors: dict[str, str] = {}
+
+    def compose(self) -> ComposeResult:
+        yield RichLog(id="log-lines", max_lines=self.MAX_LINES, wrap=True, min_width=20)
+
+    def processes(self) -> list[str]:
+        return sorted(self.process_colors, key=lambda n: (n != "lab", n != "api", len(n), n))
+
+    def _styled(self, name: str, line: str) -> Text:
+        color = self.process_colors.setdefault(name, PROCESS_COLORS[len(self.process_colors) % 7])
+        # "12:00:01.234 INFO    w1: started ..." -> "12:00:01.234 started ...": the name is in
+        # the margin already, and only levels above INFO are worth the width.
+        line = _LONG_JOB_ID.sub(r"\1", _INFO.sub(r"\1", line))
+        level = "bold red" if "ERROR" in line else "yellow" if "WARNING" in line else ""
+        return Text.assemble((f"{name:>4} ", f"bold {color}"), (line, level))
+
+    def add(self, name: str, line: str) -> None:
+        self.lines.append((name, line))
+        styled = self._styled(name, line)
+        if not self.process or self.process == name:
+            self.query_one(RichLog).write(styled)
+
+    def watch_process(self, process: str) -> None:
+        """Show again what was kept, through the new filter."""
+        log = self.query_one(RichLog)
+        log.clear()
+        for name, line in self.lines:
+            if not process or process == name:
+                log.write(self._styled(name, line))
+        self.border_title = f"log: {process or 'all processes'}"

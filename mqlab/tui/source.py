@@ -1,0 +1,282 @@
+"""The live data source: frames from Redis, PostgreSQL, the event stream and the supervisor.
+
+Everything here is awaited on the UI's loop (redis.asyncio and async psycopg), with short
+socket timeouts so that a server that stops answering marks itself down rather than stalls
+the screen.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import contextlib
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from mqlab import db, keys
+from mqlab.observe import WorkerInfo, queue_snapshot
+from mqlab.tui.lab import LiveLab
+from mqlab.tui.model import Frame, JobBar, Service, WorkerRow
+
+#: The depth sparkline covers this many seconds, in bins of HISTORY_BIN seconds.
+HISTORY_SECONDS, HISTORY_BIN = 60.0, 0.5
+#: jobs/s is the number of jobs finished over this many seconds, divided by it.
+RATE_WINDOW = 5.0
+#: A dead worker's row stays this long, then leaves the table.
+DEAD_ROW_SECONDS = 120.0
+#: Seconds between reconnection attempts to a server that is down.
+RECONNECT_EVERY = 1.0
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+
+_JOB_ID = re.compile(r"^(job-\d+)-\d{10,}$")
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def short_job(job: str) -> str:
+    """job-12-1700000000000 -> job-12: the epoch suffix only makes the column wider."""
+    match = _JOB_ID.match(job)
+    return match.group(1) if match else job
+
+
+def redact(url: str) -> str:
+    """A URL fit for the screen: no password."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+def worker_order(worker_id: str) -> tuple[int, str]:
+    """w2 before w10; names that are not wN after them, alphabetically."""
+    digits = worker_id.removeprefix("w")
+    return (int(digits), worker_id) if digits.isdigit() else (1 << 30, worker_id)
+
+
+def depth_bins(history: collections.deque[tuple[float, int]], now: float) -> tuple[float, ...]:
+    """The depth over the last minute in fixed bins (max per bin; 0 where nothing was seen)."""
+    count = int(HISTORY_SECONDS / HISTORY_BIN)
+    start = now - HISTORY_SECONDS
+    bins = [0.0] * count
+    for at, depth in history:
+        index = int((at - start) / HISTORY_BIN)
+        if 0 <= index < count:
+            bins[index] = max(bins[index], float(depth))
+    return tuple(bins)
+
+
+def trend(history: collections.deque[tuple[float, int]], now: float) -> int:
+    """+1 if the depth is above what it was a second ago, -1 if below, else 0."""
+    if not history:
+        return 0
+    times = [at for at, _ in history]
+    index = bisect.bisect_right(times, now - 1.0) - 1
+    if index < 0:
+        return 0
+    before, current = history[index][1], history[-1][1]
+    return (current > before) - (current < before)
+
+
+@dataclass
+class _Bar:
+    worker: str
+    job: str
+    order: int
+    start: float
+    end: float | None = None
+
+
+class LiveSource:
+    """Samples the stack of a LiveLab; one sample() per refresh."""
+
+    def __init__(self, lab: LiveLab, timeline_seconds: float = 30.0) -> None:
+        self.lab = lab
+        self.timeline_seconds = timeline_seconds
+        self._redis: aioredis.Redis | None = None
+        self._pg: psycopg.AsyncConnection[Any] | None = None
+        self._pg_retry_at = 0.0
+        self._redis_up: bool | None = None
+        self._pg_up: bool | None = None
+        self._history: collections.deque[tuple[float, int]] = collections.deque()
+        self._queue: tuple[int, int, int] = (0, 0, 0)  # depth, in flight, dead letters
+        self._infos: dict[str, WorkerInfo] = {}  # live heartbeats
+        self._seen: dict[str, WorkerInfo] = {}  # the last heartbeat of every worker seen
+        self._counts: dict[str, int] = {}
+        self._events_from: str | None = None
+        self._bars: list[_Bar] = []
+        self._finished: collections.deque[float] = collections.deque()
+        self._dead_since: dict[str, float] = {}
+
+    async def sample(self) -> Frame:
+        now = time.time()
+        settings = self.lab.settings
+        if settings is None or self.lab.sup is None:
+            return Frame(at=now, services=self._services(), timeline_seconds=self.timeline_seconds)
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_timeout=1,
+                socket_connect_timeout=1,
+            )
+        await self._sample_redis(self._redis, now)
+        await self._sample_pg(settings.database_url, now)
+        self._history.append((now, self._queue[0]))
+        while self._history and self._history[0][0] < now - HISTORY_SECONDS:
+            self._history.popleft()
+        workers = self._workers(now)
+        return Frame(
+            at=now,
+            services=self._services(),
+            depth=self._queue[0],
+            trend=trend(self._history, now),
+            depth_history=depth_bins(self._history, now),
+            processing=self._queue[1],
+            dead_letters=self._queue[2],
+            jobs_per_second=len(self._finished) / RATE_WINDOW,
+            orders=dict(self._counts),
+            workers=workers,
+            bars=self._timeline(workers, now),
+            timeline_seconds=self.timeline_seconds,
+        )
+
+    def _services(self) -> tuple[Service, ...]:
+        settings, sup = self.lab.settings, self.lab.sup
+        return (
+            Service("Redis", redact(settings.redis_url) if settings else "", self._redis_up),
+            Service("PostgreSQL", redact(settings.database_url) if settings else "", self._pg_up),
+            Service("API", (sup.api_url if sup else None) or "", self.lab.api_alive()),
+        )
+
+    async def _sample_redis(self, client: aioredis.Redis, now: float) -> None:
+        try:
+            depth, in_flight, dead, infos = await queue_snapshot(client)
+            await self._read_events(client, now)
+        except REDIS_ERRORS:
+            self._redis_up = False
+            return
+        self._redis_up = True
+        self._queue = (depth, in_flight, dead)
+        self._infos = {w.id: w for w in infos}
+        self._seen.update(self._infos)
+
+    async def _sample_pg(self, url: str, now: float) -> None:
+        if self._pg is None or self._pg.closed:
+            if now < self._pg_retry_at:
+                return
+            self._pg_retry_at = now + RECONNECT_EVERY
+            try:
+                self._pg = await psycopg.AsyncConnection.connect(
+                    url, autocommit=True, connect_timeout=2
+                )
+            except psycopg.Error:
+                self._pg_up = False
+                return
+        try:
+            rows = await (await self._pg.execute(db.COUNT_BY_STATUS)).fetchall()
+        except psycopg.Error:
+            self._pg_up = False
+            with contextlib.suppress(psycopg.Error):
+                await self._pg.close()
+            return
+        self._pg_up = True
+        self._counts = db.counts_by_status(rows)["orders"]
+
+    async def _read_events(self, client: aioredis.Redis, now: float) -> None:
+        """Fold new entries of mqlab:events into the timeline bars and the finish times."""
+        if self._events_from is None:
+            # The first read also shows what happened in the timeline's window before we came.
+            self._events_from = f"{int((now - self.timeline_seconds) * 1000)}-0"
+        reply = await client.xread({keys.EVENTS: self._events_from}, count=5000)
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._events_from = entry_id
+                self._apply(fields)
+        while self._finished and self._finished[0] < now - RATE_WINDOW:
+            self._finished.popleft()
+
+    def _apply(self, fields: dict[str, str]) -> None:
+        kind, worker, job = fields.get("type"), fields.get("worker", ""), fields.get("job", "")
+        try:
+            at = float(fields.get("at", 0))
+            order = int(fields.get("order", 0))
+        except ValueError:
+            return
+        if kind == "job_started":
+            # A worker runs one job at a time: a bar still open ended by now (its finish
+            # event can be lost, when a reset deletes the stream before we read it).
+            for bar in self._bars:
+                if bar.worker == worker and bar.end is None:
+                    bar.end = at
+            self._bars.append(_Bar(worker, job, order, at))
+        elif kind in ("job_finished", "job_lost", "job_requeued"):
+            for bar in reversed(self._bars):
+                if bar.worker == worker and bar.job == job and bar.end is None:
+                    bar.end = at
+                    break
+            if kind == "job_finished":
+                self._finished.append(at)
+        elif kind == "worker_down":
+            for bar in self._bars:
+                if bar.worker == worker and bar.end is None:
+                    bar.end = at
+
+    def _workers(self, now: float) -> tuple[WorkerRow, ...]:
+        children = {c.name: c for c in self.lab.children() if c.kind == "worker"}
+        rows = []
+        for wid in sorted(set(children) | set(self._infos), key=worker_order):
+            child, info = children.get(wid), self._infos.get(wid)
+            if child is not None and not child.alive():
+                died = self._dead_since.setdefault(wid, now)
+                if now - died > DEAD_ROW_SECONDS:
+                    continue
+                code = child.proc.returncode
+                why = "SIGKILL" if code == -9 else f"exit {code}"
+                # Its heartbeat key is gone (or soon will be): its last one has the count.
+                last = self._seen.get(wid)
+                done = last.jobs_done if last else 0
+                rows.append(WorkerRow(wid, child.pid, "dead", why, None, done))
+                continue
+            self._dead_since.pop(wid, None)  # a name used again by a new worker
+            if info is not None:
+                age = now - info.job_started if info.job_started else None
+                rows.append(
+                    WorkerRow(
+                        wid,
+                        info.pid,
+                        info.state,
+                        short_job(info.job),
+                        age,
+                        info.jobs_done,
+                        ours=child is not None,
+                    )
+                )
+            elif child is not None:
+                rows.append(WorkerRow(wid, child.pid, "starting", "", None, 0))
+        return tuple(rows)
+
+    def _timeline(self, workers: tuple[WorkerRow, ...], now: float) -> tuple[JobBar, ...]:
+        running = {w.id for w in workers if w.state != "dead"}
+        # Idle by its heartbeat, so a bar it still has open lost its finish event; the grace
+        # covers a job that started after the heartbeat was read.
+        idle = {w.id for w in workers if w.state == "idle"}
+        horizon = now - self.timeline_seconds
+        kept = []
+        for bar in self._bars:
+            gone = bar.worker not in running or (bar.worker in idle and bar.start < now - 1.0)
+            if bar.end is None and gone:
+                bar.end = now  # the bar stops where we noticed
+            if bar.end is None or bar.end >= horizon:
+                kept.append(bar)
+        self._bars = kept
+        return tuple(JobBar(b.worker, short_job(b.job), b.order, b.start, b.end) for b in kept)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._redis.aclose()
+        if self._pg is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._pg.close()

@@ -1,0 +1,228 @@
+"""The TUI driven with Textual's Pilot against the real stack (Redis, PostgreSQL, API, workers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+from textual.pilot import Pilot
+from textual.worker import WorkerFailed
+
+from mqlab.settings import Settings
+from mqlab.tui.app import LabApp
+from mqlab.tui.experiments_panel import ExperimentsTable
+from mqlab.tui.lab import LiveLab
+from mqlab.tui.main import build
+from mqlab.tui.model import Frame, WorkerRow
+from mqlab.tui.panels import LogPanel, QueuePanel, WorkersTable
+from mqlab.tui.screens import ConfirmScreen
+
+SIZE = (160, 48)
+
+
+async def until(pilot: Pilot[None], check: Callable[[], object], timeout: float = 30) -> None:
+    """Let the app run until check() is truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check.__name__}")
+        await pilot.pause(0.05)
+
+
+def rows(app: LabApp) -> dict[str, WorkerRow]:
+    """The workers table as shown (WorkersTable keeps the rows it drew, by worker id)."""
+    return dict(app.query_one(WorkersTable).rows_shown)
+
+
+def shown(app: LabApp, worker: str, column: str) -> str:
+    return str(app.query_one(WorkersTable).get_cell(worker, column))
+
+
+def frame(app: LabApp) -> Frame:
+    current = app.query_one(QueuePanel).frame
+    assert current is not None
+    return current
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def lab_app(settings: Settings, clean: None) -> Iterator[tuple[LabApp, LiveLab, set[int]]]:
+    """The TUI on the test servers with 2 workers at 0.3 s per job; after the test, every
+    process it started (recorded in `pids` as they appear) must be gone."""
+    app, lab = build(
+        workers=2,
+        job_seconds=0.3,
+        redis_url=settings.redis_url,
+        database_url=settings.database_url,
+        handle_signals=False,
+    )
+    pids: set[int] = set()
+    yield app, lab, pids
+    try:
+        pids |= {c.pid for c in lab.children()}
+        # Looked at before our own sweep below: the app must have stopped them itself.
+        left = [pid for pid in pids if running(pid)]
+    finally:
+        lab.close()
+    assert not left, "processes left running after the app ended"
+
+
+async def started(pilot: Pilot[None], lab: LiveLab, workers: int = 2) -> None:
+    def ready() -> bool:
+        shown = rows(pilot.app)  # type: ignore[arg-type]
+        return lab.state == "up" and sum(r.state == "idle" for r in shown.values()) == workers
+
+    await until(pilot, ready, timeout=60)
+
+
+async def test_fire_ten_orders_depth_rises_and_falls(
+    lab_app: tuple[LabApp, LiveLab, set[int]],
+) -> None:
+    app, lab, pids = lab_app
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, lab)
+        pids |= {c.pid for c in lab.children()}
+        header = frame(app).services
+        assert [s.up for s in header] == [True, True, True]
+        assert header[2].url == lab.sup.api_url  # type: ignore[union-attr]
+        for wid, child in (("w1", lab.sup.children["w1"]), ("w2", lab.sup.children["w2"])):  # type: ignore[union-attr]
+            assert shown(app, wid, "pid") == str(child.pid)
+
+        depths: list[int] = []
+
+        def drained() -> bool:
+            depths.append(frame(app).depth)
+            done = sum(int(shown(app, w, "done")) for w in ("w1", "w2"))
+            return max(depths) > 0 and depths[-1] == 0 and done == 10
+
+        await pilot.press("f")
+        await until(pilot, drained, timeout=30)
+        assert max(depths) >= 2, f"the queue never filled: {depths}"
+        counts = [int(shown(app, w, "done")) for w in ("w1", "w2")]
+        assert sum(counts) == 10 and min(counts) >= 1, counts
+        await until(pilot, lambda: frame(app).orders.get("completed") == 10, timeout=10)
+        # The timeline drew the ten jobs, on both workers.
+        bars = frame(app).bars
+        assert len(bars) == 10 and {b.worker for b in bars} == {"w1", "w2"}
+        log = app.query_one(LogPanel)
+        assert any(name == "w1" and "completed job-" in line for name, line in log.lines)
+
+
+async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    app, lab, pids = lab_app
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, lab)
+        await pilot.press("a")
+        await until(
+            pilot, lambda: shown(app, "w3", "state") == "idle" if "w3" in rows(app) else False
+        )
+        w3 = lab.sup.children["w3"]  # type: ignore[union-attr]
+        pids.add(w3.pid)
+        assert shown(app, "w3", "pid") == str(w3.pid)
+
+        table = app.query_one(WorkersTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index("w3"))
+        await pilot.pause()
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: shown(app, "w3", "state") == "dead", timeout=15)
+        assert shown(app, "w3", "job") == "SIGKILL"
+        assert not w3.alive() and w3.proc.returncode == -9
+
+        table.move_cursor(row=table.get_row_index("w1"))
+        await pilot.pause()
+        await pilot.press("s")
+        await until(pilot, lambda: shown(app, "w1", "state") == "dead", timeout=15)
+        assert shown(app, "w1", "job") == "exit 0"
+        # A dead worker cannot be stopped or killed: those keys leave the footer.
+        assert app.check_action("kill_worker", ()) is False
+        assert shown(app, "w2", "state") == "idle"
+
+
+async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    app, lab, pids = lab_app
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, lab)
+        pids |= {c.pid for c in lab.children()}
+        table = app.query_one(ExperimentsTable)
+        await pilot.press("R")
+        await until(pilot, lambda: app.running is not None)
+        assert app.check_action("fire", ()) is False  # no stray orders during a measurement
+
+        def finished() -> bool:
+            pids.update(c.pid for c in lab.children())
+            return app.running is None
+
+        await until(pilot, finished, timeout=90)
+        verdicts = table.verdicts()
+        assert list(verdicts) == [r.name for r in lab.suite.rows]
+        # ok or slow (a loaded machine): every order completed, none failed.
+        assert set(verdicts.values()) <= {"ok", "slow"}, verdicts
+        for index, row in enumerate(lab.suite.rows):
+            measured = str(table.get_cell(str(index), "measured"))
+            assert measured.endswith(" s") and float(measured[:-2]) >= row.ideal_seconds
+        assert str(table.get_cell("api", "verdict")) in ("ok", "slow")
+        # The manual workers were stopped; the runner's pool of the last row (4) stays up.
+        await until(pilot, lambda: sum(r.state == "idle" for r in rows(app).values()) == 4)
+        assert {"w1", "w2"} <= {r.id for r in rows(app).values() if r.state == "dead"}
+
+
+async def test_quit_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    app, lab, pids = lab_app
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, lab)
+        pids |= {c.pid for c in lab.children()}
+        assert len(pids) == 3  # the API and two workers
+        await pilot.press("q")
+        await until(pilot, lambda: lab.state == "closed", timeout=30)
+    assert all(not c.alive() for c in lab.children())
+
+
+class _Crashing:
+    """A source that fails once the lab is up: the app crashes, its children must not stay."""
+
+    def __init__(self, inner: object, lab: LiveLab) -> None:
+        self.inner, self.lab = inner, lab
+
+    async def sample(self) -> Frame:
+        if self.lab.state == "up":
+            raise RuntimeError("boom")
+        return await self.inner.sample()  # type: ignore[attr-defined,no-any-return]
+
+    async def close(self) -> None:
+        await self.inner.close()  # type: ignore[attr-defined]
+
+
+async def test_a_crash_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    app, lab, pids = lab_app
+    app.source = _Crashing(app.source, lab)
+    with pytest.raises(WorkerFailed, match="boom"):
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: lab.state != "starting", timeout=60)
+            await pilot.pause(5)  # the app exits on the error before this ends
+    children = lab.children()
+    pids |= {c.pid for c in children}
+    assert len(children) == 3 and all(not c.alive() for c in children)
+
+
+async def test_quit_while_starting(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    app, lab, _ = lab_app
+    began = time.monotonic()
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: bool(lab.children()), timeout=30)  # the API is starting
+        assert lab.state == "starting"
+        await pilot.press("q")
+        await until(pilot, lambda: lab.state == "closed", timeout=30)
+    # Not held up by the start it interrupted (the API's health wait alone is up to 30 s).
+    assert time.monotonic() - began < 20
+    assert lab.error == "" and all(not c.alive() for c in lab.children())

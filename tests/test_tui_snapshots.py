@@ -1,0 +1,65 @@
+"""Snapshot tests of the TUI fed by the fixed source: the same screen every run.
+
+After a deliberate change of the look: `pytest tests/test_tui_snapshots.py --snapshot-update`,
+then look at the new SVGs in tests/__snapshots__/ before committing them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from textual.pilot import Pilot
+
+from mqlab.experiments import load
+from mqlab.tui.app import LabApp
+from mqlab.tui.experiments_panel import ExperimentsTable
+from mqlab.tui.fixed import FixedLab, FixedSource
+from mqlab.tui.panels import LogPanel
+
+SnapCompare = Callable[..., bool]
+
+
+def fixed_app() -> LabApp:
+    return LabApp(FixedSource(), FixedLab(load("kata3")))
+
+
+async def settled(pilot: Pilot[None]) -> None:
+    """Wait for what arrives from threads (the lab's first log lines) and a first frame."""
+    app = pilot.app
+    assert isinstance(app, LabApp)
+    deadline = time.monotonic() + 10
+    while len(app.query_one(LogPanel).lines) < 3 or app.frame is None:
+        assert time.monotonic() < deadline, "the fixed app did not settle"
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+async def table_filled(pilot: Pilot[None]) -> None:
+    await settled(pilot)
+    await pilot.press("R")
+    app = pilot.app
+    assert isinstance(app, LabApp)
+    deadline = time.monotonic() + 10
+    while app.running is not None or "" in app.query_one(ExperimentsTable).verdicts().values():
+        assert time.monotonic() < deadline, "the simulated run did not finish"
+        await pilot.pause(0.05)
+    app.clear_notifications()  # a toast fades on a timer: not part of a stable picture
+    await pilot.pause()
+
+
+def test_main_screen_80x24(snap_compare: SnapCompare) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=settled)
+
+
+def test_main_screen_160x48(snap_compare: SnapCompare) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(160, 48), run_before=settled)
+
+
+def test_experiments_filled_160x48(snap_compare: SnapCompare) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(160, 48), run_before=table_filled)
+
+
+def test_help_80x24(snap_compare: SnapCompare) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(80, 24), press=["question_mark"],
+                        run_before=settled)  # fmt: skip
