@@ -113,8 +113,17 @@ def run(
             assert stack.settings is not None and stack.sup is not None
             for suite in suites:
                 display = _Display()
-                runner = Runner(stack.settings, stack.sup, on_progress=display.update)
-                with Live(display, console=console, refresh_per_second=10, transient=True):
+                # Redrawn from the progress callback only (no refresh thread): a render that
+                # holds the GIL while a burst is in flight would delay the load generator.
+                with Live(display, console=console, auto_refresh=False, transient=True) as live:
+
+                    def show(
+                        progress: Progress, live: Live = live, display: _Display = display
+                    ) -> None:
+                        display.update(progress)
+                        live.refresh()
+
+                    runner = Runner(stack.settings, stack.sup, on_progress=show)
                     result = asyncio.run(runner.run_suite(suite, repeat=repeat))
                 written = write(result, out_dir, stack.versions(), command)
                 console.print(summary_table(result))
