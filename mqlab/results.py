@@ -117,7 +117,8 @@ class RowResult:
         return summary(waits, scale=1000)
 
     def startup_seconds(self) -> float:
-        return median([r.startup_seconds for r in self.runs])
+        """Worker start-up before the row (only its first run starts workers, if any)."""
+        return max(r.startup_seconds for r in self.runs)
 
     def compute(self) -> None:
         self.makespan = median(self.makespans)
