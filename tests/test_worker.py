@@ -192,3 +192,26 @@ def test_heartbeat_shows_state_and_expires_after_a_kill(
     assert rds.hget(keys.worker_key("w1"), "state") == "busy"
     sup.kill("w1")
     eventually(lambda: not rds.exists(keys.worker_key("w1")), timeout=keys.HEARTBEAT_TTL + 2)
+
+
+def test_a_lost_claim_is_handed_back_and_completed_once(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """The claim commits asynchronously: if PostgreSQL loses it in a crash, the completion
+    finds the job pending again, and the worker hands the message back instead of dropping it."""
+    sup.start_worker("w1", job_seconds=1)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    # What a crash that lost the asynchronous claim leaves behind.
+    pg.execute(
+        "UPDATE jobs SET status = 'pending', attempts = 0, worker_id = NULL, started_at = NULL "
+        "WHERE id = %s",
+        [created["jobId"]],
+    )
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
+    final = job(client, created["jobId"])
+    assert final["attempts"] == 1
+    kinds = [f["type"] for _, f in rds.xrange(keys.EVENTS) if f.get("job") == created["jobId"]]
+    assert "job_requeued" in kinds
+    assert kinds.count("job_finished") == 1
+    assert rds.llen(keys.DEAD) == 0
