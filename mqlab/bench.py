@@ -49,7 +49,7 @@ from mqlab.loadgen import Shot, fire, pace
 from mqlab.resetting import reset_all
 from mqlab.services.home import read_state
 from mqlab.settings import Settings
-from mqlab.supervisor import Child, Supervisor
+from mqlab.supervisor import Supervisor
 
 T = TypeVar("T")
 
@@ -287,19 +287,6 @@ def wait_completed(settings: Settings, n: int, timeout: float) -> bool:
         return completed() >= n
 
 
-def stop_all(sup: Supervisor, children: list[Child], timeout: float = 15) -> None:
-    """SIGTERM all at once (one signal only: a second one means "hand the job back")."""
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            child.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for child in children:
-        try:
-            child.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            sup.kill(child.name)
-
-
 # -- the phases ------------------------------------------------------------------------------
 
 
@@ -350,7 +337,7 @@ def drain_phase(
             client.rename(STAGING, keys.QUEUE)  # wakes the blocked BLMOVEs
             done = wait_completed(settings, accepted, timeout=max(60.0, accepted / 20))
         finally:
-            stop_all(sup, children)
+            sup.stop_many([c.name for c in children])
     finally:
         client.close()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -380,7 +367,7 @@ def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) 
         accepted = sum(1 for s in shots if s.status == 202)
         done = wait_completed(settings, accepted, timeout=30)
     finally:
-        stop_all(sup, children)
+        sup.stop_many([c.name for c in children])
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT extract(epoch FROM started_at - enqueued_at),"

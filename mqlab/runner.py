@@ -130,10 +130,10 @@ class Runner:
         start = time.monotonic()
         pool = self._pool
         if (pool.job_seconds, pool.work) != (row.job_seconds, row.work):
-            await asyncio.gather(*(asyncio.to_thread(self.sup.stop, w) for w in pool.ids))
+            await asyncio.to_thread(self.sup.stop_many, pool.ids)
             pool.ids, pool.job_seconds, pool.work = [], row.job_seconds, row.work
         extra = pool.ids[row.workers :]
-        await asyncio.gather(*(asyncio.to_thread(self.sup.stop, w) for w in extra))
+        await asyncio.to_thread(self.sup.stop_many, extra)
         del pool.ids[row.workers :]
         missing = row.workers - len(pool.ids)
         if missing > 0:

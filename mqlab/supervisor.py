@@ -186,9 +186,12 @@ class Supervisor:
             os.killpg(child.proc.pid, signal.SIGKILL)
         return child.proc.wait(10)
 
-    def close(self, timeout: float = 10) -> None:
-        """Stop every child: SIGTERM to all, wait up to `timeout`, SIGKILL what remains."""
-        alive = [c for c in self.children.values() if c.alive()]
+    def stop_many(self, names: list[str], timeout: float = 30) -> None:
+        """SIGTERM them all at once, wait up to `timeout`, SIGKILL what remains.
+
+        One SIGTERM each: a worker reads a second one as "hand the job back now".
+        """
+        alive = [self.children[n] for n in names if self.children[n].alive()]
         for child in alive:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.send_signal(signal.SIGTERM)
@@ -197,9 +200,11 @@ class Supervisor:
             try:
                 child.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                child.proc.wait(5)
+                self.kill(child.name)
+
+    def close(self, timeout: float = 10) -> None:
+        """Stop every child (see stop_many) and let go of Redis."""
+        self.stop_many(list(self.children), timeout)
         with contextlib.suppress(redis.RedisError):
             self._redis.close()
 
