@@ -123,8 +123,10 @@ class Worker:
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
         if self.pg is None or self.pg.closed:
+            # Prepared from the first use: a worker runs the same three statements all its
+            # life, and planning them unprepared costs PostgreSQL CPU the API needs in a burst.
             self.pg = await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=3
+                self.settings.database_url, autocommit=True, connect_timeout=3, prepare_threshold=0
             )
         return self.pg
 
