@@ -62,6 +62,17 @@ SELECT input.n, j.order_id, j.id,
 FROM j JOIN input ON input.id = j.order_id
 """
 
+# A new API connection's warm-up, run in a transaction that is rolled back: the first insert
+# in a backend plans the foreign-key check and loads the tables' indexes and constraints. An
+# id of its own, not nextval(): a sequence value, once taken, is not given back by a rollback.
+WARM_UP_INSERT = """
+WITH o AS (
+    INSERT INTO orders (id, product, quantity, price) VALUES (-1, 'warm-up', 1, 0)
+    RETURNING id, created_at
+)
+INSERT INTO jobs (id, order_id, enqueued_at) SELECT 'warm-up', id, created_at FROM o
+"""
+
 # Undo orders whose jobs could not be enqueued (Redis down): a rejected request leaves nothing.
 DELETE_ORDERS = "DELETE FROM orders WHERE id = ANY(%s)"
 

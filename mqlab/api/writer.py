@@ -114,17 +114,35 @@ class OrderWriter:
 
     async def _insert(self, orders: list[OrderIn]) -> list[tuple[int, str, str]]:
         """The rows (orderId, jobId, enqueuedAt as ISO text) of the orders, in their order."""
-        params = {
-            "products": [o.product for o in orders],
-            "quantities": [o.quantity for o in orders],
-            "prices": [o.price for o in orders],
-            "ms": int(time.time() * 1000),
-        }
         async with self.backends.pool.connection() as conn:
-            cur = await conn.execute(db.INSERT_ORDERS, params)
+            cur = await conn.execute(db.INSERT_ORDERS, _insert_params(orders))
             found = await cur.fetchall()
         by_position = {n: (order_id, job_id, at) for n, order_id, job_id, at in found}
         return [by_position[n] for n in range(1, len(orders) + 1)]
+
+
+def _insert_params(orders: list[OrderIn]) -> dict[str, object]:
+    return {
+        "products": [o.product for o in orders],
+        "quantities": [o.quantity for o in orders],
+        "prices": [o.price for o in orders],
+        "ms": int(time.time() * 1000),
+    }
+
+
+async def prepare_insert(conn: psycopg.AsyncConnection[object]) -> None:
+    """Get a new pool connection ready for the INSERT: prepared, on a warm backend.
+
+    Why: a new connection's first orders paid a second round trip (psycopg prepares the
+    statement, then runs it) and a cold backend (catalog caches, indexes, the foreign-key
+    check's plan). With the pool handing out its connections in turn, the first orders after
+    the API started paid that, one per connection: 5-7 ms instead of ~3 ms for one order.
+    It leaves nothing behind: the INSERT runs for no orders (no sequence value taken), and
+    the warm-up row is rolled back.
+    """
+    await conn.execute(db.INSERT_ORDERS, _insert_params([]), prepare=True)
+    async with conn.transaction(force_rollback=True):
+        await conn.execute(db.WARM_UP_INSERT)
 
 
 async def accept_order(backends: Backends, order: OrderIn) -> Accepted:
