@@ -1,0 +1,195 @@
+"""The bench's phases: POST /orders at a sustained rate, the drain of a full queue, and the
+dispatch to idle workers; and the servers they run on."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import redis
+
+from mqlab import keys, services
+from mqlab.bench.figures import ms, quantile
+from mqlab.bench.meters import CpuMeter
+from mqlab.loadgen import Shot, fire, pace
+from mqlab.resetting import reset_all
+from mqlab.settings import Settings
+from mqlab.supervisor import Supervisor
+
+T = TypeVar("T")
+
+#: The queue is parked here while the drain phase's workers start.
+STAGING = "mqlab:bench:staging"
+#: Seconds of load before each API phase (pool connections, prepared statements, caches).
+WARMUP_SECONDS = 1.0
+#: Clients that pre-fill the queue for the drain phases.
+FILL_CLIENTS = 10
+#: Dispatch phase: this many orders, one every DISPATCH_INTERVAL seconds.
+DISPATCH_ORDERS = 300
+DISPATCH_INTERVAL = 0.01
+
+
+class BenchError(RuntimeError):
+    """A phase could not measure anything (e.g. the API refused every order)."""
+
+
+def _first_failure(shots: list[Shot]) -> str:
+    bad = next((s for s in shots if s.status != 202), None)
+    if bad is None:
+        return "no request was sent"
+    return bad.error or f"HTTP {bad.status}"
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on uvloop: the load generator's own CPU cost is what it steals."""
+    import uvloop
+
+    async def main() -> T:
+        return await factory()
+
+    return uvloop.run(main())
+
+
+@contextlib.contextmanager
+def backends(redis_url: str | None, database_url: str | None) -> Iterator[tuple[Settings, Path]]:
+    """The given servers, or embedded ones in a temporary folder, stopped on the way out."""
+    if redis_url and database_url:
+        yield Settings(redis_url, database_url), Path()
+        return
+    base = Path(tempfile.mkdtemp(prefix="mqlab-bench-"))
+    try:
+        infos = services.up(owned=True, base=base)
+        urls = {info.name: info.url for info in infos}
+        yield Settings(urls["redis"], urls["postgres"]), base
+    finally:
+        services.down(base=base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def live_workers(settings: Settings) -> list[str]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        return list(client.scan_iter(match=f"{keys.WORKER_PREFIX}*"))
+    finally:
+        client.close()
+
+
+def wait_completed(settings: Settings, n: int, timeout: float) -> bool:
+    """Poll (on one connection: a new one per poll costs PostgreSQL a fork) until n are done."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+
+        def completed() -> int:
+            row = conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()
+            return int(row[0]) if row else 0
+
+        while time.monotonic() < deadline:
+            if completed() >= n:
+                return True
+            time.sleep(0.05)
+        return completed() >= n
+
+
+def api_phase(
+    settings: Settings, url: str, clients: int, seconds: float, meter: CpuMeter | None
+) -> dict[str, Any]:
+    """Sustained POST /orders at `clients` keep-alive connections, nothing consuming."""
+    reset_all(settings)
+    run_async(lambda: fire(url, 0, clients, duration=WARMUP_SECONDS))
+    reset_all(settings)
+    if meter is not None:
+        meter.start()
+    shots: list[Shot] = run_async(lambda: fire(url, 0, clients, duration=seconds))
+    cpu = meter.stop() if meter is not None else {}
+    ok = [s for s in shots if s.status == 202]
+    if not ok:
+        raise BenchError(f"the API accepted no order: {_first_failure(shots)}")
+    span = max(s.sent_at + s.latency for s in shots) - min(s.sent_at for s in shots)
+    latencies = [s.latency for s in ok]
+    return {
+        "clients": clients,
+        "requests": len(shots),
+        "accepted": len(ok),
+        "failed": len(shots) - len(ok),
+        "rate": len(ok) / span if span > 0 else 0.0,
+        "p50_ms": ms(quantile(latencies, 0.5)),
+        "p99_ms": ms(quantile(latencies, 0.99)),
+        "max_ms": ms(max(latencies, default=0.0)),
+        "cpu_us_per_order": {k: v / max(1, len(ok)) * 1e6 for k, v in cpu.items()},
+    }
+
+
+def drain_phase(
+    settings: Settings, sup: Supervisor, url: str, workers: int, jobs: int
+) -> dict[str, Any]:
+    """Pre-filled queue of 0-second jobs, then `workers` workers; jobs/s from PostgreSQL."""
+    reset_all(settings)
+    shots = run_async(lambda: fire(url, jobs, FILL_CLIENTS, product="Drain"))
+    accepted = sum(1 for s in shots if s.status == 202)
+    if not accepted:
+        raise BenchError(f"the API accepted none of {jobs} orders: {_first_failure(shots)}")
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        # Parked while the workers start, so their start-up is not part of the drain rate.
+        client.rename(keys.QUEUE, STAGING)
+        children = sup.start_workers(workers, job_seconds=0)
+        try:
+            client.rename(STAGING, keys.QUEUE)  # wakes the blocked BLMOVEs
+            done = wait_completed(settings, accepted, timeout=max(60.0, accepted / 20))
+        finally:
+            sup.stop_many([c.name for c in children])
+    finally:
+        client.close()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at)),"
+            " count(*) FILTER (WHERE attempts > 1) FROM jobs WHERE status = 'completed'"
+        ).fetchone()
+    assert row is not None
+    count, span, redelivered = int(row[0]), float(row[1] or 0), int(row[2])
+    return {
+        "workers": workers,
+        "jobs": accepted,
+        "completed": count,
+        "all_completed": done,
+        "seconds": span,
+        "rate": count / span if span > 0 else 0.0,
+        "redelivered": redelivered,
+    }
+
+
+def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) -> dict[str, Any]:
+    """Idle workers waiting; orders one at a time; started_at - enqueued_at from PostgreSQL."""
+    reset_all(settings)
+    children = sup.start_workers(workers, job_seconds=0)
+    try:
+        shots = run_async(lambda: pace(url, DISPATCH_ORDERS, DISPATCH_INTERVAL, product="Ping"))
+        accepted = sum(1 for s in shots if s.status == 202)
+        done = wait_completed(settings, accepted, timeout=30)
+    finally:
+        sup.stop_many([c.name for c in children])
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM started_at - enqueued_at),"
+            " extract(epoch FROM finished_at - enqueued_at) FROM jobs WHERE started_at IS NOT NULL"
+        ).fetchall()
+    dispatch = [float(r[0]) for r in rows]
+    through = [float(r[1]) for r in rows if r[1] is not None]
+    api = [s.latency for s in shots if s.status == 202]
+    return {
+        "workers": workers,
+        "orders": accepted,
+        "all_completed": done,
+        "p50_ms": ms(quantile(dispatch, 0.5)),
+        "p99_ms": ms(quantile(dispatch, 0.99)),
+        "max_ms": ms(max(dispatch, default=0.0)),
+        "enqueue_to_finish_p50_ms": ms(quantile(through, 0.5)),
+        "api_p50_ms": ms(quantile(api, 0.5)),
+        "api_p99_ms": ms(quantile(api, 0.99)),
+    }

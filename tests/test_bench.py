@@ -1,0 +1,63 @@
+"""`mqlab bench`, short and real: every phase measures something and nothing is left running."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+from rich.console import Console
+
+from mqlab import keys
+from mqlab.bench import phases, run
+from mqlab.settings import Settings
+
+
+def test_a_short_bench_measures_every_figure(
+    settings: Settings, rds: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(phases, "DISPATCH_ORDERS", 20)
+    monkeypatch.setattr(phases, "WARMUP_SECONDS", 0.2)
+    # Heartbeats of workers that earlier tests stopped live on for their TTL, and the bench
+    # rightly refuses to run beside live workers.
+    for key in rds.scan_iter(match=f"{keys.WORKER_PREFIX}*"):
+        rds.delete(key)
+    out = tmp_path / "bench.json"
+    with (tmp_path / "bench.txt").open("w") as printed:
+        code = run(
+            seconds=0.5,
+            jobs=40,
+            json_path=out,
+            redis_url=settings.redis_url,
+            database_url=settings.database_url,
+            yes=True,
+            console=Console(file=printed, width=140),
+        )
+
+    assert code == 0, (tmp_path / "bench.txt").read_text()
+    figures = json.loads(out.read_text())["figures"]
+    details = json.loads(out.read_text())["details"]
+    for key in ("api_c1_rate", "api_c10_rate", "drain_w1_rate", "drain_w4_rate"):
+        assert figures[key]["value"] > 0, key
+    for key in ("api_c1_p50_ms", "api_c10_p50_ms", "dispatch_w1_p50_ms", "dispatch_w4_p50_ms"):
+        assert 0 < figures[key]["value"] < 5000, key
+    for phase in ("drain_w1", "drain_w4"):
+        assert details[phase]["completed"] == details[phase]["jobs"] == 40
+    for phase in ("dispatch_w1", "dispatch_w4"):
+        assert details[phase]["orders"] == 20 and details[phase]["all_completed"]
+    # The API and the workers it started are gone (the session's servers are ours too).
+    ours = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    assert not [cmd for cmd in ours if "-m mqlab" in cmd]
+
+
+def test_the_bench_refuses_given_servers_without_yes(settings: Settings, tmp_path: Path) -> None:
+    with (tmp_path / "out.txt").open("w") as printed:
+        code = run(
+            redis_url=settings.redis_url,
+            database_url=settings.database_url,
+            console=Console(file=printed, width=140),
+        )
+    assert code == 2
+    assert "--yes" in (tmp_path / "out.txt").read_text()
