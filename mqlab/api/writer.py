@@ -68,7 +68,11 @@ class OrderWriter:
         group = self.pending[: self.MAX_GROUP]
         del self.pending[: self.MAX_GROUP]
         try:
-            await self._write(group)
+            # Empty when the writer started just before took every pending order (orders that
+            # arrived in one go): without this check it sent an INSERT of nothing, an LPUSH
+            # of nothing (refused by Redis) and a DELETE of nothing, in the middle of a burst.
+            if group:
+                await self._write(group)
         except Exception as exc:
             for _, future in group:
                 if not future.done():
