@@ -43,12 +43,18 @@ class Row:
         base = self.expected_seconds or 0.0
         return max(DEFAULT_TOLERANCE_SECONDS, DEFAULT_TOLERANCE_FRACTION * base)
 
-    def with_job_seconds(self, seconds: float) -> Row:
-        """The same row at another job time; the expected time scales with it."""
+    def with_job_seconds(self, seconds: float, tolerance: float | None = None) -> Row:
+        """The same row at another job time; the expected time scales with it, and the
+        tolerance becomes `tolerance` when given (the fixed costs it allows for do not)."""
+        if seconds == self.job_seconds:
+            return self
         expected = self.expected_seconds
         if expected is not None and self.job_seconds > 0:
             expected = expected * seconds / self.job_seconds
-        return replace(self, job_seconds=seconds, expected_seconds=expected)
+        tolerance = self.tolerance_seconds if tolerance is None else tolerance
+        return replace(
+            self, job_seconds=seconds, expected_seconds=expected, tolerance_seconds=tolerance
+        )
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,12 @@ class Suite:
     rows: tuple[Row, ...]
     api: ApiExpectation
     path: Path | None = None
+    #: Each row's tolerance when the suite runs at another job time (--job-seconds).
+    scaled_tolerance_seconds: float | None = None
 
     def with_job_seconds(self, seconds: float) -> Suite:
-        return replace(self, rows=tuple(r.with_job_seconds(seconds) for r in self.rows))
+        tolerance = self.scaled_tolerance_seconds
+        return replace(self, rows=tuple(r.with_job_seconds(seconds, tolerance) for r in self.rows))
 
 
 def experiments_dir() -> Path:
@@ -132,6 +141,9 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
     default_t = _get(head, "job_seconds", (int, float), f"{where} [suite]")
     default_t = 2.0 if default_t is None else float(default_t)
     default_work = _get(head, "work", str, f"{where} [suite]") or "sleep"
+    scaled = _get(head, "scaled_tolerance_seconds", (int, float), f"{where} [suite]")
+    if scaled is not None and scaled < 0:
+        raise ExperimentError(f"{where} [suite]: scaled_tolerance_seconds must be >= 0")
     api_table = data.get("api", {})
     api = ApiExpectation(
         max_latency_ms=float(_get(api_table, "max_latency_ms", (int, float), where) or 50.0),
@@ -152,6 +164,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
         rows=rows,
         api=api,
         path=path,
+        scaled_tolerance_seconds=None if scaled is None else float(scaled),
     )
 
 

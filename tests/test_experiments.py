@@ -18,6 +18,15 @@ def test_kata3_is_the_katas_table() -> None:
     assert suite.api.p50_latency_ms == 5
 
 
+def test_kata3_holds_the_fidelity_bars() -> None:
+    # 1/1 <= 2.02 s, 5/1 <= 10.07 s, 10/4 <= 6.06 s; at another job time, 30 ms per row.
+    assert [r.tolerance for r in load("kata3").rows] == pytest.approx([0.02, 0.07, 0.06])
+    assert [r.tolerance for r in load("kata3").with_job_seconds(0.1).rows] == pytest.approx(
+        [0.03, 0.03, 0.03]
+    )
+    assert load("kata3").with_job_seconds(2.0).rows == load("kata3").rows
+
+
 def test_job_seconds_override_scales_the_expected_times() -> None:
     suite = load("kata3").with_job_seconds(0.1)
     assert [r.expected_seconds for r in suite.rows] == pytest.approx([0.1, 0.5, 0.3])
@@ -55,6 +64,10 @@ def test_scaling_covers_sleep_and_cpu_over_1_to_16_workers() -> None:
             "unique",
         ),
         ("[rows]\n", "unknown table(s) ['rows']"),
+        (
+            "[suite]\nscaled_tolerance_seconds = -1\n[[row]]\norders = 1\nworkers = 1\n",
+            "scaled_tolerance_seconds must be >= 0",
+        ),
         ("[[row]\n", "not valid TOML"),
     ],
 )
