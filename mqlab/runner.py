@@ -103,8 +103,11 @@ class Runner:
                 "the experiment on servers of its own (another MQLAB_HOME)."
             )
 
-    async def run_suite(self, suite: Suite, repeat: int = 1) -> SuiteResult:
-        """Every row of the suite, `repeat` times each."""
+    async def run_suite(
+        self, suite: Suite, repeat: int = 1, on_row: Callable[[RowResult], None] | None = None
+    ) -> SuiteResult:
+        """Every row of the suite, `repeat` times each; on_row gets each row as it ends
+        (its own figures computed; speedups, which need the other rows, come at the end)."""
         if self.sup.api_url is None:
             raise RuntimeError("start the API (Supervisor.start_api) before running a suite")
         result = SuiteResult(suite=suite, repeat=repeat, started_at=time.time())
@@ -118,7 +121,11 @@ class Runner:
                     runs = []
                     for run in range(1, repeat + 1):
                         runs.append(await self._run(suite, row, index, run, repeat, conn, client))
-                    result.rows.append(RowResult(row=row, runs=runs))
+                    done = RowResult(row=row, runs=runs)
+                    done.compute()
+                    result.rows.append(done)
+                    if on_row is not None:
+                        on_row(done)
         finally:
             await client.aclose()
         result.finished_at = time.time()

@@ -3,13 +3,10 @@ supervisor with the API. Leaving it stops everything it started, and only that."
 
 from __future__ import annotations
 
-import contextlib
 from types import TracebackType
 
-import psycopg
-import redis
-
 from mqlab import services
+from mqlab.services import postgres_server, redis_server
 from mqlab.services.manager import ServicesError
 from mqlab.settings import Settings
 from mqlab.supervisor import LineHandler, Supervisor
@@ -55,14 +52,10 @@ class Stack:
     def versions(self) -> dict[str, str]:
         """Server versions, for the report."""
         assert self.settings is not None
-        out = {"redis": "?", "postgres": "?"}
-        with contextlib.suppress(redis.RedisError, OSError):
-            client = redis.Redis.from_url(self.settings.redis_url)
-            out["redis"] = f"Redis {client.info('server').get('redis_version', '?')}"
-            client.close()
-        with contextlib.suppress(psycopg.Error), psycopg.connect(self.settings.database_url) as c:
-            row = c.execute("SHOW server_version").fetchone()
-            out["postgres"] = f"PostgreSQL {row[0] if row else '?'}"
+        out = {
+            "redis": redis_server.probe({"url": self.settings.redis_url})[1] or "?",
+            "postgres": postgres_server.probe({"url": self.settings.database_url})[1] or "?",
+        }
         out["servers"] = "embedded, started by this run" if self.started_services else "existing"
         return out
 

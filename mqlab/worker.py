@@ -381,20 +381,15 @@ class Worker:
             # redelivered (and worked again) rather than lost.
             log.warning("%s: the claim of %s was lost (PostgreSQL restarted?); handing it back",
                         self.id, job_id)  # fmt: skip
-            await self._retry("Redis", lambda: self._requeue(raw))
+            # Only `raw` is there (the next message is taken with the ack): move it back. LMOVE,
+            # unlike LREM + RPUSH, cannot queue it twice when a retry follows a lost reply.
+            await self._retry("Redis", self._hand_back_own)
             await self._publish("job_requeued", job=job_id, order=order_id)
             return
         # Presumed dead and taken over: the other delivery owns the outcome now.
         log.warning("%s: %s was taken over by another worker; not completing it",
                     self.id, job_id)  # fmt: skip
         await self._publish("job_lost", ack=raw, job=job_id, order=order_id)
-
-    async def _requeue(self, raw: str) -> None:
-        """Move one message from our processing list back to the queue's front, atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self.processing, 1, raw)
-            pipe.rpush(keys.QUEUE, raw)
-            await pipe.execute()
 
 
 async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import orjson
 import psycopg
-import psycopg_pool
 import redis.exceptions
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +19,6 @@ from mqlab import db
 from mqlab.api.backends import PG_ERRORS, REDIS_ERRORS, Backends, pg_failure, unavailable
 from mqlab.api.fastpath import OrdersAPI, fast_post_orders
 from mqlab.api.validation import (
-    BadRequest,
     OrderIn,
     error_response,
 )
@@ -65,10 +63,6 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
     )
     app.fast_orders = fast_post_orders(backends)
 
-    @app.exception_handler(BadRequest)
-    async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        return error_response(exc.status, exc.error, exc.details)
-
     @app.exception_handler(RequestValidationError)
     async def _bad_params(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
@@ -82,8 +76,7 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         error = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, error, [], headers=exc.headers)
 
-    @app.exception_handler(psycopg.Error)
-    @app.exception_handler(psycopg_pool.PoolTimeout)
+    @app.exception_handler(psycopg.Error)  # also psycopg_pool.PoolTimeout, a subclass
     async def _pg_down(_: Request, exc: Exception) -> JSONResponse:
         return pg_failure(exc)
 

@@ -74,7 +74,7 @@ def unavailable(backend: str, exc: BaseException) -> JSONResponse:
 
 def pg_failure(exc: BaseException) -> JSONResponse:
     """503 when PostgreSQL is away (or the pool has no connection for us), else 500."""
-    if isinstance(exc, (*PG_ERRORS, psycopg_pool.PoolTimeout)):
+    if isinstance(exc, PG_ERRORS):
         return unavailable("PostgreSQL", exc)
     log.error("database error: %s", exc)
     return error_response(500, "database error", [{"message": str(exc)}])

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import psycopg
-import psycopg_pool
 from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -89,7 +88,7 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
             response = error_response(exc.status, exc.error, exc.details)
         except RedisDown as exc:
             response = unavailable("Redis", exc.__cause__ or exc)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except psycopg.Error as exc:  # PoolTimeout included (a psycopg.OperationalError)
             response = pg_failure(exc)
         except Exception:
             log.exception("POST /orders failed")

@@ -9,8 +9,6 @@ from typing import Any
 
 from rich.table import Table
 
-from mqlab.stats import percentile
-
 
 @dataclass(frozen=True)
 class Target:
@@ -66,15 +64,6 @@ class Results:
 
     def add(self, key: str, label: str, value: float | None, unit: str, note: str = "") -> None:
         self.figures.append(Figure(key, label, value, unit, note))
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    """The q-quantile (0..1) of the values (stats.percentile); None for no values."""
-    return percentile(values, q * 100) if values else None
-
-
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
 
 
 def table(results: Results) -> Table:

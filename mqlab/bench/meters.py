@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import psutil
 
-from mqlab.bench.figures import quantile
 from mqlab.services.home import read_state
 from mqlab.supervisor import Supervisor
 
@@ -99,8 +99,8 @@ def round_trips(busy: int = 2000, idle: int = 100, gap: float = 0.005) -> dict[s
         ours.close()
         child.wait(5)
     return {
-        "busy_us": (quantile(fast, 0.5) or 0) * 1e6,
-        "idle_us": (quantile(slow, 0.5) or 0) * 1e6,
+        "busy_us": statistics.median(fast) * 1e6,
+        "idle_us": statistics.median(slow) * 1e6,
     }
 
 

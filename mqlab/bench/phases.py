@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,11 +14,12 @@ import psycopg
 import redis
 
 from mqlab import keys, services
-from mqlab.bench.figures import ms, quantile
 from mqlab.bench.meters import CpuMeter
 from mqlab.loadgen import Shot, fire, pace
+from mqlab.procs import wait_until
 from mqlab.resetting import reset_all
 from mqlab.settings import Settings
+from mqlab.stats import summary
 from mqlab.supervisor import Supervisor
 
 T = TypeVar("T")
@@ -82,18 +82,13 @@ def live_workers(settings: Settings) -> list[str]:
 
 def wait_completed(settings: Settings, n: int, timeout: float) -> bool:
     """Poll (on one connection: a new one per poll costs PostgreSQL a fork) until n are done."""
-    deadline = time.monotonic() + timeout
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
 
-        def completed() -> int:
+        def completed() -> bool:
             row = conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()
-            return int(row[0]) if row else 0
+            return bool(row) and int(row[0]) >= n
 
-        while time.monotonic() < deadline:
-            if completed() >= n:
-                return True
-            time.sleep(0.05)
-        return completed() >= n
+        return wait_until(completed, timeout)
 
 
 def api_phase(
@@ -111,16 +106,16 @@ def api_phase(
     if not ok:
         raise BenchError(f"the API accepted no order: {_first_failure(shots)}")
     span = max(s.sent_at + s.latency for s in shots) - min(s.sent_at for s in shots)
-    latencies = [s.latency for s in ok]
+    ms = summary([s.latency for s in ok], scale=1000)
     return {
         "clients": clients,
         "requests": len(shots),
         "accepted": len(ok),
         "failed": len(shots) - len(ok),
         "rate": len(ok) / span if span > 0 else 0.0,
-        "p50_ms": ms(quantile(latencies, 0.5)),
-        "p99_ms": ms(quantile(latencies, 0.99)),
-        "max_ms": ms(max(latencies, default=0.0)),
+        "p50_ms": ms.get("p50"),
+        "p99_ms": ms.get("p99"),
+        "max_ms": ms.get("max", 0.0),
         "cpu_us_per_order": {k: v / max(1, len(ok)) * 1e6 for k, v in cpu.items()},
     }
 
@@ -179,17 +174,17 @@ def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) 
             "SELECT extract(epoch FROM started_at - enqueued_at),"
             " extract(epoch FROM finished_at - enqueued_at) FROM jobs WHERE started_at IS NOT NULL"
         ).fetchall()
-    dispatch = [float(r[0]) for r in rows]
-    through = [float(r[1]) for r in rows if r[1] is not None]
-    api = [s.latency for s in shots if s.status == 202]
+    dispatch = summary([float(r[0]) for r in rows], scale=1000)
+    through = summary([float(r[1]) for r in rows if r[1] is not None], scale=1000)
+    api = summary([s.latency for s in shots if s.status == 202], scale=1000)
     return {
         "workers": workers,
         "orders": accepted,
         "all_completed": done,
-        "p50_ms": ms(quantile(dispatch, 0.5)),
-        "p99_ms": ms(quantile(dispatch, 0.99)),
-        "max_ms": ms(max(dispatch, default=0.0)),
-        "enqueue_to_finish_p50_ms": ms(quantile(through, 0.5)),
-        "api_p50_ms": ms(quantile(api, 0.5)),
-        "api_p99_ms": ms(quantile(api, 0.99)),
+        "p50_ms": dispatch.get("p50"),
+        "p99_ms": dispatch.get("p99"),
+        "max_ms": dispatch.get("max", 0.0),
+        "enqueue_to_finish_p50_ms": through.get("p50"),
+        "api_p50_ms": api.get("p50"),
+        "api_p99_ms": api.get("p99"),
     }

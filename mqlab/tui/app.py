@@ -24,6 +24,7 @@ from textual.message import Message
 from textual.widgets import DataTable, RichLog
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, WorkerState
 
+from mqlab import keys
 from mqlab.experiments import Row
 from mqlab.tui.experiments_panel import ExperimentsPanel, ExperimentsTable
 from mqlab.tui.keys_bar import KeysBar
@@ -288,7 +289,7 @@ class LabApp(App[None]):
         question = (
             f"Kill {worker.id} (pid {worker.pid}) with SIGKILL?\n\n"
             "It dies at once, mid-job; the job goes back to the queue when its heartbeat "
-            "expires (3 s) and another worker runs it again."
+            f"expires ({keys.HEARTBEAT_TTL} s) and another worker runs it again."
         )
         self.push_screen(ConfirmScreen(question), answered)
 

@@ -78,10 +78,8 @@ class FixedSource:
 
     def __init__(self, frame: Frame | None = None) -> None:
         self.frame = frame or fixed_frame()
-        self.samples = 0
 
     async def sample(self) -> Frame:
-        self.samples += 1
         return self.frame
 
     async def close(self) -> None:
@@ -169,37 +167,12 @@ class FixedLab:
         suite = replace(self.suite, rows=tuple(rows))
         result = SuiteResult(suite=suite, repeat=1, started_at=NOW)
         for index, row in enumerate(rows, 1):
+            start = Progress(suite.name, row, index, len(rows), 1, 1, "workers", 0, row.orders)
             for phase, done in (("workers", 0), ("waiting", row.orders // 2)):
-                on_progress(
-                    Progress(
-                        suite.name,
-                        row,
-                        index,
-                        len(rows),
-                        1,
-                        1,
-                        phase,
-                        done,
-                        row.orders,
-                        row.ideal_seconds / 2,
-                    )
-                )
+                on_progress(replace(start, phase=phase, done=done, elapsed=row.ideal_seconds / 2))
                 await asyncio.sleep(self.step_seconds)
             run = simulated_run(row)
-            on_progress(
-                Progress(
-                    suite.name,
-                    row,
-                    index,
-                    len(rows),
-                    1,
-                    1,
-                    "done",
-                    row.orders,
-                    row.orders,
-                    run.makespan,
-                )
-            )
+            on_progress(replace(start, phase="done", done=row.orders, elapsed=run.makespan))
             done = RowResult(row=row, runs=[run])
             done.compute()
             result.rows.append(done)

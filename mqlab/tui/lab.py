@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,8 +12,8 @@ from dataclasses import replace
 from mqlab.experiments import Row, Suite
 from mqlab.loadgen import fire
 from mqlab.resetting import reset_all
-from mqlab.results import SuiteResult
-from mqlab.runner import MAX_CONCURRENCY, Progress, ProgressHandler, Runner
+from mqlab.results import RowResult, SuiteResult
+from mqlab.runner import MAX_CONCURRENCY, ProgressHandler, Runner
 from mqlab.settings import Settings
 from mqlab.stack import Stack
 from mqlab.supervisor import Child, Supervisor
@@ -173,8 +172,8 @@ class LiveLab:
     async def run_rows(
         self, rows: Sequence[Row], on_progress: ProgressHandler, on_row: RowHandler
     ) -> SuiteResult:
-        """Run rows of the suite with the shared Runner, one at a time, so that each row's
-        verdict shows as soon as it is known; the API's verdict comes with the whole result.
+        """Run rows of the suite with the shared Runner; each row's verdict is handed to
+        on_row as soon as it is known, the API's verdict comes with the whole result.
 
         The workers added by hand would take the experiment's jobs and skew its figures, so
         every live worker is stopped first and the runner starts the pool each row needs; that
@@ -185,30 +184,19 @@ class LiveLab:
         live = [c.name for c in sup.workers()]
         if live:
             self.say(f"stopping {', '.join(live)}: the runner starts the workers each row needs")
-            await asyncio.gather(*(asyncio.to_thread(sup.stop, name) for name in live))
+            await asyncio.to_thread(sup.stop_many, live)
         self.say(f"running {self.suite.name}: {', '.join(r.name for r in rows)}")
-        suite = replace(self.suite, rows=tuple(rows))
-        result = SuiteResult(suite=suite, repeat=1, started_at=time.time())
-        # One runner for all the rows: it keeps its pool of workers from one row to the next.
-        runner = Runner(self.settings, sup)
-        for index, row in enumerate(rows, 1):
 
-            def progress(p: Progress, index: int = index) -> None:
-                on_progress(replace(p, row_index=index, rows=len(rows)))
-
-            runner.on_progress = progress
-            try:
-                part = await runner.run_suite(replace(self.suite, rows=(row,)))
-            except asyncio.CancelledError:
-                self.say("experiment cancelled")
-                raise
-            done = part.rows[0]
-            self.say(f"{row.name}: {done.makespan:.3f} s, {done.verdict} ({done.reason})")
-            result.rows.append(done)
+        def row_done(done: RowResult) -> None:
+            self.say(f"{done.row.name}: {done.makespan:.3f} s, {done.verdict} ({done.reason})")
             on_row(done)
-        result.finished_at = time.time()
-        result.compute()
-        return result
+
+        runner = Runner(self.settings, sup, on_progress=on_progress)
+        try:
+            return await runner.run_suite(replace(self.suite, rows=tuple(rows)), on_row=row_done)
+        except asyncio.CancelledError:
+            self.say("experiment cancelled")
+            raise
 
     def __repr__(self) -> str:
         return f"<LiveLab {self.state} children={[c.name for c in self.children()]}>"

@@ -11,7 +11,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
-HELP = """\
+from mqlab import keys
+
+#: Seconds until a killed worker's job is requeued (its heartbeat's time to live).
+_TTL = keys.HEARTBEAT_TTL
+
+HELP = f"""\
 # mqlab tui
 
 A live lab of the producer-consumer pattern: an HTTP API enqueues orders on Redis, worker
@@ -24,7 +29,7 @@ second from Redis, PostgreSQL, the `mqlab:events` stream and the supervisor.
 | `+` / `-` | a bigger / smaller batch (1, 5, 10, 20, 50, 100, 500, 1000) |
 | `a` | add a worker |
 | `s` | stop the selected worker: SIGTERM, it finishes its job and exits |
-| `k` | kill the selected worker: SIGKILL (asks first); its job is requeued within ~3 s |
+| `k` | kill the selected worker: SIGKILL (asks first); its job is requeued within ~{_TTL} s |
 | `r` | run the selected experiment row |
 | `R` | run every experiment row |
 | `c` | cancel the running experiment |
