@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -29,13 +30,17 @@ def keep(proc: subprocess.Popen[bytes]) -> None:
     _servers[proc.pid] = proc
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the child, before exec: ask Linux to SIGKILL us when the parent dies.
 
     This is what makes a SIGKILLed lab take its API, workers and owned servers with it: no
-    cleanup code of ours runs then, so the kernel has to do it.
+    cleanup code of ours runs then, so the kernel has to do it. A parent that died between
+    the fork and this call sends no signal any more: the child then exits at once (seen: a
+    runner SIGKILLed while it started a worker left that worker running).
     """
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 _SPAWNER_NAME = "mqlab-spawner"
@@ -63,7 +68,9 @@ def spawn(
         return _SPAWNER.submit(
             spawn, argv, owned=owned, log_path=log_path, env=env, user=user, stdout=stdout
         ).result()
-    preexec: Callable[[], None] | None = _die_with_parent if owned else None
+    preexec: Callable[[], None] | None = None
+    if owned:
+        preexec = functools.partial(_die_with_parent, os.getpid())
     out = open(log_path, "ab") if log_path is not None else stdout  # noqa: SIM115
     try:
         return subprocess.Popen(

@@ -83,6 +83,9 @@ def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+MQLAB_WORKER = "-m mqlab worker "
+
+
 def _cmd(proc: psutil.Process) -> str:
     try:
         return " ".join(proc.cmdline())
@@ -108,14 +111,15 @@ def test_killing_the_runner_mid_run_leaves_no_process(
         def mid_run() -> list[psutil.Process]:
             kids = _descendants(runner.pid)
             cmds = [_cmd(k) for k in kids]
-            ready = any(" worker " in c for c in cmds) and any("redis-server" in c for c in cmds)
+            # "-m mqlab worker": PostgreSQL 18's "postgres: io worker N" must not count.
+            ready = any(MQLAB_WORKER in c for c in cmds) and any("redis-server" in c for c in cmds)
             return kids if ready else []
 
         kids = eventually(mid_run, timeout=60, interval=0.2)
         time.sleep(1.0)
         kids = _descendants(runner.pid)
         kinds = " ".join(_cmd(k) for k in kids)
-        for name in ("redis-server", "postgres", " api ", " worker "):
+        for name in ("redis-server", "postgres", "-m mqlab api ", MQLAB_WORKER):
             assert name in kinds
         runner.send_signal(sig)
         runner.wait(60)
