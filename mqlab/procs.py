@@ -89,8 +89,8 @@ def spawn(
             out.close()  # type: ignore[union-attr]
 
 
-def pid_alive(pid: int | None, expect: str | None = None) -> bool:
-    """True if `pid` runs and (when given) its command line mentions `expect`.
+def pid_alive(pid: int | None, expect: str | tuple[str, ...] | None = None) -> bool:
+    """True if `pid` runs and (when given) its command line mentions `expect` (or one of them).
 
     The command-line check is what detects a stale pid file whose pid was reused.
     """
@@ -100,7 +100,10 @@ def pid_alive(pid: int | None, expect: str | None = None) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return expect is None or any(expect in part for part in proc.cmdline())
+        if expect is None:
+            return True
+        names = (expect,) if isinstance(expect, str) else expect
+        return any(name in part for part in proc.cmdline() for name in names)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

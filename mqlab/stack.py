@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from mqlab import services
-from mqlab.services import postgres_server, redis_server
+from mqlab.services import postgres_server, valkey_server
 from mqlab.services.manager import ServicesError
 from mqlab.settings import Settings
 from mqlab.supervisor import LineHandler, Supervisor
@@ -53,7 +53,7 @@ class Stack:
         """Server versions, for the report."""
         assert self.settings is not None
         out = {
-            "redis": redis_server.probe({"url": self.settings.redis_url})[1] or "?",
+            "redis": valkey_server.probe({"url": self.settings.redis_url})[1] or "?",
             "postgres": postgres_server.probe({"url": self.settings.database_url})[1] or "?",
         }
         out["servers"] = "embedded, started by this run" if self.started_services else "existing"

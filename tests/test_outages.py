@@ -16,7 +16,7 @@ import redis
 from mqlab import keys
 from mqlab.db import apply_schema
 from mqlab.procs import free_port, terminate
-from mqlab.services import postgres_server, redis_server
+from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.conftest import counts
@@ -45,7 +45,7 @@ class Flaky:
 
 @pytest.fixture
 def flaky_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
-    server = Flaky(redis_server, tmp_path_factory.mktemp("r"))
+    server = Flaky(valkey_server, tmp_path_factory.mktemp("r"))
     server.start()
     yield server
     server.stop()

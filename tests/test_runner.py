@@ -112,14 +112,14 @@ def test_killing_the_runner_mid_run_leaves_no_process(
             kids = _descendants(runner.pid)
             cmds = [_cmd(k) for k in kids]
             # "-m mqlab worker": PostgreSQL 18's "postgres: io worker N" must not count.
-            ready = any(MQLAB_WORKER in c for c in cmds) and any("redis-server" in c for c in cmds)
+            ready = any(MQLAB_WORKER in c for c in cmds) and any("valkey-server" in c for c in cmds)
             return kids if ready else []
 
         kids = eventually(mid_run, timeout=60, interval=0.2)
         time.sleep(1.0)
         kids = _descendants(runner.pid)
         kinds = " ".join(_cmd(k) for k in kids)
-        for name in ("redis-server", "postgres", "-m mqlab api ", MQLAB_WORKER):
+        for name in ("valkey-server", "postgres", "-m mqlab api ", MQLAB_WORKER):
             assert name in kinds
         runner.send_signal(sig)
         runner.wait(60)

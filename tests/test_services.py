@@ -47,7 +47,7 @@ def test_up_is_idempotent_status_reports_and_down_leaves_nothing(
         assert again.stdout.count("running") == 2
         assert {name: rec["pid"] for name, rec in state(home).items()} == pids
         shown = mqlab(home, "services", "status")
-        assert "Redis 6.2" in shown.stdout
+        assert "Valkey 9." in shown.stdout
         assert "PostgreSQL 18" in shown.stdout
         assert shown.stdout.count(" ok ") == 2
         for pid in pids.values():

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from mqlab.procs import free_port, pid_alive, port_free, terminate
-from mqlab.services import postgres_server, redis_server
+from mqlab.services import postgres_server, valkey_server
 from mqlab.services.home import home, read_state, write_state
 
-_SERVERS = {redis_server.NAME: redis_server, postgres_server.NAME: postgres_server}
+_SERVERS = {valkey_server.NAME: valkey_server, postgres_server.NAME: postgres_server}
 #: What each server's command line contains; tells a live server from a reused pid.
-_EXPECT = {redis_server.NAME: "redis-server", postgres_server.NAME: "postgres"}
-#: Fast shutdown for PostgreSQL (SIGTERM waits for clients to leave); SIGTERM for Redis.
-_STOP_SIGNAL = {redis_server.NAME: signal.SIGTERM, postgres_server.NAME: signal.SIGINT}
+_EXPECT = {valkey_server.NAME: valkey_server.COMMANDS, postgres_server.NAME: ("postgres",)}
+#: Fast shutdown for PostgreSQL (SIGTERM waits for clients to leave); SIGTERM for Valkey.
+_STOP_SIGNAL = {valkey_server.NAME: signal.SIGTERM, postgres_server.NAME: signal.SIGINT}
 
 
 class ServicesError(RuntimeError):
@@ -139,7 +139,7 @@ def running_urls(base: Path | None = None) -> tuple[str | None, str | None]:
     """The URLs of live embedded servers (None where a server is not running)."""
     state = read_state(base)
     urls: list[str | None] = []
-    for name in (redis_server.NAME, postgres_server.NAME):
+    for name in (valkey_server.NAME, postgres_server.NAME):
         record = state.get(name)
         urls.append(record["url"] if record and _alive(name, record) else None)
     return urls[0], urls[1]

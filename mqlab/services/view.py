@@ -20,11 +20,14 @@ def services_table(infos: list[ServiceInfo]) -> Group:
     for info in infos:
         health = "" if info.state in ("stopped", "stale") else ("ok" if info.healthy else "DOWN")
         style = _STATE_STYLE.get(info.state, "")
+        # What the server is ("valkey", or "redis" for an older mqlab's Redis 6.2 still
+        # running), not only its role.
+        server = info.version.split()[0].lower() if info.version else info.name
         table.add_row(
-            info.name, Text(info.state, style=style), health, str(info.pid or ""), info.version
+            server, Text(info.state, style=style), health, str(info.pid or ""), info.version
         )
         if info.url and info.state in ("running", "started"):
-            lines.append(Text.assemble((f"{info.name:<9}", "bold"), info.url))
+            lines.append(Text.assemble((f"{server:<9}", "bold"), info.url))
             if info.tcp_url and info.tcp_url != info.url:
                 lines.append(Text.assemble(" " * 9, info.tcp_url))
     return Group(table, *lines)

