@@ -70,7 +70,7 @@ def summary_table(result: SuiteResult) -> Table:
         )
     if result.api is not None:
         lat = result.api.latency_ms
-        style = "green" if result.api.verdict == "ok" else "red"
+        style = {"ok": "green", "slow": "yellow", "fail": "red"}[result.api.verdict]
         table.add_row(
             "API responds (202)",
             "at once",
@@ -141,5 +141,5 @@ def run(
     if failed:
         console.print(f"[bold red]FAIL[/]: {', '.join(failed)} (see the report for why)")
         return 1
-    console.print("[bold green]PASS[/]: every row within its tolerance.")
+    console.print("[bold green]PASS[/]: every row within its tolerance, every order answered 202.")
     return 0

@@ -59,10 +59,14 @@ class Row:
 
 @dataclass(frozen=True)
 class ApiExpectation:
-    """The kata's fourth row: the API answers at once with 202."""
+    """The kata's fourth row: the API answers at once with 202.
+
+    "At once" is judged by the slowest answer: under this bar, and under the job time where
+    a job is shorter (the answer must not wait for the work). The median is reported, not
+    judged here: it is a speed target, measured by `mqlab bench`.
+    """
 
     max_latency_ms: float = 50.0
-    p50_latency_ms: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ class Suite:
     path: Path | None = None
     #: Each row's tolerance when the suite runs at another job time (--job-seconds).
     scaled_tolerance_seconds: float | None = None
+
+    def api_bar_ms(self) -> float:
+        """Every answer must come faster than this: the suite's bar, or the shortest job."""
+        shortest_job_ms = min(r.job_seconds for r in self.rows) * 1000
+        return min(self.api.max_latency_ms, shortest_job_ms)
 
     def with_job_seconds(self, seconds: float) -> Suite:
         tolerance = self.scaled_tolerance_seconds
@@ -145,9 +154,15 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
     if scaled is not None and scaled < 0:
         raise ExperimentError(f"{where} [suite]: scaled_tolerance_seconds must be >= 0")
     api_table = data.get("api", {})
+    unknown = set(api_table) - {"max_latency_ms"}
+    if unknown:
+        moved = " (the burst's median is a speed target: `mqlab bench` reports it)"
+        raise ExperimentError(
+            f"{where} [api]: unknown key(s) {sorted(unknown)}; allowed: ['max_latency_ms']"
+            + (moved if "p50_latency_ms" in unknown else "")
+        )
     api = ApiExpectation(
         max_latency_ms=float(_get(api_table, "max_latency_ms", (int, float), where) or 50.0),
-        p50_latency_ms=float(_get(api_table, "p50_latency_ms", (int, float), where) or 5.0),
     )
     raw_rows = data.get("row")
     if not isinstance(raw_rows, list) or not raw_rows:
