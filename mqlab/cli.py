@@ -104,6 +104,7 @@ def services_env() -> None:
     """Print `export REDIS_URL=... DATABASE_URL=...` (TCP) for the running embedded servers.
 
     `eval "$(mqlab services env)"`, then `redis-cli -u "$REDIS_URL"` and `psql "$DATABASE_URL"`.
+    The URLs carry the servers' passwords (kept in MQLAB_HOME/home.json, 0600).
     """
     infos = {i.name: i for i in services.status() if i.state == "running"}
     if set(infos) != {"redis", "postgres"}:

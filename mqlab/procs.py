@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -53,25 +54,29 @@ def spawn(
     owned: bool,
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
-    user: str | None = None,
+    drop: dict[str, Any] | None = None,
     stdout: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a process in its own process group.
 
     owned=True: it dies with this process (parent-death signal), for anything a lab command
-    starts. owned=False: a daemon that outlives us (`mqlab services up`).
+    starts. owned=False: a daemon that outlives us (`mqlab services up`). `drop`: Popen's
+    user/group/extra_groups/umask, to run it as another account. The log is 0600.
     """
     if owned and not threading.current_thread().name.startswith(_SPAWNER_NAME):
         # Linux sends the parent-death signal when the *thread* that forked exits, so owned
         # children are forked from one thread that lives as long as the process (a TUI or
         # runner may start them from short-lived worker threads).
         return _SPAWNER.submit(
-            spawn, argv, owned=owned, log_path=log_path, env=env, user=user, stdout=stdout
+            spawn, argv, owned=owned, log_path=log_path, env=env, drop=drop, stdout=stdout
         ).result()
     preexec: Callable[[], None] | None = None
     if owned:
         preexec = functools.partial(_die_with_parent, os.getpid())
-    out = open(log_path, "ab") if log_path is not None else stdout  # noqa: SIM115
+    out = stdout
+    if log_path is not None:
+        out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(out, 0o600)  # a log made by an older mqlab was 0644
     try:
         return subprocess.Popen(
             list(argv),
@@ -81,12 +86,12 @@ def spawn(
             start_new_session=True,
             preexec_fn=preexec,
             env=env,
-            user=user,
             close_fds=True,
+            **(drop or {}),
         )
     finally:
-        if log_path is not None and hasattr(out, "close"):
-            out.close()  # type: ignore[union-attr]
+        if log_path is not None and out is not None:
+            os.close(out)
 
 
 def pid_alive(pid: int | None, expect: str | tuple[str, ...] | None = None) -> bool:

