@@ -35,7 +35,7 @@ def services_table(infos: list[ServiceInfo]) -> Group:
             server, Text(info.state, style=style), health, str(info.pid or ""), info.version
         )
         if info.url and info.state in ("running", "started"):
-            lines.append(Text.assemble((f"{server:<9}", "bold"), masked(info.url)))
+            lines.append(Text.assemble((f"{server:<11}", "bold"), masked(info.url)))
             if info.tcp_url and info.tcp_url != info.url:
-                lines.append(Text.assemble(" " * 9, masked(info.tcp_url)))
+                lines.append(Text.assemble(" " * 11, masked(info.tcp_url)))
     return Group(table, *lines)
