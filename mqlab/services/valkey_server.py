@@ -111,8 +111,9 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     proc = spawn([str(binary), str(conf)], owned=owned, log_path=log, drop=drop)
     keep(proc)
     secret = quote(password, safe="")
-    tcp_url = f"redis://:{secret}@127.0.0.1:{port}/0"
-    url = f"unix://:{secret}@{sock}?db=0" if use_socket else tcp_url
+    # `default:` spelled out: redis-cli 7 sends an empty user name for `redis://:pw@`.
+    tcp_url = f"redis://default:{secret}@127.0.0.1:{port}/0"
+    url = f"unix://default:{secret}@{sock}?db=0" if use_socket else tcp_url
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}
     if not wait_until(lambda: probe(record)[0] or proc.poll() is not None, timeout=15):
         proc.kill()
