@@ -56,6 +56,18 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
+def job_seconds_option(value: float | None) -> float | None:
+    """--job-seconds: a finite, non-negative, sane number of seconds (nan and inf are not)."""
+    from mqlab.work import check_job_seconds
+
+    if value is None:
+        return None
+    try:
+        return check_job_seconds(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def resolve(redis_url: str | None, database_url: str | None) -> Settings:
     try:
         return Settings.resolve(redis_url, database_url)
@@ -155,7 +167,8 @@ def api(
 def worker(
     id: Annotated[str | None, typer.Option("--id", help="Worker id (default: host-pid).")] = None,
     job_seconds: Annotated[
-        float, typer.Option(help="How long each job works (the kata: 2 s).", min=0)
+        float,
+        typer.Option(help="How long each job works (the kata: 2 s).", callback=job_seconds_option),
     ] = 2.0,
     work: Annotated[
         str, typer.Option(help="sleep (I/O-bound, as in the kata) or cpu (spins the CPU).")
@@ -208,7 +221,10 @@ def run_experiment(
     ] = None,
     job_seconds: Annotated[
         float | None,
-        typer.Option(help="Run every row at this job time (expected times scale).", min=0),
+        typer.Option(
+            help="Run every row at this job time (expected times scale).",
+            callback=job_seconds_option,
+        ),
     ] = None,
     repeat: Annotated[int, typer.Option(help="Runs per row; the median is reported.", min=1)] = 1,
     out: Annotated[
@@ -249,7 +265,7 @@ def tui(
         typer.Option(
             help="Job time of the workers (default: the kata's 2 s); the experiments table "
             "runs at it too (expected times scale).",
-            min=0,
+            callback=job_seconds_option,
         ),
     ] = None,
     suite: Annotated[str, typer.Option(help="The experiments table (name or .toml).")] = "kata3",

@@ -9,6 +9,7 @@ import sys
 
 import httpx
 import psycopg
+import pytest
 
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
@@ -47,6 +48,17 @@ def test_status_shows_queue_workers_and_counts(
     assert ["2", "1", "0", "0", "0"] in rows  # orders: pending, processing, completed, ...
     assert "pending" in text
     assert "processing" in text
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e9"])
+def test_worker_refuses_a_job_time_that_is_not_a_sane_number_of_seconds(
+    settings: Settings, value: str
+) -> None:
+    out = run(settings, "worker", f"--job-seconds={value}")
+    assert out.returncode == 2
+    assert "--job-seconds" in out.stderr
+    assert "must be a number of seconds from 0 to 86400" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_reset_empties_everything(
