@@ -4,6 +4,9 @@ Loop: BLMOVE a message from `orders:queue` into this worker's own processing lis
 job in PostgreSQL (a guarded UPDATE), do the work, record the outcome, and only then remove
 the message from the processing list (the ack). A worker that dies keeps its message in its
 processing list; when its heartbeat key expires, any other worker moves it back to the queue.
+
+No queue entry stops a worker: one that is not a job (see mqlab.messages) or whose claim
+PostgreSQL refuses is dead-lettered, and the worker goes on.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import socket
 import time
 from typing import Any
 
-import orjson
 import psycopg
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from mqlab import db, events, keys
+from mqlab.messages import REASON_CHARS, InvalidMessage, dead_letter, one_line, parse_message
+from mqlab.messages import preview as message_preview
 from mqlab.settings import Settings
 from mqlab.work import do_work
 
@@ -46,29 +50,38 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+#: SQLSTATE classes that say the database is not what the worker's statements need (0A not
+#: supported, 28 authorization, 3D/3F no such database or schema, 42 no such table or column,
+#: no privilege). A claim's parameters cannot cause them, and every claim would fail alike:
+#: the worker waits, as for an outage, rather than dead-letter the whole queue.
+SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
+
 
 #: A happening for the event stream: (type, fields).
 Event = tuple[str, dict[str, str | int | float]]
 
 
-class InvalidMessage(ValueError):
-    """A queue entry that is not a job message."""
+class NotReady(Exception):
+    """PostgreSQL refuses every statement alike (a missing table, a revoked grant)."""
 
 
-def parse_message(raw: str) -> tuple[str, int]:
-    """(jobId, orderId) of a queue message, or InvalidMessage saying what is wrong."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidMessage("not a JSON object")
-    job_id, order_id = data.get("jobId"), data.get("orderId")
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidMessage("jobId missing or not a string")
-    if not isinstance(order_id, int) or isinstance(order_id, bool):
-        raise InvalidMessage("orderId missing or not an integer")
-    return job_id, order_id
+class Rejected(Exception):
+    """PostgreSQL refused a statement about one message (its data, or its row's)."""
+
+
+#: What _retry waits out.
+RETRYABLE: tuple[type[BaseException], ...] = (*BACKEND_ERRORS, NotReady)
+
+
+def refusal(exc: psycopg.Error, what: str) -> NotReady | Rejected:
+    """What a psycopg error that is not a connection problem means for the message at hand."""
+    state = exc.sqlstate or ""
+    if state[:2] in SETUP_SQLSTATE_CLASSES or (
+        not state and isinstance(exc, psycopg.ProgrammingError)  # our statement, not the data
+    ):
+        return NotReady(f"PostgreSQL refused the {what}: {exc}")
+    code = f" ({state})" if state else ""
+    return Rejected(f"PostgreSQL refused the {what}: {exc}{code}")
 
 
 class Worker:
@@ -98,9 +111,13 @@ class Worker:
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=POP_TIMEOUT + 5,
+            settings.redis_url,
+            # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
+            # fail), and its ack, LREM, must name its exact bytes.
+            decode_responses=False,
+            socket_timeout=POP_TIMEOUT + 5,
             socket_connect_timeout=2,
-        )  # fmt: skip
+        )
         self.pg: psycopg.AsyncConnection[Any] | None = None
 
     def __repr__(self) -> str:
@@ -136,7 +153,7 @@ class Worker:
         while True:
             try:
                 return await op()
-            except BACKEND_ERRORS as exc:
+            except RETRYABLE as exc:
                 if self._cold_stop.is_set():
                     raise
                 if isinstance(exc, psycopg.Error) and self.pg is not None:
@@ -147,10 +164,21 @@ class Worker:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _sql(self, sql: str, params: Any) -> tuple[Any, ...] | None:
+    async def _sql(self, sql: str, params: Any, what: str) -> tuple[Any, ...] | None:
+        """One statement's row (or None), retried through outages.
+
+        Rejected when PostgreSQL refuses this statement for its data: the caller dead-letters
+        the message rather than retry it for ever (or, as before, crash on it).
+        """
+
         async def op() -> tuple[Any, ...] | None:
             conn = await self._db()
-            return await (await conn.execute(sql, params)).fetchone()
+            try:
+                return await (await conn.execute(sql, params)).fetchone()
+            except BACKEND_ERRORS:
+                raise
+            except psycopg.Error as exc:
+                raise refusal(exc, what) from exc
 
         return await self._retry("PostgreSQL", op)  # type: ignore[no-any-return]
 
@@ -182,7 +210,7 @@ class Worker:
             await pipe.execute()
 
     async def _publish(
-        self, kind: str, ack: str | None = None, **fields: str | int | float
+        self, kind: str, ack: bytes | None = None, **fields: str | int | float
     ) -> None:
         """One round trip: the ack (if any), our new state, and the event for the lab."""
 
@@ -236,7 +264,7 @@ class Worker:
         heart = asyncio.create_task(self._heartbeat_loop())
         # One waiter for the whole run, not one per job: jobs can be thousands a second.
         cold = asyncio.create_task(self._cold_stop.wait())
-        raw: str | None = None
+        raw: bytes | None = None
         try:
             while not self._stop.is_set():
                 if raw is None:
@@ -269,19 +297,20 @@ class Worker:
         log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
         return 0
 
-    async def _pop(self) -> str | None:
-        raw: str | None = await self.redis.blmove(
+    async def _pop(self) -> bytes | None:
+        raw: bytes | None = await self.redis.blmove(
             keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT"
         )
         return raw
 
-    async def _ack(self, raw: str) -> None:
+    async def _ack(self, raw: bytes) -> None:
         await self._retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
 
-    async def _dead_letter(self, raw: str, reason: str) -> None:
-        entry = orjson.dumps(
-            {"message": raw, "reason": reason, "workerId": self.id, "at": time.time()}
-        )
+    async def _dead_letter(self, raw: bytes, reason: str) -> None:
+        """Move a message that cannot be worked to `orders:dead`, with the reason (both cut
+        to a size: see mqlab.messages), and say so in the log and the event stream."""
+        reason = one_line(reason, REASON_CHARS)
+        entry = dead_letter(raw, reason, self.id, time.time())
 
         async def op() -> None:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -291,11 +320,16 @@ class Worker:
 
         await self._retry("Redis", op)
         self.jobs_failed += 1
-        log.error("%s: dead-lettered a message (%s): %.200s", self.id, reason, raw)
+        log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
+                  message_preview(raw))  # fmt: skip
         await events.emit(self.redis, "job_dead", worker=self.id, reason=reason)
 
-    async def handle(self, raw: str) -> str | None:
-        """One delivery: claim, work, record, ack.
+    def _end_job(self) -> None:
+        self.current_job, self.job_started = "", 0.0
+        self.state = "stopping" if self._stop.is_set() else "idle"
+
+    async def handle(self, raw: bytes) -> bytes | None:
+        """One delivery: claim, work, record, ack; or dead-letter it, whatever its bytes.
 
         Returns the next message when it was taken in the same round trip as the ack.
         """
@@ -304,9 +338,19 @@ class Worker:
         except InvalidMessage as exc:
             await self._dead_letter(raw, str(exc))
             return None
-        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id})
+        try:
+            return await self._handle_job(raw, job_id, order_id)
+        except Rejected as exc:
+            # This message, or its row, is what PostgreSQL refuses (a value out of range, a
+            # trigger's veto): it would be refused again on every delivery.
+            self._end_job()
+            await self._dead_letter(raw, str(exc))
+            return None
+
+    async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
+        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id}, "claim")
         if claim is None:
-            found = await self._sql(db.JOB_STATUS, [job_id])
+            found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
             if found is None:
                 await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
             else:
@@ -326,10 +370,9 @@ class Worker:
             log.info("%s: started %s (order %d)%s", self.id, job_id, order_id, again)
         await do_work(self.work, self.job_seconds)
         done = await self._sql(
-            db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}
+            db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}, "completion"
         )
-        self.current_job, self.job_started = "", 0.0
-        self.state = "stopping" if self._stop.is_set() else "idle"
+        self._end_job()
         if done is None:
             await self._not_completed(raw, job_id, order_id)
             return None
@@ -339,9 +382,9 @@ class Worker:
         log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
                  again if short else "")  # fmt: skip
         finished: Event = ("job_finished", {"job": job_id, "order": order_id})
-        return await self._finish(raw, [started, finished] if short else [finished])
+        return await self._finish(raw, job_id, [started, finished] if short else [finished])
 
-    async def _finish(self, raw: str, happened: list[Event]) -> str | None:
+    async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
         """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
         queued behind them) unless a stop was asked for: one round trip less per job.
 
@@ -353,7 +396,7 @@ class Worker:
         except BACKEND_ERRORS as exc:
             if self._cold_stop.is_set():
                 raise
-            log.warning("%s: ack of %s failed (%s); retrying", self.id, raw[:80], exc)
+            log.warning("%s: ack of %s failed (%s); retrying", self.id, job_id, exc)
         # The reply was lost: the ack may or may not have happened, and a message may have
         # been moved into our processing list that we never saw. Ack again (LREM of a message
         # no longer there is a no-op), then hand back whatever else the list holds.
@@ -361,7 +404,7 @@ class Worker:
         await self._retry("Redis", self._hand_back_own)
         return None
 
-    async def _finish_once(self, raw: str, happened: list[Event], pop: bool) -> str | None:
+    async def _finish_once(self, raw: bytes, happened: list[Event], pop: bool) -> bytes | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrem(self.processing, 1, raw)
             self._queue_beat(pipe)
@@ -372,9 +415,9 @@ class Worker:
             results = await pipe.execute()
         return results[-1] if pop else None  # type: ignore[no-any-return]
 
-    async def _not_completed(self, raw: str, job_id: str, order_id: int) -> None:
+    async def _not_completed(self, raw: bytes, job_id: str, order_id: int) -> None:
         """Our completion matched no claim: taken over, or our claim was lost."""
-        found = await self._sql(db.JOB_STATUS, [job_id])
+        found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
         if found is not None and found[0] == "pending":
             # The claim commits asynchronously: a PostgreSQL crash can lose it. The job is
             # pending again, and only our processing list holds it: hand it back, so that it is
@@ -395,16 +438,21 @@ class Worker:
 async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:
     """Move the jobs of workers whose heartbeat expired back to the queue. Returns how many.
 
+    `client` answers bytes (no decode_responses): a key is handled whatever its name.
     LMOVE moves one element atomically, so two workers reaping at once never duplicate one.
     """
+    prefix, mine = keys.PROCESSING_PREFIX.encode(), (exclude or "").encode()
     moved = 0
     async for key in client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500):
-        owner = key.removeprefix(keys.PROCESSING_PREFIX)
-        if owner == exclude or await client.exists(keys.worker_key(owner)):
+        owner = key[len(prefix) :]
+        if (exclude is not None and owner == mine) or await client.exists(
+            keys.WORKER_PREFIX.encode() + owner
+        ):
             continue
         while await client.lmove(key, keys.QUEUE, "RIGHT", "RIGHT") is not None:
             moved += 1
-            log.warning("requeued a job of dead worker %s", owner)
+            log.warning("requeued a job of dead worker %s", one_line(owner.decode(
+                errors="backslashreplace"), 80))  # fmt: skip
     return moved
 
 

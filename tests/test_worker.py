@@ -6,15 +6,26 @@ import concurrent.futures
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import httpx
 import orjson
 import psycopg
+import pytest
 import redis
 
-from mqlab import keys
+from mqlab import keys, messages
+from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, job, post_order
+
+
+@pytest.fixture
+def raw_rds(settings: Settings) -> Iterator[redis.Redis]:
+    """A client that answers bytes: queue entries need not be UTF-8."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
 
 
 def test_one_order_one_worker_completes_in_about_the_job_time(
@@ -215,3 +226,92 @@ def test_a_lost_claim_is_handed_back_and_completed_once(
     assert "job_requeued" in kinds
     assert kinds.count("job_finished") == 1
     assert rds.llen(keys.DEAD) == 0
+
+
+def test_no_queue_entry_whatever_its_bytes_stops_a_worker(
+    sup: Supervisor,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
+    raw_rds: redis.Redis,
+) -> None:
+    """Each of these once made every worker exit (and put the entry back at the queue's head,
+    for the next worker to die on): now they are dead-lettered, and the queue drains."""
+    # A real job whose claim PostgreSQL refuses: attempts + 1 overflows an integer.
+    maxed = post_order(client, "maxed")
+    pg.execute("UPDATE jobs SET attempts = 2147483647 WHERE id = %s", [maxed["jobId"]])
+    maxed_message = raw_rds.lindex(keys.QUEUE, 0)
+    assert maxed_message is not None
+    workers = sup.start_workers(2, job_seconds=0)
+    bad: dict[bytes, str] = {  # entry -> what its dead letter's reason says
+        b'{"jobId":"a\\u0000b","orderId":1}': "unprintable",  # redis-cli's '\u0000'
+        b'\xff\xfe{"x":1}': "not UTF-8 (byte 0xff at 0)",
+        b'{"jobId":"a\x00b","orderId":1}': "not JSON",  # a raw NUL byte in a string
+        b'{"jobId":"line\\nbreak","orderId":1}': "unprintable",
+        b"": "not JSON",
+        b"[" * 5000: "not JSON",  # deeper than the parser goes
+        b'{"jobId":"job-9","orderId":1e999}': "not JSON",
+        orjson.dumps({"jobId": "j" * 1_000_000, "orderId": 1}): "too large",
+        b"\xff" * 200_000: "too large",
+        orjson.dumps({"jobId": "j" * 201, "orderId": 1}): "longer than 200",
+        b'{"jobId":"job-404","orderId":18446744073709551615}': "no job job-404",
+        maxed_message: "integer out of range (22003)",
+    }
+    raw_rds.lpush(keys.QUEUE, *[entry for entry in bad if entry != maxed_message])
+    good = [post_order(client, f"Item{i}") for i in range(20)]
+
+    def completed() -> bool:
+        row = pg.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()
+        return row == (len(good),)
+
+    eventually(completed, timeout=30)
+    eventually(lambda: rds.llen(keys.DEAD) == len(bad))
+    assert all(w.alive() for w in workers), [w.tail() for w in workers]
+    assert rds.llen(keys.QUEUE) == 0
+    assert all(rds.llen(keys.processing_key(w.name)) == 0 for w in workers)
+    entries = raw_rds.lrange(keys.DEAD, 0, -1)
+    assert max(len(e) for e in entries) < 16_000  # 1 MB entries made 2 MB dead letters
+    dead = {(d["message"], d["messageBytes"]): d for d in (orjson.loads(e) for e in entries)}
+    for entry, says in bad.items():
+        text = entry[: messages.DEAD_MESSAGE_BYTES].decode("utf-8", "backslashreplace")
+        letter = dead[(text, len(entry))]
+        assert says in letter["reason"], letter["reason"]
+        assert len(letter["reason"]) <= messages.REASON_CHARS
+        assert letter["workerId"] in {w.name for w in workers}
+    # What the log and the lab's event stream say about them is cut to a size too.
+    dead_events = [f for _, f in rds.xrange(keys.EVENTS) if f["type"] == "job_dead"]
+    assert len(dead_events) == len(bad)
+    assert max(len(v) for f in dead_events for v in f.values()) <= messages.REASON_CHARS
+    lines = [line for w in workers for line in w.lines]
+    assert sum("dead-lettered" in line for line in lines) == len(bad)
+    assert max(len(line) for line in lines) < 800
+    assert job(client, maxed["jobId"])["status"] == "pending"
+
+
+def test_a_missing_table_is_waited_for_not_dead_lettered(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """PostgreSQL refusing every claim alike (no such table) is not the message's fault:
+    dead-lettering would empty the whole queue into orders:dead. The worker waits."""
+    child = sup.start_worker("w1", job_seconds=0)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed")
+    # A second job, written as the API writes it; its message is pushed by hand below.
+    row = pg.execute(
+        "INSERT INTO orders (product, quantity, price) VALUES ('x', 1, 1) RETURNING id"
+    ).fetchone()
+    assert row is not None
+    pg.execute("INSERT INTO jobs (id, order_id) VALUES ('job-away-1', %s)", [row[0]])
+    message = orjson.dumps({"jobId": "job-away-1", "orderId": row[0]})
+    pg.execute("ALTER TABLE jobs RENAME TO jobs_away")
+    try:
+        rds.lpush(keys.QUEUE, message)
+        eventually(lambda: 'relation "jobs" does not exist' in child.tail())
+        eventually(lambda: child.tail().count("retrying") >= 2)
+        assert rds.llen(keys.DEAD) == 0
+        assert rds.llen(keys.processing_key("w1")) == 1
+    finally:
+        pg.execute("ALTER TABLE jobs_away RENAME TO jobs")
+    eventually(lambda: job(client, "job-away-1")["status"] == "completed", timeout=15)
+    assert rds.llen(keys.DEAD) == 0
+    assert child.alive()
