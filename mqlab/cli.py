@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -66,6 +68,12 @@ def job_seconds_option(value: float | None) -> float | None:
         return check_job_seconds(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _stop_before_start(signum: int, frame: FrameType | None) -> None:
+    """A SIGTERM or Ctrl-C before the worker runs: it holds nothing yet, so exit now, with 0
+    (Python's default would be a KeyboardInterrupt traceback, or death by SIGTERM)."""
+    raise SystemExit(0)
 
 
 def resolve(redis_url: str | None, database_url: str | None) -> Settings:
@@ -185,6 +193,10 @@ def worker(
 
     if work not in WORK_KINDS:
         raise fail(f"--work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
+    # Until serve() hands them to the worker's loop: applying the schema can wait on a
+    # PostgreSQL that is away, and a stop then must not wait for it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_start)
     setup_logging()
     settings = resolve(redis_url, database_url)
     try:

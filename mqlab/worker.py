@@ -6,7 +6,8 @@ the message from the processing list (the ack). A worker that dies keeps its mes
 processing list; when its heartbeat key expires, any other worker moves it back to the queue.
 
 No queue entry stops a worker: one that is not a job (see mqlab.messages) or whose claim
-PostgreSQL refuses is dead-lettered, and the worker goes on.
+PostgreSQL refuses is dead-lettered, and the worker goes on. A stop request is obeyed at once
+when no job is in hand, also while a backend is away.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import random
 import signal
 import socket
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import psycopg
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from mqlab import db, events, keys
 from mqlab.messages import REASON_CHARS, InvalidMessage, dead_letter, one_line, parse_message
@@ -33,6 +37,8 @@ from mqlab.work import do_work
 
 log = logging.getLogger("mqlab.worker")
 
+T = TypeVar("T")
+
 #: BLMOVE blocks at most this long, so that a stop request is seen within it when idle.
 POP_TIMEOUT = 1.0
 #: A job this short (seconds) is announced when it ends: its "started" beat and event go out
@@ -41,6 +47,10 @@ POP_TIMEOUT = 1.0
 SHORT_JOB = 0.05
 #: Reconnect backoff: doubles from the first to the last, with jitter.
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+#: At a stop, the clean-up (messages handed back and the heartbeat removed on Redis) gets
+#: this long, so that a backend that is away does not hold the exit. What Redis did not take
+#: back stays in our processing list and goes back to the queue once our heartbeat expired.
+STOP_STEP_SECONDS = 0.75
 
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
@@ -59,6 +69,10 @@ SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
 
 #: A happening for the event stream: (type, fields).
 Event = tuple[str, dict[str, str | int | float]]
+
+
+class Stopped(Exception):
+    """A stop request ended a wait on a backend (raised by Worker._retry, caught by run)."""
 
 
 class NotReady(Exception):
@@ -82,6 +96,13 @@ def refusal(exc: psycopg.Error, what: str) -> NotReady | Rejected:
         return NotReady(f"PostgreSQL refused the {what}: {exc}")
     code = f" ({state})" if state else ""
     return Rejected(f"PostgreSQL refused the {what}: {exc}{code}")
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    """Done-callback of an abandoned task: its outcome is of no interest (and is retrieved,
+    so that asyncio does not log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Worker:
@@ -108,6 +129,8 @@ class Worker:
         self.job_started = 0.0
         self.started = time.time()
         self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
+        #: (job, attempt) of the job claimed and not yet acked: what a stop hands back.
+        self.claim: tuple[str, int] | None = None
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -117,6 +140,11 @@ class Worker:
             decode_responses=False,
             socket_timeout=POP_TIMEOUT + 5,
             socket_connect_timeout=2,
+            # No retries inside redis-py: _retry does them, watching for stop requests and
+            # knowing what a lost reply means (redis-py re-sends a whole pipeline, whose
+            # BLMOVE may then move a second message unseen); redis-py's own 10, backing off
+            # up to 1 s, also held each call for seconds while Redis was away.
+            retry=Retry(NoBackoff(), 0),
         )
         self.pg: psycopg.AsyncConnection[Any] | None = None
 
@@ -147,22 +175,64 @@ class Worker:
             )
         return self.pg
 
-    async def _retry(self, what: str, op: Any) -> Any:
-        """Run `op()` until the backends answer, backing off; gives up only on a cold stop."""
+    async def _drop_pg(self) -> None:
+        if self.pg is not None:
+            with contextlib.suppress(Exception):
+                await self.pg.close()
+            self.pg = None
+
+    def _stop_for_now(self) -> asyncio.Event:
+        """The stop request that ends a wait on a backend: the first one when no job is in
+        hand (there is nothing to finish), the second one when a job is (it is finished first,
+        which needs the backends)."""
+        return self._cold_stop if self.claim is not None else self._stop
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]], *, race: bool = False) -> T:
+        """Run `op()` until the backends answer, backing off; Stopped on a stop request.
+
+        The first attempt runs op() as it is: on the hot path, no task and no waiter per call.
+        Later attempts, and the first with race=True, are dropped the moment the stop comes
+        (a connection attempt to a server that is away can take seconds), and so is the wait
+        between them.
+        """
         delay = BACKOFF_FIRST
         while True:
             try:
-                return await op()
+                return await (self._unless_stopped(op) if race else op())
             except RETRYABLE as exc:
-                if self._cold_stop.is_set():
-                    raise
-                if isinstance(exc, psycopg.Error) and self.pg is not None:
-                    with contextlib.suppress(Exception):
-                        await self.pg.close()
-                    self.pg = None
+                if isinstance(exc, psycopg.Error):
+                    await self._drop_pg()
                 log.warning("%s: %s failed (%s); retrying in %.1fs", self.id, what, exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await self._pause(delay * (0.5 + random.random()))
                 delay = min(delay * 2, BACKOFF_MAX)
+                race = True
+
+    async def _unless_stopped(self, op: Callable[[], Awaitable[T]]) -> T:
+        """op(), unless a stop request (see _stop_for_now) comes first: then Stopped."""
+        stop = self._stop_for_now()
+        if stop.is_set():
+            raise Stopped
+        task = asyncio.ensure_future(op())
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            abandoned = not task.done()
+            if abandoned:  # the stop came first (or our caller was cancelled)
+                task.cancel()
+                task.add_done_callback(_forget)
+        if abandoned:
+            raise Stopped
+        return task.result()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait between two attempts; Stopped as soon as a stop request ends the wait."""
+        stop = self._stop_for_now()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        if stop.is_set():
+            raise Stopped
 
     async def _sql(self, sql: str, params: Any, what: str) -> tuple[Any, ...] | None:
         """One statement's row (or None), retried through outages.
@@ -180,7 +250,7 @@ class Worker:
             except psycopg.Error as exc:
                 raise refusal(exc, what) from exc
 
-        return await self._retry("PostgreSQL", op)  # type: ignore[no-any-return]
+        return await self._retry("PostgreSQL", op)
 
     # -- heartbeat and recovery ------------------------------------------------------------
 
@@ -250,52 +320,83 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Consume until stopped. Returns the exit code (0 on a requested stop)."""
-        await self._retry("Redis", self.beat)
-        moved = await self._retry("Redis", self._hand_back_own)
-        if moved:
-            log.info("%s: handed %d job(s) of a previous run back to the queue", self.id, moved)
-        await self._retry("PostgreSQL", self._db)
-        self.state = "idle"
-        await self._retry("Redis", self.beat)
-        await events.emit(self.redis, "worker_up", worker=self.id, pid=os.getpid())
-        log.info("%s: ready (pid %d, job %.3gs %s)", self.id, os.getpid(), self.job_seconds,
-                 self.work)  # fmt: skip
-        heart = asyncio.create_task(self._heartbeat_loop())
+        """Consume until stopped. Returns the exit code: 0 on a requested stop, also when it
+        came while a backend was away."""
         # One waiter for the whole run, not one per job: jobs can be thousands a second.
         cold = asyncio.create_task(self._cold_stop.wait())
-        raw: bytes | None = None
+        heart: asyncio.Task[None] | None = None
         try:
-            while not self._stop.is_set():
-                if raw is None:
-                    raw = await self._retry("Redis", self._pop)
-                    if raw is None:
-                        continue
-                job = asyncio.create_task(self.handle(raw))
-                await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
-                if not job.done():
-                    job.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await job
-                    break
-                # The next message, when it came with this one's ack (see _finish).
-                raw = job.result()
+            await self._start()
+            heart = asyncio.create_task(self._heartbeat_loop())
+            await self._consume(cold)
+        except Stopped:
+            log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         finally:
-            # A message taken but not handled (a stop came with it) is handed back below.
-            cold.cancel()
-            heart.cancel()
-            self.state = "stopping"
-            with contextlib.suppress(*BACKEND_ERRORS):
+            helpers = [t for t in (cold, heart) if t is not None]
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._shutdown()
+        log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
+        return 0
+
+    async def _start(self) -> None:
+        """Say we are here, take back what a previous life of this id left, connect."""
+        # race=True throughout: a stop while a backend is still away must not wait for it.
+        await self._retry("Redis", self.beat, race=True)
+        moved = await self._retry("Redis", self._hand_back_own, race=True)
+        if moved:
+            log.info("%s: handed %d job(s) of a previous run back to the queue", self.id, moved)
+        await self._retry("PostgreSQL", self._db, race=True)
+        self.state = "idle"
+        await self._retry("Redis", self.beat, race=True)
+        await events.emit(self.redis, "worker_up", worker=self.id, pid=self.pid)
+        log.info("%s: ready (pid %d, job %.3gs %s)", self.id, self.pid, self.job_seconds,
+                 self.work)  # fmt: skip
+
+    async def _consume(self, cold: asyncio.Task[Any]) -> None:
+        raw: bytes | None = None
+        while not self._stop.is_set():
+            if raw is None:
+                # Not raced: BLMOVE returns within POP_TIMEOUT by itself, and a stop is seen
+                # then; _retry races the attempts that follow a failure.
+                raw = await self._retry("Redis", self._pop)
+                if raw is None:
+                    continue
+            job = asyncio.create_task(self.handle(raw))
+            await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
+            if not job.done():
+                # A second stop: leave the job where it is; _shutdown hands it back. A query
+                # cancelled mid-flight is cancelled in PostgreSQL too, which can take a while
+                # when PostgreSQL is away: not waited for beyond a step.
+                job.cancel()
+                job.add_done_callback(_forget)
+                await asyncio.wait({job}, timeout=STOP_STEP_SECONDS)
+                return
+            # The next message, when it came with this one's ack (see _finish).
+            raw = job.result()
+
+    async def _shutdown(self) -> None:
+        """Leave nothing behind: a job in hand, like a message taken but not worked, back on
+        the queue; our heartbeat gone. Bounded (STOP_STEP_SECONDS), so that a backend that is
+        away does not hold the exit."""
+        self.state = "stopping"
+        try:
+            async with asyncio.timeout(STOP_STEP_SECONDS):
                 moved = await self._hand_back_own()
                 if moved:
                     log.info("%s: handed %d unfinished job(s) back to the queue", self.id, moved)
                 await events.emit(self.redis, "worker_down", worker=self.id)
                 await self.redis.delete(keys.worker_key(self.id))
+        except (TimeoutError, *BACKEND_ERRORS) as exc:
+            log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
+                        "to the queue once our heartbeat has expired", self.id, exc,
+                        self.processing)  # fmt: skip
+        with contextlib.suppress(*BACKEND_ERRORS):
             await self.redis.aclose()
-            if self.pg is not None:
+        if self.pg is not None:
+            with contextlib.suppress(psycopg.Error):
                 await self.pg.close()
-        log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
-        return 0
 
     async def _pop(self) -> bytes | None:
         raw: bytes | None = await self.redis.blmove(
@@ -343,6 +444,7 @@ class Worker:
         except Rejected as exc:
             # This message, or its row, is what PostgreSQL refuses (a value out of range, a
             # trigger's veto): it would be refused again on every delivery.
+            self.claim = None
             self._end_job()
             await self._dead_letter(raw, str(exc))
             return None
@@ -360,6 +462,7 @@ class Worker:
                 await self._ack(raw)
             return None
         _, _, attempt = claim
+        self.claim = (job_id, attempt)
         self.state, self.current_job, self.job_started = "busy", job_id, time.time()
         started: Event = ("job_started", {"job": job_id, "order": order_id, "attempt": attempt,
                                           "at": self.job_started})  # fmt: skip
@@ -375,6 +478,7 @@ class Worker:
         self._end_job()
         if done is None:
             await self._not_completed(raw, job_id, order_id)
+            self.claim = None
             return None
         self.jobs_done += 1
         took = float(done[1])
@@ -382,7 +486,9 @@ class Worker:
         log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
                  again if short else "")  # fmt: skip
         finished: Event = ("job_finished", {"job": job_id, "order": order_id})
-        return await self._finish(raw, job_id, [started, finished] if short else [finished])
+        following = await self._finish(raw, job_id, [started, finished] if short else [finished])
+        self.claim = None
+        return following
 
     async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
         """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
@@ -394,14 +500,12 @@ class Worker:
         try:
             return await self._finish_once(raw, happened, pop)
         except BACKEND_ERRORS as exc:
-            if self._cold_stop.is_set():
-                raise
             log.warning("%s: ack of %s failed (%s); retrying", self.id, job_id, exc)
         # The reply was lost: the ack may or may not have happened, and a message may have
         # been moved into our processing list that we never saw. Ack again (LREM of a message
         # no longer there is a no-op), then hand back whatever else the list holds.
-        await self._retry("Redis", lambda: self._finish_once(raw, happened, pop=False))
-        await self._retry("Redis", self._hand_back_own)
+        await self._retry("Redis", lambda: self._finish_once(raw, happened, pop=False), race=True)
+        await self._retry("Redis", self._hand_back_own, race=True)
         return None
 
     async def _finish_once(self, raw: bytes, happened: list[Event], pop: bool) -> bytes | None:
