@@ -47,9 +47,10 @@ POP_TIMEOUT = 1.0
 SHORT_JOB = 0.05
 #: Reconnect backoff: doubles from the first to the last, with jitter.
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
-#: At a stop, the clean-up (messages handed back and the heartbeat removed on Redis) gets
-#: this long, so that a backend that is away does not hold the exit. What Redis did not take
-#: back stays in our processing list and goes back to the queue once our heartbeat expired.
+#: At a stop, each clean-up step (a held job marked pending in PostgreSQL; messages handed
+#: back and the heartbeat removed on Redis) gets this long, so that a backend that is away
+#: does not hold the exit. What Redis did not take back stays in our processing list and goes
+#: back to the queue once our heartbeat has expired.
 STOP_STEP_SECONDS = 0.75
 
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (
@@ -377,10 +378,24 @@ class Worker:
             raw = job.result()
 
     async def _shutdown(self) -> None:
-        """Leave nothing behind: a job in hand, like a message taken but not worked, back on
-        the queue; our heartbeat gone. Bounded (STOP_STEP_SECONDS), so that a backend that is
-        away does not hold the exit."""
+        """Leave nothing behind: a job in hand pending again in PostgreSQL and, like a message
+        taken but not worked, back on the queue; our heartbeat gone. Each step is bounded
+        (STOP_STEP_SECONDS), so that a backend that is away does not hold the exit."""
         self.state = "stopping"
+        if self.claim is not None:
+            job_id, attempt = self.claim
+            # Before the message is back on the queue: a job there is never shown as ours.
+            try:
+                async with asyncio.timeout(STOP_STEP_SECONDS):
+                    conn = await self._db()
+                    await conn.execute(
+                        db.RELEASE_JOB,
+                        {"job": job_id, "status": "processing", "worker": self.id,
+                         "attempt": attempt},
+                    )  # fmt: skip
+            except (TimeoutError, psycopg.Error) as exc:
+                log.warning("%s: could not mark %s pending again (%s); the next worker to "
+                            "take it claims it all the same", self.id, job_id, exc)  # fmt: skip
         try:
             async with asyncio.timeout(STOP_STEP_SECONDS):
                 moved = await self._hand_back_own()
@@ -477,7 +492,7 @@ class Worker:
         )
         self._end_job()
         if done is None:
-            await self._not_completed(raw, job_id, order_id)
+            await self._not_completed(raw, job_id, order_id, attempt)
             self.claim = None
             return None
         self.jobs_done += 1
@@ -519,21 +534,32 @@ class Worker:
             results = await pipe.execute()
         return results[-1] if pop else None  # type: ignore[no-any-return]
 
-    async def _not_completed(self, raw: bytes, job_id: str, order_id: int) -> None:
-        """Our completion matched no claim: taken over, or our claim was lost."""
+    async def _not_completed(self, raw: bytes, job_id: str, order_id: int, attempt: int) -> None:
+        """Our completion matched no claim: our claim was lost, or the job was taken over."""
         found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
-        if found is not None and found[0] == "pending":
-            # The claim commits asynchronously: a PostgreSQL crash can lose it. The job is
-            # pending again, and only our processing list holds it: hand it back, so that it is
-            # redelivered (and worked again) rather than lost.
+        if found is not None and (
+            found[0] == "pending" or (found[0] == "processing" and found[2] < attempt)
+        ):
+            # The claim commits asynchronously: a PostgreSQL crash can lose it, leaving the
+            # row as it was before it: pending, or the claim of an earlier delivery (fewer
+            # attempts) whose worker is gone. Only our processing list holds the message: hand
+            # it back, so that it is redelivered (and worked again) rather than lost, with the
+            # job pending again first (guarded on the row as we just saw it).
+            status, owner, attempts = found
             log.warning("%s: the claim of %s was lost (PostgreSQL restarted?); handing it back",
                         self.id, job_id)  # fmt: skip
+            if status != "pending" or owner is not None:
+                await self._sql(
+                    db.RELEASE_JOB,
+                    {"job": job_id, "status": status, "worker": owner, "attempt": attempts},
+                    "release",
+                )
             # Only `raw` is there (the next message is taken with the ack): move it back. LMOVE,
             # unlike LREM + RPUSH, cannot queue it twice when a retry follows a lost reply.
             await self._retry("Redis", self._hand_back_own)
             await self._publish("job_requeued", job=job_id, order=order_id)
             return
-        # Presumed dead and taken over: the other delivery owns the outcome now.
+        # Presumed dead and taken over (or done by another): that delivery owns the outcome.
         log.warning("%s: %s was taken over by another worker; not completing it",
                     self.id, job_id)  # fmt: skip
         await self._publish("job_lost", ack=raw, job=job_id, order=order_id)

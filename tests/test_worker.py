@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import keys, messages
+from mqlab import db, keys, messages
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, job, post_order
@@ -143,6 +143,10 @@ def test_second_sigterm_hands_the_job_back(
     assert child.proc.wait(10) == 0
     assert rds.llen(keys.QUEUE) == 1
     assert rds.llen(keys.processing_key("w1")) == 0
+    # Back on the queue, and so pending again, naming no worker (it was w1's, processing).
+    handed = job(client, created["jobId"])
+    assert (handed["status"], handed["workerId"], handed["attempts"]) == ("pending", None, 1)
+    assert client.get(f"/orders/{created['orderId']}").json()["status"] == "pending"
     sup.start_worker("w2", job_seconds=0)
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     assert job(client, created["jobId"])["attempts"] == 2
@@ -286,6 +290,58 @@ def test_no_queue_entry_whatever_its_bytes_stops_a_worker(
     assert sum("dead-lettered" in line for line in lines) == len(bad)
     assert max(len(line) for line in lines) < 800
     assert job(client, maxed["jobId"])["status"] == "pending"
+
+
+def test_a_claim_lost_to_an_older_one_is_handed_back_pending(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """A crash that loses a redelivery's claim leaves the row as the earlier claim left it:
+    processing, by a worker that is gone, with fewer attempts. The completion must hand the
+    job back (it was acked and dropped: lost, processing for ever), pending again."""
+    created = post_order(client)
+    jid = created["jobId"]
+    # As if the worker of a first delivery had died (its message came back to the queue).
+    gone = "UPDATE jobs SET status = 'processing', worker_id = 'w-gone', attempts = 1 WHERE id = %s"
+    pg.execute(gone, [jid])
+    child = sup.start_worker("w1", job_seconds=1)
+    eventually(lambda: job(client, jid)["workerId"] == "w1")
+    assert job(client, jid)["attempts"] == 2
+    pg.execute(gone, [jid])  # PostgreSQL restarted and lost w1's asynchronous claim
+    os.kill(child.pid, signal.SIGTERM)  # w1 finishes, then stops rather than take it again
+    assert child.proc.wait(10) == 0
+    handed = job(client, jid)
+    assert (handed["status"], handed["workerId"], handed["attempts"]) == ("pending", None, 1)
+    assert rds.llen(keys.QUEUE) == 1
+    kinds = [f["type"] for _, f in rds.xrange(keys.EVENTS) if f.get("job") == jid]
+    assert "job_requeued" in kinds
+    assert "job_lost" not in kinds
+    sup.start_worker("w2", job_seconds=0)
+    eventually(lambda: job(client, jid)["status"] == "completed")
+    final = job(client, jid)
+    assert (final["workerId"], final["attempts"]) == ("w2", 2)
+
+
+def test_a_release_never_clobbers_a_claim_made_since(
+    client: httpx.Client, pg: psycopg.Connection
+) -> None:
+    created = post_order(client)  # no worker runs: the claims below are the only ones
+    jid = created["jobId"]
+    assert pg.execute(db.CLAIM_JOB, {"worker": "w1", "job": jid}).fetchone() is not None
+    assert pg.execute(db.CLAIM_JOB, {"worker": "w2", "job": jid}).fetchone() is not None
+
+    def release(worker: str, attempt: int) -> tuple[object, ...] | None:
+        params = {"job": jid, "status": "processing", "worker": worker, "attempt": attempt}
+        return pg.execute(db.RELEASE_JOB, params).fetchone()
+
+    assert release("w1", 1) is None  # w1's claim, since redelivered to w2
+    assert release("w2", 1) is None
+    row = job(client, jid)
+    assert (row["status"], row["workerId"], row["attempts"]) == ("processing", "w2", 2)
+    assert release("w2", 2) is not None
+    row = job(client, jid)
+    assert (row["status"], row["workerId"], row["attempts"]) == ("pending", None, 2)
+    assert row["startedAt"] is None
+    assert client.get(f"/orders/{created['orderId']}").json()["status"] == "pending"
 
 
 def test_a_missing_table_is_waited_for_not_dead_lettered(
