@@ -9,6 +9,9 @@ dead letter or a screen is cut to a size.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import orjson
 
 #: Larger entries are dead-lettered unread. The API's messages are about 90 bytes; this is
@@ -93,3 +96,45 @@ def dead_letter(raw: bytes, reason: str, worker: str, at: float) -> bytes:
             "at": at,
         }
     )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An `orders:dead` entry as `mqlab status` shows it."""
+
+    at: float | None  # epoch seconds; None when the entry does not say
+    worker: str
+    reason: str
+    message: str  # the start of the message, one line
+    size: int  # of the message, in bytes
+
+
+def read_dead_letter(entry: bytes) -> DeadLetter:
+    """An `orders:dead` entry, whoever wrote it: one that is not ours shows as itself."""
+    try:
+        data = orjson.loads(entry)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+        return DeadLetter(None, "?", "(not an mqlab dead letter)", preview(entry), len(entry))
+    at, size = data.get("at"), data.get("messageBytes")
+    worker, reason = data.get("workerId"), data.get("reason")
+    message: str = data["message"]
+    return DeadLetter(
+        at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
+        worker=one_line(worker, 40) if isinstance(worker, str) else "?",
+        reason=one_line(reason, REASON_CHARS) if isinstance(reason, str) else "?",
+        message=one_line(message, PREVIEW_CHARS),
+        size=size if isinstance(size, int) else len(message.encode("utf-8", "replace")),
+    )
+
+
+def age(at: float | None, now: float | None = None) -> str:
+    """How long ago, in one short unit: 5s, 3m, 2h, 4d."""
+    if at is None:
+        return "?"
+    seconds = max(0.0, (time.time() if now is None else now) - at)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
