@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -54,6 +56,24 @@ def setup_logging(level: int = logging.INFO) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+
+
+def job_seconds_option(value: float | None) -> float | None:
+    """--job-seconds: a finite, non-negative, sane number of seconds (nan and inf are not)."""
+    from mqlab.work import check_job_seconds
+
+    if value is None:
+        return None
+    try:
+        return check_job_seconds(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _stop_before_start(signum: int, frame: FrameType | None) -> None:
+    """A SIGTERM or Ctrl-C before the worker runs: it holds nothing yet, so exit now, with 0
+    (Python's default would be a KeyboardInterrupt traceback, or death by SIGTERM)."""
+    raise SystemExit(0)
 
 
 def resolve(redis_url: str | None, database_url: str | None) -> Settings:
@@ -156,7 +176,8 @@ def api(
 def worker(
     id: Annotated[str | None, typer.Option("--id", help="Worker id (default: host-pid).")] = None,
     job_seconds: Annotated[
-        float, typer.Option(help="How long each job works (the kata: 2 s).", min=0)
+        float,
+        typer.Option(help="How long each job works (the kata: 2 s).", callback=job_seconds_option),
     ] = 2.0,
     work: Annotated[
         str, typer.Option(help="sleep (I/O-bound, as in the kata) or cpu (spins the CPU).")
@@ -173,6 +194,10 @@ def worker(
 
     if work not in WORK_KINDS:
         raise fail(f"--work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
+    # Until serve() hands them to the worker's loop: applying the schema can wait on a
+    # PostgreSQL that is away, and a stop then must not wait for it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_start)
     setup_logging()
     settings = resolve(redis_url, database_url)
     try:
@@ -209,7 +234,10 @@ def run_experiment(
     ] = None,
     job_seconds: Annotated[
         float | None,
-        typer.Option(help="Run every row at this job time (expected times scale).", min=0),
+        typer.Option(
+            help="Run every row at this job time (expected times scale).",
+            callback=job_seconds_option,
+        ),
     ] = None,
     repeat: Annotated[int, typer.Option(help="Runs per row; the median is reported.", min=1)] = 1,
     out: Annotated[
@@ -250,7 +278,7 @@ def tui(
         typer.Option(
             help="Job time of the workers (default: the kata's 2 s); the experiments table "
             "runs at it too (expected times scale).",
-            min=0,
+            callback=job_seconds_option,
         ),
     ] = None,
     suite: Annotated[str, typer.Option(help="The experiments table (name or .toml).")] = "kata3",

@@ -118,6 +118,24 @@ SELECT order_id, extract(epoch FROM finished_at - started_at)::float8 AS took FR
 
 JOB_STATUS = "SELECT status, worker_id, attempts FROM jobs WHERE id = %s"
 
+# A worker hands a job back to the queue (a second stop, a lost claim): the job is pending
+# again, naming no worker, before its message is back on the queue, so that no job waits on
+# the queue while PostgreSQL says someone works it. Guarded on the claim it undoes (status,
+# worker and attempts as the worker last saw them): a claim made since, by another worker,
+# is left alone. attempts stays: it counts deliveries. Returns a row when it released.
+RELEASE_JOB = """
+WITH j AS (
+    UPDATE jobs SET status = 'pending', worker_id = NULL, started_at = NULL
+    WHERE id = %(job)s AND status = %(status)s AND attempts = %(attempt)s
+      AND worker_id IS NOT DISTINCT FROM %(worker)s
+    RETURNING order_id
+), o AS (
+    UPDATE orders SET status = 'pending', updated_at = clock_timestamp() FROM j
+    WHERE orders.id = j.order_id
+)
+SELECT order_id FROM j
+"""
+
 ORDER_COLUMNS = (
     "o.id, o.product, o.quantity, o.price, o.status, o.created_at, o.updated_at, "
     "o.completed_at, j.id"

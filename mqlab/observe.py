@@ -8,8 +8,10 @@ from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
 
 from mqlab import db, keys
+from mqlab.messages import DeadLetter, read_dead_letter
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,15 @@ async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -
         orders=counts["orders"],
         jobs=counts["jobs"],
     )
+
+
+async def latest_dead_letters(client: aioredis.Redis, count: int = 5) -> list[DeadLetter]:
+    """The newest `count` entries of orders:dead (workers LPUSH them: newest first).
+
+    Read as bytes whatever the client decodes: an entry is whatever was pushed there, and
+    one that is not UTF-8 would make a decoding client fail.
+    """
+    entries = await client.execute_command(
+        "LRANGE", keys.DEAD, 0, count - 1, **{NEVER_DECODE: True}
+    )
+    return [read_dead_letter(entry) for entry in entries]

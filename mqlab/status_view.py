@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
@@ -11,12 +12,39 @@ import redis.exceptions
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from mqlab.observe import Snapshot, snapshot
+from mqlab.messages import DeadLetter, age
+from mqlab.observe import Snapshot, latest_dead_letters, snapshot
 from mqlab.settings import Settings
 
+#: How many of the latest dead letters `mqlab status` lists.
+DEAD_LETTERS_SHOWN = 5
 
-def render(snap: Snapshot) -> Group:
+
+def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width: int) -> Table:
+    """The latest dead letters, one line each, within `width` columns.
+
+    The reason and the message share what the fixed columns leave (Rich, left to itself,
+    would shrink every column alike, "when" too, once the table is too wide).
+    """
+    title = f"latest dead letters ({len(letters)} of {total}, newest first; orders:dead)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("when", no_wrap=True)
+    table.add_column("worker", no_wrap=True, overflow="ellipsis", max_width=12)
+    # 13 columns of borders and padding, 8 for "when", 12 for "worker".
+    rest = max(20, width - 13 - 8 - 12)
+    table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=rest * 3 // 5)
+    table.add_column("message", no_wrap=True, overflow="ellipsis", max_width=rest - rest * 3 // 5)
+    for letter in letters:
+        # Text, not markup: a reason or a message may hold "[...]" of any kind.
+        table.add_row(
+            age(letter.at, now), Text(letter.worker), Text(letter.reason), Text(letter.message)
+        )
+    return table
+
+
+def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80) -> Group:
     queue = Table(title="queue", title_justify="left")
     for column in ("waiting (orders:queue)", "in flight", "dead letters", "workers"):
         queue.add_column(column, justify="right")
@@ -31,10 +59,10 @@ def render(snap: Snapshot) -> Group:
         running = f"{snap.taken_at - w.job_started:.1f}s" if w.job_started else ""
         style = {"busy": "yellow", "idle": "green", "stopping": "magenta"}.get(w.state, "")
         workers.add_row(
-            w.id,
+            Text(w.id),
             str(w.pid),
             f"[{style}]{w.state}[/]" if style else w.state,
-            w.job or "-",
+            Text(w.job or "-"),
             running,
             str(w.jobs_done),
             f"{snap.taken_at - w.last_beat:.1f}s ago",
@@ -46,8 +74,17 @@ def render(snap: Snapshot) -> Group:
     for name in snap.orders:
         orders.add_column(name, justify="right")
     orders.add_row(*(str(n) for n in snap.orders.values()))
+    parts: list[Table] = [queue, workers, orders]
+    if dead:
+        parts.append(dead_letters_table(dead, snap.dead, snap.taken_at, width))
     stamp = time.strftime("%H:%M:%S", time.localtime(snap.taken_at))
-    return Group(queue, workers, orders, f"[dim]at {stamp}[/]")
+    return Group(*parts, f"[dim]at {stamp}[/]")
+
+
+async def _view(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any], width: int) -> Group:
+    snap = await snapshot(client, conn)
+    dead = await latest_dead_letters(client, DEAD_LETTERS_SHOWN) if snap.dead else []
+    return render(snap, dead, width)
 
 
 async def show(settings: Settings, console: Console, *, watch: bool, interval: float) -> None:
@@ -62,15 +99,15 @@ async def show(settings: Settings, console: Console, *, watch: bool, interval: f
             raise ConnectionError(f"PostgreSQL does not answer: {exc}") from None
         async with conn:
             try:
-                snap = await snapshot(client, conn)
+                view = await _view(client, conn, console.width)
             except (redis.exceptions.ConnectionError, OSError) as exc:
                 raise ConnectionError(f"Redis does not answer: {exc}") from None
             if not watch:
-                console.print(render(snap))
+                console.print(view)
                 return
-            with Live(render(snap), console=console, auto_refresh=False) as live:
+            with Live(view, console=console, auto_refresh=False) as live:
                 while True:
                     await asyncio.sleep(interval)
-                    live.update(render(await snapshot(client, conn)), refresh=True)
+                    live.update(await _view(client, conn, console.width), refresh=True)
     finally:
         await client.aclose()

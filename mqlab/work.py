@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 WORK_KINDS = ("sleep", "cpu")
+#: The longest job a worker accepts to simulate: a day. Longer is a typo (and asyncio cannot
+#: sleep for times near a float's range).
+MAX_JOB_SECONDS = 86_400.0
+
+
+def check_job_seconds(value: float) -> float:
+    """`value` if it is a job time a worker can simulate, else ValueError saying what is."""
+    if not (math.isfinite(value) and 0 <= value <= MAX_JOB_SECONDS):
+        raise ValueError(f"must be a number of seconds from 0 to {MAX_JOB_SECONDS:g}, not {value}")
+    return value
 
 
 def spin(seconds: float) -> int:

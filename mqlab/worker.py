@@ -4,6 +4,10 @@ Loop: BLMOVE a message from `orders:queue` into this worker's own processing lis
 job in PostgreSQL (a guarded UPDATE), do the work, record the outcome, and only then remove
 the message from the processing list (the ack). A worker that dies keeps its message in its
 processing list; when its heartbeat key expires, any other worker moves it back to the queue.
+
+No queue entry stops a worker: one that is not a job (see mqlab.messages) or whose claim
+PostgreSQL refuses is dead-lettered, and the worker goes on. A stop request is obeyed at once
+when no job is in hand, also while a backend is away.
 """
 
 from __future__ import annotations
@@ -16,18 +20,24 @@ import random
 import signal
 import socket
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-import orjson
 import psycopg
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from mqlab import db, events, keys
+from mqlab.messages import REASON_CHARS, InvalidMessage, dead_letter, one_line, parse_message
+from mqlab.messages import preview as message_preview
 from mqlab.settings import Settings
 from mqlab.work import do_work
 
 log = logging.getLogger("mqlab.worker")
+
+T = TypeVar("T")
 
 #: BLMOVE blocks at most this long, so that a stop request is seen within it when idle.
 POP_TIMEOUT = 1.0
@@ -37,6 +47,11 @@ POP_TIMEOUT = 1.0
 SHORT_JOB = 0.05
 #: Reconnect backoff: doubles from the first to the last, with jitter.
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+#: At a stop, each clean-up step (a held job marked pending in PostgreSQL; messages handed
+#: back and the heartbeat removed on Redis) gets this long, so that a backend that is away
+#: does not hold the exit. What Redis did not take back stays in our processing list and goes
+#: back to the queue once our heartbeat has expired.
+STOP_STEP_SECONDS = 0.75
 
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
@@ -46,29 +61,49 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+#: SQLSTATE classes that say the database is not what the worker's statements need (0A not
+#: supported, 28 authorization, 3D/3F no such database or schema, 42 no such table or column,
+#: no privilege). A claim's parameters cannot cause them, and every claim would fail alike:
+#: the worker waits, as for an outage, rather than dead-letter the whole queue.
+SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
+
 
 #: A happening for the event stream: (type, fields).
 Event = tuple[str, dict[str, str | int | float]]
 
 
-class InvalidMessage(ValueError):
-    """A queue entry that is not a job message."""
+class Stopped(Exception):
+    """A stop request ended a wait on a backend (raised by Worker._retry, caught by run)."""
 
 
-def parse_message(raw: str) -> tuple[str, int]:
-    """(jobId, orderId) of a queue message, or InvalidMessage saying what is wrong."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidMessage("not a JSON object")
-    job_id, order_id = data.get("jobId"), data.get("orderId")
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidMessage("jobId missing or not a string")
-    if not isinstance(order_id, int) or isinstance(order_id, bool):
-        raise InvalidMessage("orderId missing or not an integer")
-    return job_id, order_id
+class NotReady(Exception):
+    """PostgreSQL refuses every statement alike (a missing table, a revoked grant)."""
+
+
+class Rejected(Exception):
+    """PostgreSQL refused a statement about one message (its data, or its row's)."""
+
+
+#: What _retry waits out.
+RETRYABLE: tuple[type[BaseException], ...] = (*BACKEND_ERRORS, NotReady)
+
+
+def refusal(exc: psycopg.Error, what: str) -> NotReady | Rejected:
+    """What a psycopg error that is not a connection problem means for the message at hand."""
+    state = exc.sqlstate or ""
+    if state[:2] in SETUP_SQLSTATE_CLASSES or (
+        not state and isinstance(exc, psycopg.ProgrammingError)  # our statement, not the data
+    ):
+        return NotReady(f"PostgreSQL refused the {what}: {exc}")
+    code = f" ({state})" if state else ""
+    return Rejected(f"PostgreSQL refused the {what}: {exc}{code}")
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    """Done-callback of an abandoned task: its outcome is of no interest (and is retrieved,
+    so that asyncio does not log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Worker:
@@ -95,12 +130,23 @@ class Worker:
         self.job_started = 0.0
         self.started = time.time()
         self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
+        #: (job, attempt) of the job claimed and not yet acked: what a stop hands back.
+        self.claim: tuple[str, int] | None = None
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=POP_TIMEOUT + 5,
+            settings.redis_url,
+            # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
+            # fail), and its ack, LREM, must name its exact bytes.
+            decode_responses=False,
+            socket_timeout=POP_TIMEOUT + 5,
             socket_connect_timeout=2,
-        )  # fmt: skip
+            # No retries inside redis-py: _retry does them, watching for stop requests and
+            # knowing what a lost reply means (redis-py re-sends a whole pipeline, whose
+            # BLMOVE may then move a second message unseen); redis-py's own 10, backing off
+            # up to 1 s, also held each call for seconds while Redis was away.
+            retry=Retry(NoBackoff(), 0),
+        )
         self.pg: psycopg.AsyncConnection[Any] | None = None
 
     def __repr__(self) -> str:
@@ -130,29 +176,82 @@ class Worker:
             )
         return self.pg
 
-    async def _retry(self, what: str, op: Any) -> Any:
-        """Run `op()` until the backends answer, backing off; gives up only on a cold stop."""
+    async def _drop_pg(self) -> None:
+        if self.pg is not None:
+            with contextlib.suppress(Exception):
+                await self.pg.close()
+            self.pg = None
+
+    def _stop_for_now(self) -> asyncio.Event:
+        """The stop request that ends a wait on a backend: the first one when no job is in
+        hand (there is nothing to finish), the second one when a job is (it is finished first,
+        which needs the backends)."""
+        return self._cold_stop if self.claim is not None else self._stop
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]], *, race: bool = False) -> T:
+        """Run `op()` until the backends answer, backing off; Stopped on a stop request.
+
+        The first attempt runs op() as it is: on the hot path, no task and no waiter per call.
+        Later attempts, and the first with race=True, are dropped the moment the stop comes
+        (a connection attempt to a server that is away can take seconds), and so is the wait
+        between them.
+        """
         delay = BACKOFF_FIRST
         while True:
             try:
-                return await op()
-            except BACKEND_ERRORS as exc:
-                if self._cold_stop.is_set():
-                    raise
-                if isinstance(exc, psycopg.Error) and self.pg is not None:
-                    with contextlib.suppress(Exception):
-                        await self.pg.close()
-                    self.pg = None
+                return await (self._unless_stopped(op) if race else op())
+            except RETRYABLE as exc:
+                if isinstance(exc, psycopg.Error):
+                    await self._drop_pg()
                 log.warning("%s: %s failed (%s); retrying in %.1fs", self.id, what, exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await self._pause(delay * (0.5 + random.random()))
                 delay = min(delay * 2, BACKOFF_MAX)
+                race = True
 
-    async def _sql(self, sql: str, params: Any) -> tuple[Any, ...] | None:
+    async def _unless_stopped(self, op: Callable[[], Awaitable[T]]) -> T:
+        """op(), unless a stop request (see _stop_for_now) comes first: then Stopped."""
+        stop = self._stop_for_now()
+        if stop.is_set():
+            raise Stopped
+        task = asyncio.ensure_future(op())
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            abandoned = not task.done()
+            if abandoned:  # the stop came first (or our caller was cancelled)
+                task.cancel()
+                task.add_done_callback(_forget)
+        if abandoned:
+            raise Stopped
+        return task.result()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait between two attempts; Stopped as soon as a stop request ends the wait."""
+        stop = self._stop_for_now()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        if stop.is_set():
+            raise Stopped
+
+    async def _sql(self, sql: str, params: Any, what: str) -> tuple[Any, ...] | None:
+        """One statement's row (or None), retried through outages.
+
+        Rejected when PostgreSQL refuses this statement for its data: the caller dead-letters
+        the message rather than retry it for ever (or, as before, crash on it).
+        """
+
         async def op() -> tuple[Any, ...] | None:
             conn = await self._db()
-            return await (await conn.execute(sql, params)).fetchone()
+            try:
+                return await (await conn.execute(sql, params)).fetchone()
+            except BACKEND_ERRORS:
+                raise
+            except psycopg.Error as exc:
+                raise refusal(exc, what) from exc
 
-        return await self._retry("PostgreSQL", op)  # type: ignore[no-any-return]
+        return await self._retry("PostgreSQL", op)
 
     # -- heartbeat and recovery ------------------------------------------------------------
 
@@ -182,7 +281,7 @@ class Worker:
             await pipe.execute()
 
     async def _publish(
-        self, kind: str, ack: str | None = None, **fields: str | int | float
+        self, kind: str, ack: bytes | None = None, **fields: str | int | float
     ) -> None:
         """One round trip: the ack (if any), our new state, and the event for the lab."""
 
@@ -222,66 +321,112 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Consume until stopped. Returns the exit code (0 on a requested stop)."""
-        await self._retry("Redis", self.beat)
-        moved = await self._retry("Redis", self._hand_back_own)
-        if moved:
-            log.info("%s: handed %d job(s) of a previous run back to the queue", self.id, moved)
-        await self._retry("PostgreSQL", self._db)
-        self.state = "idle"
-        await self._retry("Redis", self.beat)
-        await events.emit(self.redis, "worker_up", worker=self.id, pid=os.getpid())
-        log.info("%s: ready (pid %d, job %.3gs %s)", self.id, os.getpid(), self.job_seconds,
-                 self.work)  # fmt: skip
-        heart = asyncio.create_task(self._heartbeat_loop())
+        """Consume until stopped. Returns the exit code: 0 on a requested stop, also when it
+        came while a backend was away."""
         # One waiter for the whole run, not one per job: jobs can be thousands a second.
         cold = asyncio.create_task(self._cold_stop.wait())
-        raw: str | None = None
+        heart: asyncio.Task[None] | None = None
         try:
-            while not self._stop.is_set():
-                if raw is None:
-                    raw = await self._retry("Redis", self._pop)
-                    if raw is None:
-                        continue
-                job = asyncio.create_task(self.handle(raw))
-                await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
-                if not job.done():
-                    job.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await job
-                    break
-                # The next message, when it came with this one's ack (see _finish).
-                raw = job.result()
+            await self._start()
+            heart = asyncio.create_task(self._heartbeat_loop())
+            await self._consume(cold)
+        except Stopped:
+            log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         finally:
-            # A message taken but not handled (a stop came with it) is handed back below.
-            cold.cancel()
-            heart.cancel()
-            self.state = "stopping"
-            with contextlib.suppress(*BACKEND_ERRORS):
+            helpers = [t for t in (cold, heart) if t is not None]
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._shutdown()
+        log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
+        return 0
+
+    async def _start(self) -> None:
+        """Say we are here, take back what a previous life of this id left, connect."""
+        # race=True throughout: a stop while a backend is still away must not wait for it.
+        await self._retry("Redis", self.beat, race=True)
+        moved = await self._retry("Redis", self._hand_back_own, race=True)
+        if moved:
+            log.info("%s: handed %d job(s) of a previous run back to the queue", self.id, moved)
+        await self._retry("PostgreSQL", self._db, race=True)
+        self.state = "idle"
+        await self._retry("Redis", self.beat, race=True)
+        await events.emit(self.redis, "worker_up", worker=self.id, pid=self.pid)
+        log.info("%s: ready (pid %d, job %.3gs %s)", self.id, self.pid, self.job_seconds,
+                 self.work)  # fmt: skip
+
+    async def _consume(self, cold: asyncio.Task[Any]) -> None:
+        raw: bytes | None = None
+        while not self._stop.is_set():
+            if raw is None:
+                # Not raced: BLMOVE returns within POP_TIMEOUT by itself, and a stop is seen
+                # then; _retry races the attempts that follow a failure.
+                raw = await self._retry("Redis", self._pop)
+                if raw is None:
+                    continue
+            job = asyncio.create_task(self.handle(raw))
+            await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
+            if not job.done():
+                # A second stop: leave the job where it is; _shutdown hands it back. A query
+                # cancelled mid-flight is cancelled in PostgreSQL too, which can take a while
+                # when PostgreSQL is away: not waited for beyond a step.
+                job.cancel()
+                job.add_done_callback(_forget)
+                await asyncio.wait({job}, timeout=STOP_STEP_SECONDS)
+                return
+            # The next message, when it came with this one's ack (see _finish).
+            raw = job.result()
+
+    async def _shutdown(self) -> None:
+        """Leave nothing behind: a job in hand pending again in PostgreSQL and, like a message
+        taken but not worked, back on the queue; our heartbeat gone. Each step is bounded
+        (STOP_STEP_SECONDS), so that a backend that is away does not hold the exit."""
+        self.state = "stopping"
+        if self.claim is not None:
+            job_id, attempt = self.claim
+            # Before the message is back on the queue: a job there is never shown as ours.
+            try:
+                async with asyncio.timeout(STOP_STEP_SECONDS):
+                    conn = await self._db()
+                    await conn.execute(
+                        db.RELEASE_JOB,
+                        {"job": job_id, "status": "processing", "worker": self.id,
+                         "attempt": attempt},
+                    )  # fmt: skip
+            except (TimeoutError, psycopg.Error) as exc:
+                log.warning("%s: could not mark %s pending again (%s); the next worker to "
+                            "take it claims it all the same", self.id, job_id, exc)  # fmt: skip
+        try:
+            async with asyncio.timeout(STOP_STEP_SECONDS):
                 moved = await self._hand_back_own()
                 if moved:
                     log.info("%s: handed %d unfinished job(s) back to the queue", self.id, moved)
                 await events.emit(self.redis, "worker_down", worker=self.id)
                 await self.redis.delete(keys.worker_key(self.id))
+        except (TimeoutError, *BACKEND_ERRORS) as exc:
+            log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
+                        "to the queue once our heartbeat has expired", self.id, exc,
+                        self.processing)  # fmt: skip
+        with contextlib.suppress(*BACKEND_ERRORS):
             await self.redis.aclose()
-            if self.pg is not None:
+        if self.pg is not None:
+            with contextlib.suppress(psycopg.Error):
                 await self.pg.close()
-        log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
-        return 0
 
-    async def _pop(self) -> str | None:
-        raw: str | None = await self.redis.blmove(
+    async def _pop(self) -> bytes | None:
+        raw: bytes | None = await self.redis.blmove(
             keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT"
         )
         return raw
 
-    async def _ack(self, raw: str) -> None:
+    async def _ack(self, raw: bytes) -> None:
         await self._retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
 
-    async def _dead_letter(self, raw: str, reason: str) -> None:
-        entry = orjson.dumps(
-            {"message": raw, "reason": reason, "workerId": self.id, "at": time.time()}
-        )
+    async def _dead_letter(self, raw: bytes, reason: str) -> None:
+        """Move a message that cannot be worked to `orders:dead`, with the reason (both cut
+        to a size: see mqlab.messages), and say so in the log and the event stream."""
+        reason = one_line(reason, REASON_CHARS)
+        entry = dead_letter(raw, reason, self.id, time.time())
 
         async def op() -> None:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -291,11 +436,16 @@ class Worker:
 
         await self._retry("Redis", op)
         self.jobs_failed += 1
-        log.error("%s: dead-lettered a message (%s): %.200s", self.id, reason, raw)
+        log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
+                  message_preview(raw))  # fmt: skip
         await events.emit(self.redis, "job_dead", worker=self.id, reason=reason)
 
-    async def handle(self, raw: str) -> str | None:
-        """One delivery: claim, work, record, ack.
+    def _end_job(self) -> None:
+        self.current_job, self.job_started = "", 0.0
+        self.state = "stopping" if self._stop.is_set() else "idle"
+
+    async def handle(self, raw: bytes) -> bytes | None:
+        """One delivery: claim, work, record, ack; or dead-letter it, whatever its bytes.
 
         Returns the next message when it was taken in the same round trip as the ack.
         """
@@ -304,9 +454,20 @@ class Worker:
         except InvalidMessage as exc:
             await self._dead_letter(raw, str(exc))
             return None
-        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id})
+        try:
+            return await self._handle_job(raw, job_id, order_id)
+        except Rejected as exc:
+            # This message, or its row, is what PostgreSQL refuses (a value out of range, a
+            # trigger's veto): it would be refused again on every delivery.
+            self.claim = None
+            self._end_job()
+            await self._dead_letter(raw, str(exc))
+            return None
+
+    async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
+        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id}, "claim")
         if claim is None:
-            found = await self._sql(db.JOB_STATUS, [job_id])
+            found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
             if found is None:
                 await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
             else:
@@ -316,6 +477,7 @@ class Worker:
                 await self._ack(raw)
             return None
         _, _, attempt = claim
+        self.claim = (job_id, attempt)
         self.state, self.current_job, self.job_started = "busy", job_id, time.time()
         started: Event = ("job_started", {"job": job_id, "order": order_id, "attempt": attempt,
                                           "at": self.job_started})  # fmt: skip
@@ -326,12 +488,12 @@ class Worker:
             log.info("%s: started %s (order %d)%s", self.id, job_id, order_id, again)
         await do_work(self.work, self.job_seconds)
         done = await self._sql(
-            db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}
+            db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}, "completion"
         )
-        self.current_job, self.job_started = "", 0.0
-        self.state = "stopping" if self._stop.is_set() else "idle"
+        self._end_job()
         if done is None:
-            await self._not_completed(raw, job_id, order_id)
+            await self._not_completed(raw, job_id, order_id, attempt)
+            self.claim = None
             return None
         self.jobs_done += 1
         took = float(done[1])
@@ -339,9 +501,11 @@ class Worker:
         log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
                  again if short else "")  # fmt: skip
         finished: Event = ("job_finished", {"job": job_id, "order": order_id})
-        return await self._finish(raw, [started, finished] if short else [finished])
+        following = await self._finish(raw, job_id, [started, finished] if short else [finished])
+        self.claim = None
+        return following
 
-    async def _finish(self, raw: str, happened: list[Event]) -> str | None:
+    async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
         """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
         queued behind them) unless a stop was asked for: one round trip less per job.
 
@@ -351,17 +515,15 @@ class Worker:
         try:
             return await self._finish_once(raw, happened, pop)
         except BACKEND_ERRORS as exc:
-            if self._cold_stop.is_set():
-                raise
-            log.warning("%s: ack of %s failed (%s); retrying", self.id, raw[:80], exc)
+            log.warning("%s: ack of %s failed (%s); retrying", self.id, job_id, exc)
         # The reply was lost: the ack may or may not have happened, and a message may have
         # been moved into our processing list that we never saw. Ack again (LREM of a message
         # no longer there is a no-op), then hand back whatever else the list holds.
-        await self._retry("Redis", lambda: self._finish_once(raw, happened, pop=False))
-        await self._retry("Redis", self._hand_back_own)
+        await self._retry("Redis", lambda: self._finish_once(raw, happened, pop=False), race=True)
+        await self._retry("Redis", self._hand_back_own, race=True)
         return None
 
-    async def _finish_once(self, raw: str, happened: list[Event], pop: bool) -> str | None:
+    async def _finish_once(self, raw: bytes, happened: list[Event], pop: bool) -> bytes | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrem(self.processing, 1, raw)
             self._queue_beat(pipe)
@@ -372,21 +534,32 @@ class Worker:
             results = await pipe.execute()
         return results[-1] if pop else None  # type: ignore[no-any-return]
 
-    async def _not_completed(self, raw: str, job_id: str, order_id: int) -> None:
-        """Our completion matched no claim: taken over, or our claim was lost."""
-        found = await self._sql(db.JOB_STATUS, [job_id])
-        if found is not None and found[0] == "pending":
-            # The claim commits asynchronously: a PostgreSQL crash can lose it. The job is
-            # pending again, and only our processing list holds it: hand it back, so that it is
-            # redelivered (and worked again) rather than lost.
+    async def _not_completed(self, raw: bytes, job_id: str, order_id: int, attempt: int) -> None:
+        """Our completion matched no claim: our claim was lost, or the job was taken over."""
+        found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
+        if found is not None and (
+            found[0] == "pending" or (found[0] == "processing" and found[2] < attempt)
+        ):
+            # The claim commits asynchronously: a PostgreSQL crash can lose it, leaving the
+            # row as it was before it: pending, or the claim of an earlier delivery (fewer
+            # attempts) whose worker is gone. Only our processing list holds the message: hand
+            # it back, so that it is redelivered (and worked again) rather than lost, with the
+            # job pending again first (guarded on the row as we just saw it).
+            status, owner, attempts = found
             log.warning("%s: the claim of %s was lost (PostgreSQL restarted?); handing it back",
                         self.id, job_id)  # fmt: skip
+            if status != "pending" or owner is not None:
+                await self._sql(
+                    db.RELEASE_JOB,
+                    {"job": job_id, "status": status, "worker": owner, "attempt": attempts},
+                    "release",
+                )
             # Only `raw` is there (the next message is taken with the ack): move it back. LMOVE,
             # unlike LREM + RPUSH, cannot queue it twice when a retry follows a lost reply.
             await self._retry("Redis", self._hand_back_own)
             await self._publish("job_requeued", job=job_id, order=order_id)
             return
-        # Presumed dead and taken over: the other delivery owns the outcome now.
+        # Presumed dead and taken over (or done by another): that delivery owns the outcome.
         log.warning("%s: %s was taken over by another worker; not completing it",
                     self.id, job_id)  # fmt: skip
         await self._publish("job_lost", ack=raw, job=job_id, order=order_id)
@@ -395,16 +568,21 @@ class Worker:
 async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:
     """Move the jobs of workers whose heartbeat expired back to the queue. Returns how many.
 
+    `client` answers bytes (no decode_responses): a key is handled whatever its name.
     LMOVE moves one element atomically, so two workers reaping at once never duplicate one.
     """
+    prefix, mine = keys.PROCESSING_PREFIX.encode(), (exclude or "").encode()
     moved = 0
     async for key in client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500):
-        owner = key.removeprefix(keys.PROCESSING_PREFIX)
-        if owner == exclude or await client.exists(keys.worker_key(owner)):
+        owner = key[len(prefix) :]
+        if (exclude is not None and owner == mine) or await client.exists(
+            keys.WORKER_PREFIX.encode() + owner
+        ):
             continue
         while await client.lmove(key, keys.QUEUE, "RIGHT", "RIGHT") is not None:
             moved += 1
-            log.warning("requeued a job of dead worker %s", owner)
+            log.warning("requeued a job of dead worker %s", one_line(owner.decode(
+                errors="backslashreplace"), 80))  # fmt: skip
     return moved
 
 

@@ -6,19 +6,27 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import psycopg
+import pytest
+import redis
 
+from mqlab import keys, messages
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, post_order
 
 
-def run(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+def run(settings: Settings, *args: str, columns: int = 160) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(
-        {"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url, "COLUMNS": "160"}
+        {
+            "REDIS_URL": settings.redis_url,
+            "DATABASE_URL": settings.database_url,
+            "COLUMNS": str(columns),
+        }
     )
     return subprocess.run(
         [sys.executable, "-m", "mqlab", *args], capture_output=True, text=True, env=env, timeout=60
@@ -47,6 +55,55 @@ def test_status_shows_queue_workers_and_counts(
     assert ["2", "1", "0", "0", "0"] in rows  # orders: pending, processing, completed, ...
     assert "pending" in text
     assert "processing" in text
+
+
+def test_status_lists_the_latest_dead_letters_with_their_reasons_in_80_columns(
+    settings: Settings, clean: None
+) -> None:
+    now = time.time()
+    raw = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw.lpush(
+            keys.DEAD,
+            messages.dead_letter(
+                b'{"jobId": 7}', "jobId missing or not a string", "w1", now - 7250
+            ),
+            b"\xff\xfe [/] pushed by hand",  # neither JSON nor UTF-8, with markup in it
+            messages.dead_letter(
+                b'\xff\xfe{"x":1}' + b"y" * 5000,
+                "not UTF-8 (byte 0xff at 0) " + "[/] [bold]" * 50,
+                "a-worker-with-a-long-name",
+                now - 300,
+            ),
+        )
+    finally:
+        raw.close()
+    out = run(settings, "status", columns=80)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "latest dead letters (3 of 3" in text
+    table = text[text.index("latest dead letters") :]
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert len(rows) == 3, text
+    newest, by_hand, oldest = rows
+    assert "5m ago" in newest and "a-worker-w" in newest and "not UTF-8" in newest
+    assert r'\xff\xfe{"x":1}yy' in newest
+    assert "?" in by_hand and "not an mqlab dead letter" in by_hand
+    assert r"\xff\xfe [/]" in by_hand
+    assert "2h ago" in oldest and "w1" in oldest and "jobId missing" in oldest
+    assert '{"jobId": 7}' in oldest
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e9"])
+def test_worker_refuses_a_job_time_that_is_not_a_sane_number_of_seconds(
+    settings: Settings, value: str
+) -> None:
+    out = run(settings, "worker", f"--job-seconds={value}")
+    assert out.returncode == 2
+    assert "--job-seconds" in out.stderr
+    assert "must be a number of seconds from 0 to 86400" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_reset_empties_everything(

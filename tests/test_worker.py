@@ -6,15 +6,26 @@ import concurrent.futures
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import httpx
 import orjson
 import psycopg
+import pytest
 import redis
 
-from mqlab import keys
+from mqlab import db, keys, messages
+from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, job, post_order
+
+
+@pytest.fixture
+def raw_rds(settings: Settings) -> Iterator[redis.Redis]:
+    """A client that answers bytes: queue entries need not be UTF-8."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
 
 
 def test_one_order_one_worker_completes_in_about_the_job_time(
@@ -132,6 +143,10 @@ def test_second_sigterm_hands_the_job_back(
     assert child.proc.wait(10) == 0
     assert rds.llen(keys.QUEUE) == 1
     assert rds.llen(keys.processing_key("w1")) == 0
+    # Back on the queue, and so pending again, naming no worker (it was w1's, processing).
+    handed = job(client, created["jobId"])
+    assert (handed["status"], handed["workerId"], handed["attempts"]) == ("pending", None, 1)
+    assert client.get(f"/orders/{created['orderId']}").json()["status"] == "pending"
     sup.start_worker("w2", job_seconds=0)
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     assert job(client, created["jobId"])["attempts"] == 2
@@ -215,3 +230,144 @@ def test_a_lost_claim_is_handed_back_and_completed_once(
     assert "job_requeued" in kinds
     assert kinds.count("job_finished") == 1
     assert rds.llen(keys.DEAD) == 0
+
+
+def test_no_queue_entry_whatever_its_bytes_stops_a_worker(
+    sup: Supervisor,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
+    raw_rds: redis.Redis,
+) -> None:
+    """Each of these once made every worker exit (and put the entry back at the queue's head,
+    for the next worker to die on): now they are dead-lettered, and the queue drains."""
+    # A real job whose claim PostgreSQL refuses: attempts + 1 overflows an integer.
+    maxed = post_order(client, "maxed")
+    pg.execute("UPDATE jobs SET attempts = 2147483647 WHERE id = %s", [maxed["jobId"]])
+    maxed_message = raw_rds.lindex(keys.QUEUE, 0)
+    assert maxed_message is not None
+    workers = sup.start_workers(2, job_seconds=0)
+    bad: dict[bytes, str] = {  # entry -> what its dead letter's reason says
+        b'{"jobId":"a\\u0000b","orderId":1}': "unprintable",  # redis-cli's '\u0000'
+        b'\xff\xfe{"x":1}': "not UTF-8 (byte 0xff at 0)",
+        b'{"jobId":"a\x00b","orderId":1}': "not JSON",  # a raw NUL byte in a string
+        b'{"jobId":"line\\nbreak","orderId":1}': "unprintable",
+        b"": "not JSON",
+        b"[" * 5000: "not JSON",  # deeper than the parser goes
+        b'{"jobId":"job-9","orderId":1e999}': "not JSON",
+        orjson.dumps({"jobId": "j" * 1_000_000, "orderId": 1}): "too large",
+        b"\xff" * 200_000: "too large",
+        orjson.dumps({"jobId": "j" * 201, "orderId": 1}): "longer than 200",
+        b'{"jobId":"job-404","orderId":18446744073709551615}': "no job job-404",
+        maxed_message: "integer out of range (22003)",
+    }
+    raw_rds.lpush(keys.QUEUE, *[entry for entry in bad if entry != maxed_message])
+    good = [post_order(client, f"Item{i}") for i in range(20)]
+
+    def completed() -> bool:
+        row = pg.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()
+        return row == (len(good),)
+
+    eventually(completed, timeout=30)
+    eventually(lambda: rds.llen(keys.DEAD) == len(bad))
+    assert all(w.alive() for w in workers), [w.tail() for w in workers]
+    assert rds.llen(keys.QUEUE) == 0
+    assert all(rds.llen(keys.processing_key(w.name)) == 0 for w in workers)
+    entries = raw_rds.lrange(keys.DEAD, 0, -1)
+    assert max(len(e) for e in entries) < 16_000  # 1 MB entries made 2 MB dead letters
+    dead = {(d["message"], d["messageBytes"]): d for d in (orjson.loads(e) for e in entries)}
+    for entry, says in bad.items():
+        text = entry[: messages.DEAD_MESSAGE_BYTES].decode("utf-8", "backslashreplace")
+        letter = dead[(text, len(entry))]
+        assert says in letter["reason"], letter["reason"]
+        assert len(letter["reason"]) <= messages.REASON_CHARS
+        assert letter["workerId"] in {w.name for w in workers}
+    # What the log and the lab's event stream say about them is cut to a size too.
+    dead_events = [f for _, f in rds.xrange(keys.EVENTS) if f["type"] == "job_dead"]
+    assert len(dead_events) == len(bad)
+    assert max(len(v) for f in dead_events for v in f.values()) <= messages.REASON_CHARS
+    lines = [line for w in workers for line in w.lines]
+    assert sum("dead-lettered" in line for line in lines) == len(bad)
+    assert max(len(line) for line in lines) < 800
+    assert job(client, maxed["jobId"])["status"] == "pending"
+
+
+def test_a_claim_lost_to_an_older_one_is_handed_back_pending(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """A crash that loses a redelivery's claim leaves the row as the earlier claim left it:
+    processing, by a worker that is gone, with fewer attempts. The completion must hand the
+    job back (it was acked and dropped: lost, processing for ever), pending again."""
+    created = post_order(client)
+    jid = created["jobId"]
+    # As if the worker of a first delivery had died (its message came back to the queue).
+    gone = "UPDATE jobs SET status = 'processing', worker_id = 'w-gone', attempts = 1 WHERE id = %s"
+    pg.execute(gone, [jid])
+    child = sup.start_worker("w1", job_seconds=1)
+    eventually(lambda: job(client, jid)["workerId"] == "w1")
+    assert job(client, jid)["attempts"] == 2
+    pg.execute(gone, [jid])  # PostgreSQL restarted and lost w1's asynchronous claim
+    os.kill(child.pid, signal.SIGTERM)  # w1 finishes, then stops rather than take it again
+    assert child.proc.wait(10) == 0
+    handed = job(client, jid)
+    assert (handed["status"], handed["workerId"], handed["attempts"]) == ("pending", None, 1)
+    assert rds.llen(keys.QUEUE) == 1
+    kinds = [f["type"] for _, f in rds.xrange(keys.EVENTS) if f.get("job") == jid]
+    assert "job_requeued" in kinds
+    assert "job_lost" not in kinds
+    sup.start_worker("w2", job_seconds=0)
+    eventually(lambda: job(client, jid)["status"] == "completed")
+    final = job(client, jid)
+    assert (final["workerId"], final["attempts"]) == ("w2", 2)
+
+
+def test_a_release_never_clobbers_a_claim_made_since(
+    client: httpx.Client, pg: psycopg.Connection
+) -> None:
+    created = post_order(client)  # no worker runs: the claims below are the only ones
+    jid = created["jobId"]
+    assert pg.execute(db.CLAIM_JOB, {"worker": "w1", "job": jid}).fetchone() is not None
+    assert pg.execute(db.CLAIM_JOB, {"worker": "w2", "job": jid}).fetchone() is not None
+
+    def release(worker: str, attempt: int) -> tuple[object, ...] | None:
+        params = {"job": jid, "status": "processing", "worker": worker, "attempt": attempt}
+        return pg.execute(db.RELEASE_JOB, params).fetchone()
+
+    assert release("w1", 1) is None  # w1's claim, since redelivered to w2
+    assert release("w2", 1) is None
+    row = job(client, jid)
+    assert (row["status"], row["workerId"], row["attempts"]) == ("processing", "w2", 2)
+    assert release("w2", 2) is not None
+    row = job(client, jid)
+    assert (row["status"], row["workerId"], row["attempts"]) == ("pending", None, 2)
+    assert row["startedAt"] is None
+    assert client.get(f"/orders/{created['orderId']}").json()["status"] == "pending"
+
+
+def test_a_missing_table_is_waited_for_not_dead_lettered(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """PostgreSQL refusing every claim alike (no such table) is not the message's fault:
+    dead-lettering would empty the whole queue into orders:dead. The worker waits."""
+    child = sup.start_worker("w1", job_seconds=0)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed")
+    # A second job, written as the API writes it; its message is pushed by hand below.
+    row = pg.execute(
+        "INSERT INTO orders (product, quantity, price) VALUES ('x', 1, 1) RETURNING id"
+    ).fetchone()
+    assert row is not None
+    pg.execute("INSERT INTO jobs (id, order_id) VALUES ('job-away-1', %s)", [row[0]])
+    message = orjson.dumps({"jobId": "job-away-1", "orderId": row[0]})
+    pg.execute("ALTER TABLE jobs RENAME TO jobs_away")
+    try:
+        rds.lpush(keys.QUEUE, message)
+        eventually(lambda: 'relation "jobs" does not exist' in child.tail())
+        eventually(lambda: child.tail().count("retrying") >= 2)
+        assert rds.llen(keys.DEAD) == 0
+        assert rds.llen(keys.processing_key("w1")) == 1
+    finally:
+        pg.execute("ALTER TABLE jobs_away RENAME TO jobs")
+    eventually(lambda: job(client, "job-away-1")["status"] == "completed", timeout=15)
+    assert rds.llen(keys.DEAD) == 0
+    assert child.alive()

@@ -1,0 +1,128 @@
+"""Stopping a worker while a backend is away: with no job in hand it exits within 2 s of the
+first SIGTERM or Ctrl-C, with 0 and no traceback; a job in hand is still finished first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+
+from mqlab import keys
+from mqlab.procs import free_port
+from mqlab.services import postgres_server, valkey_server
+from mqlab.settings import Settings
+from mqlab.supervisor import Child, Supervisor
+from tests.helpers import eventually
+from tests.test_outages import Flaky, _insert_job, _status
+
+#: What the issue asks: a worker that holds no job is gone this soon after the signal.
+STOP_WITHIN = 2.0
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
+    server = Flaky(valkey_server, tmp_path_factory.mktemp("r"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
+    from mqlab.db import apply_schema
+
+    server = Flaky(postgres_server, tmp_path_factory.mktemp("p"))
+    server.start()
+    apply_schema(server.url)
+    yield server
+    server.stop()
+
+
+def stop(child: Child, sig: signal.Signals = signal.SIGTERM) -> tuple[int, float]:
+    """Send one signal; (exit status, seconds until the process was gone)."""
+    sent = time.monotonic()
+    os.kill(child.pid, sig)
+    code = child.proc.wait(15)
+    took = time.monotonic() - sent
+    # Its last words, once the pump has read them.
+    eventually(lambda: "stopped after" in child.tail(), timeout=5)
+    return code, took
+
+
+def assert_clean_exit(child: Child, code: int, took: float) -> None:
+    output = "\n".join(child.lines)
+    assert code == 0, output
+    assert took < STOP_WITHIN, f"{took:.2f} s\n{output}"
+    assert "Traceback" not in output, output
+
+
+def test_an_idle_worker_stops_at_once_while_redis_is_down(
+    settings: Settings, clean: None, redis_server: Flaky
+) -> None:
+    with Supervisor(Settings(redis_server.url, settings.database_url)) as sup:
+        child = sup.start_worker("w1", job_seconds=0)
+        redis_server.stop()
+        # Well into the backoff, where the first stop used to be ignored.
+        eventually(lambda: "retrying in 0.8s" in child.tail())
+        assert child.alive(), child.tail()
+        assert_clean_exit(child, *stop(child))
+
+
+def test_a_worker_waiting_on_postgres_with_a_message_stops_at_once_and_hands_it_back(
+    settings: Settings, clean: None, pg_server: Flaky, rds: redis.Redis
+) -> None:
+    """The message is taken but not claimed (PostgreSQL is away): no job is in hand, so the
+    first Ctrl-C stops the worker, and the message goes back to the queue."""
+    with Supervisor(Settings(settings.redis_url, pg_server.url)) as sup:
+        child = sup.start_worker("w1", job_seconds=0)
+        message = _insert_job(pg_server.url, "job-p-1")
+        pg_server.stop()
+        rds.lpush(keys.QUEUE, message)
+        eventually(lambda: "PostgreSQL failed" in child.tail())
+        assert rds.llen(keys.processing_key("w1")) == 1
+        assert_clean_exit(child, *stop(child, signal.SIGINT))
+    assert rds.lrange(keys.QUEUE, 0, -1) == [message.decode()]
+    assert rds.llen(keys.processing_key("w1")) == 0
+
+
+@pytest.mark.parametrize(("away", "sig"), [("redis", signal.SIGTERM), ("postgres", signal.SIGINT)])
+def test_a_worker_still_connecting_at_start_stops_at_once(
+    settings: Settings, clean: None, away: str, sig: signal.Signals
+) -> None:
+    nowhere = free_port()
+    redis_url, database_url = settings.redis_url, settings.database_url
+    if away == "redis":
+        redis_url = f"redis://127.0.0.1:{nowhere}/0"
+    else:
+        database_url = f"postgresql://postgres@127.0.0.1:{nowhere}/mqlab"
+    with Supervisor(Settings(redis_url, database_url)) as sup:
+        child = sup.start_worker("w1", job_seconds=0, wait=False)
+        eventually(lambda: "retrying in 0.4s" in child.tail())
+        assert child.alive(), child.tail()
+        assert_clean_exit(child, *stop(child, sig))
+
+
+def test_a_job_in_hand_while_redis_is_down_is_finished_and_a_second_stop_exits(
+    settings: Settings, clean: None, redis_server: Flaky, pg: psycopg.Connection
+) -> None:
+    """The first stop still finishes the job (its completion needs only PostgreSQL); its ack
+    then waits for Redis, until a second stop, which exits cleanly (it used to exit 1 with a
+    traceback). The message stays in the processing list, for the reaper."""
+    with Supervisor(Settings(redis_server.url, settings.database_url)) as sup:
+        child = sup.start_worker("w1", job_seconds=2)
+        message = _insert_job(settings.database_url, "job-r-2")
+        client = redis.Redis.from_url(redis_server.url)
+        client.lpush(keys.QUEUE, message)
+        client.close()
+        eventually(lambda: _status(settings.database_url, "job-r-2") == "processing")
+        redis_server.stop()
+        os.kill(child.pid, signal.SIGTERM)
+        eventually(lambda: _status(settings.database_url, "job-r-2") == "completed", timeout=10)
+        eventually(lambda: "retrying in 0.2s" in child.tail())  # the ack, waiting for Redis
+        assert child.alive(), child.tail()
+        assert_clean_exit(child, *stop(child))
