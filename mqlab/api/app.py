@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mqlab import db
+from mqlab.api import schemas
 from mqlab.api.backends import (
     PG_ERRORS,
     REDIS_ERRORS,
@@ -86,6 +87,10 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
     app = OrdersAPI(
         title="mqlab API",
         summary="Producer of the Kata 3 lab: accepts orders with 202 and enqueues their jobs.",
+        description=(
+            'Errors are JSON `{"error": "...", "details": [...]}`. A refused request '
+            "(4xx or 503) writes nothing: no row, no queue entry."
+        ),
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -125,27 +130,47 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         # OrdersAPI.__call__ logs it there, once.
         return error_response(500, "internal error")
 
+    # Answered by OrdersAPI's fast path (fastpath.py) before any routing: this route is
+    # registered only so that OpenAPI and /docs describe POST /orders, and never runs.
     @app.post(
         "/orders",
         status_code=202,
         summary="Accept an order: store it with its job, enqueue the job, answer 202 at once",
+        operation_id="create_order",
+        response_model=None,
+        responses=schemas.POST_ORDERS,
         openapi_extra=_ORDER_BODY_SCHEMA,
     )
     async def create_order() -> Response:
-        """Never called: OrdersAPI answers POST /orders before routing (see fastpath.py).
-
-        Registered so that OpenAPI and /docs describe the endpoint.
-        """
+        """The order and its job are committed in one transaction, then the job is pushed on
+        the queue `orders:queue`; the answer does not wait for any work. Unknown fields, a
+        key given twice, a blank product, a fractional quantity and a price with more than
+        2 decimals are refused (422)."""
         raise RuntimeError("POST /orders is answered by OrdersAPI's fast path")
 
-    @app.get("/orders", summary="Orders, newest first")
+    @app.get(
+        "/orders",
+        summary="Orders, newest first",
+        operation_id="list_orders",
+        responses={200: {"model": list[schemas.Order]}, **schemas.INVALID, **schemas.COMMON},
+    )
     async def list_orders(limit: Limit = 100, offset: Offset = 0) -> Response:
         sql = f"{db.SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
         async with backends.pool.connection() as conn:
             rows = await (await conn.execute(sql, [limit, offset])).fetchall()
         return _json([db.order_json(r) for r in rows])
 
-    @app.get("/orders/{order_id}", summary="One order")
+    @app.get(
+        "/orders/{order_id}",
+        summary="One order",
+        operation_id="get_order",
+        responses={
+            200: {"model": schemas.Order},
+            **schemas.NOT_FOUND,
+            **schemas.INVALID,
+            **schemas.COMMON,
+        },
+    )
     async def get_order(order_id: int) -> Response:
         """404 for any integer that is not an order's id (also those no bigint can hold)."""
         if not 1 <= order_id <= BIGINT_MAX:  # no such row can exist: do not ask PostgreSQL
@@ -157,14 +182,24 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
             return _not_found("orderId", order_id)
         return _json(db.order_json(row))
 
-    @app.get("/jobs", summary="Jobs, newest first")
+    @app.get(
+        "/jobs",
+        summary="Jobs, newest first",
+        operation_id="list_jobs",
+        responses={200: {"model": list[schemas.Job]}, **schemas.INVALID, **schemas.COMMON},
+    )
     async def list_jobs(limit: Limit = 100, offset: Offset = 0) -> Response:
         sql = f"{db.SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
         async with backends.pool.connection() as conn:
             rows = await (await conn.execute(sql, [limit, offset])).fetchall()
         return _json([db.job_json(r) for r in rows])
 
-    @app.get("/jobs/{job_id}", summary="One job")
+    @app.get(
+        "/jobs/{job_id}",
+        summary="One job",
+        operation_id="get_job",
+        responses={200: {"model": schemas.Job}, **schemas.NOT_FOUND, **schemas.COMMON},
+    )
     async def get_job(job_id: str) -> Response:
         """404 for any text that is not a job's id."""
         if "\x00" in job_id:  # PostgreSQL text cannot hold NUL, so no job has it
@@ -176,7 +211,12 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
             return _not_found("jobId", job_id)
         return _json(db.job_json(row))
 
-    @app.get("/health", summary="200 when Redis and PostgreSQL answer, 503 naming the one down")
+    @app.get(
+        "/health",
+        summary="200 when Redis and PostgreSQL answer, 503 naming the one down",
+        operation_id="health",
+        responses={200: {"model": schemas.Health}, **schemas.HEALTH},
+    )
     async def health() -> Response:
         down: list[dict[str, str]] = []
         try:
@@ -195,7 +235,12 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
             return error_response(503, f"{names} unavailable", down, headers=RETRY_AFTER)
         return _json({"status": "ok", "redis": "up", "postgres": "up"})
 
-    @app.get("/stats", summary="Queue depth, in-flight and dead messages, workers, counts")
+    @app.get(
+        "/stats",
+        summary="Queue depth, in-flight and dead messages, workers, counts",
+        operation_id="stats",
+        responses={200: {"model": schemas.Stats}, **schemas.COMMON},
+    )
     async def stats() -> Response:
         async with backends.pool.connection() as conn:
             snap = await snapshot(backends.redis, conn)
