@@ -183,7 +183,7 @@ def _too_deep() -> BadRequest:
 def _stdlib_loads(body: bytes) -> Any:
     """The stdlib parser, refusing repeated keys (orjson keeps the last one and has no hook).
 
-    Only on cold paths: it is about 10 times slower than orjson.
+    Only on cold paths: it is about 7 times slower than orjson (2.7 against 0.4 µs for an order).
     """
     try:
         return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
