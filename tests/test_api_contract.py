@@ -75,6 +75,22 @@ def test_bad_paging_and_unknown_ids(client: httpx.Client) -> None:
     assert client.get("/orders/abc").status_code == 422
 
 
+def test_paging_and_ids_beyond_the_database_range(client: httpx.Client) -> None:
+    bigint_max = 2**63 - 1
+    for path in ("/orders", "/jobs"):
+        res = client.get(path, params={"offset": bigint_max + 1})
+        assert res.status_code == 422, res.text
+        assert res.json()["details"][0]["field"] == "query.offset"
+        assert client.get(path, params={"offset": 10**30}).status_code == 422
+        assert client.get(path, params={"offset": bigint_max}).json() == []
+    # Ids that no row can have are not found, whatever their size.
+    for order_id in ("99999999999999999999", str(bigint_max + 1), "0", "-5"):
+        res = client.get(f"/orders/{order_id}")
+        assert res.status_code == 404, order_id
+        assert res.json() == {"error": "not found", "details": [{"orderId": int(order_id)}]}
+    assert client.get("/jobs/a%00b").status_code == 404
+
+
 def test_unknown_path_and_method_are_json(client: httpx.Client) -> None:
     res = client.get("/nowhere")
     assert res.status_code == 404
@@ -82,6 +98,8 @@ def test_unknown_path_and_method_are_json(client: httpx.Client) -> None:
     res = client.delete("/orders")
     assert res.status_code == 405
     assert res.json()["error"] == "method not allowed"
+    # Every method of the path, not only those of its first route (POST).
+    assert res.headers["allow"] == "GET, POST"
 
 
 def test_health_and_stats(client: httpx.Client) -> None:

@@ -59,6 +59,17 @@ CASES: list[tuple[str, bytes | str, dict[str, str], int, str]] = [
     ("form", "product=a", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "JSON"),
     ("no content type", OK, {}, 415, "content type"),
     ("not utf-8", b'{"product": "\xff\xfe", "quantity": 1, "price": 1}', JSON, 400, "JSON"),
+    ("utf-16", OK.encode("utf-16"), JSON, 400, "not valid JSON"),
+    ("10,000-deep arrays", "[" * 10_000 + "]" * 10_000, JSON, 400, "nested too deeply"),
+    ("10,000-deep objects", '{"a":' * 10_000 + "1" + "}" * 10_000, JSON, 400, "nested too deeply"),
+    (
+        "repeated key",
+        '{"product": "x", "quantity": 1, "quantity": 5, "price": 1}',
+        JSON,
+        422,
+        "given twice",
+    ),
+    ("product NUL", '{"product": "a\\u0000b", "quantity": 1, "price": 1}', JSON, 422, "NUL"),
 ]
 
 
@@ -117,3 +128,20 @@ def test_a_valid_order_after_bad_ones_is_accepted(raw_client: httpx.Client) -> N
     res = raw_client.post("/orders", content=OK, headers=JSON)
     assert res.status_code == 202
     assert res.json()["orderId"] == 1
+
+
+def test_a_repeated_key_is_named(raw_client: httpx.Client) -> None:
+    body = '{"product": "x", "quantity": 1, "quantity": 5, "price": 1}'
+    res = raw_client.post("/orders", content=body, headers=JSON)
+    assert res.status_code == 422
+    assert [d["field"] for d in res.json()["details"]] == ["quantity"]
+
+
+def test_a_whole_number_written_with_a_point_is_a_quantity(
+    raw_client: httpx.Client, pg: psycopg.Connection
+) -> None:
+    # JSON Schema (and so the OpenAPI document) counts 1380.0 as an integer.
+    body = '{"product": "x", "quantity": 1380.0, "price": 1}'
+    res = raw_client.post("/orders", content=body, headers=JSON)
+    assert res.status_code == 202, res.text
+    assert pg.execute("SELECT quantity FROM orders").fetchall() == [(1380,)]

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -23,6 +24,8 @@ from tests.conftest import counts
 from tests.helpers import eventually
 
 ORDER = {"product": "Laptop", "quantity": 1, "price": 1200}
+REDIS = {"backend": "Redis"}
+PG = {"backend": "PostgreSQL"}
 
 
 class Flaky:
@@ -68,17 +71,22 @@ def test_api_with_redis_down_answers_503_and_writes_nothing(
     rds: redis.Redis,
 ) -> None:
     with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
-        sup.start_api()
+        api = sup.start_api()
         with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
             assert c.post("/orders", json=ORDER).status_code == 202
             flaky_redis.stop()
             health = c.get("/health")
             assert health.status_code == 503
-            assert health.json()["error"] == "Redis unavailable"
+            assert health.json() == {"error": "Redis unavailable", "details": [REDIS]}
             res = c.post("/orders", json=ORDER)
             assert res.status_code == 503
-            assert res.json()["error"] == "Redis is unavailable"
-            assert "Traceback" not in res.text
+            # The backend's name only: its address and the driver's words go to the log.
+            assert res.json() == {"error": "Redis is unavailable", "details": [REDIS]}
+            assert res.headers["retry-after"] == "1"
+            eventually(lambda: "Redis is unavailable: " in api.tail(), timeout=5)
+            socket = urlsplit(flaky_redis.url).path  # the embedded Valkey's unix socket
+            assert socket in api.tail()
+            assert socket not in res.text + health.text
             # The accepted order stays; the refused one left no row behind.
             assert counts(pg, rds)["orders"] == 1
             flaky_redis.start()
@@ -95,15 +103,18 @@ def test_api_with_postgres_down_answers_503_and_enqueues_nothing(
     settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
 ) -> None:
     with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
-        sup.start_api()
+        api = sup.start_api()
         with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
             flaky_pg.stop()
             health = c.get("/health")
             assert health.status_code == 503
-            assert health.json()["error"] == "PostgreSQL unavailable"
+            assert health.json() == {"error": "PostgreSQL unavailable", "details": [PG]}
             res = c.post("/orders", json=ORDER)
             assert res.status_code == 503
-            assert res.json()["error"] == "PostgreSQL is unavailable"
+            assert res.json() == {"error": "PostgreSQL is unavailable", "details": [PG]}
+            for path in ("/orders", "/jobs/x", "/stats"):
+                assert c.get(path).json() == res.json(), path
+            eventually(lambda: "PostgreSQL is unavailable: " in api.tail(), timeout=5)
             assert rds.llen(keys.QUEUE) == 0
             flaky_pg.start()
             eventually(lambda: c.post("/orders", json=ORDER).status_code == 202, timeout=15)

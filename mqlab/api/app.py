@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -13,19 +14,34 @@ import redis.exceptions
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mqlab import db
-from mqlab.api.backends import PG_ERRORS, REDIS_ERRORS, Backends, pg_failure, unavailable
-from mqlab.api.fastpath import OrdersAPI, fast_post_orders
-from mqlab.api.validation import (
-    OrderIn,
-    error_response,
+from mqlab.api import schemas
+from mqlab.api.backends import (
+    PG_ERRORS,
+    REDIS_ERRORS,
+    RETRY_AFTER,
+    Backends,
+    internal_error,
+    log_down,
+    pg_failure,
+    unavailable,
 )
+from mqlab.api.fastpath import OrdersAPI, fast_post_orders
+from mqlab.api.validation import OrderIn, error_response
 from mqlab.observe import snapshot
 from mqlab.settings import Settings
 
 log = logging.getLogger("mqlab.api")
+
+#: Set to 1 to add GET /_test/fail, which raises: the tests' way to prove, on a real running
+#: API, what an unexpected exception gives (a JSON 500, logged once). Off unless set.
+TEST_HOOKS_ENV = "MQLAB_API_TEST_HOOKS"
+
+#: PostgreSQL's bigint: ids and offsets beyond it cannot be sent to the database.
+BIGINT_MAX = 2**63 - 1
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -40,7 +56,20 @@ _ORDER_BODY_SCHEMA = {
 }
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many, newest first")]
-Offset = Annotated[int, Query(ge=0, description="skip this many")]
+Offset = Annotated[int, Query(ge=0, le=BIGINT_MAX, description="skip this many")]
+
+
+def _not_found(key: str, value: object) -> JSONResponse:
+    return error_response(404, "not found", [{key: value}])
+
+
+def _allowed(app: FastAPI, path: str) -> str:
+    """Every method some route answers on this path, for a 405's Allow header."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
@@ -58,6 +87,10 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
     app = OrdersAPI(
         title="mqlab API",
         summary="Producer of the Kata 3 lab: accepts orders with 202 and enqueues their jobs.",
+        description=(
+            'Errors are JSON `{"error": "...", "details": [...]}`. A refused request '
+            "(4xx or 503) writes nothing: no row, no queue entry."
+        ),
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -72,84 +105,151 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         return error_response(422, "invalid request", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, error, [], headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only
+            # (`Allow: POST` for /orders, which also answers GET).
+            headers = {**(headers or {}), "Allow": _allowed(app, request.url.path)}
+        return error_response(exc.status_code, error, [], headers=headers)
 
     @app.exception_handler(psycopg.Error)  # also psycopg_pool.PoolTimeout, a subclass
-    async def _pg_down(_: Request, exc: Exception) -> JSONResponse:
-        return pg_failure(exc)
+    async def _pg_down(request: Request, exc: Exception) -> JSONResponse:
+        return pg_failure(f"{request.method} {request.url.path}", exc)
 
     @app.exception_handler(redis.exceptions.RedisError)
-    async def _redis_down(_: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
-        return unavailable("Redis", exc)
+    async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        if isinstance(exc, REDIS_ERRORS):
+            return unavailable("Redis", exc)
+        return internal_error(f"{request.method} {request.url.path}", exc)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # The body only: Starlette raises the exception again after this answer, and
+        # OrdersAPI.__call__ logs it there, once.
+        return error_response(500, "internal error")
+
+    # Answered by OrdersAPI's fast path (fastpath.py) before any routing: this route is
+    # registered only so that OpenAPI and /docs describe POST /orders, and never runs.
     @app.post(
         "/orders",
         status_code=202,
         summary="Accept an order: store it with its job, enqueue the job, answer 202 at once",
+        operation_id="create_order",
+        response_model=None,
+        responses=schemas.POST_ORDERS,
         openapi_extra=_ORDER_BODY_SCHEMA,
     )
     async def create_order() -> Response:
-        """Never called: OrdersAPI answers POST /orders before routing (see fastpath.py).
-
-        Registered so that OpenAPI and /docs describe the endpoint.
-        """
+        """The order and its job are committed in one transaction, then the job is pushed on
+        the queue `orders:queue`; the answer does not wait for any work. Unknown fields, a
+        key given twice, a blank product, a fractional quantity and a price with more than
+        2 decimals are refused (422)."""
         raise RuntimeError("POST /orders is answered by OrdersAPI's fast path")
 
-    @app.get("/orders", summary="Orders, newest first")
+    @app.get(
+        "/orders",
+        summary="Orders, newest first",
+        operation_id="list_orders",
+        responses={200: {"model": list[schemas.Order]}, **schemas.INVALID, **schemas.COMMON},
+    )
     async def list_orders(limit: Limit = 100, offset: Offset = 0) -> Response:
         sql = f"{db.SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
         async with backends.pool.connection() as conn:
             rows = await (await conn.execute(sql, [limit, offset])).fetchall()
         return _json([db.order_json(r) for r in rows])
 
-    @app.get("/orders/{order_id}", summary="One order")
+    @app.get(
+        "/orders/{order_id}",
+        summary="One order",
+        operation_id="get_order",
+        responses={
+            200: {"model": schemas.Order},
+            **schemas.NOT_FOUND,
+            **schemas.INVALID,
+            **schemas.COMMON,
+        },
+    )
     async def get_order(order_id: int) -> Response:
+        """404 for any integer that is not an order's id (also those no bigint can hold)."""
+        if not 1 <= order_id <= BIGINT_MAX:  # no such row can exist: do not ask PostgreSQL
+            return _not_found("orderId", order_id)
         async with backends.pool.connection() as conn:
             cur = await conn.execute(f"{db.SELECT_ORDERS} WHERE o.id = %s", [order_id])
             row = await cur.fetchone()
         if row is None:
-            return error_response(404, "not found", [{"orderId": order_id}])
+            return _not_found("orderId", order_id)
         return _json(db.order_json(row))
 
-    @app.get("/jobs", summary="Jobs, newest first")
+    @app.get(
+        "/jobs",
+        summary="Jobs, newest first",
+        operation_id="list_jobs",
+        responses={200: {"model": list[schemas.Job]}, **schemas.INVALID, **schemas.COMMON},
+    )
     async def list_jobs(limit: Limit = 100, offset: Offset = 0) -> Response:
         sql = f"{db.SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
         async with backends.pool.connection() as conn:
             rows = await (await conn.execute(sql, [limit, offset])).fetchall()
         return _json([db.job_json(r) for r in rows])
 
-    @app.get("/jobs/{job_id}", summary="One job")
+    @app.get(
+        "/jobs/{job_id}",
+        summary="One job",
+        operation_id="get_job",
+        responses={200: {"model": schemas.Job}, **schemas.NOT_FOUND, **schemas.COMMON},
+    )
     async def get_job(job_id: str) -> Response:
+        """404 for any text that is not a job's id."""
+        if "\x00" in job_id:  # PostgreSQL text cannot hold NUL, so no job has it
+            return _not_found("jobId", job_id)
         async with backends.pool.connection() as conn:
             cur = await conn.execute(f"{db.SELECT_JOBS} WHERE id = %s", [job_id])
             row = await cur.fetchone()
         if row is None:
-            return error_response(404, "not found", [{"jobId": job_id}])
+            return _not_found("jobId", job_id)
         return _json(db.job_json(row))
 
-    @app.get("/health", summary="200 when Redis and PostgreSQL answer, 503 naming the one down")
+    @app.get(
+        "/health",
+        summary="200 when Redis and PostgreSQL answer, 503 naming the one down",
+        operation_id="health",
+        responses={200: {"model": schemas.Health}, **schemas.HEALTH},
+    )
     async def health() -> Response:
         down: list[dict[str, str]] = []
         try:
             await backends.redis.ping()
         except (*REDIS_ERRORS, redis.exceptions.RedisError) as exc:
-            down.append({"backend": "Redis", "message": str(exc) or type(exc).__name__})
+            log_down("Redis", exc)
+            down.append({"backend": "Redis"})
         try:
             async with backends.pool.connection() as conn:
                 await conn.execute("SELECT 1")
         except (*PG_ERRORS, psycopg.Error) as exc:
-            down.append({"backend": "PostgreSQL", "message": str(exc) or type(exc).__name__})
+            log_down("PostgreSQL", exc)
+            down.append({"backend": "PostgreSQL"})
         if down:
             names = " and ".join(d["backend"] for d in down)
-            return error_response(503, f"{names} unavailable", down)
+            return error_response(503, f"{names} unavailable", down, headers=RETRY_AFTER)
         return _json({"status": "ok", "redis": "up", "postgres": "up"})
 
-    @app.get("/stats", summary="Queue depth, in-flight and dead messages, workers, counts")
+    @app.get(
+        "/stats",
+        summary="Queue depth, in-flight and dead messages, workers, counts",
+        operation_id="stats",
+        responses={200: {"model": schemas.Stats}, **schemas.COMMON},
+    )
     async def stats() -> Response:
         async with backends.pool.connection() as conn:
             snap = await snapshot(backends.redis, conn)
         return _json(snap.to_json())
+
+    if os.environ.get(TEST_HOOKS_ENV) == "1":
+
+        @app.get("/_test/fail", include_in_schema=False)
+        async def fail() -> Response:
+            raise RuntimeError("provoked by GET /_test/fail (MQLAB_API_TEST_HOOKS=1)")
 
     return app

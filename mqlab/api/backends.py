@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 
 import psycopg
 import psycopg_pool
@@ -23,6 +25,7 @@ POOL_TIMEOUT = 2.0
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 PG_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
+RETRY_AFTER = {"Retry-After": "1"}
 
 
 class Backends:
@@ -63,18 +66,39 @@ class Backends:
         await self.redis.aclose()
 
 
+#: During an outage every request fails the same way: say so at most this often.
+DOWN_LOG_INTERVAL = 1.0
+_down_logged: dict[str, tuple[float, int]] = {}  # backend -> (last logged, refusals since)
+
+
+def log_down(backend: str, exc: BaseException) -> None:
+    """Log why a backend is unavailable: the driver's words go here, not to the client."""
+    now = time.monotonic()
+    last, since = _down_logged.get(backend, (-math.inf, 0))
+    if now - last < DOWN_LOG_INTERVAL:
+        _down_logged[backend] = (last, since + 1)
+        return
+    _down_logged[backend] = (now, 0)
+    more = f" ({since} more since the last line)" if since else ""
+    log.warning("%s is unavailable: %s%s", backend, str(exc) or type(exc).__name__, more)
+
+
 def unavailable(backend: str, exc: BaseException) -> JSONResponse:
+    """503 naming the backend. Not its socket path nor the driver's message: the log has those."""
+    log_down(backend, exc)
     return error_response(
-        503,
-        f"{backend} is unavailable",
-        [{"backend": backend, "message": str(exc) or type(exc).__name__}],
-        headers={"Retry-After": "1"},
+        503, f"{backend} is unavailable", [{"backend": backend}], headers=RETRY_AFTER
     )
 
 
-def pg_failure(exc: BaseException) -> JSONResponse:
+def internal_error(where: str, exc: BaseException) -> JSONResponse:
+    """500 for a failure of ours: logged here, once, with its traceback; none in the body."""
+    log.error("%s failed", where, exc_info=exc)
+    return error_response(500, "internal error")
+
+
+def pg_failure(where: str, exc: BaseException) -> JSONResponse:
     """503 when PostgreSQL is away (or the pool has no connection for us), else 500."""
     if isinstance(exc, PG_ERRORS):
         return unavailable("PostgreSQL", exc)
-    log.error("database error: %s", exc)
-    return error_response(500, "database error", [{"message": str(exc)}])
+    return internal_error(where, exc)

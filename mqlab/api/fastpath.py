@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 import psycopg
 from fastapi import FastAPI
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from mqlab.api.backends import Backends, pg_failure, unavailable
+from mqlab.api.backends import (
+    REDIS_ERRORS,
+    Backends,
+    internal_error,
+    pg_failure,
+    unavailable,
+)
 from mqlab.api.validation import (
     MAX_BODY_BYTES,
     BadRequest,
@@ -20,8 +27,6 @@ from mqlab.api.validation import (
     parse_order,
 )
 from mqlab.api.writer import RedisDown, accept_order, accepted_body
-
-log = logging.getLogger("mqlab.api")
 
 
 class ClientGone(Exception):
@@ -87,12 +92,15 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
         except BadRequest as exc:
             response = error_response(exc.status, exc.error, exc.details)
         except RedisDown as exc:
-            response = unavailable("Redis", exc.__cause__ or exc)
+            cause = exc.__cause__ or exc
+            if isinstance(cause, REDIS_ERRORS):
+                response = unavailable("Redis", cause)
+            else:  # Redis answered, with an error (e.g. the queue key holds no list)
+                response = internal_error("POST /orders", cause)
         except psycopg.Error as exc:  # PoolTimeout included (a psycopg.OperationalError)
-            response = pg_failure(exc)
-        except Exception:
-            log.exception("POST /orders failed")
-            response = error_response(500, "internal error")
+            response = pg_failure("POST /orders", exc)
+        except Exception as exc:
+            response = internal_error("POST /orders", exc)
         else:
             await _send_accepted(send, order_id, job_id)
             return
@@ -102,7 +110,8 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
 
 
 class OrdersAPI(FastAPI):
-    """FastAPI, with POST /orders answered by the lean handler before the framework's stack.
+    """FastAPI, with POST /orders answered by the lean handler before the framework's stack,
+    and every unexpected exception answered with a JSON 500 and logged once.
 
     The FastAPI route for POST /orders stays registered only so that OpenAPI documents it.
     """
@@ -110,12 +119,47 @@ class OrdersAPI(FastAPI):
     fast_orders: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.fast_orders is not None
-            and scope["type"] == "http"
-            and scope["path"] == "/orders"
-            and scope["method"] == "POST"
-        ):
-            await self.fast_orders(scope, receive, send)
+        if scope["type"] != "http":  # lifespan: a failed start must reach the server
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        fast = self.fast_orders
+        if fast is not None and scope["path"] == "/orders" and scope["method"] == "POST":
+            try:
+                await fast(scope, receive, send)
+            except Exception as exc:  # handle() answers every other failure itself
+                internal_error("POST /orders (sending the answer)", exc)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, tracking_send)
+        except Exception as exc:
+            # Starlette has answered with the app's Exception handler (a JSON 500) and raised
+            # again so that the server may log it. It is logged here, with the request, and
+            # not raised further: uvicorn would log the same traceback a second time.
+            response = internal_error(f"{scope['method']} {scope['path']}", exc)
+            if not started:
+                await response(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, without its default 422 (pydantic's error shape, not ours).
+
+        Every route that can answer 422 declares its own; FastAPI adds its default to every
+        route with a parameter, so the ones left are on routes that never answer 422.
+        """
+        if self.openapi_schema is None:
+            spec = super().openapi()
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    answer = operation.get("responses", {}).get("422", {})
+                    if "HTTPValidationError" in orjson.dumps(answer).decode():
+                        del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec.get("components", {}).get("schemas", {}).pop(name, None)
+            self.openapi_schema = spec
+        return self.openapi_schema

@@ -1,0 +1,162 @@
+"""The API's answers as OpenAPI describes them: a model for each body, and each route's statuses.
+
+These models document; they do not serialize (the routes write their JSON with orjson). That
+they tell the truth is tested: schemathesis validates every answer of a running API against
+them (tests/test_openapi.py), and they forbid fields they do not name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from mqlab import db
+from mqlab.api.writer import ACCEPTED_MESSAGE
+
+# The statuses as PostgreSQL's CHECK and db.STATUSES have them, one list for all.
+Status = Literal[db.STATUSES]  # type: ignore[valid-type]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Accepted(_Body):
+    """The order is stored with its job, and the job is on the queue."""
+
+    message: Literal[ACCEPTED_MESSAGE]  # type: ignore[valid-type]
+    orderId: int
+    jobId: str
+    status: Literal["pending"]
+
+
+class Order(_Body):
+    id: int
+    orderId: int = Field(description="the same as id")
+    product: str
+    quantity: int
+    price: float
+    status: Status
+    jobId: str | None = Field(description="its latest job")
+    createdAt: AwareDatetime
+    updatedAt: AwareDatetime
+    completedAt: AwareDatetime | None
+
+
+class Job(_Body):
+    id: str
+    jobId: str = Field(description="the same as id")
+    orderId: int
+    status: Status
+    workerId: str | None = Field(description="the worker that took it last")
+    attempts: int = Field(ge=0, description="deliveries so far")
+    lastError: str | None
+    enqueuedAt: AwareDatetime
+    startedAt: AwareDatetime | None
+    finishedAt: AwareDatetime | None
+
+
+class Health(_Body):
+    status: Literal["ok"]
+    redis: Literal["up"]
+    postgres: Literal["up"]
+
+
+class Worker(_Body):
+    id: str
+    pid: int
+    host: str
+    state: str = Field(description="idle, busy or stopping")
+    currentJob: str | None
+    jobStarted: float | None = Field(description="epoch seconds")
+    jobsDone: int
+    started: float = Field(description="epoch seconds")
+    lastBeat: float = Field(description="epoch seconds")
+    inFlight: int = Field(description="messages in its processing list")
+
+
+class Stats(_Body):
+    takenAt: float = Field(description="epoch seconds")
+    queueDepth: int
+    processing: int = Field(description="messages in the workers' processing lists")
+    dead: int = Field(description="messages on the dead-letter list")
+    workers: list[Worker] = Field(description="live workers (their heartbeat has not expired)")
+    orders: dict[Status, int]
+    jobs: dict[Status, int]
+
+
+class Error(_Body):
+    error: str = Field(description="what went wrong, for a person")
+    details: list[dict[str, Any]]
+
+
+class FieldError(_Body):
+    field: str = Field(description="the field or parameter, or `body` for the whole body")
+    message: str
+    type: str = Field(description="a stable code, e.g. missing, int_type, repeated_key")
+
+
+class InvalidRequest(_Body):
+    error: str
+    details: list[FieldError]
+
+
+class BackendDown(_Body):
+    backend: Literal["Redis", "PostgreSQL"]
+
+
+class Unavailable(_Body):
+    error: str = Field(description="names the backend, e.g. `Redis is unavailable`")
+    details: list[BackendDown]
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
+
+#: What any route may answer: its backends away, or a failure of our own.
+COMMON: Responses = {
+    500: {"model": Error, "description": "an unexpected failure (logged by the API)"},
+    503: {
+        "model": Unavailable,
+        "description": "Redis or PostgreSQL is away; nothing was written",
+        "headers": _RETRY_AFTER,
+    },
+}
+INVALID: Responses = {422: {"model": InvalidRequest, "description": "an invalid parameter"}}
+NOT_FOUND: Responses = {404: {"model": Error, "description": "no such id"}}
+
+POST_ORDERS: Responses = {
+    202: {
+        "model": Accepted,
+        "description": "accepted: stored with its job, and the job enqueued",
+        "headers": {"Location": {"description": "/orders/{orderId}", "schema": {"type": "string"}}},
+        "links": {
+            "GetOrder": {
+                "operationId": "get_order",
+                "parameters": {"order_id": "$response.body#/orderId"},
+            },
+            "GetJob": {
+                "operationId": "get_job",
+                "parameters": {"job_id": "$response.body#/jobId"},
+            },
+        },
+    },
+    400: {"model": Error, "description": "the body is empty or not JSON (UTF-8)"},
+    413: {"model": Error, "description": "the body is over 64 KiB"},
+    415: {"model": Error, "description": "the content type is not JSON"},
+    422: {
+        "model": InvalidRequest,
+        "description": "not a valid order (one detail per field); nothing was written",
+    },
+    **COMMON,
+}
+HEALTH: Responses = {
+    500: COMMON[500],
+    503: {
+        "model": Unavailable,
+        "description": "one or both backends do not answer",
+        "headers": _RETRY_AFTER,
+    },
+}
