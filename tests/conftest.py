@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -12,7 +13,10 @@ import pytest
 import redis
 
 from mqlab import keys, services
+from mqlab.db import apply_schema
+from mqlab.procs import free_port, terminate
 from mqlab.resetting import reset_all
+from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 
@@ -27,8 +31,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """
     redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
     if redis_url and database_url:
-        from mqlab.db import apply_schema
-
         apply_schema(database_url)
         yield Settings(redis_url, database_url)
         return
@@ -115,3 +117,38 @@ def counts(pg: psycopg.Connection, rds: redis.Redis) -> dict[str, int]:
         "jobs": jobs[0] if jobs else -1,
         "queue": int(rds.llen(keys.QUEUE)),
     }
+
+
+class Flaky:
+    """A throwaway server of ours that a test can stop and start again on the same port."""
+
+    def __init__(self, module: Any, base: Path) -> None:
+        self.module, self.base, self.port = module, base, free_port()
+        self.record: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.record = self.module.start(self.base, self.port, owned=True)
+
+    def stop(self) -> None:
+        terminate(self.record["pid"])
+
+    @property
+    def url(self) -> str:
+        return str(self.record["url"])
+
+
+@pytest.fixture
+def flaky_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
+    server = Flaky(valkey_server, tmp_path_factory.mktemp("r"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def flaky_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
+    server = Flaky(postgres_server, tmp_path_factory.mktemp("p"))
+    server.start()
+    apply_schema(server.url)
+    yield server
+    server.stop()

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
+import orjson
+import psycopg
 
 T = TypeVar("T")
 
@@ -33,3 +35,21 @@ def post_order(client: httpx.Client, product: str = "Laptop") -> dict[str, objec
 def job(client: httpx.Client, job_id: object) -> dict[str, object]:
     body: dict[str, object] = client.get(f"/jobs/{job_id}").json()
     return body
+
+
+def insert_job(url: str, job_id: str) -> bytes:
+    """An order and its job written as the API does; the message the API would push."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO orders (product, quantity, price) VALUES ('x', 1, 1) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        conn.execute("INSERT INTO jobs (id, order_id) VALUES (%s, %s)", [job_id, row[0]])
+    return orjson.dumps({"jobId": job_id, "orderId": row[0], "enqueuedAt": "x"})
+
+
+def job_status(url: str, job_id: str) -> str | None:
+    """The job's status in PostgreSQL (None when there is no such job)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT status FROM jobs WHERE id = %s", [job_id]).fetchone()
+    return row[0] if row else None

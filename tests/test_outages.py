@@ -3,64 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 import psycopg
-import pytest
 import redis
 
 from mqlab import keys
-from mqlab.db import apply_schema
-from mqlab.procs import free_port, terminate
-from mqlab.services import postgres_server, valkey_server
+from mqlab.procs import free_port
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
-from tests.conftest import counts
-from tests.helpers import eventually
+from tests.conftest import Flaky, counts
+from tests.helpers import eventually, insert_job, job_status
 
 ORDER = {"product": "Laptop", "quantity": 1, "price": 1200}
 REDIS = {"backend": "Redis"}
 PG = {"backend": "PostgreSQL"}
-
-
-class Flaky:
-    """A throwaway server of ours that a test can stop and start again on the same port."""
-
-    def __init__(self, module: Any, base: Path) -> None:
-        self.module, self.base, self.port = module, base, free_port()
-        self.record: dict[str, Any] = {}
-
-    def start(self) -> None:
-        self.record = self.module.start(self.base, self.port, owned=True)
-
-    def stop(self) -> None:
-        terminate(self.record["pid"])
-
-    @property
-    def url(self) -> str:
-        return str(self.record["url"])
-
-
-@pytest.fixture
-def flaky_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
-    server = Flaky(valkey_server, tmp_path_factory.mktemp("r"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def flaky_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
-    server = Flaky(postgres_server, tmp_path_factory.mktemp("p"))
-    server.start()
-    apply_schema(server.url)
-    yield server
-    server.stop()
 
 
 def test_api_with_redis_down_answers_503_and_writes_nothing(
@@ -130,22 +88,6 @@ def test_api_starts_and_says_which_backend_is_missing(settings: Settings) -> Non
         assert [d["backend"] for d in res.json()["details"]] == ["Redis"]
 
 
-def _insert_job(url: str, job_id: str) -> bytes:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "INSERT INTO orders (product, quantity, price) VALUES ('x', 1, 1) RETURNING id"
-        ).fetchone()
-        assert row is not None
-        conn.execute("INSERT INTO jobs (id, order_id) VALUES (%s, %s)", [job_id, row[0]])
-    return orjson.dumps({"jobId": job_id, "orderId": row[0], "enqueuedAt": "x"})
-
-
-def _status(url: str, job_id: str) -> str | None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT status FROM jobs WHERE id = %s", [job_id]).fetchone()
-    return row[0] if row else None
-
-
 def test_worker_waits_for_redis_and_reconnects(
     settings: Settings, clean: None, flaky_redis: Flaky
 ) -> None:
@@ -156,11 +98,11 @@ def test_worker_waits_for_redis_and_reconnects(
         assert child.alive(), child.tail()
         assert "retrying" in child.tail()
         flaky_redis.start()
-        message = _insert_job(settings.database_url, "job-r-1")
+        message = insert_job(settings.database_url, "job-r-1")
         client = redis.Redis.from_url(flaky_redis.url)
         client.lpush(keys.QUEUE, message)
         client.close()
-        eventually(lambda: _status(settings.database_url, "job-r-1") == "completed", timeout=15)
+        eventually(lambda: job_status(settings.database_url, "job-r-1") == "completed", timeout=15)
         assert child.alive()
 
 
@@ -169,12 +111,12 @@ def test_worker_waits_for_postgres_and_reconnects(
 ) -> None:
     with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        message = _insert_job(flaky_pg.url, "job-p-1")
+        message = insert_job(flaky_pg.url, "job-p-1")
         flaky_pg.stop()
         rds.lpush(keys.QUEUE, message)
         eventually(lambda: "retrying" in child.tail(), timeout=10)
         assert child.alive(), child.tail()
         flaky_pg.start()
-        eventually(lambda: _status(flaky_pg.url, "job-p-1") == "completed", timeout=20)
+        eventually(lambda: job_status(flaky_pg.url, "job-p-1") == "completed", timeout=20)
         assert child.alive()
         assert rds.llen(keys.DEAD) == 0

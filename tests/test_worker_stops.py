@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -14,33 +13,13 @@ import redis
 
 from mqlab import keys
 from mqlab.procs import free_port
-from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import Child, Supervisor
-from tests.helpers import eventually
-from tests.test_outages import Flaky, _insert_job, _status
+from tests.conftest import Flaky
+from tests.helpers import eventually, insert_job, job_status
 
 #: What the issue asks: a worker that holds no job is gone this soon after the signal.
 STOP_WITHIN = 2.0
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
-    server = Flaky(valkey_server, tmp_path_factory.mktemp("r"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
-    from mqlab.db import apply_schema
-
-    server = Flaky(postgres_server, tmp_path_factory.mktemp("p"))
-    server.start()
-    apply_schema(server.url)
-    yield server
-    server.stop()
 
 
 def stop(child: Child, sig: signal.Signals = signal.SIGTERM) -> tuple[int, float]:
@@ -62,11 +41,11 @@ def assert_clean_exit(child: Child, code: int, took: float) -> None:
 
 
 def test_an_idle_worker_stops_at_once_while_redis_is_down(
-    settings: Settings, clean: None, redis_server: Flaky
+    settings: Settings, clean: None, flaky_redis: Flaky
 ) -> None:
-    with Supervisor(Settings(redis_server.url, settings.database_url)) as sup:
+    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        redis_server.stop()
+        flaky_redis.stop()
         # Well into the backoff, where the first stop used to be ignored.
         eventually(lambda: "retrying in 0.8s" in child.tail())
         assert child.alive(), child.tail()
@@ -74,14 +53,14 @@ def test_an_idle_worker_stops_at_once_while_redis_is_down(
 
 
 def test_a_worker_waiting_on_postgres_with_a_message_stops_at_once_and_hands_it_back(
-    settings: Settings, clean: None, pg_server: Flaky, rds: redis.Redis
+    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
 ) -> None:
     """The message is taken but not claimed (PostgreSQL is away): no job is in hand, so the
     first Ctrl-C stops the worker, and the message goes back to the queue."""
-    with Supervisor(Settings(settings.redis_url, pg_server.url)) as sup:
+    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        message = _insert_job(pg_server.url, "job-p-1")
-        pg_server.stop()
+        message = insert_job(flaky_pg.url, "job-p-1")
+        flaky_pg.stop()
         rds.lpush(keys.QUEUE, message)
         eventually(lambda: "PostgreSQL failed" in child.tail())
         assert rds.llen(keys.processing_key("w1")) == 1
@@ -108,21 +87,21 @@ def test_a_worker_still_connecting_at_start_stops_at_once(
 
 
 def test_a_job_in_hand_while_redis_is_down_is_finished_and_a_second_stop_exits(
-    settings: Settings, clean: None, redis_server: Flaky, pg: psycopg.Connection
+    settings: Settings, clean: None, flaky_redis: Flaky, pg: psycopg.Connection
 ) -> None:
     """The first stop still finishes the job (its completion needs only PostgreSQL); its ack
     then waits for Redis, until a second stop, which exits cleanly (it used to exit 1 with a
     traceback). The message stays in the processing list, for the reaper."""
-    with Supervisor(Settings(redis_server.url, settings.database_url)) as sup:
+    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
         child = sup.start_worker("w1", job_seconds=2)
-        message = _insert_job(settings.database_url, "job-r-2")
-        client = redis.Redis.from_url(redis_server.url)
+        message = insert_job(settings.database_url, "job-r-2")
+        client = redis.Redis.from_url(flaky_redis.url)
         client.lpush(keys.QUEUE, message)
         client.close()
-        eventually(lambda: _status(settings.database_url, "job-r-2") == "processing")
-        redis_server.stop()
+        eventually(lambda: job_status(settings.database_url, "job-r-2") == "processing")
+        flaky_redis.stop()
         os.kill(child.pid, signal.SIGTERM)
-        eventually(lambda: _status(settings.database_url, "job-r-2") == "completed", timeout=10)
+        eventually(lambda: job_status(settings.database_url, "job-r-2") == "completed", timeout=10)
         eventually(lambda: "retrying in 0.2s" in child.tail())  # the ack, waiting for Redis
         assert child.alive(), child.tail()
         assert_clean_exit(child, *stop(child))
