@@ -30,6 +30,7 @@ def test_a_short_bench_measures_every_figure(
     settings: Settings, rds: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(phases, "DISPATCH_ORDERS", 20)
+    monkeypatch.setattr(phases, "BURSTS", 3)
     monkeypatch.setattr(phases, "WARMUP_SECONDS", 0.2)
     # Heartbeats of workers that earlier tests stopped live on for their TTL, and the bench
     # rightly refuses to run beside live workers.
@@ -53,12 +54,14 @@ def test_a_short_bench_measures_every_figure(
     details = json.loads(out.read_text())["details"]
     for key in ("api_c1_rate", "api_c10_rate", "drain_w1_rate", "drain_w4_rate"):
         assert figures[key]["value"] > 0, key
-    for key in ("api_c1_p50_ms", "api_c10_p50_ms", "dispatch_w1_p50_ms", "dispatch_w4_p50_ms"):
+    for key in ("api_c1_p50_ms", "api_c10_p50_ms", "dispatch_w1_p50_ms", "dispatch_w4_p50_ms",
+                "burst_p50_ms", "burst_max_ms"):  # fmt: skip
         assert 0 < figures[key]["value"] < 5000, key
     for phase in ("drain_w1", "drain_w4"):
         assert details[phase]["completed"] == details[phase]["jobs"] == 40
     for phase in ("dispatch_w1", "dispatch_w4"):
         assert details[phase]["orders"] == 20 and details[phase]["all_completed"]
+    assert details["burst"]["orders"] == 30 and details["burst"]["failed"] == 0
     # The API and the workers it started are gone (other tests' API may still be running).
     assert _mqlab_children() <= before
 

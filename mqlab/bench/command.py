@@ -14,11 +14,15 @@ from rich.console import Console
 from mqlab.bench.figures import Results, as_json, table
 from mqlab.bench.meters import cpu_meter, round_trips
 from mqlab.bench.phases import (
+    BURST_PAUSE,
+    BURST_SIZE,
+    BURST_WORKERS,
     DISPATCH_INTERVAL,
     DISPATCH_ORDERS,
     BenchError,
     api_phase,
     backends,
+    burst_phase,
     dispatch_phase,
     drain_phase,
     live_workers,
@@ -76,6 +80,15 @@ def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Cons
             results.add(f"dispatch_w{workers}_p50_ms", f"Dispatch, {who}, p50", r["p50_ms"],
                         "ms", note)  # fmt: skip
             results.add(f"dispatch_w{workers}_p99_ms", "  p99", r["p99_ms"], "ms")
+        say.print(f"[dim]bursts of {BURST_SIZE} at once to {BURST_WORKERS} idle workers ...[/]")
+        r = burst_phase(settings, sup, url)
+        results.details["burst"] = r
+        note = f"{r['orders']} orders, {r['bursts']} bursts, each after {BURST_PAUSE:g} s of quiet"
+        if r["failed"]:
+            note += f", [red]{r['failed']} failed[/]"
+        results.add("burst_p50_ms", f"Burst of {BURST_SIZE} at once, p50", r["p50_ms"], "ms",
+                    note)  # fmt: skip
+        results.add("burst_max_ms", "  max", r["max_ms"], "ms")
         reset_all(settings)
     return results
 

@@ -39,6 +39,9 @@ TARGETS: dict[str, Target] = {
     "drain_w4_rate": Target(810, True),
     "dispatch_w1_p50_ms": Target(1.0, False, strict=True),
     "dispatch_w4_p50_ms": Target(1.0, False, strict=True),
+    # The kata suite's verdict judges the slowest answer (< 50 ms); the burst's median is
+    # this speed target (it was a verdict there until issue 8).
+    "burst_p50_ms": Target(5.0, False, strict=True),
 }
 
 
@@ -67,7 +70,10 @@ class Results:
 
 
 def table(results: Results) -> Table:
-    out = Table(title="mqlab bench: POST /orders, drain and dispatch", title_justify="left")
+    out = Table(
+        title="mqlab bench: POST /orders, drain, dispatch and the kata's burst",
+        title_justify="left",
+    )
     out.add_column("Measure")
     out.add_column("Measured", justify="right")
     out.add_column("Target", justify="right")

@@ -1,11 +1,12 @@
-"""The bench's phases: POST /orders at a sustained rate, the drain of a full queue, and the
-dispatch to idle workers; and the servers they run on."""
+"""The bench's phases: POST /orders at a sustained rate, the drain of a full queue, the
+dispatch to idle workers, the kata's burst; and the servers they run on."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,10 @@ FILL_CLIENTS = 10
 #: Dispatch phase: this many orders, one every DISPATCH_INTERVAL seconds.
 DISPATCH_ORDERS = 300
 DISPATCH_INTERVAL = 0.01
+#: Burst phase: the kata's third row (ten orders at once to four idle workers), BURSTS times,
+#: each after BURST_PAUSE seconds of quiet: what "the API answers at once" costs when the
+#: orders arrive together on an idle lab, the slowest moment an answer has.
+BURSTS, BURST_SIZE, BURST_WORKERS, BURST_PAUSE = 20, 10, 4, 0.3
 
 
 class BenchError(RuntimeError):
@@ -187,4 +192,31 @@ def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) 
         "enqueue_to_finish_p50_ms": through.get("p50"),
         "api_p50_ms": api.get("p50"),
         "api_p99_ms": api.get("p99"),
+    }
+
+
+def burst_phase(settings: Settings, sup: Supervisor, url: str) -> dict[str, Any]:
+    """BURSTS bursts of BURST_SIZE orders at once, each after a pause; API latency of each."""
+    reset_all(settings)
+    children = sup.start_workers(BURST_WORKERS, job_seconds=0.05)
+    shots: list[Shot] = []
+    try:
+        for n in range(1, BURSTS + 1):
+            # The pause is the point: idle processes and a cold commit, as in the kata.
+            time.sleep(BURST_PAUSE)
+            shots += run_async(lambda: fire(url, BURST_SIZE, BURST_SIZE, product="Burst"))
+            wait_completed(settings, n * BURST_SIZE, timeout=30)
+    finally:
+        sup.stop_many([c.name for c in children])
+    ok = [s for s in shots if s.status == 202]
+    if not ok:
+        raise BenchError(f"the API accepted no order: {_first_failure(shots)}")
+    ms = summary([s.latency for s in ok], scale=1000)
+    return {
+        "bursts": BURSTS,
+        "orders": len(ok),
+        "failed": len(shots) - len(ok),
+        "p50_ms": ms.get("p50"),
+        "p99_ms": ms.get("p99"),
+        "max_ms": ms.get("max", 0.0),
     }
