@@ -31,6 +31,19 @@ async def until(pilot: Pilot[None], check: Callable[[], object], timeout: float 
         await pilot.pause(0.05)
 
 
+async def select(pilot: Pilot[None], table: WorkersTable, worker_id: str, pid: int) -> None:
+    """Put the cursor on our worker's row, and see it there (the table refreshes 5 times a
+    second; a key pressed on another row, or on a foreign worker of the same id, would act on
+    that one)."""
+
+    def on_it() -> bool:
+        table.move_cursor(row=table.get_row_index(worker_id))
+        row = table.selected()
+        return row is not None and row.id == worker_id and row.pid == pid and row.ours
+
+    await until(pilot, on_it, timeout=10)
+
+
 def rows(app: LabApp) -> dict[str, WorkerRow]:
     """The workers table as shown (WorkersTable keeps the rows it drew, by worker id)."""
     return dict(app.query_one(WorkersTable).rows_shown)
@@ -130,8 +143,7 @@ async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int
 
         table = app.query_one(WorkersTable)
         table.focus()
-        table.move_cursor(row=table.get_row_index("w3"))
-        await pilot.pause()
+        await select(pilot, table, "w3", w3.pid)
         await pilot.press("k")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
@@ -139,8 +151,9 @@ async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int
         assert shown(app, "w3", "job") == "SIGKILL"
         assert not w3.alive() and w3.proc.returncode == -9
 
-        table.move_cursor(row=table.get_row_index("w1"))
-        await pilot.pause()
+        w1 = lab.sup.children["w1"]  # type: ignore[union-attr]
+        await select(pilot, table, "w1", w1.pid)
+        await until(pilot, lambda: app.check_action("stop_worker", ()))
         await pilot.press("s")
         await until(pilot, lambda: shown(app, "w1", "state") == "dead", timeout=15)
         assert shown(app, "w1", "job") == "exit 0"
