@@ -21,7 +21,7 @@ from mqlab import keys, services
 from mqlab.procs import free_port, terminate
 from mqlab.services import postgres_server, valkey_server
 from mqlab.services.home import read_state
-from mqlab.services.runtime import give, service_account
+from mqlab.services.runtime import give, popen_args, service_account
 
 FIXTURE = Path(__file__).parent / "data" / "redis-6.2-appendonly.aof"
 
@@ -77,7 +77,7 @@ def test_a_trust_cluster_of_an_older_mqlab_gets_passwords_and_keeps_its_orders(
     and its tables handed to the application role."""
     home = tmp_path_factory.mktemp("oldpg", numbered=True)
     account = service_account()
-    drop = account.popen_args() if account else {}
+    drop = popen_args(account)
     legacy = home / "pg"
     # Made where the service account may work (older mqlabs opened up the folders around a
     # home; pytest's are 0700), then put where an older mqlab kept it.

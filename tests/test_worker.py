@@ -17,7 +17,7 @@ import redis
 from mqlab import db, keys, messages
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
-from tests.helpers import eventually, job, post_order
+from tests.helpers import eventually, insert_job, job, post_order
 
 
 @pytest.fixture
@@ -345,7 +345,11 @@ def test_a_release_never_clobbers_a_claim_made_since(
 
 
 def test_a_missing_table_is_waited_for_not_dead_lettered(
-    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+    settings: Settings,
+    sup: Supervisor,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
 ) -> None:
     """PostgreSQL refusing every claim alike (no such table) is not the message's fault:
     dead-lettering would empty the whole queue into orders:dead. The worker waits."""
@@ -353,12 +357,7 @@ def test_a_missing_table_is_waited_for_not_dead_lettered(
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     # A second job, written as the API writes it; its message is pushed by hand below.
-    row = pg.execute(
-        "INSERT INTO orders (product, quantity, price) VALUES ('x', 1, 1) RETURNING id"
-    ).fetchone()
-    assert row is not None
-    pg.execute("INSERT INTO jobs (id, order_id) VALUES ('job-away-1', %s)", [row[0]])
-    message = orjson.dumps({"jobId": "job-away-1", "orderId": row[0]})
+    message = insert_job(settings.database_url, "job-away-1")
     pg.execute("ALTER TABLE jobs RENAME TO jobs_away")
     try:
         rds.lpush(keys.QUEUE, message)

@@ -25,7 +25,14 @@ from psycopg import sql
 
 from mqlab.procs import keep, spawn, wait_until
 from mqlab.services.home import identity, private_dir, save_identity, write_private
-from mqlab.services.runtime import Account, data_root, give, reachable, service_account
+from mqlab.services.runtime import (
+    Account,
+    data_root,
+    give,
+    popen_args,
+    reachable,
+    service_account,
+)
 
 NAME = "postgres"
 DATABASE = "mqlab"
@@ -75,10 +82,11 @@ def _cluster(base: Path, root: Path, account: Account | None, binaries: Path) ->
     """
     data = root / "pg"
     legacy = base / "pg"
-    if not data.exists() and legacy != data and (legacy / "PG_VERSION").exists():
+    moved = not data.exists() and legacy != data and (legacy / "PG_VERSION").exists()
+    if moved:
         shutil.move(legacy, data)
-    give(private_dir(data), account)
-    drop = account.popen_args() if account else {"umask": 0o077}
+    give(private_dir(data), account, deep=moved)
+    drop = popen_args(account)
     ident = identity(base)
     password = ident["passwords"]["postgres"]
     if not (data / "PG_VERSION").exists():
@@ -136,7 +144,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
         "-c", "max_connections=300",
         "-c", "logging_collector=off",
     ]  # fmt: skip
-    drop = account.popen_args() if account else {"umask": 0o077}
+    drop = popen_args(account)
     proc = spawn(argv, owned=owned, log_path=log, drop=drop)
     keep(proc)
     admin = {"url": _urls(run, port, "postgres", SUPERUSER, passwords["postgres"])[0]}

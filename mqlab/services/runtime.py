@@ -41,9 +41,13 @@ class Account:
     uid: int
     gid: int
 
-    def popen_args(self) -> dict[str, object]:
-        """subprocess arguments that drop to this account: uid, gid and no other group."""
-        return {"user": self.uid, "group": self.gid, "extra_groups": [], "umask": 0o077}
+
+def popen_args(account: Account | None) -> dict[str, object]:
+    """subprocess arguments for a server's process: the account's uid, its gid and no other
+    group (under root), and files private to it (always)."""
+    if account is None:
+        return {"umask": 0o077}
+    return {"user": account.uid, "group": account.gid, "extra_groups": [], "umask": 0o077}
 
 
 def service_account() -> Account | None:
@@ -64,10 +68,12 @@ def service_account() -> Account | None:
     return Account(SERVICE_USER, entry.pw_uid, entry.pw_gid)
 
 
-def give(path: Path, account: Account | None) -> Path:
+def give(path: Path, account: Account | None, *, deep: bool = False) -> Path:
     """Make `path` (a folder or file of the servers') private (no group or other bits) and,
-    under root, the account's, recursively: data moved in from an older mqlab was 0644."""
-    for name in [str(path), *_below(path)]:
+    under root, the account's. deep=True: everything below it too, for data moved in from
+    an older mqlab (0644, another owner); what the servers write themselves is private
+    already (umask 077), so a start need not walk their data."""
+    for name in [str(path), *(_below(path) if deep else [])]:
         if os.path.islink(name):
             continue
         if account is not None:

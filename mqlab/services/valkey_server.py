@@ -29,7 +29,14 @@ import redis
 
 from mqlab.procs import keep, spawn, wait_until
 from mqlab.services.home import identity, private_dir, write_private
-from mqlab.services.runtime import Account, data_root, give, reachable, service_account
+from mqlab.services.runtime import (
+    Account,
+    data_root,
+    give,
+    popen_args,
+    reachable,
+    service_account,
+)
 
 #: The role: the Redis-protocol server that holds the queue.
 NAME = "redis"
@@ -61,11 +68,13 @@ def data_dir(base: Path, root: Path, account: Account | None) -> Path:
     into its multi-part `appendonlydir/` at the first start (tests/test_upgrade.py).
     """
     data = root / DATA_DIR
+    moved = False
     for name in LEGACY_DATA_DIRS:
         legacy = base / name
         if not data.exists() and legacy.is_dir() and legacy != data:
             shutil.move(legacy, data)
-    return give(private_dir(data), account)
+            moved = True
+    return give(private_dir(data), account, deep=moved)
 
 
 def _config(data: Path, port: int, sock: Path | None, password: str) -> str:
@@ -107,7 +116,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     give(conf, account)
     exe = executable()
     binary = reachable(exe.parent, [exe.name], account) / exe.name
-    drop = account.popen_args() if account else {"umask": 0o077}
+    drop = popen_args(account)
     proc = spawn([str(binary), str(conf)], owned=owned, log_path=log, drop=drop)
     keep(proc)
     secret = quote(password, safe="")
