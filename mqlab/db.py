@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 
+from mqlab.protocol.ids import job_id_sql
+
 #: Statuses, in flow order. `failed` and `dead` are for the retry drills.
 STATUSES = ("pending", "processing", "completed", "failed", "dead")
 
@@ -43,7 +45,7 @@ def apply_schema(url: str) -> None:
 # takes its id up front, so that the result rows can be matched to the inputs by `n` (their
 # 1-based position) whatever order RETURNING yields them in. enqueued_at comes back as the
 # message's ISO-8601 text (what iso() makes, without a datetime round trip in Python).
-INSERT_ORDERS = """
+INSERT_ORDERS = f"""
 WITH input AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id, t.*
     FROM unnest(%(products)s::text[], %(quantities)s::int8[], %(prices)s::float8[])
@@ -54,7 +56,7 @@ WITH input AS MATERIALIZED (
     RETURNING id, created_at
 ), j AS (
     INSERT INTO jobs (id, order_id, enqueued_at)
-    SELECT 'job-' || o.id || '-' || %(ms)s, o.id, o.created_at FROM o
+    SELECT {job_id_sql("o.id", "%(ms)s")}, o.id, o.created_at FROM o
     RETURNING order_id, id, enqueued_at
 )
 SELECT input.n, j.order_id, j.id,

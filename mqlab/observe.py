@@ -10,8 +10,10 @@ import psycopg
 import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
-from mqlab import db, keys
-from mqlab.messages import DeadLetter, read_dead_letter
+from mqlab import db
+from mqlab.protocol import keys
+from mqlab.protocol.messages import DeadLetter, read_dead_letter
+from mqlab.protocol.scans import live_worker_ids, processing_lists
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class WorkerInfo:
     id: str
     pid: int
     host: str
-    state: str  # idle | busy | stopping
+    state: str  # a WorkerState; as the hash says, whatever it says
     job: str
     job_started: float  # epoch seconds; 0 when idle
     jobs_done: int
@@ -90,14 +92,10 @@ def _worker(worker_id: str, raw: dict[str, str], in_flight: int) -> WorkerInfo:
 
 
 async def queue_snapshot(client: aioredis.Redis) -> tuple[int, int, int, list[WorkerInfo]]:
-    """(queue depth, in-flight, dead, workers) from Redis alone."""
-    worker_ids = [
-        key.removeprefix(keys.WORKER_PREFIX)
-        async for key in client.scan_iter(match=f"{keys.WORKER_PREFIX}*", count=500)
-    ]
-    processing_keys = [
-        key async for key in client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500)
-    ]
+    """(queue depth, in-flight, dead, workers) from Redis alone; workers in worker_sort_key
+    order."""
+    worker_ids = await live_worker_ids(client)
+    processing_keys = await processing_lists(client)
     async with client.pipeline(transaction=False) as pipe:
         pipe.llen(keys.QUEUE)
         pipe.llen(keys.DEAD)
@@ -114,7 +112,6 @@ async def queue_snapshot(client: aioredis.Redis) -> tuple[int, int, int, list[Wo
         for wid, raw in zip(worker_ids, hashes, strict=True)
         if raw  # expired between SCAN and HGETALL
     ]
-    workers.sort(key=lambda w: w.id)
     return depth, sum(int(n) for n in lengths.values()), dead, workers
 
 
@@ -135,7 +132,7 @@ async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -
 
 
 async def latest_dead_letters(client: aioredis.Redis, count: int = 5) -> list[DeadLetter]:
-    """The newest `count` entries of orders:dead (workers LPUSH them: newest first).
+    """The newest `count` dead letters (workers LPUSH them: newest first).
 
     Read as bytes whatever the client decodes: an entry is whatever was pushed there, and
     one that is not UTF-8 would make a decoding client fail.

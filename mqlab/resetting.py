@@ -5,7 +5,9 @@ from __future__ import annotations
 import psycopg
 import redis
 
-from mqlab import db, keys
+from mqlab import db
+from mqlab.protocol import keys
+from mqlab.protocol.scans import processing_lists_sync
 from mqlab.settings import Settings
 
 
@@ -13,9 +15,7 @@ def reset_all(settings: Settings) -> None:
     """Empty PostgreSQL's tables and mqlab's Redis keys (worker heartbeats are left alone)."""
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        doomed = [keys.QUEUE, keys.DEAD, keys.EVENTS]
-        doomed += list(client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500))
-        client.delete(*doomed)
+        client.delete(keys.QUEUE, keys.DEAD, keys.EVENTS, *processing_lists_sync(client))
     finally:
         client.close()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:

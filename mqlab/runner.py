@@ -16,9 +16,10 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 
-from mqlab import keys
 from mqlab.experiments import Row, Suite
 from mqlab.loadgen import fire
+from mqlab.protocol import keys
+from mqlab.protocol.scans import live_worker_ids
 from mqlab.resetting import reset_all
 from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
 from mqlab.settings import Settings
@@ -91,15 +92,11 @@ class Runner:
 
     async def check_no_foreign_workers(self, client: aioredis.Redis) -> None:
         ours = set(self.sup.children)
-        foreign = [
-            key.removeprefix(keys.WORKER_PREFIX)
-            async for key in client.scan_iter(match=f"{keys.WORKER_PREFIX}*")
-            if key.removeprefix(keys.WORKER_PREFIX) not in ours
-        ]
+        foreign = [wid for wid in await live_worker_ids(client) if wid not in ours]
         if foreign:
             raise ForeignWorkers(
                 f"workers not started by this run are consuming {keys.QUEUE}: "
-                f"{', '.join(sorted(foreign))}. Stop them (Ctrl-C in their terminals), or run "
+                f"{', '.join(foreign)}. Stop them (Ctrl-C in their terminals), or run "
                 "the experiment on servers of its own (another MQLAB_HOME)."
             )
 

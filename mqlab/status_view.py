@@ -8,18 +8,36 @@ from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
-import redis.exceptions
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mqlab.messages import DeadLetter, age
+from mqlab.backend_errors import REDIS_DOWN
 from mqlab.observe import Snapshot, latest_dead_letters, snapshot
+from mqlab.protocol import keys
+from mqlab.protocol.events import WorkerState
+from mqlab.protocol.messages import DeadLetter
 from mqlab.settings import Settings
 
 #: How many of the latest dead letters `mqlab status` lists.
 DEAD_LETTERS_SHOWN = 5
+STATE_STYLES: dict[str, str] = {
+    WorkerState.BUSY: "yellow",
+    WorkerState.IDLE: "green",
+    WorkerState.STOPPING: "magenta",
+}
+
+
+def age(at: float | None, now: float | None = None) -> str:
+    """How long ago, in one short unit: 5s, 3m, 2h, 4d."""
+    if at is None:
+        return "?"
+    seconds = max(0.0, (time.time() if now is None else now) - at)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
 
 
 def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width: int) -> Table:
@@ -28,7 +46,7 @@ def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width:
     The reason and the message share what the fixed columns leave (Rich, left to itself,
     would shrink every column alike, "when" too, once the table is too wide).
     """
-    title = f"latest dead letters ({len(letters)} of {total}, newest first; orders:dead)"
+    title = f"latest dead letters ({len(letters)} of {total}, newest first; {keys.DEAD})"
     table = Table(title=title, title_justify="left")
     table.add_column("when", no_wrap=True)
     table.add_column("worker", no_wrap=True, overflow="ellipsis", max_width=12)
@@ -46,7 +64,7 @@ def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width:
 
 def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80) -> Group:
     queue = Table(title="queue", title_justify="left")
-    for column in ("waiting (orders:queue)", "in flight", "dead letters", "workers"):
+    for column in (f"waiting ({keys.QUEUE})", "in flight", "dead letters", "workers"):
         queue.add_column(column, justify="right")
     queue.add_row(
         str(snap.queue_depth), str(snap.processing), str(snap.dead), str(len(snap.workers))
@@ -57,7 +75,7 @@ def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80
         workers.add_column(column)
     for w in snap.workers:
         running = f"{snap.taken_at - w.job_started:.1f}s" if w.job_started else ""
-        style = {"busy": "yellow", "idle": "green", "stopping": "magenta"}.get(w.state, "")
+        style = STATE_STYLES.get(w.state, "")
         workers.add_row(
             Text(w.id),
             str(w.pid),
@@ -100,7 +118,7 @@ async def show(settings: Settings, console: Console, *, watch: bool, interval: f
         async with conn:
             try:
                 view = await _view(client, conn, console.width)
-            except (redis.exceptions.ConnectionError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 raise ConnectionError(f"Redis does not answer: {exc}") from None
             if not watch:
                 console.print(view)

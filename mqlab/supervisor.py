@@ -23,8 +23,9 @@ from types import TracebackType
 import httpx
 import redis
 
-from mqlab import keys
 from mqlab.procs import free_port, spawn, wait_until
+from mqlab.protocol import keys
+from mqlab.protocol.events import WorkerState
 from mqlab.settings import Settings
 
 log = logging.getLogger("mqlab.supervisor")
@@ -157,7 +158,10 @@ class Supervisor:
                 if not self.children[wid].alive():
                     raise ChildFailed(f"worker {wid} exited at start:\n{self.children[wid].tail()}")
                 # busy counts: a worker may take a job before we look.
-                if self._redis.hget(keys.worker_key(wid), "state") not in ("idle", "busy"):
+                if self._redis.hget(keys.worker_key(wid), "state") not in (
+                    WorkerState.IDLE,
+                    WorkerState.BUSY,
+                ):
                     return False
             return True
 

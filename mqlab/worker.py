@@ -5,7 +5,7 @@ job in PostgreSQL (a guarded UPDATE), do the work, record the outcome, and only 
 the message from the processing list (the ack). A worker that dies keeps its message in its
 processing list; when its heartbeat key expires, any other worker moves it back to the queue.
 
-No queue entry stops a worker: one that is not a job (see mqlab.messages) or whose claim
+No queue entry stops a worker: one that is not a job (see mqlab.protocol.messages) or whose claim
 PostgreSQL refuses is dead-lettered, and the worker goes on. A stop request is obeyed at once
 when no job is in hand, also while a backend is away.
 """
@@ -25,13 +25,22 @@ from typing import Any, TypeVar
 
 import psycopg
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from mqlab import db, events, keys
-from mqlab.messages import REASON_CHARS, InvalidMessage, dead_letter, one_line, parse_message
-from mqlab.messages import preview as message_preview
+from mqlab import db
+from mqlab.backend_errors import BACKEND_DOWN
+from mqlab.protocol import events, keys
+from mqlab.protocol.events import EventKind, WorkerState
+from mqlab.protocol.messages import (
+    REASON_CHARS,
+    InvalidMessage,
+    dead_letter,
+    one_line,
+    parse_message,
+)
+from mqlab.protocol.messages import preview as message_preview
+from mqlab.protocol.scans import heartbeat_of, processing_lists, worker_of
 from mqlab.settings import Settings
 from mqlab.work import do_work
 
@@ -53,14 +62,6 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 #: back to the queue once our heartbeat has expired.
 STOP_STEP_SECONDS = 0.75
 
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    OSError,
-)
-
 #: SQLSTATE classes that say the database is not what the worker's statements need (0A not
 #: supported, 28 authorization, 3D/3F no such database or schema, 42 no such table or column,
 #: no privilege). A claim's parameters cannot cause them, and every claim would fail alike:
@@ -69,7 +70,7 @@ SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
 
 
 #: A happening for the event stream: (type, fields).
-Event = tuple[str, dict[str, str | int | float]]
+Event = tuple[EventKind, dict[str, str | int | float]]
 
 
 class Stopped(Exception):
@@ -85,7 +86,7 @@ class Rejected(Exception):
 
 
 #: What _retry waits out.
-RETRYABLE: tuple[type[BaseException], ...] = (*BACKEND_ERRORS, NotReady)
+RETRYABLE: tuple[type[BaseException], ...] = (*BACKEND_DOWN, NotReady)
 
 
 def refusal(exc: psycopg.Error, what: str) -> NotReady | Rejected:
@@ -125,7 +126,7 @@ class Worker:
         self.processing = keys.processing_key(self.id)
         self.jobs_done = 0
         self.jobs_failed = 0
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.current_job = ""
         self.job_started = 0.0
         self.started = time.time()
@@ -162,7 +163,7 @@ class Worker:
             self._cold_stop.set()
         else:
             log.info("%s: stopping after the current job (again to stop at once)", self.id)
-            self.state = "stopping"
+            self.state = WorkerState.STOPPING
             self._stop.set()
 
     # -- connections ---------------------------------------------------------------------
@@ -246,7 +247,7 @@ class Worker:
             conn = await self._db()
             try:
                 return await (await conn.execute(sql, params)).fetchone()
-            except BACKEND_ERRORS:
+            except BACKEND_DOWN:
                 raise
             except psycopg.Error as exc:
                 raise refusal(exc, what) from exc
@@ -281,7 +282,7 @@ class Worker:
             await pipe.execute()
 
     async def _publish(
-        self, kind: str, ack: bytes | None = None, **fields: str | int | float
+        self, kind: EventKind, ack: bytes | None = None, **fields: str | int | float
     ) -> None:
         """One round trip: the ack (if any), our new state, and the event for the lab."""
 
@@ -296,7 +297,7 @@ class Worker:
         if ack is not None:
             await self._retry("Redis", op)
         else:
-            with contextlib.suppress(*BACKEND_ERRORS):
+            with contextlib.suppress(*BACKEND_DOWN):
                 await op()
 
     async def _heartbeat_loop(self) -> None:
@@ -305,7 +306,7 @@ class Worker:
         # showing the worker idle for a second while it works.
         while True:
             await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
-            with contextlib.suppress(*BACKEND_ERRORS):
+            with contextlib.suppress(*BACKEND_DOWN):
                 # Jobs beat as they start and finish: no need to add one when they did lately.
                 if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await self.beat()
@@ -349,9 +350,9 @@ class Worker:
         if moved:
             log.info("%s: handed %d job(s) of a previous run back to the queue", self.id, moved)
         await self._retry("PostgreSQL", self._db, race=True)
-        self.state = "idle"
+        self.state = WorkerState.IDLE
         await self._retry("Redis", self.beat, race=True)
-        await events.emit(self.redis, "worker_up", worker=self.id, pid=self.pid)
+        await events.emit(self.redis, EventKind.WORKER_UP, worker=self.id, pid=self.pid)
         log.info("%s: ready (pid %d, job %.3gs %s)", self.id, self.pid, self.job_seconds,
                  self.work)  # fmt: skip
 
@@ -381,7 +382,7 @@ class Worker:
         """Leave nothing behind: a job in hand pending again in PostgreSQL and, like a message
         taken but not worked, back on the queue; our heartbeat gone. Each step is bounded
         (STOP_STEP_SECONDS), so that a backend that is away does not hold the exit."""
-        self.state = "stopping"
+        self.state = WorkerState.STOPPING
         if self.claim is not None:
             job_id, attempt = self.claim
             # Before the message is back on the queue: a job there is never shown as ours.
@@ -401,13 +402,13 @@ class Worker:
                 moved = await self._hand_back_own()
                 if moved:
                     log.info("%s: handed %d unfinished job(s) back to the queue", self.id, moved)
-                await events.emit(self.redis, "worker_down", worker=self.id)
+                await events.emit(self.redis, EventKind.WORKER_DOWN, worker=self.id)
                 await self.redis.delete(keys.worker_key(self.id))
-        except (TimeoutError, *BACKEND_ERRORS) as exc:
+        except (TimeoutError, *BACKEND_DOWN) as exc:
             log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
                         "to the queue once our heartbeat has expired", self.id, exc,
                         self.processing)  # fmt: skip
-        with contextlib.suppress(*BACKEND_ERRORS):
+        with contextlib.suppress(*BACKEND_DOWN):
             await self.redis.aclose()
         if self.pg is not None:
             with contextlib.suppress(psycopg.Error):
@@ -424,7 +425,7 @@ class Worker:
 
     async def _dead_letter(self, raw: bytes, reason: str) -> None:
         """Move a message that cannot be worked to `orders:dead`, with the reason (both cut
-        to a size: see mqlab.messages), and say so in the log and the event stream."""
+        to a size: see mqlab.protocol.messages), and say so in the log and the event stream."""
         reason = one_line(reason, REASON_CHARS)
         entry = dead_letter(raw, reason, self.id, time.time())
 
@@ -438,11 +439,11 @@ class Worker:
         self.jobs_failed += 1
         log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
                   message_preview(raw))  # fmt: skip
-        await events.emit(self.redis, "job_dead", worker=self.id, reason=reason)
+        await events.emit(self.redis, EventKind.JOB_DEAD, worker=self.id, reason=reason)
 
     def _end_job(self) -> None:
         self.current_job, self.job_started = "", 0.0
-        self.state = "stopping" if self._stop.is_set() else "idle"
+        self.state = WorkerState.STOPPING if self._stop.is_set() else WorkerState.IDLE
 
     async def handle(self, raw: bytes) -> bytes | None:
         """One delivery: claim, work, record, ack; or dead-letter it, whatever its bytes.
@@ -478,9 +479,9 @@ class Worker:
             return None
         _, _, attempt = claim
         self.claim = (job_id, attempt)
-        self.state, self.current_job, self.job_started = "busy", job_id, time.time()
-        started: Event = ("job_started", {"job": job_id, "order": order_id, "attempt": attempt,
-                                          "at": self.job_started})  # fmt: skip
+        self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
+        fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
+        started: Event = (EventKind.JOB_STARTED, fields)
         again = f" (attempt {attempt})" if attempt > 1 else ""
         short = self.job_seconds < SHORT_JOB
         if not short:
@@ -500,7 +501,7 @@ class Worker:
         # Logged before the ack: _finish may then wait up to POP_TIMEOUT for the next message.
         log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
                  again if short else "")  # fmt: skip
-        finished: Event = ("job_finished", {"job": job_id, "order": order_id})
+        finished: Event = (EventKind.JOB_FINISHED, {"job": job_id, "order": order_id})
         following = await self._finish(raw, job_id, [started, finished] if short else [finished])
         self.claim = None
         return following
@@ -514,7 +515,7 @@ class Worker:
         pop = not self._stop.is_set()
         try:
             return await self._finish_once(raw, happened, pop)
-        except BACKEND_ERRORS as exc:
+        except BACKEND_DOWN as exc:
             log.warning("%s: ack of %s failed (%s); retrying", self.id, job_id, exc)
         # The reply was lost: the ack may or may not have happened, and a message may have
         # been moved into our processing list that we never saw. Ack again (LREM of a message
@@ -557,12 +558,12 @@ class Worker:
             # Only `raw` is there (the next message is taken with the ack): move it back. LMOVE,
             # unlike LREM + RPUSH, cannot queue it twice when a retry follows a lost reply.
             await self._retry("Redis", self._hand_back_own)
-            await self._publish("job_requeued", job=job_id, order=order_id)
+            await self._publish(EventKind.JOB_REQUEUED, job=job_id, order=order_id)
             return
         # Presumed dead and taken over (or done by another): that delivery owns the outcome.
         log.warning("%s: %s was taken over by another worker; not completing it",
                     self.id, job_id)  # fmt: skip
-        await self._publish("job_lost", ack=raw, job=job_id, order=order_id)
+        await self._publish(EventKind.JOB_LOST, ack=raw, job=job_id, order=order_id)
 
 
 async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:
@@ -571,18 +572,17 @@ async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) ->
     `client` answers bytes (no decode_responses): a key is handled whatever its name.
     LMOVE moves one element atomically, so two workers reaping at once never duplicate one.
     """
-    prefix, mine = keys.PROCESSING_PREFIX.encode(), (exclude or "").encode()
+    mine = keys.processing_key(exclude).encode() if exclude is not None else None
     moved = 0
-    async for key in client.scan_iter(match=f"{keys.PROCESSING_PREFIX}*", count=500):
-        owner = key[len(prefix) :]
-        if (exclude is not None and owner == mine) or await client.exists(
-            keys.WORKER_PREFIX.encode() + owner
-        ):
+    for key in await processing_lists(client):
+        if key == mine or await client.exists(heartbeat_of(key)):
             continue
         while await client.lmove(key, keys.QUEUE, "RIGHT", "RIGHT") is not None:
             moved += 1
-            log.warning("requeued a job of dead worker %s", one_line(owner.decode(
-                errors="backslashreplace"), 80))  # fmt: skip
+            owner = worker_of(key)
+            if isinstance(owner, bytes):
+                owner = owner.decode(errors="backslashreplace")
+            log.warning("requeued a job of dead worker %s", one_line(owner, 80))
     return moved
 
 

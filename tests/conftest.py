@@ -12,9 +12,11 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import keys, services
+from mqlab import services
 from mqlab.db import apply_schema
 from mqlab.procs import free_port, terminate
+from mqlab.protocol import keys
+from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.resetting import reset_all
 from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
@@ -65,7 +67,7 @@ def pg(settings: Settings) -> Iterator[psycopg.Connection]:
 
 def _clean(settings: Settings, rds: redis.Redis) -> None:
     reset_all(settings)
-    stale = list(rds.scan_iter(match=f"{keys.WORKER_PREFIX}*"))
+    stale = [keys.worker_key(wid) for wid in live_worker_ids_sync(rds)]
     if stale:
         rds.delete(*stale)
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
-import orjson
 import psycopg
+
+from mqlab.protocol.messages import encode_message
 
 T = TypeVar("T")
 
@@ -45,7 +46,7 @@ def insert_job(url: str, job_id: str) -> bytes:
         ).fetchone()
         assert row is not None
         conn.execute("INSERT INTO jobs (id, order_id) VALUES (%s, %s)", [job_id, row[0]])
-    return orjson.dumps({"jobId": job_id, "orderId": row[0], "enqueuedAt": "x"})
+    return encode_message(job_id, row[0], "x")  # enqueuedAt: for people; workers ignore it
 
 
 def job_status(url: str, job_id: str) -> str | None:

@@ -9,7 +9,7 @@ import orjson
 import psycopg
 import redis
 
-from mqlab import keys
+from mqlab.protocol import keys
 from tests.conftest import counts
 
 

@@ -11,8 +11,9 @@ import pytest
 import redis
 from rich.console import Console
 
-from mqlab import keys
 from mqlab.bench import phases, run
+from mqlab.protocol import keys
+from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.settings import Settings
 
 
@@ -34,8 +35,8 @@ def test_a_short_bench_measures_every_figure(
     monkeypatch.setattr(phases, "WARMUP_SECONDS", 0.2)
     # Heartbeats of workers that earlier tests stopped live on for their TTL, and the bench
     # rightly refuses to run beside live workers.
-    for key in rds.scan_iter(match=f"{keys.WORKER_PREFIX}*"):
-        rds.delete(key)
+    for wid in live_worker_ids_sync(rds):
+        rds.delete(keys.worker_key(wid))
     out = tmp_path / "bench.json"
     before = _mqlab_children()
     with (tmp_path / "bench.txt").open("w") as printed:

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import keys, messages
+from mqlab.protocol import keys, messages
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, post_order

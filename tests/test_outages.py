@@ -9,8 +9,8 @@ import httpx
 import psycopg
 import redis
 
-from mqlab import keys
 from mqlab.procs import free_port
+from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.conftest import Flaky, counts

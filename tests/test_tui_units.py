@@ -5,25 +5,26 @@ from __future__ import annotations
 import collections
 
 from mqlab.experiments import load
+from mqlab.protocol.ids import short_job_id, worker_sort_key
 from mqlab.tui.app import LabApp
 from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
 from mqlab.tui.keys_bar import KeysBar
 from mqlab.tui.main import timeline_window
 from mqlab.tui.model import JobBar
-from mqlab.tui.source import depth_bins, redact, short_job, trend, worker_order
+from mqlab.tui.source import depth_bins, redact, trend
 from mqlab.tui.timeline import lanes, render_lane
 
 
 def test_short_job_and_redact() -> None:
-    assert short_job("job-12-1700000000000") == "job-12"
-    assert short_job("custom-id") == "custom-id"
+    assert short_job_id("job-12-1700000000000") == "job-12"
+    assert short_job_id("custom-id") == "custom-id"
     assert redact("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact("postgresql://me:pw@db/x") == "postgresql://me:***@db/x"
     assert redact("unix:///tmp/redis.sock?db=0") == "unix:///tmp/redis.sock?db=0"
 
 
 def test_worker_order_is_numeric() -> None:
-    assert sorted(["w10", "w2", "other", "w1"], key=worker_order) == ["w1", "w2", "w10", "other"]
+    assert sorted(["w10", "w2", "other", "w1"], key=worker_sort_key) == ["w1", "w2", "w10", "other"]
 
 
 def test_trend_compares_with_a_second_ago() -> None:

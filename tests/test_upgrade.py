@@ -17,8 +17,9 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import keys, services
+from mqlab import services
 from mqlab.procs import free_port, terminate
+from mqlab.protocol import keys
 from mqlab.services import postgres_server, valkey_server
 from mqlab.services.home import read_state
 from mqlab.services.runtime import give, popen_args, service_account

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import db, keys, messages
+from mqlab import db
+from mqlab.protocol import keys, messages
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, insert_job, job, post_order

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import keys
 from mqlab.procs import free_port
+from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Child, Supervisor
 from tests.conftest import Flaky

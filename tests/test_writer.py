@@ -7,10 +7,10 @@ import asyncio
 import psycopg
 import redis
 
-from mqlab import keys
 from mqlab.api.backends import Backends
 from mqlab.api.validation import OrderIn
 from mqlab.api.writer import OrderWriter
+from mqlab.protocol import keys
 from mqlab.resetting import reset_all
 from mqlab.settings import Settings
 

@@ -20,8 +20,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mqlab import db
 from mqlab.api import schemas
 from mqlab.api.backends import (
-    PG_ERRORS,
-    REDIS_ERRORS,
     RETRY_AFTER,
     Backends,
     internal_error,
@@ -31,7 +29,9 @@ from mqlab.api.backends import (
 )
 from mqlab.api.fastpath import OrdersAPI, fast_post_orders
 from mqlab.api.validation import OrderIn, error_response
+from mqlab.backend_errors import REDIS_DOWN, REDIS_FAILURE
 from mqlab.observe import snapshot
+from mqlab.protocol import keys
 from mqlab.settings import Settings
 
 log = logging.getLogger("mqlab.api")
@@ -120,7 +120,7 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
-        if isinstance(exc, REDIS_ERRORS):
+        if isinstance(exc, REDIS_DOWN):
             return unavailable("Redis", exc)
         return internal_error(f"{request.method} {request.url.path}", exc)
 
@@ -140,12 +140,14 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         response_model=None,
         responses=schemas.POST_ORDERS,
         openapi_extra=_ORDER_BODY_SCHEMA,
+        description=(
+            "The order and its job are committed in one transaction, then the job is pushed "
+            f"on the queue `{keys.QUEUE}`; the answer does not wait for any work. Unknown "
+            "fields, a key given twice, a blank product, a fractional quantity and a price "
+            "with more than 2 decimals are refused (422)."
+        ),
     )
     async def create_order() -> Response:
-        """The order and its job are committed in one transaction, then the job is pushed on
-        the queue `orders:queue`; the answer does not wait for any work. Unknown fields, a
-        key given twice, a blank product, a fractional quantity and a price with more than
-        2 decimals are refused (422)."""
         raise RuntimeError("POST /orders is answered by OrdersAPI's fast path")
 
     @app.get(
@@ -221,13 +223,13 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         down: list[dict[str, str]] = []
         try:
             await backends.redis.ping()
-        except (*REDIS_ERRORS, redis.exceptions.RedisError) as exc:
+        except REDIS_FAILURE as exc:  # an error reply (NOAUTH, LOADING) is no health either
             log_down("Redis", exc)
             down.append({"backend": "Redis"})
         try:
             async with backends.pool.connection() as conn:
                 await conn.execute("SELECT 1")
-        except (*PG_ERRORS, psycopg.Error) as exc:
+        except psycopg.Error as exc:  # PoolTimeout and a refused SELECT 1 included
             log_down("PostgreSQL", exc)
             down.append({"backend": "PostgreSQL"})
         if down:

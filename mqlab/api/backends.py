@@ -8,14 +8,13 @@ import logging
 import math
 import time
 
-import psycopg
 import psycopg_pool
 import redis.asyncio as aioredis
-import redis.exceptions
 from fastapi.responses import JSONResponse
 
 from mqlab.api.validation import error_response
 from mqlab.api.writer import OrderWriter, prepare_insert
+from mqlab.backend_errors import POSTGRES_DOWN, REDIS_DOWN
 from mqlab.settings import Settings
 
 log = logging.getLogger("mqlab.api")
@@ -23,8 +22,6 @@ log = logging.getLogger("mqlab.api")
 #: How long a request waits for a pooled connection before answering 503.
 POOL_TIMEOUT = 2.0
 
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-PG_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
 RETRY_AFTER = {"Retry-After": "1"}
 
 
@@ -58,7 +55,7 @@ class Backends:
         await self.pool.open(wait=False)
         # Connect to Redis now, one connection per group writer, rather than on the first
         # orders (a connect is a round trip more on each).
-        with contextlib.suppress(*REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_DOWN):
             await asyncio.gather(*(self.redis.ping() for _ in range(OrderWriter.MAX_WRITERS)))
 
     async def close(self) -> None:
@@ -99,6 +96,6 @@ def internal_error(where: str, exc: BaseException) -> JSONResponse:
 
 def pg_failure(where: str, exc: BaseException) -> JSONResponse:
     """503 when PostgreSQL is away (or the pool has no connection for us), else 500."""
-    if isinstance(exc, PG_ERRORS):
+    if isinstance(exc, POSTGRES_DOWN):
         return unavailable("PostgreSQL", exc)
     return internal_error(where, exc)

@@ -11,13 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from mqlab.api.backends import (
-    REDIS_ERRORS,
-    Backends,
-    internal_error,
-    pg_failure,
-    unavailable,
-)
+from mqlab.api.backends import Backends, internal_error, pg_failure, unavailable
 from mqlab.api.validation import (
     MAX_BODY_BYTES,
     BadRequest,
@@ -26,7 +20,8 @@ from mqlab.api.validation import (
     error_response,
     parse_order,
 )
-from mqlab.api.writer import RedisDown, accept_order, accepted_body
+from mqlab.api.writer import RedisDown, accepted_body
+from mqlab.backend_errors import REDIS_DOWN
 
 
 class ClientGone(Exception):
@@ -86,14 +81,14 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
         try:
             check_content_type(_header(scope, b"content-type"))
             body = await _receive_body(receive, _header(scope, b"content-length"))
-            order_id, job_id = await accept_order(backends, parse_order(body))
+            order_id, job_id = await backends.writer.submit(parse_order(body))
         except ClientGone:
             return
         except BadRequest as exc:
             response = error_response(exc.status, exc.error, exc.details)
         except RedisDown as exc:
             cause = exc.__cause__ or exc
-            if isinstance(cause, REDIS_ERRORS):
+            if isinstance(cause, REDIS_DOWN):
                 response = unavailable("Redis", cause)
             else:  # Redis answered, with an error (e.g. the queue key holds no list)
                 response = internal_error("POST /orders", cause)

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 import psycopg
-import redis.exceptions
+import psycopg_pool
+import redis.asyncio as aioredis
 
-from mqlab import db, keys
+from mqlab import db
 from mqlab.api.validation import OrderIn
-
-if TYPE_CHECKING:
-    from mqlab.api.backends import Backends
+from mqlab.backend_errors import REDIS_FAILURE
+from mqlab.protocol import keys
+from mqlab.protocol.messages import encode_message
 
 ACCEPTED_MESSAGE = "Orden recibida y en proceso"
-#: Errors of a Redis that is away (kept here: backends.py imports this module).
-_REDIS_DOWN = (redis.exceptions.RedisError, OSError)
 
 
 class RedisDown(Exception):
@@ -26,6 +25,14 @@ class RedisDown(Exception):
 
 
 Accepted = tuple[int, str]  # (orderId, jobId)
+
+
+class Connections(Protocol):
+    """What a writer writes with (the API's Backends): named by shape, so that this module
+    and backends.py, which makes the writer, do not import each other."""
+
+    pool: psycopg_pool.AsyncConnectionPool
+    redis: aioredis.Redis
 
 
 class OrderWriter:
@@ -43,14 +50,18 @@ class OrderWriter:
     #: Groups written at once: a second one overlaps the first one's commit (its fsync).
     MAX_WRITERS = 2
 
-    def __init__(self, backends: Backends) -> None:
+    def __init__(self, backends: Connections) -> None:
         self.backends = backends
         self.pending: list[tuple[OrderIn, asyncio.Future[Accepted]]] = []
         self.writers = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, order: OrderIn) -> Accepted:
-        """(orderId, jobId) once the order is committed and its job enqueued."""
+        """(orderId, jobId) once the order is committed and its job enqueued.
+
+        Raises RedisDown when the LPUSH failed (the rows are deleted again), psycopg errors
+        (PoolTimeout among them) when PostgreSQL is away or refuses the order.
+        """
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self.pending.append((order, future))
         self._maybe_start()
@@ -100,15 +111,13 @@ class OrderWriter:
                         item[1].set_exception(exc)
             return
         # Commit first, then enqueue: a worker must never pop a job whose row is not there yet.
-        messages = [
-            orjson.dumps({"jobId": job_id, "orderId": order_id, "enqueuedAt": at})
-            for order_id, job_id, at in rows
-        ]
+        messages = [encode_message(job_id, order_id, at) for order_id, job_id, at in rows]
         try:
             # One LPUSH of many values pushes them in order: FIFO is kept within the group.
             await self.backends.redis.lpush(keys.QUEUE, *messages)
-        except _REDIS_DOWN as exc:
-            # Not enqueued, so not accepted: take the rows back so that nothing is left behind.
+        except REDIS_FAILURE as exc:
+            # Not enqueued, so not accepted, whether Redis is away or refused the push (the
+            # queue's key holds no list): take the rows back so that nothing is left behind.
             async with self.backends.pool.connection() as conn:
                 await conn.execute(db.DELETE_ORDERS, [[order_id for order_id, _, _ in rows]])
             raise RedisDown(str(exc)) from exc
@@ -147,15 +156,6 @@ async def prepare_insert(conn: psycopg.AsyncConnection[object]) -> None:
     await conn.execute(db.INSERT_ORDERS, _insert_params([]), prepare=True)
     async with conn.transaction(force_rollback=True):
         await conn.execute(db.WARM_UP_INSERT)
-
-
-async def accept_order(backends: Backends, order: OrderIn) -> Accepted:
-    """Store the order and its job, then enqueue the job: (orderId, jobId).
-
-    Raises RedisDown when the LPUSH failed (the rows are deleted again), psycopg errors or
-    PoolTimeout when PostgreSQL is away.
-    """
-    return await backends.writer.submit(order)
 
 
 def accepted_body(order_id: int, job_id: str) -> bytes:

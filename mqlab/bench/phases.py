@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 
-from mqlab import keys, services
+from mqlab import services
 from mqlab.bench.meters import CpuMeter
 from mqlab.loadgen import Shot, fire, pace
 from mqlab.procs import wait_until
+from mqlab.protocol import keys
+from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.resetting import reset_all
 from mqlab.settings import Settings
 from mqlab.stats import summary
@@ -80,7 +82,7 @@ def backends(redis_url: str | None, database_url: str | None) -> Iterator[tuple[
 def live_workers(settings: Settings) -> list[str]:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        return list(client.scan_iter(match=f"{keys.WORKER_PREFIX}*"))
+        return live_worker_ids_sync(client)
     finally:
         client.close()
 

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import redis
 
+from mqlab.backend_errors import REDIS_FAILURE
 from mqlab.procs import keep, spawn, wait_until
 from mqlab.services.home import identity, private_dir, write_private
 from mqlab.services.runtime import (
@@ -149,5 +150,5 @@ def probe(record: dict[str, Any]) -> tuple[bool, str]:
             return True, server_version(client.info("server"))
         finally:
             client.close()
-    except (redis.RedisError, OSError):
+    except REDIS_FAILURE:  # an error reply (NOAUTH, LOADING) is no health either
         return False, ""

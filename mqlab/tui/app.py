@@ -24,8 +24,8 @@ from textual.message import Message
 from textual.widgets import DataTable, RichLog
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, WorkerState
 
-from mqlab import keys
 from mqlab.experiments import Row
+from mqlab.protocol import events, keys
 from mqlab.tui.experiments_panel import ExperimentsPanel, ExperimentsTable
 from mqlab.tui.keys_bar import KeysBar
 from mqlab.tui.model import Frame, Lab, Source, WorkerRow
@@ -234,7 +234,12 @@ class LabApp(App[None]):
             return idle and bool(self.experiments_table().selected_rows())
         if action in ("stop_worker", "kill_worker"):
             worker = self.selected_worker()
-            return idle and worker is not None and worker.ours and worker.state != "dead"
+            return (
+                idle
+                and worker is not None
+                and worker.ours
+                and worker.state != events.WorkerState.DEAD
+            )
         if action == "cancel_run":
             return self.running is not None and not self.quitting
         return True

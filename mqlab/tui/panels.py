@@ -14,19 +14,20 @@ from textual.reactive import reactive, var
 from textual.widget import Widget
 from textual.widgets import DataTable, RichLog, Sparkline, Static
 
+from mqlab.protocol.events import WorkerState
+from mqlab.protocol.ids import shorten_job_ids
 from mqlab.tui.model import Frame, Service, WorkerRow
 
 #: Log lines are shortened for a narrow pane: the INFO level and the process's own name go
 #: (the margin shows it), and so does the epoch suffix of job ids.
 _INFO = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} )INFO +(?:[\w.-]+: )?")
-_LONG_JOB_ID = re.compile(r"\b(job-\d+)-\d{10,}\b")
 
 STATE_STYLES = {
-    "idle": "green",
-    "busy": "bold yellow",
-    "stopping": "magenta",
-    "starting": "cyan",
-    "dead": "bold red",
+    WorkerState.IDLE: "green",
+    WorkerState.BUSY: "bold yellow",
+    WorkerState.STOPPING: "magenta",
+    WorkerState.STARTING: "cyan",
+    WorkerState.DEAD: "bold red",
 }
 TREND = {1: ("▲ rising", "yellow"), -1: ("▼ falling", "green"), 0: ("= steady", "dim")}
 #: Colors of the log lines' process names: the lab, the API, then the workers in turn.
@@ -163,7 +164,7 @@ class WorkersTable(DataTable[Text | str]):
             "id": name,
             "pid": str(row.pid),
             "state": state,
-            "job": Text(row.job, style="dim") if row.state == "dead" else row.job,
+            "job": Text(row.job, style="dim") if row.state == WorkerState.DEAD else row.job,
             "for": job_age(row),
             "done": str(row.jobs_done),
         }
@@ -208,8 +209,8 @@ class WorkersPanel(Vertical):
         if frame is None:
             return
         self.query_one(WorkersTable).show(frame.workers)
-        alive = sum(1 for w in frame.workers if w.state != "dead")
-        busy = sum(1 for w in frame.workers if w.state == "busy")
+        alive = sum(1 for w in frame.workers if w.state != WorkerState.DEAD)
+        busy = sum(1 for w in frame.workers if w.state == WorkerState.BUSY)
         subtitle = f"{alive} alive, {busy} busy"
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle
@@ -237,7 +238,7 @@ class LogPanel(Vertical):
         color = self.process_colors.setdefault(name, PROCESS_COLORS[len(self.process_colors) % 7])
         # "12:00:01.234 INFO    w1: started ..." -> "12:00:01.234 started ...": the name is in
         # the margin already, and only levels above INFO are worth the width.
-        line = _LONG_JOB_ID.sub(r"\1", _INFO.sub(r"\1", line))
+        line = shorten_job_ids(_INFO.sub(r"\1", line))
         level = "bold red" if "ERROR" in line else "yellow" if "WARNING" in line else ""
         return Text.assemble((f"{name:>4} ", f"bold {color}"), (line, level))
 

@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
-from mqlab import keys
+from mqlab.protocol import keys
 
 #: Seconds until a killed worker's job is requeued (its heartbeat's time to live).
 _TTL = keys.HEARTBEAT_TTL

@@ -17,10 +17,13 @@ from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
-import redis.exceptions
 
-from mqlab import db, keys
+from mqlab import db
+from mqlab.backend_errors import REDIS_FAILURE
 from mqlab.observe import WorkerInfo, queue_snapshot
+from mqlab.protocol import keys
+from mqlab.protocol.events import JOB_ENDS, EventKind, WorkerState
+from mqlab.protocol.ids import short_job_id, worker_sort_key
 from mqlab.tui.lab import LiveLab
 from mqlab.tui.model import Frame, JobBar, Service, WorkerRow
 
@@ -32,27 +35,13 @@ RATE_WINDOW = 5.0
 DEAD_ROW_SECONDS = 120.0
 #: Seconds between reconnection attempts to a server that is down.
 RECONNECT_EVERY = 1.0
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
-_JOB_ID = re.compile(r"^(job-\d+)-\d{10,}$")
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-
-
-def short_job(job: str) -> str:
-    """job-12-1700000000000 -> job-12: the epoch suffix only makes the column wider."""
-    match = _JOB_ID.match(job)
-    return match.group(1) if match else job
 
 
 def redact(url: str) -> str:
     """A URL fit for the screen: no password."""
     return _PASSWORD.sub(r"\1***@", url)
-
-
-def worker_order(worker_id: str) -> tuple[int, str]:
-    """w2 before w10; names that are not wN after them, alphabetically."""
-    digits = worker_id.removeprefix("w")
-    return (int(digits), worker_id) if digits.isdigit() else (1 << 30, worker_id)
 
 
 def depth_bins(history: collections.deque[tuple[float, int]], now: float) -> tuple[float, ...]:
@@ -154,7 +143,10 @@ class LiveSource:
         try:
             depth, in_flight, dead, infos = await queue_snapshot(client)
             await self._read_events(client, now)
-        except REDIS_ERRORS:
+        except REDIS_FAILURE:
+            # An error reply shows Redis as down too, not only an outage (NOAUTH once the
+            # servers were made again with a new password, LOADING while Valkey reads its
+            # data): the screen has nothing to show from it either way, and sampling goes on.
             self._redis_up = False
             return
         self._redis_up = True
@@ -204,21 +196,21 @@ class LiveSource:
             order = int(fields.get("order", 0))
         except ValueError:
             return
-        if kind == "job_started":
+        if kind == EventKind.JOB_STARTED:
             # A worker runs one job at a time: a bar still open ended by now (its finish
             # event can be lost, when a reset deletes the stream before we read it).
             for bar in self._bars:
                 if bar.worker == worker and bar.end is None:
                     bar.end = at
             self._bars.append(_Bar(worker, job, order, at))
-        elif kind in ("job_finished", "job_lost", "job_requeued"):
+        elif kind in JOB_ENDS:
             for bar in reversed(self._bars):
                 if bar.worker == worker and bar.job == job and bar.end is None:
                     bar.end = at
                     break
-            if kind == "job_finished":
+            if kind == EventKind.JOB_FINISHED:
                 self._finished.append(at)
-        elif kind == "worker_down":
+        elif kind == EventKind.WORKER_DOWN:
             for bar in self._bars:
                 if bar.worker == worker and bar.end is None:
                     bar.end = at
@@ -226,7 +218,7 @@ class LiveSource:
     def _workers(self, now: float) -> tuple[WorkerRow, ...]:
         children = {c.name: c for c in self.lab.children() if c.kind == "worker"}
         rows = []
-        for wid in sorted(set(children) | set(self._infos), key=worker_order):
+        for wid in sorted(set(children) | set(self._infos), key=worker_sort_key):
             child, info = children.get(wid), self._infos.get(wid)
             if child is not None and not child.alive():
                 died = self._dead_since.setdefault(wid, now)
@@ -237,7 +229,7 @@ class LiveSource:
                 # Its heartbeat key is gone (or soon will be): its last one has the count.
                 last = self._seen.get(wid)
                 done = last.jobs_done if last else 0
-                rows.append(WorkerRow(wid, child.pid, "dead", why, None, done))
+                rows.append(WorkerRow(wid, child.pid, WorkerState.DEAD, why, None, done))
                 continue
             self._dead_since.pop(wid, None)  # a name used again by a new worker
             if info is not None:
@@ -247,21 +239,21 @@ class LiveSource:
                         wid,
                         info.pid,
                         info.state,
-                        short_job(info.job),
+                        short_job_id(info.job),
                         age,
                         info.jobs_done,
                         ours=child is not None,
                     )
                 )
             elif child is not None:
-                rows.append(WorkerRow(wid, child.pid, "starting", "", None, 0))
+                rows.append(WorkerRow(wid, child.pid, WorkerState.STARTING, "", None, 0))
         return tuple(rows)
 
     def _timeline(self, workers: tuple[WorkerRow, ...], now: float) -> tuple[JobBar, ...]:
-        running = {w.id for w in workers if w.state != "dead"}
+        running = {w.id for w in workers if w.state != WorkerState.DEAD}
         # Idle by its heartbeat, so a bar it still has open lost its finish event; the grace
         # covers a job that started after the heartbeat was read.
-        idle = {w.id for w in workers if w.state == "idle"}
+        idle = {w.id for w in workers if w.state == WorkerState.IDLE}
         horizon = now - self.timeline_seconds
         kept = []
         for bar in self._bars:
@@ -271,11 +263,11 @@ class LiveSource:
             if bar.end is None or bar.end >= horizon:
                 kept.append(bar)
         self._bars = kept
-        return tuple(JobBar(b.worker, short_job(b.job), b.order, b.start, b.end) for b in kept)
+        return tuple(JobBar(b.worker, short_job_id(b.job), b.order, b.start, b.end) for b in kept)
 
     async def close(self) -> None:
         if self._redis is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_FAILURE):
                 await self._redis.aclose()
         if self._pg is not None:
             with contextlib.suppress(psycopg.Error):

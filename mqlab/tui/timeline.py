@@ -9,8 +9,9 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from mqlab.protocol.events import WorkerState
+from mqlab.protocol.ids import worker_sort_key
 from mqlab.tui.model import Frame, JobBar
-from mqlab.tui.source import worker_order
 
 #: Consecutive jobs of a worker alternate colors, or one long bar would hide where they meet.
 BAR_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1")
@@ -19,10 +20,10 @@ LABEL_WIDTH = 5
 
 def lanes(frame: Frame) -> dict[str, list[JobBar]]:
     """worker -> its bars, for live workers and for any worker with a bar in the window."""
-    out: dict[str, list[JobBar]] = {w.id: [] for w in frame.workers if w.state != "dead"}
+    out: dict[str, list[JobBar]] = {w.id: [] for w in frame.workers if w.state != WorkerState.DEAD}
     for bar in frame.bars:
         out.setdefault(bar.worker, []).append(bar)
-    return dict(sorted(out.items(), key=lambda item: worker_order(item[0])))
+    return dict(sorted(out.items(), key=lambda item: worker_sort_key(item[0])))
 
 
 def render_lane(bars: list[JobBar], start: float, span: float, width: int, now: float) -> Text:

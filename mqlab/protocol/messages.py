@@ -1,16 +1,19 @@
-"""Queue entries as a worker reads them: what a job message is, and the dead letter made of
-one that is not.
+"""Queue entries: the job message the API pushes and a worker parses, and the dead letter
+made of an entry that is not one.
+
+A job message is JSON `{"jobId", "orderId", "enqueuedAt"}` (enqueuedAt: PostgreSQL's ISO-8601
+time of the job row, for people reading the queue; workers need only the first two).
 
 A queue entry is whatever bytes someone pushed (`redis-cli LPUSH` takes anything), so
-everything here takes bytes and trusts none of them: parsing says what is wrong instead of
-raising anything else, and every piece of an entry that goes on to a log line, an event, a
-dead letter or a screen is cut to a size.
+everything that reads one takes bytes and trusts none of them: parsing says what is wrong
+instead of raising anything else, and every piece of an entry that goes on to a log line, an
+event, a dead letter or a screen is cut to a size.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -28,11 +31,21 @@ REASON_CHARS = 300
 PREVIEW_CHARS = 120
 
 
+class JobMessage(NamedTuple):
+    job_id: str
+    order_id: int
+
+
+def encode_message(job_id: str, order_id: int, enqueued_at: str) -> bytes:
+    """The message the API pushes for one job."""
+    return orjson.dumps({"jobId": job_id, "orderId": order_id, "enqueuedAt": enqueued_at})
+
+
 class InvalidMessage(ValueError):
     """A queue entry that is not a job message; the text says why."""
 
 
-def parse_message(raw: bytes) -> tuple[str, int]:
+def parse_message(raw: bytes) -> JobMessage:
     """(jobId, orderId) of a queue entry, or InvalidMessage saying what is wrong with it."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"too large: {len(raw)} bytes (at most {MAX_MESSAGE_BYTES})")
@@ -60,7 +73,7 @@ def parse_message(raw: bytes) -> tuple[str, int]:
         raise InvalidMessage("jobId has unprintable characters")
     if not isinstance(order_id, int) or isinstance(order_id, bool):
         raise InvalidMessage("orderId missing or not an integer")
-    return job_id, order_id
+    return JobMessage(job_id, order_id)
 
 
 def one_line(text: str, limit: int) -> str:
@@ -127,14 +140,3 @@ def read_dead_letter(entry: bytes) -> DeadLetter:
         message=one_line(message, PREVIEW_CHARS),
         size=size if isinstance(size, int) else len(message.encode("utf-8", "replace")),
     )
-
-
-def age(at: float | None, now: float | None = None) -> str:
-    """How long ago, in one short unit: 5s, 3m, 2h, 4d."""
-    if at is None:
-        return "?"
-    seconds = max(0.0, (time.time() if now is None else now) - at)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"

@@ -1,4 +1,8 @@
-"""Redis key names: the queue protocol's contract, in one place (see docs/architecture.md)."""
+"""Redis key names and the heartbeat timings: the queue protocol's contract, in one place.
+
+`redis-cli`, the API, the workers, the lab and the tests all name these keys; nothing else in
+mqlab spells them out (tests/test_layout.py checks it for the queue's name).
+"""
 
 from __future__ import annotations
 
