@@ -1,13 +1,14 @@
 """The worker (consumer): reliable fetch, guarded claims, heartbeats, crash recovery.
 
-Loop: BLMOVE a message from `orders:queue` into this worker's own processing list, claim the
-job in PostgreSQL (a guarded UPDATE), do the work, record the outcome, and only then remove
-the message from the processing list (the ack). A worker that dies keeps its message in its
-processing list; when its heartbeat key expires, any other worker moves it back to the queue.
+Loop: BLMOVE a message from the queue into this worker's own processing list (the keys and
+messages are mqlab.protocol's), claim the job in PostgreSQL (a guarded UPDATE), do the work,
+record the outcome, and only then remove the message from the processing list (the ack). A
+worker that dies keeps its message in its processing list; when its heartbeat key expires,
+any other worker moves it back to the queue.
 
-No queue entry stops a worker: one that is not a job (see mqlab.protocol.messages) or whose claim
-PostgreSQL refuses is dead-lettered, and the worker goes on. A stop request is obeyed at once
-when no job is in hand, also while a backend is away.
+No queue entry stops a worker: one that is not a job (see mqlab.protocol.messages) or whose
+claim PostgreSQL refuses is dead-lettered, and the worker goes on. A stop request is obeyed
+at once when no job is in hand, also while a backend is away.
 """
 
 from __future__ import annotations
