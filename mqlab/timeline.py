@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
+from mqlab.protocol.ids import worker_sort_key
 from mqlab.results import RunResult
 
 _LANE, _BAR, _LEFT, _WIDTH, _TOP = 26, 16, 70, 760, 24
@@ -22,10 +23,8 @@ def _lanes(run: RunResult) -> dict[str, list[tuple[float, float, float, int]]]:
     return {w: sorted(v, key=lambda x: x[1]) for w, v in sorted(lanes.items(), key=_lane_key)}
 
 
-def _lane_key(item: tuple[str, object]) -> tuple[int, str]:
-    name = item[0]
-    digits = name.lstrip("w")
-    return (int(digits), name) if digits.isdigit() else (10**9, name)
+def _lane_key(item: tuple[str, object]) -> tuple[object, ...]:
+    return worker_sort_key(item[0])
 
 
 def svg(run: RunResult, title: str) -> str:
