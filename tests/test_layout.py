@@ -94,3 +94,13 @@ def test_the_queue_is_named_in_one_module() -> None:
         if keys.QUEUE in path.read_text()
     )
     assert naming == ["mqlab/protocol/keys.py"]
+
+
+def test_the_protocol_imports_nothing_else_of_mqlab() -> None:
+    """Every part imports the protocol, so the protocol imports none of them (but the
+    backend errors): no cycle can go through it."""
+    graph = import_graph()
+    allowed = {name for name in graph if name.startswith("mqlab.protocol")}
+    allowed.add("mqlab.backend_errors")
+    for name in allowed:
+        assert graph[name] <= allowed, f"{name} imports {sorted(graph[name] - allowed)}"
