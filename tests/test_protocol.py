@@ -8,6 +8,7 @@ import redis
 import redis.asyncio as aioredis
 
 from mqlab.protocol import keys
+from mqlab.protocol.events import JOB_ENDS, EventKind, WorkerState
 from mqlab.protocol.ids import (
     job_id,
     job_id_sql,
@@ -69,6 +70,15 @@ def test_a_message_parses_back_to_what_was_encoded() -> None:
     assert parse_message(raw).order_id == 3
     with pytest.raises(InvalidMessage, match="jobId"):
         parse_message(encode_message("", 3, "x"))
+
+
+def test_what_redis_answers_matches_the_enums() -> None:
+    """Readers get plain str from Redis and compare, look up and test membership with the
+    enums: a str must equal, hash and look up like its member."""
+    assert "job_finished" in JOB_ENDS and "job_started" not in JOB_ENDS
+    assert {WorkerState.BUSY: "yellow"}.get("busy") == "yellow"
+    assert EventKind("worker_down") is EventKind.WORKER_DOWN
+    assert f"{WorkerState.IDLE}" == "idle"  # what an f-string, a log line or HSET writes
 
 
 def test_worker_of_and_heartbeat_of_keep_the_keys_type() -> None:
