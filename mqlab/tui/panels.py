@@ -15,7 +15,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, RichLog, Sparkline, Static
 
 from mqlab.protocol.events import WorkerState
-from mqlab.protocol.ids import shorten_job_ids
+from mqlab.protocol.ids import shorten_job_ids, worker_sort_key
 from mqlab.tui.model import Frame, Service, WorkerRow
 
 #: Log lines are shortened for a narrow pane: the INFO level and the process's own name go
@@ -232,7 +232,9 @@ class LogPanel(Vertical):
         yield RichLog(id="log-lines", max_lines=self.MAX_LINES, wrap=True, min_width=20)
 
     def processes(self) -> list[str]:
-        return sorted(self.process_colors, key=lambda n: (n != "lab", n != "api", len(n), n))
+        return sorted(
+            self.process_colors, key=lambda n: (n != "lab", n != "api", worker_sort_key(n))
+        )
 
     def _styled(self, name: str, line: str) -> Text:
         color = self.process_colors.setdefault(name, PROCESS_COLORS[len(self.process_colors) % 7])
