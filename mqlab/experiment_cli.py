@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import shlex
 import signal
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from mqlab.experiments import ExperimentError, Suite, experiments_dir, load
 from mqlab.report import write
 from mqlab.results import SuiteResult
+from mqlab.results_table import table as table_rows
 from mqlab.runner import ForeignWorkers, Progress, Runner
 from mqlab.services.manager import ServicesError
 from mqlab.stack import Stack
@@ -53,32 +55,18 @@ class _Display:
 
 
 def summary_table(result: SuiteResult) -> Table:
-    table = Table(title=f"{result.suite.title}", title_justify="left")
+    """The kata's table for a terminal: one line per row, within 80 columns (no outer frame,
+    no rules between columns), never wider than its cells at a wider terminal."""
+    table = Table(
+        title=result.suite.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
     for col in ("row", "expected", "ideal", "measured", "overhead", "verdict"):
-        table.add_column(col, justify="left" if col == "row" else "right")
-    for r in result.rows:
-        style = {"ok": "green", "measured": "cyan", "slow": "yellow", "fail": "red"}[r.verdict]
-        expected = "-" if r.row.expected_seconds is None else f"{r.row.expected_seconds:g} s"
-        measured = "-" if math.isnan(r.makespan) else f"{r.makespan:.3f} s"
-        table.add_row(
-            r.row.name,
-            expected,
-            f"{r.row.ideal_seconds:g} s",
-            measured,
-            f"{r.overhead * 1000:+.0f} ms",
-            f"[{style}]{r.verdict}[/]",
-        )
-    if result.api is not None:
-        lat = result.api.latency_ms
-        style = {"ok": "green", "slow": "yellow", "fail": "red"}[result.api.verdict]
-        table.add_row(
-            "API responds (202)",
-            "at once",
-            "",
-            f"p50 {lat.get('p50', math.nan):.1f} ms",
-            f"max {lat.get('max', math.nan):.1f} ms",
-            f"[{style}]{result.api.verdict}[/]",
-        )
+        # Cut, never wrapped: a folded cell would break the row over two lines.
+        table.add_column(col, justify="left" if col in ("row", "verdict") else "right",
+                         no_wrap=True, overflow="ellipsis")  # fmt: skip
+    for t in table_rows(result):
+        verdict = Text(t.verdict_text, style=t.style)
+        table.add_row(t.name, t.expected, t.ideal, t.measured, t.overhead, verdict)
     return table
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import math
 import os
 import platform
 import shutil
@@ -18,8 +16,9 @@ import psutil
 
 import mqlab
 from mqlab import timeline
-from mqlab.results import RowResult, RunResult, SuiteResult
-from mqlab.stats import PERCENTILES
+from mqlab.results import RowResult, SuiteResult
+from mqlab.results_table import ms, seconds, table
+from mqlab.stats import PERCENTILES, label
 
 
 @dataclass(frozen=True)
@@ -51,72 +50,29 @@ def machine(versions: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _s(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f} s"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.1f} ms"
-
-
-def overhead_breakdown(run: RunResult, job_seconds: float) -> dict[str, float]:
-    """Where the makespan beyond k x T went, on the lane of the worker that finished last.
-
-    The three parts add up to that lane's makespan minus its jobs' nominal time:
-    to first start (request, commit, LPUSH, dispatch), job overrun (claim and completion
-    statements, timer slack), and gaps between its jobs (ack, pop of the next one).
-    """
-    done = [j for j in run.jobs if j.started_at is not None and j.finished_at is not None]
-    if not done:
-        return {}
-    last = max(done, key=lambda j: j.finished_at or 0.0)
-    lane = sorted(
-        (j for j in done if j.worker_id == last.worker_id), key=lambda j: j.started_at or 0
-    )
-    first_start = (lane[0].started_at or 0) - run.first_sent
-    overrun = sum((j.finished_at or 0) - (j.started_at or 0) - job_seconds for j in lane)
-    gaps = sum((b.started_at or 0) - (a.finished_at or 0) for a, b in itertools.pairwise(lane))
-    return {
-        "jobsOnLane": len(lane),
-        "toFirstStart": first_start,
-        "jobOverrun": overrun,
-        "gapsBetweenJobs": gaps,
-    }
-
-
-def _kata_table(result: SuiteResult) -> list[str]:
+def kata_table(result: SuiteResult) -> list[str]:
+    """The kata's table in markdown: the median in bold, the runs' spread, the overhead with
+    its share of the ideal time."""
     lines = [
-        "| Experiment | Expected | Ideal | Measured (median) | min - max | Overhead | Verdict |",
+        "| Experiment | Expected | Ideal | Measured | min - max | Overhead | Verdict |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in result.rows:
-        ideal = r.row.ideal_seconds
-        pct = f" ({100 * r.overhead / ideal:+.1f}%)" if ideal else ""
-        expected = "-" if r.row.expected_seconds is None else f"{r.row.expected_seconds:g} s"
+    for t in table(result):
+        overhead = f"{t.overhead} ({t.share})" if t.share else t.overhead
         lines.append(
-            f"| {r.row.name} | {expected} | {ideal:g} s | **{_s(r.makespan)}** | "
-            f"{_s(min(r.makespans))} - {_s(max(r.makespans))} | "
-            f"{r.overhead * 1000:+.0f} ms{pct} | {r.verdict} |"
-        )
-    api = result.api
-    if api is not None:
-        total = sum(api.statuses.values())
-        statuses = ", ".join(f"{n} x {code}" for code, n in sorted(api.statuses.items()))
-        lines.append(
-            f"| API responds | Immediately (202 Accepted) | - | {statuses} of {total}; "
-            f"p50 {_ms(api.latency_ms.get('p50'))}, max {_ms(api.latency_ms.get('max'))} | "
-            f"| | {api.verdict} |"
+            f"| {t.name} | {t.expected} | {t.ideal} | **{t.measured}** | {t.spread} | "
+            f"{overhead} | {t.verdict_text} |"
         )
     return lines
 
 
 def _latency_table(rows: list[RowResult], title: str, pick: str) -> list[str]:
-    cols = [f"p{p}" for p in PERCENTILES] + ["max"]
+    cols = [label(p) for p in PERCENTILES] + ["max"]
     lines = [f"| {title} | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         data = r.api_latency_ms() if pick == "api" else r.queue_wait_ms()
         n = sum(len(run.shots if pick == "api" else run.jobs) for run in r.runs)
-        lines.append(f"| {r.row.name} | {n} | " + " | ".join(_ms(data.get(c)) for c in cols) + " |")
+        lines.append(f"| {r.row.name} | {n} | " + " | ".join(ms(data.get(c)) for c in cols) + " |")
     return lines
 
 
@@ -138,12 +94,12 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
         "",
     ]
     out += [f"- {f}" for f in result.failures()]
-    out += ["", "## The kata's table", "", *_kata_table(result), ""]
+    out += ["", "## The kata's table", "", *kata_table(result), ""]
     out += ["## Scaling", "", "| Row | Workers | Makespan | Speedup | Efficiency | Against |"]
     out += ["|---|---|---|---|---|---|"]
     for r in result.rows:
         out.append(
-            f"| {r.row.name} | {r.row.workers} | {_s(r.makespan)} | {r.speedup:.2f}x | "
+            f"| {r.row.name} | {r.row.workers} | {seconds(r.makespan)} | {r.speedup:.2f}x | "
             f"{100 * r.efficiency:.0f}% | {r.speedup_baseline} |"
         )
     out += ["", "## API latency (POST /orders, every request of every run)", ""]
@@ -162,13 +118,11 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
         "|---|---|---|---|---|---|",
     ]
     for r in result.rows:
-        b = overhead_breakdown(r.representative, r.row.job_seconds)
-        out.append(
-            f"| {r.row.name} | {b.get('jobsOnLane', 0):.0f} | "
-            f"{_ms(1000 * b.get('toFirstStart', math.nan))} | "
-            f"{_ms(1000 * b.get('jobOverrun', math.nan))} | "
-            f"{_ms(1000 * b.get('gapsBetweenJobs', math.nan))} | {_s(r.startup_seconds(), 2)} |"
-        )
+        b = r.breakdown()
+        parts = ["0", "-", "-", "-"] if b is None else [
+            str(b.jobs), ms(1000 * b.to_first_start), ms(1000 * b.job_overrun), ms(1000 * b.gaps)
+        ]  # fmt: skip
+        out.append(f"| {r.row.name} | {' | '.join(parts)} | {seconds(r.startup_seconds())} |")
     out += ["", "## Timelines (median run of each row)", ""]
     for r, name in zip(result.rows, svg_names, strict=True):
         per_worker = ", ".join(f"{w}: {n}" for w, n in r.representative.per_worker().items())
