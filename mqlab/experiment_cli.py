@@ -112,7 +112,7 @@ def run(
                         live.refresh()
 
                     runner = Runner(stack.settings, stack.sup, on_progress=show)
-                    result = asyncio.run(runner.run_suite(suite, repeat=repeat))
+                    result = asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))
                 written = write(result, out_dir, stack.versions(), command)
                 console.print(summary_table(result))
                 console.print(f"Report: [bold]{written.markdown}[/] (and {written.json.name})")
