@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -24,8 +24,11 @@ from mqlab.stack import Stack
 from mqlab.supervisor import ChildFailed
 
 
-class _Display:
-    """The live progress line: row, orders done / total, elapsed, queue depth."""
+class ProgressLine:
+    """The live progress line: row, orders done / total, elapsed, queue depth. One line at
+    any width: the bar takes what the rest leaves (up to 30 columns), then the line is cut."""
+
+    BAR_WIDTH = 30
 
     def __init__(self) -> None:
         self.progress: Progress | None = None
@@ -33,25 +36,23 @@ class _Display:
     def update(self, progress: Progress) -> None:
         self.progress = progress
 
-    def __rich__(self) -> Table:
-        table = Table.grid(padding=(0, 2))
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         p = self.progress
         if p is None:
-            table.add_row("starting the API and the workers ...")
-            return table
-        bar_width = 30
-        filled = 0 if not p.total else round(bar_width * p.done / p.total)
-        bar = "█" * filled + "·" * (bar_width - filled)
-        phase = {"workers": "starting workers", "firing": "firing orders"}.get(p.phase, p.phase)
-        table.add_row(
-            f"[bold]{p.suite}[/] row {p.row_index}/{p.rows}: {p.row.name}",
-            f"run {p.run}/{p.runs}",
-            f"{bar} {p.done}/{p.total} done",
-            f"{p.elapsed:5.2f} s",
-            f"queue {p.queue_depth}",
-            f"[dim]{phase}[/]",
-        )
-        return table
+            yield Text("starting the API and the workers ...")
+            return
+        phase = {"workers": "starting workers"}.get(p.phase, p.phase)
+        where = Text.assemble((p.suite, "bold"), f" row {p.row_index}/{p.rows}: {p.row.name}")
+        if p.runs > 1:
+            where.append(f"  run {p.run}/{p.runs}")
+        after = f" {p.done}/{p.total}  {p.elapsed:.1f} s  queue {p.queue_depth}  "
+        room = options.max_width - len(where) - len(after) - len(phase) - 2
+        width = max(0, min(self.BAR_WIDTH, room))  # no bar rather than a cut line
+        filled = 0 if not p.total else round(width * p.done / p.total)
+        line = Text.assemble(where, "  ", "█" * filled + "·" * (width - filled), after)
+        line.append(phase, "dim")
+        line.truncate(options.max_width, overflow="ellipsis")
+        yield line
 
 
 def summary_table(result: SuiteResult) -> Table:
@@ -100,13 +101,13 @@ def run(
         with Stack(redis_url, database_url) as stack:
             assert stack.settings is not None and stack.sup is not None
             for suite in suites:
-                display = _Display()
+                display = ProgressLine()
                 # Redrawn from the progress callback only (no refresh thread): a render that
                 # holds the GIL while a burst is in flight would delay the load generator.
                 with Live(display, console=console, auto_refresh=False, transient=True) as live:
 
                     def show(
-                        progress: Progress, live: Live = live, display: _Display = display
+                        progress: Progress, live: Live = live, display: ProgressLine = display
                     ) -> None:
                         display.update(progress)
                         live.refresh()

@@ -10,11 +10,12 @@ import orjson
 import pytest
 from rich.console import Console
 
-from mqlab.experiment_cli import summary_table
+from mqlab.experiment_cli import ProgressLine, summary_table
 from mqlab.experiments import load
 from mqlab.report import render_markdown, to_json
 from mqlab.results import SuiteResult, Verdict
 from mqlab.results_table import api_planned, ms, planned, table
+from mqlab.runner import Progress
 from mqlab.stats import PERCENTILES, label
 from tests.results_data import kata, serial_run, suite_result, waves_run
 
@@ -170,3 +171,17 @@ def test_a_row_with_no_finished_job_still_fits() -> None:
     lines = terminal_lines(suite_result(suite, runs), 80)
     assert len(lines) == 3 + 4 and max(map(len, lines)) <= 80
     assert lines[5].split()[-3:] == ["-", "-", "fail"]
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+@pytest.mark.parametrize("phase", ["workers", "firing", "waiting", "done"])
+def test_run_experiments_progress_is_one_line_at_80_columns(phase: str, runs: int) -> None:
+    row = load("kata3").rows[2]
+    display = ProgressLine()
+    display.update(Progress("kata3", row, 3, 3, runs, runs, phase, 7, 10, 4.5, 3))
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(display)
+    assert isinstance(console.file, io.StringIO)
+    lines = console.file.getvalue().splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= 80
+    assert lines[0].startswith("kata3 row 3/3: 10 órdenes, 4 workers") and " 7/10 " in lines[0]
