@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import platform
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,68 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
     return "\n".join(out) + "\n"
 
 
+def row_json(r: RowResult) -> dict[str, Any]:
+    """A row's figures, runs, jobs and requests, as the JSON report holds them."""
+    row = r.row
+    ideal = row.ideal_seconds
+    return {
+        "name": row.name,
+        "orders": row.orders,
+        "workers": row.workers,
+        "jobSeconds": row.job_seconds,
+        "work": row.work,
+        "expectedSeconds": row.expected_seconds,
+        "toleranceSeconds": row.tolerance if row.expected_seconds is not None else None,
+        "idealSeconds": ideal,
+        "makespanSeconds": _num(r.makespan),
+        "runs": [
+            {
+                "makespanSeconds": _num(run.makespan),
+                "firstSentAt": run.first_sent,
+                "lastFinishedAt": _num(run.last_finished),
+                "startupSeconds": run.startup_seconds,
+                "timedOut": run.timed_out,
+                "perWorker": run.per_worker(),
+                "apiStatuses": dict(Counter(str(s.status) for s in run.shots)),
+            }
+            for run in r.runs
+        ],
+        "makespanMinSeconds": _num(min(r.makespans)),
+        "makespanMaxSeconds": _num(max(r.makespans)),
+        "overheadSeconds": _num(r.overhead),
+        "overheadPercent": _num(100 * r.overhead / ideal) if ideal else None,
+        "speedup": _num(r.speedup),
+        "efficiency": _num(r.efficiency),
+        "speedupBaseline": r.speedup_baseline,
+        "apiLatencyMs": r.api_latency_ms(),
+        "queueWaitMs": r.queue_wait_ms(),
+        "perWorker": r.representative.per_worker(),
+        "startupSeconds": _num(r.startup_seconds()),
+        "verdict": r.verdict,
+        "reason": r.reason,
+        "jobs": [
+            {"run": i, **job.to_json()} for i, run in enumerate(r.runs, 1) for job in run.jobs
+        ],
+        "requests": [
+            {
+                "run": i,
+                "status": s.status,
+                "sentAt": s.sent_at,
+                "latencyMs": s.latency * 1000,
+                "orderId": s.order_id,
+                "error": s.error,
+            }
+            for i, run in enumerate(r.runs, 1)
+            for s in run.shots
+        ],
+    }
+
+
+def _num(value: float) -> float | None:
+    """NaN is not JSON: None instead."""
+    return None if value is None or math.isnan(value) else value
+
+
 def to_json(result: SuiteResult, info: dict[str, Any], command: str) -> dict[str, Any]:
     api = result.api
     return {
@@ -164,7 +228,7 @@ def to_json(result: SuiteResult, info: dict[str, Any], command: str) -> dict[str
             "reason": api.reason,
         },
         "machine": info,
-        "rows": [r.to_json() for r in result.rows],
+        "rows": [row_json(r) for r in result.rows],
     }
 
 

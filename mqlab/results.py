@@ -207,63 +207,6 @@ class RowResult:
                 f"expected {expected:.3g} s (tolerance {self.row.tolerance:.3g} s)"
             )
 
-    def to_json(self) -> dict[str, Any]:
-        row = self.row
-        ideal = row.ideal_seconds
-        return {
-            "name": row.name,
-            "orders": row.orders,
-            "workers": row.workers,
-            "jobSeconds": row.job_seconds,
-            "work": row.work,
-            "expectedSeconds": row.expected_seconds,
-            "toleranceSeconds": row.tolerance if row.expected_seconds is not None else None,
-            "idealSeconds": ideal,
-            "makespanSeconds": _num(self.makespan),
-            "runs": [
-                {
-                    "makespanSeconds": _num(run.makespan),
-                    "firstSentAt": run.first_sent,
-                    "lastFinishedAt": _num(run.last_finished),
-                    "startupSeconds": run.startup_seconds,
-                    "timedOut": run.timed_out,
-                    "perWorker": run.per_worker(),
-                    "apiStatuses": dict(Counter(str(s.status) for s in run.shots)),
-                }
-                for run in self.runs
-            ],
-            "makespanMinSeconds": _num(min(self.makespans)),
-            "makespanMaxSeconds": _num(max(self.makespans)),
-            "overheadSeconds": _num(self.overhead),
-            "overheadPercent": _num(100 * self.overhead / ideal) if ideal else None,
-            "speedup": _num(self.speedup),
-            "efficiency": _num(self.efficiency),
-            "speedupBaseline": self.speedup_baseline,
-            "apiLatencyMs": self.api_latency_ms(),
-            "queueWaitMs": self.queue_wait_ms(),
-            "perWorker": self.representative.per_worker(),
-            "startupSeconds": _num(self.startup_seconds()),
-            "verdict": self.verdict,
-            "reason": self.reason,
-            "jobs": [
-                {"run": i, **job.to_json()}
-                for i, run in enumerate(self.runs, 1)
-                for job in run.jobs
-            ],
-            "requests": [
-                {
-                    "run": i,
-                    "status": s.status,
-                    "sentAt": s.sent_at,
-                    "latencyMs": s.latency * 1000,
-                    "orderId": s.order_id,
-                    "error": s.error,
-                }
-                for i, run in enumerate(self.runs, 1)
-                for s in run.shots
-            ],
-        }
-
 
 @dataclass
 class ApiVerdict:
@@ -352,8 +295,3 @@ class SuiteResult:
             Verdict.OK,
             f"all {len(shots)} orders answered 202; {typical}, max {latency['max']:.1f} ms",
         )
-
-
-def _num(value: float) -> float | None:
-    """NaN is not JSON: None instead."""
-    return None if value is None or math.isnan(value) else value

@@ -44,3 +44,6 @@ async def test_the_filled_table_fits_80_columns_with_the_models_cells() -> None:
             assert isinstance(verdict, Text) and str(verdict.style) == expected.style
             for cell, column in zip(shown, grid.columns.values(), strict=True):
                 assert len(str(cell)) <= column.width, (cell, column.width)
+        # The app's refresh loop may wake after the screen is torn down and miss its panels
+        # (NoMatches, seen 1 run in 4 under load): paused, it samples nothing more.
+        app.paused = True
