@@ -116,7 +116,10 @@ def run(
                     result = asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))
                 written = write(result, out_dir, stack.versions(), command)
                 console.print(summary_table(result))
-                console.print(f"Report: [bold]{written.markdown}[/] (and {written.json.name})")
+                # Not wrapped by rich: a path cut in two by a newline cannot be copied whole.
+                console.print(
+                    f"Report: [bold]{written.markdown}[/] (and {written.json.name})", soft_wrap=True
+                )
                 for problem in result.failures():
                     console.print(f"[red]x[/] {problem}")
                 if not result.passed:
