@@ -45,11 +45,12 @@ class ProgressLine:
         where = Text.assemble((p.suite, "bold"), f" row {p.row_index}/{p.rows}: {p.row.name}")
         if p.runs > 1:
             where.append(f"  run {p.run}/{p.runs}")
-        after = f" {p.done}/{p.total}  {p.elapsed:.1f} s  queue {p.queue_depth}  "
-        room = options.max_width - len(where) - len(after) - len(phase) - 2
+        after = f"{p.done}/{p.total}  {p.elapsed:.1f} s  queue {p.queue_depth}  "
+        room = options.max_width - len(where) - 2 - len(after) - len(phase) - 1
         width = max(0, min(self.BAR_WIDTH, room))  # no bar rather than a cut line
         filled = 0 if not p.total else round(width * p.done / p.total)
-        line = Text.assemble(where, "  ", "█" * filled + "·" * (width - filled), after)
+        bar = "█" * filled + "·" * (width - filled) + " " if width else ""
+        line = Text.assemble(where, "  ", bar, after)
         line.append(phase, "dim")
         line.truncate(options.max_width, overflow="ellipsis")
         yield line
