@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import shlex
 import signal
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from mqlab.experiments import ExperimentError, Suite, experiments_dir, load
 from mqlab.report import write
 from mqlab.results import SuiteResult
+from mqlab.results_table import table as table_rows
 from mqlab.runner import ForeignWorkers, Progress, Runner
 from mqlab.services.manager import ServicesError
 from mqlab.stack import Stack
 from mqlab.supervisor import ChildFailed
 
 
-class _Display:
-    """The live progress line: row, orders done / total, elapsed, queue depth."""
+class ProgressLine:
+    """The live progress line: row, orders done / total, elapsed, queue depth. One line at
+    any width: the bar takes what the rest leaves (up to 30 columns), then the line is cut."""
+
+    BAR_WIDTH = 30
 
     def __init__(self) -> None:
         self.progress: Progress | None = None
@@ -31,54 +36,39 @@ class _Display:
     def update(self, progress: Progress) -> None:
         self.progress = progress
 
-    def __rich__(self) -> Table:
-        table = Table.grid(padding=(0, 2))
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         p = self.progress
         if p is None:
-            table.add_row("starting the API and the workers ...")
-            return table
-        bar_width = 30
-        filled = 0 if not p.total else round(bar_width * p.done / p.total)
-        bar = "█" * filled + "·" * (bar_width - filled)
-        phase = {"workers": "starting workers", "firing": "firing orders"}.get(p.phase, p.phase)
-        table.add_row(
-            f"[bold]{p.suite}[/] row {p.row_index}/{p.rows}: {p.row.name}",
-            f"run {p.run}/{p.runs}",
-            f"{bar} {p.done}/{p.total} done",
-            f"{p.elapsed:5.2f} s",
-            f"queue {p.queue_depth}",
-            f"[dim]{phase}[/]",
-        )
-        return table
+            yield Text("starting the API and the workers ...")
+            return
+        phase = {"workers": "starting workers"}.get(p.phase, p.phase)
+        where = Text.assemble((p.suite, "bold"), f" row {p.row_index}/{p.rows}: {p.row.name}")
+        if p.runs > 1:
+            where.append(f"  run {p.run}/{p.runs}")
+        after = f"{p.done}/{p.total}  {p.elapsed:.1f} s  queue {p.queue_depth}  "
+        room = options.max_width - len(where) - 2 - len(after) - len(phase) - 1
+        width = max(0, min(self.BAR_WIDTH, room))  # no bar rather than a cut line
+        filled = 0 if not p.total else round(width * p.done / p.total)
+        bar = "█" * filled + "·" * (width - filled) + " " if width else ""
+        line = Text.assemble(where, "  ", bar, after)
+        line.append(phase, "dim")
+        line.truncate(options.max_width, overflow="ellipsis")
+        yield line
 
 
 def summary_table(result: SuiteResult) -> Table:
-    table = Table(title=f"{result.suite.title}", title_justify="left")
+    """The kata's table for a terminal: one line per row, within 80 columns (no outer frame,
+    no rules between columns), never wider than its cells at a wider terminal."""
+    table = Table(
+        title=result.suite.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
     for col in ("row", "expected", "ideal", "measured", "overhead", "verdict"):
-        table.add_column(col, justify="left" if col == "row" else "right")
-    for r in result.rows:
-        style = {"ok": "green", "measured": "cyan", "slow": "yellow", "fail": "red"}[r.verdict]
-        expected = "-" if r.row.expected_seconds is None else f"{r.row.expected_seconds:g} s"
-        measured = "-" if math.isnan(r.makespan) else f"{r.makespan:.3f} s"
-        table.add_row(
-            r.row.name,
-            expected,
-            f"{r.row.ideal_seconds:g} s",
-            measured,
-            f"{r.overhead * 1000:+.0f} ms",
-            f"[{style}]{r.verdict}[/]",
-        )
-    if result.api is not None:
-        lat = result.api.latency_ms
-        style = {"ok": "green", "slow": "yellow", "fail": "red"}[result.api.verdict]
-        table.add_row(
-            "API responds (202)",
-            "at once",
-            "",
-            f"p50 {lat.get('p50', math.nan):.1f} ms",
-            f"max {lat.get('max', math.nan):.1f} ms",
-            f"[{style}]{result.api.verdict}[/]",
-        )
+        # Cut, never wrapped: a folded cell would break the row over two lines.
+        table.add_column(col, justify="left" if col in ("row", "verdict") else "right",
+                         no_wrap=True, overflow="ellipsis")  # fmt: skip
+    for t in table_rows(result):
+        verdict = Text(t.verdict_text, style=t.style)
+        table.add_row(t.name, t.expected, t.ideal, t.measured, t.overhead, verdict)
     return table
 
 
@@ -112,22 +102,25 @@ def run(
         with Stack(redis_url, database_url) as stack:
             assert stack.settings is not None and stack.sup is not None
             for suite in suites:
-                display = _Display()
+                display = ProgressLine()
                 # Redrawn from the progress callback only (no refresh thread): a render that
                 # holds the GIL while a burst is in flight would delay the load generator.
                 with Live(display, console=console, auto_refresh=False, transient=True) as live:
 
                     def show(
-                        progress: Progress, live: Live = live, display: _Display = display
+                        progress: Progress, live: Live = live, display: ProgressLine = display
                     ) -> None:
                         display.update(progress)
                         live.refresh()
 
                     runner = Runner(stack.settings, stack.sup, on_progress=show)
-                    result = asyncio.run(runner.run_suite(suite, repeat=repeat))
+                    result = asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))
                 written = write(result, out_dir, stack.versions(), command)
                 console.print(summary_table(result))
-                console.print(f"Report: [bold]{written.markdown}[/] (and {written.json.name})")
+                # Not wrapped by rich: a path cut in two by a newline cannot be copied whole.
+                console.print(
+                    f"Report: [bold]{written.markdown}[/] (and {written.json.name})", soft_wrap=True
+                )
                 for problem in result.failures():
                     console.print(f"[red]x[/] {problem}")
                 if not result.passed:

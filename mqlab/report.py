@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import math
 import os
 import platform
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ import psutil
 
 import mqlab
 from mqlab import timeline
-from mqlab.results import RowResult, RunResult, SuiteResult
-from mqlab.stats import PERCENTILES
+from mqlab.results import RowResult, SuiteResult
+from mqlab.results_table import ms, seconds, table
+from mqlab.stats import PERCENTILES, label
 
 
 @dataclass(frozen=True)
@@ -51,72 +52,29 @@ def machine(versions: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _s(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f} s"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.1f} ms"
-
-
-def overhead_breakdown(run: RunResult, job_seconds: float) -> dict[str, float]:
-    """Where the makespan beyond k x T went, on the lane of the worker that finished last.
-
-    The three parts add up to that lane's makespan minus its jobs' nominal time:
-    to first start (request, commit, LPUSH, dispatch), job overrun (claim and completion
-    statements, timer slack), and gaps between its jobs (ack, pop of the next one).
-    """
-    done = [j for j in run.jobs if j.started_at is not None and j.finished_at is not None]
-    if not done:
-        return {}
-    last = max(done, key=lambda j: j.finished_at or 0.0)
-    lane = sorted(
-        (j for j in done if j.worker_id == last.worker_id), key=lambda j: j.started_at or 0
-    )
-    first_start = (lane[0].started_at or 0) - run.first_sent
-    overrun = sum((j.finished_at or 0) - (j.started_at or 0) - job_seconds for j in lane)
-    gaps = sum((b.started_at or 0) - (a.finished_at or 0) for a, b in itertools.pairwise(lane))
-    return {
-        "jobsOnLane": len(lane),
-        "toFirstStart": first_start,
-        "jobOverrun": overrun,
-        "gapsBetweenJobs": gaps,
-    }
-
-
-def _kata_table(result: SuiteResult) -> list[str]:
+def kata_table(result: SuiteResult) -> list[str]:
+    """The kata's table in markdown: the median in bold, the runs' spread, the overhead with
+    its share of the ideal time."""
     lines = [
-        "| Experiment | Expected | Ideal | Measured (median) | min - max | Overhead | Verdict |",
+        "| Experiment | Expected | Ideal | Measured | min - max | Overhead | Verdict |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in result.rows:
-        ideal = r.row.ideal_seconds
-        pct = f" ({100 * r.overhead / ideal:+.1f}%)" if ideal else ""
-        expected = "-" if r.row.expected_seconds is None else f"{r.row.expected_seconds:g} s"
+    for t in table(result):
+        overhead = f"{t.overhead} ({t.share})" if t.share else t.overhead
         lines.append(
-            f"| {r.row.name} | {expected} | {ideal:g} s | **{_s(r.makespan)}** | "
-            f"{_s(min(r.makespans))} - {_s(max(r.makespans))} | "
-            f"{r.overhead * 1000:+.0f} ms{pct} | {r.verdict} |"
-        )
-    api = result.api
-    if api is not None:
-        total = sum(api.statuses.values())
-        statuses = ", ".join(f"{n} x {code}" for code, n in sorted(api.statuses.items()))
-        lines.append(
-            f"| API responds | Immediately (202 Accepted) | - | {statuses} of {total}; "
-            f"p50 {_ms(api.latency_ms.get('p50'))}, max {_ms(api.latency_ms.get('max'))} | "
-            f"| | {api.verdict} |"
+            f"| {t.name} | {t.expected} | {t.ideal} | **{t.measured}** | {t.spread} | "
+            f"{overhead} | {t.verdict_text} |"
         )
     return lines
 
 
 def _latency_table(rows: list[RowResult], title: str, pick: str) -> list[str]:
-    cols = [f"p{p}" for p in PERCENTILES] + ["max"]
+    cols = [label(p) for p in PERCENTILES] + ["max"]
     lines = [f"| {title} | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         data = r.api_latency_ms() if pick == "api" else r.queue_wait_ms()
         n = sum(len(run.shots if pick == "api" else run.jobs) for run in r.runs)
-        lines.append(f"| {r.row.name} | {n} | " + " | ".join(_ms(data.get(c)) for c in cols) + " |")
+        lines.append(f"| {r.row.name} | {n} | " + " | ".join(ms(data.get(c)) for c in cols) + " |")
     return lines
 
 
@@ -138,12 +96,12 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
         "",
     ]
     out += [f"- {f}" for f in result.failures()]
-    out += ["", "## The kata's table", "", *_kata_table(result), ""]
+    out += ["", "## The kata's table", "", *kata_table(result), ""]
     out += ["## Scaling", "", "| Row | Workers | Makespan | Speedup | Efficiency | Against |"]
     out += ["|---|---|---|---|---|---|"]
     for r in result.rows:
         out.append(
-            f"| {r.row.name} | {r.row.workers} | {_s(r.makespan)} | {r.speedup:.2f}x | "
+            f"| {r.row.name} | {r.row.workers} | {seconds(r.makespan)} | {r.speedup:.2f}x | "
             f"{100 * r.efficiency:.0f}% | {r.speedup_baseline} |"
         )
     out += ["", "## API latency (POST /orders, every request of every run)", ""]
@@ -162,13 +120,11 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
         "|---|---|---|---|---|---|",
     ]
     for r in result.rows:
-        b = overhead_breakdown(r.representative, r.row.job_seconds)
-        out.append(
-            f"| {r.row.name} | {b.get('jobsOnLane', 0):.0f} | "
-            f"{_ms(1000 * b.get('toFirstStart', math.nan))} | "
-            f"{_ms(1000 * b.get('jobOverrun', math.nan))} | "
-            f"{_ms(1000 * b.get('gapsBetweenJobs', math.nan))} | {_s(r.startup_seconds(), 2)} |"
-        )
+        b = r.breakdown()
+        parts = ["0", "-", "-", "-"] if b is None else [
+            str(b.jobs), ms(1000 * b.to_first_start), ms(1000 * b.job_overrun), ms(1000 * b.gaps)
+        ]  # fmt: skip
+        out.append(f"| {r.row.name} | {' | '.join(parts)} | {seconds(r.startup_seconds())} |")
     out += ["", "## Timelines (median run of each row)", ""]
     for r, name in zip(result.rows, svg_names, strict=True):
         per_worker = ", ".join(f"{w}: {n}" for w, n in r.representative.per_worker().items())
@@ -187,6 +143,68 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
     out += ["## Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in info.items()]
     return "\n".join(out) + "\n"
+
+
+def row_json(r: RowResult) -> dict[str, Any]:
+    """A row's figures, runs, jobs and requests, as the JSON report holds them."""
+    row = r.row
+    ideal = row.ideal_seconds
+    return {
+        "name": row.name,
+        "orders": row.orders,
+        "workers": row.workers,
+        "jobSeconds": row.job_seconds,
+        "work": row.work,
+        "expectedSeconds": row.expected_seconds,
+        "toleranceSeconds": row.tolerance if row.expected_seconds is not None else None,
+        "idealSeconds": ideal,
+        "makespanSeconds": _num(r.makespan),
+        "runs": [
+            {
+                "makespanSeconds": _num(run.makespan),
+                "firstSentAt": run.first_sent,
+                "lastFinishedAt": _num(run.last_finished),
+                "startupSeconds": run.startup_seconds,
+                "timedOut": run.timed_out,
+                "perWorker": run.per_worker(),
+                "apiStatuses": dict(Counter(str(s.status) for s in run.shots)),
+            }
+            for run in r.runs
+        ],
+        "makespanMinSeconds": _num(min(r.makespans)),
+        "makespanMaxSeconds": _num(max(r.makespans)),
+        "overheadSeconds": _num(r.overhead),
+        "overheadPercent": _num(100 * r.overhead / ideal) if ideal else None,
+        "speedup": _num(r.speedup),
+        "efficiency": _num(r.efficiency),
+        "speedupBaseline": r.speedup_baseline,
+        "apiLatencyMs": r.api_latency_ms(),
+        "queueWaitMs": r.queue_wait_ms(),
+        "perWorker": r.representative.per_worker(),
+        "startupSeconds": _num(r.startup_seconds()),
+        "verdict": r.verdict,
+        "reason": r.reason,
+        "jobs": [
+            {"run": i, **job.to_json()} for i, run in enumerate(r.runs, 1) for job in run.jobs
+        ],
+        "requests": [
+            {
+                "run": i,
+                "status": s.status,
+                "sentAt": s.sent_at,
+                "latencyMs": s.latency * 1000,
+                "orderId": s.order_id,
+                "error": s.error,
+            }
+            for i, run in enumerate(r.runs, 1)
+            for s in run.shots
+        ],
+    }
+
+
+def _num(value: float) -> float | None:
+    """NaN is not JSON: None instead."""
+    return None if value is None or math.isnan(value) else value
 
 
 def to_json(result: SuiteResult, info: dict[str, Any], command: str) -> dict[str, Any]:
@@ -210,7 +228,7 @@ def to_json(result: SuiteResult, info: dict[str, Any], command: str) -> dict[str
             "reason": api.reason,
         },
         "machine": info,
-        "rows": [r.to_json() for r in result.rows],
+        "rows": [row_json(r) for r in result.rows],
     }
 
 

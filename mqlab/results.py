@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from mqlab.experiments import Row, Suite
 from mqlab.loadgen import Shot
-from mqlab.stats import efficiency, median, speedup, summary
+from mqlab.stats import HEADLINE, efficiency, label, median, speedup, summary
+
+
+class Verdict(StrEnum):
+    """A row's or the API's verdict, as the report, the JSON, the CLI and the TUI show it."""
+
+    OK = "ok"
+    MEASURED = "measured"  # a row with no expected time: measured, not judged
+    SLOW = "slow"
+    FAIL = "fail"
+
+    @property
+    def style(self) -> str:
+        """The one colour of this verdict (a rich style, which Textual takes too)."""
+        return _STYLES[self]
+
+    @property
+    def passes(self) -> bool:
+        """Whether a row with this verdict lets the run pass (exit status 0)."""
+        return self in (Verdict.OK, Verdict.MEASURED)
+
+
+_STYLES = {
+    Verdict.OK: "bold green",
+    Verdict.MEASURED: "cyan",
+    Verdict.SLOW: "bold yellow",
+    Verdict.FAIL: "bold red",
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +114,41 @@ class RunResult:
                 counts[job.worker_id] = counts.get(job.worker_id, 0) + 1
         return counts
 
+    def breakdown(self, job_seconds: float) -> Overhead | None:
+        """Where the time beyond k x T went on the lane of the worker that finished last
+        (None when no job both started and finished)."""
+        done = [j for j in self.jobs if j.started_at is not None and j.finished_at is not None]
+        if not done:
+            return None
+        last = max(done, key=lambda j: j.finished_at or 0.0)
+        lane = sorted(
+            (j for j in done if j.worker_id == last.worker_id), key=lambda j: j.started_at or 0
+        )
+        pairs = itertools.pairwise(lane)
+        return Overhead(
+            jobs=len(lane),
+            to_first_start=(lane[0].started_at or 0) - self.first_sent,
+            job_overrun=sum((j.finished_at or 0) - (j.started_at or 0) - job_seconds for j in lane),
+            gaps=sum((b.started_at or 0) - (a.finished_at or 0) for a, b in pairs),
+        )
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """The makespan of one worker's lane beyond its jobs' nominal time, in three parts that
+    add up to it: to first start (request, commit, LPUSH, dispatch, claim), job overrun
+    (claim and completion statements, timer slack) and gaps between its jobs (ack, next pop).
+    """
+
+    jobs: int
+    to_first_start: float
+    job_overrun: float
+    gaps: float
+
+    @property
+    def total(self) -> float:
+        return self.to_first_start + self.job_overrun + self.gaps
+
 
 @dataclass
 class RowResult:
@@ -97,7 +161,7 @@ class RowResult:
     speedup: float = math.nan
     efficiency: float = math.nan
     speedup_baseline: str = ""
-    verdict: str = ""
+    verdict: Verdict | None = None  # None until compute()
     reason: str = ""
 
     @property
@@ -116,6 +180,10 @@ class RowResult:
         waits = [j.queue_wait for r in self.runs for j in r.jobs if j.queue_wait is not None]
         return summary(waits, scale=1000)
 
+    def breakdown(self) -> Overhead | None:
+        """The overhead breakdown of the representative run."""
+        return self.representative.breakdown(self.row.job_seconds)
+
     def startup_seconds(self) -> float:
         """Worker start-up before the row (only its first run starts workers, if any)."""
         return max(r.startup_seconds for r in self.runs)
@@ -126,75 +194,18 @@ class RowResult:
         problems = [p for run in self.runs for p in run.problems(self.row.orders)]
         expected = self.row.expected_seconds
         if problems:
-            self.verdict, self.reason = "fail", "; ".join(dict.fromkeys(problems))
+            self.verdict, self.reason = Verdict.FAIL, "; ".join(dict.fromkeys(problems))
         elif expected is None:
-            self.verdict, self.reason = "measured", "no expected time: measured, not judged"
+            self.verdict, self.reason = Verdict.MEASURED, "no expected time: measured, not judged"
         elif self.makespan <= expected + self.row.tolerance:
-            self.verdict = "ok"
+            self.verdict = Verdict.OK
             self.reason = f"within {self.row.tolerance:.3g} s of the expected {expected:.3g} s"
         else:
-            self.verdict = "slow"
+            self.verdict = Verdict.SLOW
             self.reason = (
                 f"median {self.makespan:.3f} s is {self.makespan - expected:.3f} s over the "
                 f"expected {expected:.3g} s (tolerance {self.row.tolerance:.3g} s)"
             )
-
-    def to_json(self) -> dict[str, Any]:
-        row = self.row
-        ideal = row.ideal_seconds
-        return {
-            "name": row.name,
-            "orders": row.orders,
-            "workers": row.workers,
-            "jobSeconds": row.job_seconds,
-            "work": row.work,
-            "expectedSeconds": row.expected_seconds,
-            "toleranceSeconds": row.tolerance if row.expected_seconds is not None else None,
-            "idealSeconds": ideal,
-            "makespanSeconds": _num(self.makespan),
-            "runs": [
-                {
-                    "makespanSeconds": _num(run.makespan),
-                    "firstSentAt": run.first_sent,
-                    "lastFinishedAt": _num(run.last_finished),
-                    "startupSeconds": run.startup_seconds,
-                    "timedOut": run.timed_out,
-                    "perWorker": run.per_worker(),
-                    "apiStatuses": dict(Counter(str(s.status) for s in run.shots)),
-                }
-                for run in self.runs
-            ],
-            "makespanMinSeconds": _num(min(self.makespans)),
-            "makespanMaxSeconds": _num(max(self.makespans)),
-            "overheadSeconds": _num(self.overhead),
-            "overheadPercent": _num(100 * self.overhead / ideal) if ideal else None,
-            "speedup": _num(self.speedup),
-            "efficiency": _num(self.efficiency),
-            "speedupBaseline": self.speedup_baseline,
-            "apiLatencyMs": self.api_latency_ms(),
-            "queueWaitMs": self.queue_wait_ms(),
-            "perWorker": self.representative.per_worker(),
-            "startupSeconds": _num(self.startup_seconds()),
-            "verdict": self.verdict,
-            "reason": self.reason,
-            "jobs": [
-                {"run": i, **job.to_json()}
-                for i, run in enumerate(self.runs, 1)
-                for job in run.jobs
-            ],
-            "requests": [
-                {
-                    "run": i,
-                    "status": s.status,
-                    "sentAt": s.sent_at,
-                    "latencyMs": s.latency * 1000,
-                    "orderId": s.order_id,
-                    "error": s.error,
-                }
-                for i, run in enumerate(self.runs, 1)
-                for s in run.shots
-            ],
-        }
 
 
 @dataclass
@@ -203,7 +214,7 @@ class ApiVerdict:
 
     statuses: dict[str, int]
     latency_ms: dict[str, float]
-    verdict: str
+    verdict: Verdict
     reason: str
 
 
@@ -219,17 +230,18 @@ class SuiteResult:
     @property
     def passed(self) -> bool:
         """Every row within its tolerance and every order answered 202: a slow answer is
-        reported (verdict "slow") but fails nothing, as the kata claims no figure for it."""
-        rows_ok = all(r.verdict in ("ok", "measured") for r in self.rows)
-        return rows_ok and self.api is not None and self.api.verdict != "fail"
+        reported (verdict "slow") but fails nothing, as the kata claims no figure for it.
+        `mqlab run-experiment` exits with 1 when a suite has not passed."""
+        rows_ok = all(r.verdict is not None and r.verdict.passes for r in self.rows)
+        return rows_ok and self.api is not None and self.api.verdict is not Verdict.FAIL
 
     def failures(self) -> list[str]:
         out = [
             f"{r.row.name}: {r.verdict}: {r.reason}"
             for r in self.rows
-            if r.verdict in ("fail", "slow")
+            if r.verdict in (Verdict.FAIL, Verdict.SLOW)
         ]
-        if self.api is not None and self.api.verdict != "ok":
+        if self.api is not None and self.api.verdict is not Verdict.OK:
             out.append(f"API: {self.api.verdict}: {self.api.reason}")
         return out
 
@@ -262,27 +274,24 @@ class SuiteResult:
         statuses = dict(Counter(str(s.status) for s in shots))
         latency = summary([s.latency for s in shots], scale=1000)
         if not shots:
-            return ApiVerdict(statuses, latency, "fail", "no request was sent")
+            return ApiVerdict(statuses, latency, Verdict.FAIL, "no request was sent")
         if set(statuses) != {"202"}:
-            return ApiVerdict(statuses, latency, "fail", f"not every order got 202: {statuses}")
+            return ApiVerdict(
+                statuses, latency, Verdict.FAIL, f"not every order got 202: {statuses}"
+            )
         bar = self.suite.api_bar_ms()
+        typical = f"{label(HEADLINE)} {latency[label(HEADLINE)]:.1f} ms"
         if latency["max"] >= bar:
             return ApiVerdict(
                 statuses,
                 latency,
-                "slow",
+                Verdict.SLOW,
                 f"the slowest answer took {latency['max']:.1f} ms; expected under {bar:g} ms "
-                f"(p50 {latency['p50']:.1f} ms)",
+                f"({typical})",
             )
         return ApiVerdict(
             statuses,
             latency,
-            "ok",
-            f"all {len(shots)} orders answered 202; p50 {latency['p50']:.1f} ms, "
-            f"max {latency['max']:.1f} ms",
+            Verdict.OK,
+            f"all {len(shots)} orders answered 202; {typical}, max {latency['max']:.1f} ms",
         )
-
-
-def _num(value: float) -> float | None:
-    """NaN is not JSON: None instead."""
-    return None if value is None or math.isnan(value) else value

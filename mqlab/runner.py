@@ -101,10 +101,15 @@ class Runner:
             )
 
     async def run_suite(
-        self, suite: Suite, repeat: int = 1, on_row: Callable[[RowResult], None] | None = None
+        self,
+        suite: Suite,
+        repeat: int = 1,
+        on_row: Callable[[RowResult], None] | None = None,
+        leave_clean: bool = False,
     ) -> SuiteResult:
         """Every row of the suite, `repeat` times each; on_row gets each row as it ends
-        (its own figures computed; speedups, which need the other rows, come at the end)."""
+        (its own figures computed; speedups, which need the other rows, come at the end).
+        leave_clean: empty the data again at the end (see clean_after)."""
         if self.sup.api_url is None:
             raise RuntimeError("start the API (Supervisor.start_api) before running a suite")
         result = SuiteResult(suite=suite, repeat=repeat, started_at=time.time())
@@ -127,7 +132,19 @@ class Runner:
             await client.aclose()
         result.finished_at = time.time()
         result.compute()
+        if leave_clean:
+            await self.clean_after(result)
         return result
+
+    async def clean_after(self, result: SuiteResult) -> bool:
+        """What the tables hold after a run is its last row's orders, made by the run (it reset
+        before each row) and kept in `result`: empty them, so ids start at 1 again. Not after
+        a row that timed out: its jobs may still be in a worker's hands, and are worth a look.
+        Returns whether it emptied them."""
+        if any(run.timed_out for row in result.rows for run in row.runs):
+            return False
+        await asyncio.to_thread(reset_all, self.settings)
+        return True
 
     async def _ensure_workers(self, row: Row) -> float:
         """Make the pool match the row; returns the seconds it took (reported, not counted)."""

@@ -8,6 +8,13 @@ from collections.abc import Sequence
 
 #: The percentiles reported everywhere (report, JSON, TUI, bench).
 PERCENTILES = (50, 95, 99)
+#: The one shown where a single cell has room for one: the median.
+HEADLINE = PERCENTILES[0]
+
+
+def label(p: int) -> str:
+    """The key of percentile p in summary() and its column title: label(95) == "p95"."""
+    return f"p{p}"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -27,10 +34,11 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
-    """{"p50", "p95", "p99", "max", "min", "mean"} of values times scale (e.g. 1000 for ms)."""
+    """The PERCENTILES (keyed by label()), "max", "min" and "mean" of values times scale
+    (e.g. 1000 for ms)."""
     if not values:
         return {}
-    out = {f"p{p}": percentile(values, p) * scale for p in PERCENTILES}
+    out = {label(p): percentile(values, p) * scale for p in PERCENTILES}
     out["max"] = max(values) * scale
     out["min"] = min(values) * scale
     out["mean"] = statistics.fmean(values) * scale

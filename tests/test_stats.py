@@ -6,7 +6,17 @@ import math
 
 import pytest
 
-from mqlab.stats import efficiency, ideal_seconds, median, percentile, speedup, summary
+from mqlab.stats import (
+    HEADLINE,
+    PERCENTILES,
+    efficiency,
+    ideal_seconds,
+    label,
+    median,
+    percentile,
+    speedup,
+    summary,
+)
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -30,6 +40,11 @@ def test_summary_scales_to_milliseconds() -> None:
     assert s["min"] == pytest.approx(1.0)
     assert s["mean"] == pytest.approx(4.0)
     assert summary([]) == {}
+
+
+def test_summary_is_keyed_by_the_one_percentile_list() -> None:
+    assert set(summary([1.0, 2.0])) == {*map(label, PERCENTILES), "max", "min", "mean"}
+    assert label(HEADLINE) == "p50"  # a single cell shows the median
 
 
 def test_ideal_is_waves_of_job_time() -> None:

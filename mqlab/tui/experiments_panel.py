@@ -4,7 +4,6 @@ in as the shared Runner reports progress and each row's result."""
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import ClassVar
 
 from rich.text import Text
@@ -15,26 +14,29 @@ from textual.widgets import DataTable
 
 from mqlab.experiments import Row, Suite
 from mqlab.results import RowResult, SuiteResult
+from mqlab.results_table import TableRow, api_cells, api_planned, planned, row_cells
 from mqlab.runner import Progress
 from mqlab.tui.experiment_run import ExperimentRun, RowDone, RunEnded, RunProgress
 from mqlab.tui.model import Lab
 
-VERDICT_STYLES = {"ok": "bold green", "measured": "cyan", "slow": "bold yellow", "fail": "bold red"}
 PHASES = {"workers": "workers…", "firing": "firing", "waiting": "running", "done": "done"}
 API_ROW = "api"
 
 
-def seconds(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.3g} s"
+def progress_text(p: Progress) -> str:
+    """Orders done and time so far, in the measured column's width (10 for up to 99 orders)."""
+    elapsed = f"{p.elapsed:.1f}s" if p.elapsed < 10 else f"{p.elapsed:.0f}s"
+    return f"{p.done}/{p.total} {elapsed}"
 
 
 class ExperimentsTable(DataTable[Text | str]):
-    """One row per suite row (keyed by its index), plus the API's row (the kata's fourth)."""
+    """One row per suite row (keyed by its index), plus the API's row (the kata's fourth).
+    The cells come from mqlab.results_table; this only places them."""
 
-    #: Fixed widths (80 columns hold them all): progress text changes 20 times a second.
-    COLUMNS: ClassVar[dict[str, int]] = {
-        "row": 0, "expected": 8, "ideal": 5, "measured": 11, "overhead": 9, "verdict": 9,
-    }  # fmt: skip
+    #: Widths of the columns whose text changes while a row runs (fixed: progress text changes
+    #: 20 times a second); the others fit the suite's cells. The kata's table fills the 75
+    #: columns a panel has in an 80-column terminal.
+    LIVE_WIDTHS: ClassVar[dict[str, int]] = {"measured": 10, "overhead": 10, "verdict": 9}
 
     def __init__(self, suite: Suite, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -43,16 +45,18 @@ class ExperimentsTable(DataTable[Text | str]):
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
-        names = [r.name for r in self.suite.rows] + ["API responds (202)"]
-        for name, width in self.COLUMNS.items():
-            self.add_column(name, key=name, width=width or max(map(len, names)))
-        for index, row in enumerate(self.suite.rows):
-            self.add_row(
-                row.name, seconds(row.expected_seconds), seconds(row.ideal_seconds), "", "", "",
-                key=str(index),
-            )  # fmt: skip
-        bar = f"max<{self.suite.api_bar_ms():g}ms"
-        self.add_row(names[-1], bar, "", "", "", "", key=API_ROW)
+        rows = [planned(row) for row in self.suite.rows]
+        api = api_planned(self.suite)
+        cells = [*rows, api]
+        for name in ("row", "expected", "ideal"):
+            attr = "name" if name == "row" else name
+            width = max(len(name), *(len(getattr(t, attr)) for t in cells))
+            self.add_column(name, key=name, width=width)
+        for name, width in self.LIVE_WIDTHS.items():
+            self.add_column(name, key=name, width=width)
+        for index, t in enumerate(rows):
+            self.add_row(t.name, t.expected, t.ideal, "", "", "", key=str(index))
+        self.add_row(api.name, api.expected, api.ideal, "", "", "", key=API_ROW)
 
     def selected_rows(self) -> list[Row]:
         """The suite row under the cursor (the API row runs nothing of its own)."""
@@ -64,14 +68,17 @@ class ExperimentsTable(DataTable[Text | str]):
         self.update_cell(key, "overhead", overhead)
         self.update_cell(key, "verdict", verdict)
 
+    def _show(self, key: str, t: TableRow) -> None:
+        self._set(key, t.measured, Text(t.verdict_text, style=t.style), t.overhead)
+
     def pending(self, rows: list[Row]) -> None:
         for row in rows:
             self.finished.discard(self._key(row))
             self._set(self._key(row), "", Text("queued", style="dim"))
 
     def progress(self, p: Progress) -> None:
-        measured = f"{p.done}/{p.total} {p.elapsed:4.1f}s"
-        self._set(self._key(p.row), measured, Text(PHASES.get(p.phase, p.phase), style="italic"))
+        phase = Text(PHASES.get(p.phase, p.phase), style="italic")
+        self._set(self._key(p.row), progress_text(p), phase)
 
     def cancelled(self, rows: list[Row]) -> None:
         """Rows that did not finish say so; those that did keep their verdict."""
@@ -80,21 +87,14 @@ class ExperimentsTable(DataTable[Text | str]):
                 self._set(self._key(row), "", Text("cancelled", style="dim"))
 
     def row_result(self, r: RowResult) -> None:
-        style = VERDICT_STYLES.get(r.verdict, "")
         self.finished.add(self._key(r.row))
-        overhead = "" if math.isnan(r.overhead) else f"{r.overhead * 1000:+.0f} ms"
-        measured = "-" if math.isnan(r.makespan) else f"{r.makespan:.3f} s"
-        self._set(self._key(r.row), measured, Text(r.verdict, style=style), overhead)
+        self._show(self._key(r.row), row_cells(r))
 
     def result(self, result: SuiteResult) -> None:
         for r in result.rows:
             self.row_result(r)
         if result.api is not None:
-            p50 = result.api.latency_ms.get("p50", math.nan)
-            style = VERDICT_STYLES.get(result.api.verdict, "")
-            high = result.api.latency_ms.get("max", math.nan)
-            verdict = Text(result.api.verdict, style=style)
-            self._set(API_ROW, f"p50 {p50:.1f}ms", verdict, f"max {high:.0f}ms")
+            self._show(API_ROW, api_cells(self.suite, result.api))
 
     def verdicts(self) -> dict[str, str]:
         """Row name -> verdict cell text (what a test or a person reads)."""
