@@ -126,7 +126,10 @@ def _clean_forgotten(homes: Path) -> None:
     (postmaster.pid) is left alone."""
     for owner in homes.glob(f"*{_OWNER_SUFFIX}"):
         home_id = owner.name.removesuffix(_OWNER_SUFFIX)
-        base = Path(owner.read_text().strip())
+        try:
+            base = Path(owner.read_text().strip())
+        except FileNotFoundError:
+            continue  # another mqlab process is cleaning it up at this moment
         if read_json(base / IDENTITY_FILE).get("id") == home_id:
             continue
         folder = homes / home_id
