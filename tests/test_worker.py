@@ -68,7 +68,10 @@ def test_jobs_are_spread_over_workers(sup: Supervisor, client: httpx.Client) -> 
 def test_500_orders_from_10_clients_at_4_idle_workers_all_complete(
     sup: Supervisor, api_url: str, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
-    """Commit before enqueue: no job may be popped before its row exists."""
+    """Commit before enqueue: no job may be popped before its row exists.
+
+    Slow by design: 500 real orders through the API, PostgreSQL and the workers.
+    """
     sup.start_workers(4, job_seconds=0)
 
     def fire(n: int) -> list[int]:
@@ -100,6 +103,8 @@ def test_500_orders_from_10_clients_at_4_idle_workers_all_complete(
 def test_kill_9_mid_job_is_recovered_by_another_worker_exactly_once(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
+    """Slow by design: the killed worker's job comes back only once its heartbeat has expired
+    (keys.HEARTBEAT_TTL), and w1's 3 s job must still be running when it is killed."""
     sup.start_worker("w1", job_seconds=3)
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
@@ -209,6 +214,7 @@ def test_a_duplicate_delivery_is_not_completed_twice(
 def test_heartbeat_shows_state_and_expires_after_a_kill(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
+    """Slow by design: it waits for the heartbeat's TTL (keys.HEARTBEAT_TTL) to run out."""
     sup.start_worker("w1", job_seconds=2)
     beat = rds.hgetall(keys.worker_key("w1"))
     assert beat["state"] == "idle"
