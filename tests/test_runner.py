@@ -92,17 +92,26 @@ def _cmd(proc: psutil.Process) -> str:
         return ""
 
 
+@pytest.fixture(scope="module")
+def runner_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MQLAB_HOME for the runs below: the first makes its servers' data, the next ones
+    start from it (as a person's next run would), which spares a new cluster each."""
+    return tmp_path_factory.mktemp("home")
+
+
+# SIGKILL last: the runs before it stop cleanly, so that each finds the home as a run leaves it.
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_killing_the_runner_mid_run_leaves_no_process(
-    tmp_path_factory: pytest.TempPathFactory, sig: signal.Signals
+    runner_home: Path, sig: signal.Signals
 ) -> None:
     """Its own embedded servers, API and workers all go, whatever signal ends the runner.
 
     Slow by design (a few seconds each): a real `mqlab run-experiment` starts servers of its
-    own, in a home of its own, and a graceful stop lets the workers finish their job (1 s:
-    short, so that the stop is quick, and still long enough that the signal comes mid-job).
+    own, in a home of its own (shared by the three runs), and a graceful stop lets the
+    workers finish their job (1 s: short, so that the stop is quick, and still long enough
+    that the signal comes mid-job).
     """
-    home = tmp_path_factory.mktemp("home")
+    home = runner_home
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["MQLAB_HOME"] = str(home)
     runner = subprocess.Popen(
