@@ -305,6 +305,7 @@ class Worker:
         # Sleep first: run() has just beaten. A beat sent now would race the first job's
         # "busy" beat on a second, still connecting, connection and could land after it,
         # showing the worker idle for a second while it works.
+        me = asyncio.current_task()
         while True:
             await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
             with contextlib.suppress(*BACKEND_DOWN):
@@ -312,6 +313,11 @@ class Worker:
                 if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await self.beat()
                 await requeue_orphans(self.redis, exclude=self.id)
+            # run() cancels us at a stop and waits for us: a cancellation that came mid-command
+            # can come out of redis-py as a connection error, suppressed above, and the loop
+            # went on for ever (the worker hung at its stop until SIGKILLed).
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
 
     async def _hand_back_own(self) -> int:
         """Move whatever sits in our own processing list back to the queue's front."""

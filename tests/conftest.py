@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ import pytest
 import redis
 
 from mqlab import services
-from mqlab.db import apply_schema
-from mqlab.procs import free_port, terminate
+from mqlab.db import apply_schema, reset_data
+from mqlab.procs import free_port, pid_alive, terminate
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.resetting import reset_all
@@ -127,12 +128,19 @@ class Flaky:
     def __init__(self, module: Any, base: Path) -> None:
         self.module, self.base, self.port = module, base, free_port()
         self.record: dict[str, Any] = {}
+        # How `mqlab services down` stops it: SIGTERM is PostgreSQL's smart shutdown, which
+        # waits for every client (an API's pool) to leave, and so always ran into
+        # terminate()'s 10 s and a SIGKILL; SIGINT is its fast shutdown.
+        self.stop_signal = signal.SIGINT if module is postgres_server else signal.SIGTERM
 
     def start(self) -> None:
         self.record = self.module.start(self.base, self.port, owned=True)
 
     def stop(self) -> None:
-        terminate(self.record["pid"])
+        terminate(self.record["pid"], self.stop_signal)
+
+    def running(self) -> bool:
+        return pid_alive(self.record.get("pid"))
 
     @property
     def url(self) -> str:
@@ -147,10 +155,23 @@ def flaky_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
     server.stop()
 
 
-@pytest.fixture
-def flaky_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
+@pytest.fixture(scope="session")
+def _flaky_pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
+    """One PostgreSQL for every test that takes one down: a cluster and its schema are made
+    once, not per test."""
     server = Flaky(postgres_server, tmp_path_factory.mktemp("p"))
     server.start()
     apply_schema(server.url)
     yield server
-    server.stop()
+    if server.running():
+        server.stop()
+
+
+@pytest.fixture
+def flaky_pg(_flaky_pg_server: Flaky) -> Flaky:
+    """The shared PostgreSQL above, running and empty (a test may have left it stopped)."""
+    if not _flaky_pg_server.running():
+        _flaky_pg_server.start()
+    with psycopg.connect(_flaky_pg_server.url, autocommit=True) as conn:
+        reset_data(conn)
+    return _flaky_pg_server

@@ -30,6 +30,9 @@ def _mqlab_children() -> set[int]:
 def test_a_short_bench_measures_every_figure(
     settings: Settings, rds: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Slow by design (about 15 s): every phase of the bench runs for real, shortened, with an
+    API and workers of its own: API rates at 1 and 10 connections, drains with 1 and 4
+    workers, dispatch, bursts."""
     monkeypatch.setattr(phases, "DISPATCH_ORDERS", 20)
     monkeypatch.setattr(phases, "BURSTS", 3)
     monkeypatch.setattr(phases, "WARMUP_SECONDS", 0.2)

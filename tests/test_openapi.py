@@ -40,6 +40,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 def test_every_answer_is_documented(case: Case, pg: psycopg.Connection, rds: redis.Redis) -> None:
+    """Slow by design (about 10 s in all): EXAMPLES generated requests per operation, each a real
+    round trip to the API."""
     if case.method.upper() != "POST":
         case.call_and_validate()
         return
@@ -50,7 +52,10 @@ def test_every_answer_is_documented(case: Case, pg: psycopg.Connection, rds: red
 
 
 def test_stateful_sequences(api_schema: OpenApiSchema) -> None:
-    """Orders posted, then read back through the document's links (order, then job)."""
+    """Orders posted, then read back through the document's links (order, then job).
+
+    Slow by design: EXAMPLES sequences of up to 5 real requests.
+    """
     machine = api_schema.as_state_machine()
     machine.run(
         settings=settings(

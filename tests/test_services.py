@@ -40,6 +40,8 @@ def state(home: Path) -> dict:
 def test_up_is_idempotent_status_reports_and_down_leaves_nothing(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """Slow by design: four runs of the real CLI (a Python start each) on a fresh home, whose
+    first `up` makes its servers' data."""
     home = tmp_path_factory.mktemp("home")
     first = mqlab(home, "services", "up")
     assert first.returncode == 0, first.stderr
@@ -75,6 +77,7 @@ def test_up_is_idempotent_status_reports_and_down_leaves_nothing(
 def test_a_crashed_server_is_detected_as_stale_and_restarted(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """Slow by design: the real CLI, four times, on a fresh home of its own."""
     home = tmp_path_factory.mktemp("home")
     assert mqlab(home, "services", "up").returncode == 0
     try:
@@ -95,6 +98,7 @@ def test_a_crashed_server_is_detected_as_stale_and_restarted(
 def test_commands_say_how_to_get_servers_when_none_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """Slow by design: three runs of the real CLI, a Python start each."""
     home = tmp_path_factory.mktemp("home")
     for command in (["worker"], ["api"], ["status"]):
         res = mqlab(home, *command)
@@ -106,7 +110,11 @@ def test_commands_say_how_to_get_servers_when_none_run(
 def test_down_then_up_keeps_the_urls_and_the_api_and_worker_reconnect(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """A running API and worker need no restart when the servers come back."""
+    """A running API and worker need no restart when the servers come back.
+
+    Slow by design: servers of a home of its own, stopped and started again, and an API and a
+    worker that must find them again through their reconnect backoff.
+    """
     base = tmp_path_factory.mktemp("keep", numbered=True)
     services.up(owned=True, base=base)
     try:

@@ -91,7 +91,10 @@ def test_a_job_in_hand_while_redis_is_down_is_finished_and_a_second_stop_exits(
 ) -> None:
     """The first stop still finishes the job (its completion needs only PostgreSQL); its ack
     then waits for Redis, until a second stop, which exits cleanly (it used to exit 1 with a
-    traceback). The message stays in the processing list, for the reaper."""
+    traceback). The message stays in the processing list, for the reaper.
+
+    Slow by design: a 2 s job, long enough for Valkey to be stopped while it is in hand.
+    """
     with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
         child = sup.start_worker("w1", job_seconds=2)
         message = insert_job(settings.database_url, "job-r-2")
