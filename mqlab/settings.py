@@ -1,7 +1,8 @@
 """The two backends every part of mqlab talks to, as plain data.
 
 Where they come from (flags, the environment, embedded servers) is decided in one place,
-mqlab.environment; this module only reads REDIS_URL and DATABASE_URL.
+mqlab.environment; this module only reads (and writes, for children) REDIS_URL and
+DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class Settings:
         """What REDIS_URL and DATABASE_URL say; "" for a variable that is not set."""
         env = os.environ if environ is None else environ
         return cls(env.get("REDIS_URL", ""), env.get("DATABASE_URL", ""))
+
+    def to_env(self) -> dict[str, str]:
+        """The variables from_env reads, for a child process that must find the same servers."""
+        return {"REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url}
 
     def filled_from(self, other: Settings) -> Settings:
         """These URLs, with other's where one of these is empty (a flag wins over REDIS_URL)."""

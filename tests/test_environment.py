@@ -28,6 +28,9 @@ def test_settings_from_env_reads_the_two_urls_and_names_what_is_missing() -> Non
     assert settings == Settings("redis://r", "")
     assert settings.missing == ["PostgreSQL"]
     assert Settings.from_env({}).missing == ["Redis", "PostgreSQL"]
+    assert Settings.from_env(Settings("redis://a", "postgresql://b").to_env()) == Settings(
+        "redis://a", "postgresql://b"
+    )
     assert settings.filled_from(Settings("redis://other", "postgresql://p")) == Settings(
         "redis://r", "postgresql://p"
     )
