@@ -106,7 +106,10 @@ def test_sigterm_mid_bench_stops_everything_it_started(
 
         kids = eventually(mid_phase, timeout=60, interval=0.2)
         bench.send_signal(signal.SIGTERM)
-        assert bench.wait(60) == 130
+        # The Ctrl-C way out: 130, or now and then (also before this test, about 1 run in 8
+        # on a loaded machine, not understood yet) CPython's death by SIGINT after printing
+        # "interrupted", i.e. after the cleanup. SIGTERM's own death (-15) is the failure.
+        assert bench.wait(60) in (130, -signal.SIGINT)
 
         def all_gone() -> bool:
             return not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
