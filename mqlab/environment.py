@@ -8,8 +8,12 @@ from pathlib import Path
 from types import TracebackType
 
 from mqlab import services
+from mqlab.services import postgres_server, valkey_server
 from mqlab.services.manager import ServicesError, running_urls
 from mqlab.settings import Settings
+
+#: The embedded servers' names, in the order running_urls() gives their URLs.
+_NAMES = (valkey_server.NAME, postgres_server.NAME)
 
 
 def given(redis_url: str | None = None, database_url: str | None = None) -> Settings:
@@ -60,7 +64,14 @@ class Servers:
         try:
             self.settings = find(*self._urls, base=self.base)
         except ServicesError:
-            infos = services.up(owned=True, base=self.base)
+            before = dict(zip(_NAMES, running_urls(self.base), strict=True))
+            try:
+                infos = services.up(owned=True, base=self.base)
+            except BaseException:
+                # One started, then the other failed (or a Ctrl-C came): stop the one now,
+                # not when this process dies, as the caller may remove `base` next.
+                services.down(base=self.base, only=[n for n, url in before.items() if not url])
+                raise
             self.started = [i.name for i in infos if i.state == "started"]
             self.settings = find(*self._urls, base=self.base)
         return self.settings

@@ -11,7 +11,8 @@ import pytest
 
 from mqlab.environment import Servers, find, given
 from mqlab.interrupts import sigterm_as_ctrl_c
-from mqlab.services.manager import ServicesError
+from mqlab.services import postgres_server
+from mqlab.services.manager import ServicesError, running_urls
 from mqlab.settings import Settings
 
 
@@ -63,6 +64,21 @@ def test_servers_named_are_used_and_nothing_is_started(
     with Servers("redis://flag", base=tmp_path) as settings:
         assert settings == Settings("redis://flag", "postgresql://env")
     assert not list(tmp_path.iterdir())  # no embedded server started there
+
+
+def test_a_server_started_before_the_other_failed_is_stopped_at_once(
+    no_env: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Starts a real Valkey (well under a second); PostgreSQL's start is made to fail."""
+    base = tmp_path_factory.mktemp("half")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no PostgreSQL today")
+
+    no_env.setattr(postgres_server, "start", refuse)
+    with pytest.raises(ServicesError, match="no PostgreSQL today"), Servers(base=base):
+        pass
+    assert running_urls(base) == (None, None)
 
 
 def _previous(signum: int, frame: FrameType | None) -> None:
