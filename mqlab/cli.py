@@ -77,8 +77,11 @@ def _stop_before_start(signum: int, frame: FrameType | None) -> None:
 
 
 def resolve(redis_url: str | None, database_url: str | None) -> Settings:
+    """The servers of a command that does not start any (mqlab.environment.find)."""
+    from mqlab.environment import find
+
     try:
-        return Settings.resolve(redis_url, database_url)
+        return find(redis_url, database_url)
     except ServicesError as exc:
         raise fail(str(exc)) from None
 

@@ -158,6 +158,64 @@ UNION ALL
 SELECT 'jobs', status, count(*) FROM jobs GROUP BY status
 """
 
+# The API's reads: newest first, paged; one row by id.
+LIST_ORDERS = f"{SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
+ORDER_BY_ID = f"{SELECT_ORDERS} WHERE o.id = %s"
+LIST_JOBS = f"{SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
+JOB_BY_ID = f"{SELECT_JOBS} WHERE id = %s"
+
+#: The health check's question: does PostgreSQL answer at all?
+PING = "SELECT 1"
+
+# -- the lab's reads: what the runner and the bench measure, from PostgreSQL's clock -------
+
+COUNT_COMPLETED = "SELECT count(*) FROM jobs WHERE status = 'completed'"
+
+# Each job's timestamps as epoch seconds (results.JobTiming's fields, in its order).
+JOB_TIMINGS = """
+SELECT id, order_id, worker_id, attempts, extract(epoch FROM enqueued_at)::float8,
+       extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8, status
+FROM jobs ORDER BY enqueued_at, id
+"""
+
+# The drain: completed jobs, first start to last finish, and how many were delivered again.
+DRAIN_FIGURES = """
+SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8,
+       count(*) FILTER (WHERE attempts > 1)
+FROM jobs WHERE status = 'completed'
+"""
+
+# The dispatch: enqueue -> start, and enqueue -> finish (None while a job runs), in seconds.
+DISPATCH_TIMES = """
+SELECT extract(epoch FROM started_at - enqueued_at)::float8,
+       extract(epoch FROM finished_at - enqueued_at)::float8
+FROM jobs WHERE started_at IS NOT NULL
+"""
+
+
+async def count_completed(conn: psycopg.AsyncConnection[Any]) -> int:
+    """How many jobs are completed now."""
+    row = await (await conn.execute(COUNT_COMPLETED)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def job_timings(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    """Every job's id, order, worker, attempts, timestamps (epoch seconds) and status."""
+    return await (await conn.execute(JOB_TIMINGS)).fetchall()
+
+
+def drain_figures(conn: psycopg.Connection[Any]) -> tuple[int, float, int]:
+    """Completed jobs, seconds from the first start to the last finish, redelivered jobs."""
+    row = conn.execute(DRAIN_FIGURES).fetchone()
+    assert row is not None  # an aggregate always answers one row
+    return int(row[0]), float(row[1] or 0), int(row[2])
+
+
+def dispatch_times(conn: psycopg.Connection[Any]) -> list[tuple[float, float | None]]:
+    """(enqueue -> start, enqueue -> finish) in seconds for every job that started."""
+    rows = conn.execute(DISPATCH_TIMES).fetchall()
+    return [(float(r[0]), None if r[1] is None else float(r[1])) for r in rows]
+
 
 def iso(value: dt.datetime | None) -> str | None:
     """ISO-8601 in UTC with a Z, as the API promises."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mqlab.experiments import ExperimentError, Suite, experiments_dir, load
+from mqlab.interrupts import sigterm_as_ctrl_c
 from mqlab.report import write
 from mqlab.results import SuiteResult
 from mqlab.results_table import table as table_rows
@@ -72,10 +72,6 @@ def summary_table(result: SuiteResult) -> Table:
     return table
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(
     names: list[str],
     job_seconds: float | None,
@@ -95,11 +91,9 @@ def run(
         suites = [s.with_job_seconds(job_seconds) for s in suites]
     out_dir = out or experiments_dir() / "results"
     command = "mqlab " + shlex.join(sys.argv[1:])
-    # SIGTERM takes the same way out as Ctrl-C: through every `finally`, stopping the children.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     failed: list[str] = []
     try:
-        with Stack(redis_url, database_url) as stack:
+        with sigterm_as_ctrl_c(), Stack(redis_url, database_url) as stack:
             assert stack.settings is not None and stack.sup is not None
             for suite in suites:
                 display = ProgressLine()

@@ -1,13 +1,13 @@
-"""The stack a lab command runs on: the servers (embedded ones started if need be) and a
-supervisor with the API. Leaving it stops everything it started, and only that."""
+"""The stack a lab command runs on: the servers (mqlab.environment's, embedded ones started
+if need be) and a supervisor with the API. Leaving it stops everything it started, and only
+that."""
 
 from __future__ import annotations
 
 from types import TracebackType
 
-from mqlab import services
+from mqlab.environment import Servers
 from mqlab.services import postgres_server, valkey_server
-from mqlab.services.manager import ServicesError
 from mqlab.settings import Settings
 from mqlab.supervisor import LineHandler, Supervisor
 
@@ -22,22 +22,19 @@ class Stack:
         api_port: int | None = None,
         on_line: LineHandler | None = None,
     ) -> None:
-        self._urls = (redis_url, database_url)
+        self.servers = Servers(redis_url, database_url)
         self._api_port = api_port
         self._on_line = on_line
-        self.started_services: list[str] = []
         self.settings: Settings | None = None
         self.sup: Supervisor | None = None
 
+    @property
+    def started_services(self) -> list[str]:
+        """The embedded servers this stack started (and will stop)."""
+        return self.servers.started
+
     def open(self) -> Stack:
-        try:
-            self.settings = Settings.resolve(*self._urls)
-        except ServicesError:
-            # Nothing configured and nothing running: embedded servers of our own, which
-            # die with this process whatever happens to it.
-            infos = services.up(owned=True)
-            self.started_services = [i.name for i in infos if i.state == "started"]
-            self.settings = Settings.resolve(*self._urls)
+        self.settings = self.servers.open()
         self.sup = Supervisor(self.settings, on_line=self._on_line)
         self.sup.start_api(self._api_port)
         return self
@@ -45,9 +42,7 @@ class Stack:
     def close(self) -> None:
         if self.sup is not None:
             self.sup.close()
-        if self.started_services:
-            services.down(only=self.started_services)
-            self.started_services = []
+        self.servers.close()
 
     def versions(self) -> dict[str, str]:
         """Server versions, for the report."""

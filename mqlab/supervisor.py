@@ -73,8 +73,7 @@ class Supervisor:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["REDIS_URL"] = self.settings.redis_url
-        env["DATABASE_URL"] = self.settings.database_url
+        env.update(self.settings.to_env())
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,8 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import services
 from mqlab.db import apply_schema, reset_data
+from mqlab.environment import Servers
 from mqlab.procs import free_port, pid_alive, terminate
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids_sync
@@ -26,26 +25,15 @@ from mqlab.supervisor import Supervisor
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The backends of the whole run.
+    """The backends of the whole run, found as every command finds them (environment.Servers).
 
     With REDIS_URL and DATABASE_URL set, those servers (CI's second pass points them at a
     Redis DB number and a PostgreSQL database of its own). Otherwise embedded servers in a
     temporary MQLAB_HOME, owned by this process: stopped at the end, and killed with it.
     """
-    redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
-    if redis_url and database_url:
-        apply_schema(database_url)
-        yield Settings(redis_url, database_url)
-        return
-    base = short_tmp(tmp_path_factory, "svc")
-    services.up(owned=True, base=base)
-    from mqlab.services.home import read_state
-
-    state = read_state(base)
-    try:
-        yield Settings(state["redis"]["url"], state["postgres"]["url"])
-    finally:
-        services.down(base=base)
+    with Servers(base=short_tmp(tmp_path_factory, "svc")) as found:
+        apply_schema(found.database_url)  # embedded ones have it; given ones may not yet
+        yield found
 
 
 def short_tmp(factory: pytest.TempPathFactory, name: str) -> Path:

@@ -157,9 +157,8 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         responses={200: {"model": list[schemas.Order]}, **schemas.INVALID, **schemas.COMMON},
     )
     async def list_orders(limit: Limit = 100, offset: Offset = 0) -> Response:
-        sql = f"{db.SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
         async with backends.pool.connection() as conn:
-            rows = await (await conn.execute(sql, [limit, offset])).fetchall()
+            rows = await (await conn.execute(db.LIST_ORDERS, [limit, offset])).fetchall()
         return _json([db.order_json(r) for r in rows])
 
     @app.get(
@@ -178,7 +177,7 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         if not 1 <= order_id <= BIGINT_MAX:  # no such row can exist: do not ask PostgreSQL
             return _not_found("orderId", order_id)
         async with backends.pool.connection() as conn:
-            cur = await conn.execute(f"{db.SELECT_ORDERS} WHERE o.id = %s", [order_id])
+            cur = await conn.execute(db.ORDER_BY_ID, [order_id])
             row = await cur.fetchone()
         if row is None:
             return _not_found("orderId", order_id)
@@ -191,9 +190,8 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         responses={200: {"model": list[schemas.Job]}, **schemas.INVALID, **schemas.COMMON},
     )
     async def list_jobs(limit: Limit = 100, offset: Offset = 0) -> Response:
-        sql = f"{db.SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
         async with backends.pool.connection() as conn:
-            rows = await (await conn.execute(sql, [limit, offset])).fetchall()
+            rows = await (await conn.execute(db.LIST_JOBS, [limit, offset])).fetchall()
         return _json([db.job_json(r) for r in rows])
 
     @app.get(
@@ -207,7 +205,7 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         if "\x00" in job_id:  # PostgreSQL text cannot hold NUL, so no job has it
             return _not_found("jobId", job_id)
         async with backends.pool.connection() as conn:
-            cur = await conn.execute(f"{db.SELECT_JOBS} WHERE id = %s", [job_id])
+            cur = await conn.execute(db.JOB_BY_ID, [job_id])
             row = await cur.fetchone()
         if row is None:
             return _not_found("jobId", job_id)
@@ -228,7 +226,7 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
             down.append({"backend": "Redis"})
         try:
             async with backends.pool.connection() as conn:
-                await conn.execute("SELECT 1")
+                await conn.execute(db.PING)
         except psycopg.Error as exc:  # PoolTimeout and a refused SELECT 1 included
             log_down("PostgreSQL", exc)
             down.append({"backend": "PostgreSQL"})

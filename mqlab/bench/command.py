@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console
 
@@ -27,6 +24,8 @@ from mqlab.bench.phases import (
     drain_phase,
     live_workers,
 )
+from mqlab.environment import given
+from mqlab.interrupts import sigterm_as_ctrl_c
 from mqlab.resetting import reset_all
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
@@ -93,11 +92,6 @@ def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Cons
     return results
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turn SIGTERM into the same unwinding as Ctrl-C, so that every finally runs.
-    raise KeyboardInterrupt
-
-
 def run(
     *,
     seconds: float = 5.0,
@@ -111,21 +105,16 @@ def run(
     """The whole bench; returns the exit code (0 whether or not targets are met)."""
     # Wide enough for the table when the output is a file or a pipe (rich assumes 80 then).
     say = console or Console(width=None if sys.stdout.isatty() else 130)
-    redis_url = redis_url or os.environ.get("REDIS_URL") or None
-    database_url = database_url or os.environ.get("DATABASE_URL") or None
-    external = bool(redis_url and database_url)
-    if bool(redis_url) != bool(database_url):
+    named = given(redis_url, database_url)
+    external = not named.missing
+    if len(named.missing) == 1:
         say.print("[red]error:[/] give both Redis and PostgreSQL URLs, or neither (embedded)")
         return 2
     if external and not yes:
         say.print("[red]error:[/] the bench empties the given Redis and PostgreSQL: pass --yes")
         return 2
-    previous = signal.signal(signal.SIGTERM, _sigterm)
-    # Also when started with SIGINT ignored (a background job of a script): Ctrl-C and
-    # `kill -INT` must unwind through the cleanup like everywhere else.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with backends(redis_url, database_url) as (settings, base):
+        with sigterm_as_ctrl_c(), backends(named) as (settings, base):
             if external and (found := live_workers(settings)):
                 say.print(f"[red]error:[/] workers are attached to that Redis ({len(found)}):"
                           " stop them first, they would take the bench's jobs")  # fmt: skip
@@ -138,9 +127,6 @@ def run(
     except BenchError as exc:
         say.print(f"[red]error:[/] {exc}")
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
     say.print(table(results))
     if json_path is not None:
         json_path.write_text(json.dumps(as_json(results, seconds, jobs), indent=2) + "\n")

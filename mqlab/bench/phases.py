@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 
-from mqlab import services
+from mqlab import db
 from mqlab.bench.meters import CpuMeter
+from mqlab.completion import wait_completed_at
+from mqlab.environment import Servers
 from mqlab.loadgen import Shot, fire, pace
-from mqlab.procs import wait_until
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.resetting import reset_all
@@ -64,18 +65,14 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 @contextlib.contextmanager
-def backends(redis_url: str | None, database_url: str | None) -> Iterator[tuple[Settings, Path]]:
-    """The given servers, or embedded ones in a temporary folder, stopped on the way out."""
-    if redis_url and database_url:
-        yield Settings(redis_url, database_url), Path()
-        return
+def backends(named: Settings) -> Iterator[tuple[Settings, Path]]:
+    """The servers named (both URLs), or embedded ones in a temporary folder of the bench's
+    own, never the person's (the bench empties them); those are stopped on the way out."""
     base = Path(tempfile.mkdtemp(prefix="mqlab-bench-"))
     try:
-        infos = services.up(owned=True, base=base)
-        urls = {info.name: info.url for info in infos}
-        yield Settings(urls["redis"], urls["postgres"]), base
+        with Servers(named.redis_url, named.database_url, base=base) as settings:
+            yield settings, base
     finally:
-        services.down(base=base)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -87,15 +84,9 @@ def live_workers(settings: Settings) -> list[str]:
         client.close()
 
 
-def wait_completed(settings: Settings, n: int, timeout: float) -> bool:
-    """Poll (on one connection: a new one per poll costs PostgreSQL a fork) until n are done."""
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-
-        def completed() -> bool:
-            row = conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()
-            return bool(row) and int(row[0]) >= n
-
-        return wait_until(completed, timeout)
+def wait_completed(settings: Settings, jobs: int, timeout: float) -> bool:
+    """completion.wait_completed, from the bench's synchronous phases."""
+    return run_async(lambda: wait_completed_at(settings.database_url, jobs, timeout))
 
 
 def api_phase(
@@ -149,12 +140,7 @@ def drain_phase(
     finally:
         client.close()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at)),"
-            " count(*) FILTER (WHERE attempts > 1) FROM jobs WHERE status = 'completed'"
-        ).fetchone()
-    assert row is not None
-    count, span, redelivered = int(row[0]), float(row[1] or 0), int(row[2])
+        count, span, redelivered = db.drain_figures(conn)
     return {
         "workers": workers,
         "jobs": accepted,
@@ -177,12 +163,9 @@ def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) 
     finally:
         sup.stop_many([c.name for c in children])
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT extract(epoch FROM started_at - enqueued_at),"
-            " extract(epoch FROM finished_at - enqueued_at) FROM jobs WHERE started_at IS NOT NULL"
-        ).fetchall()
-    dispatch = summary([float(r[0]) for r in rows], scale=1000)
-    through = summary([float(r[1]) for r in rows if r[1] is not None], scale=1000)
+        times = db.dispatch_times(conn)
+    dispatch = summary([start for start, _ in times], scale=1000)
+    through = summary([finish for _, finish in times if finish is not None], scale=1000)
     api = summary([s.latency for s in shots if s.status == 202], scale=1000)
     return {
         "workers": workers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mqlab.experiments import load
+from mqlab.interrupts import sigterm_as_ctrl_c
 from mqlab.tui.app import LabApp
 from mqlab.tui.lab import LiveLab
 from mqlab.tui.source import LiveSource
@@ -44,9 +45,15 @@ def run(
 ) -> int:
     """Run the TUI until the person quits; returns the exit code (1 if the stack failed)."""
     app, lab = build(workers, job_seconds, suite, redis_url, database_url)
-    try:
-        app.run()
-    finally:
-        # Whatever ended the app (q, Ctrl-C, SIGTERM, a crash): nothing it started survives.
-        lab.close()
+    # Once mounted, the app's own loop handler takes SIGTERM the way `q` goes (a
+    # KeyboardInterrupt inside Textual's loop would skip its way out); before that, SIGTERM
+    # unwinds like Ctrl-C, through the finally.
+    with sigterm_as_ctrl_c():
+        try:
+            app.run()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            # Whatever ended the app (q, Ctrl-C, SIGTERM, a crash): nothing it started survives.
+            lab.close()
     return 1 if lab.error else 0
