@@ -134,6 +134,11 @@ class Worker:
         self.claim: tuple[str, int] | None = None
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
+        #: Cleared when the consuming ends: the heartbeat loop checks it as well as being
+        #: cancelled, because redis-py's asyncio client can swallow a cancellation that comes
+        #: mid-command (seen with redis 8.1: about one in three), which kept the loop, and so
+        #: the process, alive after a SIGTERM.
+        self._consuming = True
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
             # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
@@ -303,7 +308,7 @@ class Worker:
         # Sleep first: run() has just beaten. A beat sent now would race the first job's
         # "busy" beat on a second, still connecting, connection and could land after it,
         # showing the worker idle for a second while it works.
-        while True:
+        while self._consuming:
             await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
             with contextlib.suppress(*BACKEND_ERRORS):
                 # Jobs beat as they start and finish: no need to add one when they did lately.
@@ -333,6 +338,7 @@ class Worker:
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         finally:
+            self._consuming = False
             helpers = [t for t in (cold, heart) if t is not None]
             for task in helpers:
                 task.cancel()
