@@ -565,6 +565,11 @@ class Worker:
             await self._retry("Redis", self._hand_back_own)
             await self._publish("job_requeued", job=job_id, order=order_id)
             return
+        if found is None:
+            # Its row is gone: a reset (`mqlab reset`, the lab's X) deleted it while it ran.
+            log.warning("%s: %s was deleted while it ran (a reset?); dropping it", self.id, job_id)
+            await self._publish("job_lost", ack=raw, job=job_id, order=order_id)
+            return
         # Presumed dead and taken over (or done by another): that delivery owns the outcome.
         log.warning("%s: %s was taken over by another worker; not completing it",
                     self.id, job_id)  # fmt: skip
