@@ -21,6 +21,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.widgets import DataTable, RichLog
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, WorkerState
 
@@ -37,6 +38,8 @@ from mqlab.tui.timeline import Timeline
 REFRESH_SECONDS = 0.2
 #: From this many columns on, the wide layout: every panel on one screen.
 WIDE = 120
+#: How long a note (what a toast would have said) stays in the top bar, by default.
+NOTE_SECONDS = 5.0
 BATCH_SIZES = (1, 5, 10, 20, 50, 100, 500, 1000)
 BATCH_GROUP = Binding.Group("Batch", compact=True)
 
@@ -213,6 +216,23 @@ class LabApp(App[None]):
         self.query_one(StackBar).status = text
 
     # -- messages from threads and tables -----------------------------------------------------
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """No toasts: they covered the tables and the footer. A note in the top bar for
+        `timeout` seconds instead, and a line in the log (where it stays)."""
+        text = f"{title}: {message}" if title else message
+        if self.shutting_down:
+            return
+        self.query_one(LogPanel).add("lab", text)
+        self.query_one(StackBar).note(text, severity, timeout or NOTE_SECONDS)
 
     def on_log_line(self, message: LogLine) -> None:
         if not self.shutting_down:

@@ -39,10 +39,12 @@ def _bars() -> tuple[JobBar, ...]:
     for i in range(10):
         worker, wave = f"w{i % 4 + 1}", i // 4
         start = t0 + wave * 2.004
-        bars.append(JobBar(worker, f"job-{i + 1}", i + 1, start, start + 2.0))
-    bars.append(JobBar("w5", "job-0", 0, NOW - 28.0, NOW - 26.5))  # w5 killed mid-job
+        pid = 41001 + i % 4
+        bars.append(JobBar(worker, f"job-{i + 1}", i + 1, start, start + 2.0, pid))
+    # w5 killed mid-job: its bar ends with the cut mark.
+    bars.append(JobBar("w5", "job-0", 0, NOW - 28.0, NOW - 26.5, 41005, cut=True))
     for i, worker in enumerate(("w1", "w2", "w3", "w4")):
-        bars.append(JobBar(worker, f"job-{11 + i}", 11 + i, NOW - 1.2, None))
+        bars.append(JobBar(worker, f"job-{11 + i}", 11 + i, NOW - 1.2, None, 41001 + i))
     return tuple(bars)
 
 
@@ -67,6 +69,8 @@ def fixed_frame() -> Frame:
             WorkerRow("w3", 41003, "busy", "job-13", 1.2, 2),
             WorkerRow("w4", 41004, "stopping", "job-14", 1.2, 2),
             WorkerRow("w5", 41005, "dead", "SIGKILL", None, 0),
+            # Another terminal's worker, named host-pid as `mqlab worker` does by default.
+            WorkerRow("lab-vm-52114", 52114, "idle", "", None, 0, ours=False),
         ),
         bars=_bars(),
         timeline_seconds=30.0,
