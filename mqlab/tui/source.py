@@ -219,6 +219,10 @@ class LiveSource:
         except ValueError:
             return
         if kind == "worker_up" and pid:
+            # A new process of that id: what the old one had open, it never finished.
+            for bar in self._bars:
+                if bar.worker == worker and bar.end is None:
+                    bar.close(at, cut=True)
             self._pids[worker] = pid
         elif kind == "job_started":
             # A worker runs one job at a time: a bar still open ended by now, cut short (its
