@@ -234,6 +234,11 @@ class LabApp(App[None]):
         self.query_one(LogPanel).add("lab", text)
         self.query_one(StackBar).note(text, severity, timeout or NOTE_SECONDS)
 
+    def clear_notifications(self) -> None:
+        super().clear_notifications()
+        if not self.shutting_down:
+            self.query_one(StackBar).shown_note = None
+
     def on_log_line(self, message: LogLine) -> None:
         if not self.shutting_down:
             self.query_one(LogPanel).add(message.process, message.line)
