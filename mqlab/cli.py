@@ -13,10 +13,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mqlab import services
+from mqlab import __version__, services
 from mqlab.procs import port_free
 from mqlab.services.manager import ServicesError
 from mqlab.settings import Settings
+
+#: Help in click's plain layout, readable at 80 columns: typer's rich panels give each
+#: option five columns (names, negations, type) and squeeze its description to ~20 cells.
+#: `-h` as well as `--help`, for every command.
+_HELP = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
 
 app = typer.Typer(
     name="mqlab",
@@ -24,8 +29,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    **_HELP,  # type: ignore[arg-type]
 )
-services_app = typer.Typer(help="The embedded Redis and PostgreSQL servers.", no_args_is_help=True)
+services_app = typer.Typer(
+    help="The embedded Redis and PostgreSQL servers.",
+    no_args_is_help=True,
+    **_HELP,  # type: ignore[arg-type]
+)
 app.add_typer(services_app, name="services")
 
 console = Console()
@@ -33,14 +43,37 @@ err = Console(stderr=True)
 
 RedisUrl = Annotated[
     str | None,
-    typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to use (default: embedded)."),
+    typer.Option(
+        "--redis-url", envvar="REDIS_URL", metavar="URL", help="Redis to use (default: embedded)."
+    ),
 ]
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
-        "--database-url", envvar="DATABASE_URL", help="PostgreSQL to use (default: embedded)."
+        "--database-url",
+        envvar="DATABASE_URL",
+        metavar="URL",
+        help="PostgreSQL to use (default: embedded).",
     ),
 ]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"mqlab {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Show the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """A terminal lab for the producer-consumer pattern (Kata 3: message queues + workers)."""
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -86,7 +119,7 @@ def resolve(redis_url: str | None, database_url: str | None) -> Settings:
         raise fail(str(exc)) from None
 
 
-@services_app.command("up")
+@services_app.command("up", short_help="Start the servers (or reuse them); apply the schema.")
 def services_up() -> None:
     """Start the embedded Redis and PostgreSQL (or reuse them if they run) and apply the schema."""
     from mqlab.services.view import services_table
@@ -95,7 +128,7 @@ def services_up() -> None:
         infos = services.up(owned=False)
     except ServicesError as exc:
         raise fail(str(exc)) from None
-    console.print(services_table(infos))
+    console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
     console.print("Stop them with [bold]mqlab services down[/].")
 
 
@@ -108,7 +141,7 @@ def services_down() -> None:
     if not infos:
         console.print("No embedded servers were running.")
         return
-    console.print(services_table(infos))
+    console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
 
 
 @services_app.command("status")
@@ -117,16 +150,21 @@ def services_status() -> None:
     from mqlab.services.view import services_table
 
     infos = services.status()
-    console.print(services_table(infos))
+    console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
     if any(i.state == "stale" for i in infos):
         console.print("A stale record (its server had died) was cleaned.")
 
 
-@services_app.command("env")
+@services_app.command("env", short_help="Print the servers' URLs as export lines, for eval.")
 def services_env() -> None:
-    """Print `export REDIS_URL=... DATABASE_URL=...` (TCP) for the running embedded servers.
+    """Print `export REDIS_URL=...` and `export DATABASE_URL=...` (TCP) for the running
+    embedded servers. Then, for instance:
 
-    `eval "$(mqlab services env)"`, then `redis-cli -u "$REDIS_URL"` and `psql "$DATABASE_URL"`.
+    \b
+      eval "$(mqlab services env)"
+      redis-cli -u "$REDIS_URL"
+      psql "$DATABASE_URL"
+
     The URLs carry the servers' passwords (kept in MQLAB_HOME/home.json, 0600).
     """
     infos = {i.name: i for i in services.status() if i.state == "running"}
@@ -138,9 +176,15 @@ def services_env() -> None:
 
 @app.command()
 def api(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 3000,
-    pool_size: Annotated[int, typer.Option(help="PostgreSQL connections.", min=1)] = 20,
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(metavar="PORT", help="Port to listen on.", min=1, max=65535)
+    ] = 3000,
+    pool_size: Annotated[
+        int, typer.Option(metavar="N", help="PostgreSQL connections.", min=1)
+    ] = 20,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
@@ -177,13 +221,22 @@ def api(
 
 @app.command()
 def worker(
-    id: Annotated[str | None, typer.Option("--id", help="Worker id (default: host-pid).")] = None,
+    id: Annotated[
+        str | None, typer.Option("--id", metavar="ID", help="Worker id (default: host-pid).")
+    ] = None,
     job_seconds: Annotated[
         float,
-        typer.Option(help="How long each job works (the kata: 2 s).", callback=job_seconds_option),
+        typer.Option(
+            metavar="SECONDS",
+            help="How long each job works (the kata: 2 s).",
+            callback=job_seconds_option,
+        ),
     ] = 2.0,
     work: Annotated[
-        str, typer.Option(help="sleep (I/O-bound, as in the kata) or cpu (spins the CPU).")
+        str,
+        typer.Option(
+            metavar="KIND", help="sleep (I/O-bound, as in the kata) or cpu (spins the CPU)."
+        ),
     ] = "sleep",
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
@@ -213,7 +266,9 @@ def worker(
 @app.command()
 def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds between refreshes.", min=0.1)
+    ] = 1.0,
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -233,23 +288,32 @@ def status(
 def run_experiment(
     suites: Annotated[
         list[str] | None,
-        typer.Argument(help="Suite names (experiments/NAME.toml) or .toml paths. Default: kata3."),
+        # Described in the docstring: typer would print its type, <list[str]>, beside it.
+        typer.Argument(metavar="SUITE", show_default=False, hidden=True),
     ] = None,
     job_seconds: Annotated[
         float | None,
         typer.Option(
+            metavar="SECONDS",
             help="Run every row at this job time (expected times scale).",
             callback=job_seconds_option,
         ),
     ] = None,
-    repeat: Annotated[int, typer.Option(help="Runs per row; the median is reported.", min=1)] = 1,
+    repeat: Annotated[
+        int, typer.Option(metavar="N", help="Runs per row; the median is reported.", min=1)
+    ] = 1,
     out: Annotated[
-        Path | None, typer.Option(help="Where reports go (default experiments/results).")
+        Path | None,
+        typer.Option(metavar="DIR", help="Where reports go (default experiments/results)."),
     ] = None,
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Run experiments headless and write a report (markdown + JSON). Resets the data."""
+    """Run experiments headless and write a report. Resets the data.
+
+    Each SUITE is a name (experiments/NAME.toml) or a .toml path; without one, kata3. The
+    report goes to experiments/results/ as markdown and JSON.
+    """
     from mqlab.experiment_cli import run
 
     setup_logging(logging.WARNING)
@@ -263,7 +327,7 @@ def reset(
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Delete every order, job and queue entry (the lab's clean slate)."""
+    """Empty the orders, jobs and queues: the lab's clean slate."""
     from mqlab.resetting import reset_all
 
     settings = resolve(redis_url, database_url)
@@ -273,22 +337,31 @@ def reset(
     console.print("Orders, jobs and queues are empty.")
 
 
-@app.command()
+@app.command(short_help="The live lab: fire orders, scale workers, run experiments.")
 def tui(
-    workers: Annotated[int, typer.Option(help="Workers to start with.", min=0, max=64)] = 1,
+    workers: Annotated[
+        int, typer.Option(metavar="N", help="Workers to start with.", min=0, max=64)
+    ] = 1,
     job_seconds: Annotated[
         float | None,
         typer.Option(
+            metavar="SECONDS",
             help="Job time of the workers (default: the kata's 2 s); the experiments table "
             "runs at it too (expected times scale).",
             callback=job_seconds_option,
         ),
     ] = None,
-    suite: Annotated[str, typer.Option(help="The experiments table (name or .toml).")] = "kata3",
+    suite: Annotated[
+        str, typer.Option(metavar="SUITE", help="The experiments table (name or .toml).")
+    ] = "kata3",
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """The live lab: start the stack, fire orders, add/stop/kill workers, run the experiments."""
+    """The live lab: fire orders, add, stop or kill workers, run the experiments.
+
+    It starts the stack (embedded servers unless --redis-url / --database-url, the API and
+    the workers), and stops what it started when it exits.
+    """
     from mqlab.experiments import ExperimentError
     from mqlab.tui.main import run
 
@@ -299,14 +372,15 @@ def tui(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help="Measure the API, the drain rate and the dispatch latency.")
 def bench(
     seconds: Annotated[
-        float, typer.Option(help="Length of each POST /orders phase.", min=0.5)
+        float, typer.Option(metavar="SECONDS", help="Length of each POST /orders phase.", min=0.5)
     ] = 5.0,
-    jobs: Annotated[int, typer.Option(help="Jobs per drain phase.", min=1)] = 3000,
+    jobs: Annotated[int, typer.Option(metavar="N", help="Jobs per drain phase.", min=1)] = 3000,
     json_path: Annotated[
-        str | None, typer.Option("--json", help="Also write the figures as JSON to this file.")
+        str | None,
+        typer.Option("--json", metavar="FILE", help="Also write the figures as JSON to this file."),
     ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", help="Allow emptying the Redis and PostgreSQL given.")
@@ -314,7 +388,9 @@ def bench(
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Measure POST /orders, the drain rate and the dispatch latency, beside their targets.
+    """Measure POST /orders, the drain rate and the dispatch latency.
+
+    Each figure is shown beside its target.
 
     Without --redis-url / --database-url it runs its own embedded servers in a temporary
     folder; the API and the workers are its children. Nothing is left running after it.

@@ -136,6 +136,11 @@ class Worker:
         self.claim: tuple[str, int] | None = None
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
+        #: Cleared when the consuming ends: the heartbeat loop checks it as well as being
+        #: cancelled, because redis-py's asyncio client can swallow a cancellation that comes
+        #: mid-command (seen with redis 8.1: about one in three), which kept the loop, and so
+        #: the process, alive after a SIGTERM.
+        self._consuming = True
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
             # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
@@ -305,19 +310,13 @@ class Worker:
         # Sleep first: run() has just beaten. A beat sent now would race the first job's
         # "busy" beat on a second, still connecting, connection and could land after it,
         # showing the worker idle for a second while it works.
-        me = asyncio.current_task()
-        while True:
+        while self._consuming:
             await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
             with contextlib.suppress(*BACKEND_DOWN):
                 # Jobs beat as they start and finish: no need to add one when they did lately.
                 if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await self.beat()
                 await requeue_orphans(self.redis, exclude=self.id)
-            # run() cancels us at a stop and waits for us: a cancellation that came mid-command
-            # can come out of redis-py as a connection error, suppressed above, and the loop
-            # went on for ever (the worker hung at its stop until SIGKILLed).
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
 
     async def _hand_back_own(self) -> int:
         """Move whatever sits in our own processing list back to the queue's front."""
@@ -341,6 +340,7 @@ class Worker:
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         finally:
+            self._consuming = False
             helpers = [t for t in (cold, heart) if t is not None]
             for task in helpers:
                 task.cancel()
@@ -566,6 +566,11 @@ class Worker:
             # unlike LREM + RPUSH, cannot queue it twice when a retry follows a lost reply.
             await self._retry("Redis", self._hand_back_own)
             await self._publish(EventKind.JOB_REQUEUED, job=job_id, order=order_id)
+            return
+        if found is None:
+            # Its row is gone: a reset (`mqlab reset`, the lab's X) deleted it while it ran.
+            log.warning("%s: %s was deleted while it ran (a reset?); dropping it", self.id, job_id)
+            await self._publish(EventKind.JOB_LOST, ack=raw, job=job_id, order=order_id)
             return
         # Presumed dead and taken over (or done by another): that delivery owns the outcome.
         log.warning("%s: %s was taken over by another worker; not completing it",

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import version
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 import redis
+from typer.testing import CliRunner
 
+from mqlab.cli import app
 from mqlab.protocol import keys, messages
+from mqlab.services.view import masked
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, post_order
@@ -136,3 +142,78 @@ def test_worker_rejects_an_unknown_work_kind(settings: Settings) -> None:
     out = run(settings, "worker", "--work", "dance")
     assert out.returncode == 1
     assert "--work must be one of sleep, cpu" in out.stderr
+
+
+def at_80_columns(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
+    """`mqlab ARGS` as in an 80-column terminal, on no configured servers (and, given a home,
+    on that one's embedded servers)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["COLUMNS"] = "80"
+    if home is not None:
+        env["MQLAB_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "mqlab", *args], capture_output=True, text=True, env=env, timeout=90
+    )
+
+
+COMMANDS = [
+    (), ("api",), ("worker",), ("status",), ("run-experiment",), ("reset",), ("tui",),
+    ("bench",), ("services",), ("services", "up"), ("services", "down"),
+    ("services", "status"), ("services", "env"),
+]  # fmt: skip
+
+
+def help_at_80_columns(*args: str) -> str:
+    """The help as an 80-column terminal shows it (in process: click reads COLUMNS)."""
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "80"}, prog_name="mqlab")
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mqlab")
+def test_help_fits_80_columns_without_type_names(command: tuple[str, ...]) -> None:
+    text = help_at_80_columns(*command, "-h")
+    assert text == help_at_80_columns(*command, "--help") and text.startswith("Usage: mqlab")
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, text
+    # Typer's bare types (<str>, <int range>, <bool>, <list[str]>) and click's (INTEGER).
+    assert not re.search(r"<[a-z]|\b(TEXT|INTEGER|FLOAT|BOOLEAN|PATH)\b", text), text
+    # Each option's description starts within the left half, so that it reads as prose.
+    for line in lines:
+        if re.match(r"  -", line):
+            _, _, description = line.strip().partition("  ")
+            assert description == "" or line.index(description.strip()) <= 40, line
+    # A command's one-line summary in a list is not cut short with "...".
+    commands = [line for line in lines if re.match(r"  [a-z][\w-]*  +\S", line)]
+    assert not any(line.endswith("...") for line in commands), text
+
+
+def test_version() -> None:
+    out = at_80_columns("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"mqlab {version('mqlab')}\n"
+
+
+def test_services_urls_are_never_split_at_80_columns(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    home = tmp_path_factory.mktemp("home")
+    up = at_80_columns("services", "up", home=home)
+    try:
+        assert up.returncode == 0, up.stderr
+        status = at_80_columns("services", "status", home=home)
+        env = at_80_columns("services", "env", home=home)
+    finally:
+        at_80_columns("services", "down", home=home)
+    assert status.returncode == 0 and env.returncode == 0, status.stderr + env.stderr
+    tcp_urls = re.findall(r"export \w+=(\S+)", env.stdout)
+    assert len(tcp_urls) == 2
+    for shown in (up.stdout, status.stdout):
+        lines = shown.splitlines()
+        urls = [m for line in lines for m in re.findall(r"\b[a-z]+://\S+", line)]
+        assert len(urls) == 4, shown  # each server's unix socket URL and TCP URL
+        for url in tcp_urls:
+            assert masked(url) in urls, shown  # whole, on one line
+        # Where a line is longer than the terminal, it is a URL alone (the terminal wraps
+        # it softly; copied, it is one line again).
+        assert all(len(line) <= 80 or line.strip() in urls for line in lines), shown

@@ -11,6 +11,7 @@ from textual.pilot import Pilot
 from textual.worker import WorkerFailed
 
 from mqlab.settings import Settings
+from mqlab.supervisor import Supervisor
 from mqlab.tui.app import LabApp
 from mqlab.tui.experiments_panel import ExperimentsTable
 from mqlab.tui.lab import LiveLab
@@ -190,6 +191,53 @@ async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> 
         assert {"w1", "w2"} <= {r.id for r in rows(app).values() if r.state == "dead"}
 
 
+async def test_run_with_a_foreign_worker_refuses_before_stopping_ours(
+    lab_app: tuple[LabApp, LiveLab, set[int]], sup: Supervisor
+) -> None:
+    app, lab, pids = lab_app
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, lab)
+        ours = {c.name: c.pid for c in lab.children() if c.kind == "worker"}
+        pids |= set(ours.values())
+        sup.start_worker("elsewhere", job_seconds=0.3)  # another terminal's worker
+        await until(pilot, lambda: "elsewhere" in rows(app))
+        assert not rows(app)["elsewhere"].ours
+        await pilot.press("R")
+        await until(pilot, lambda: app.running is None and lab_said(app, "experiment:"))
+        assert "elsewhere" in lab_said(app, "experiment:")
+        # Our workers were left as they were: same processes, alive, never told to stop.
+        assert {c.name: c.pid for c in lab.sup.workers()} == ours  # type: ignore[union-attr]
+        assert not lab_said(app, "stopping")
+
+
+async def test_a_job_deleted_by_a_reset_is_logged_as_such(settings: Settings, clean: None) -> None:
+    """Slow by design (about 4 s): the job must still be running when the reset comes."""
+    app, lab = build(workers=1, job_seconds=4, redis_url=settings.redis_url,
+                     database_url=settings.database_url, handle_signals=False)  # fmt: skip
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await started(pilot, lab, workers=1)
+            await pilot.press("f")
+            await until(pilot, lambda: rows(app).get("w1") and rows(app)["w1"].state == "busy")
+            await pilot.press("X")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: worker_said(app, "w1", "was deleted"), timeout=20)
+            assert not worker_said(app, "w1", "taken over")
+    finally:
+        lab.close()
+
+
+def lab_said(app: LabApp, text: str) -> str:
+    """The lab's own log lines that contain `text`, joined ("" if none)."""
+    return worker_said(app, "lab", text)
+
+
+def worker_said(app: LabApp, process: str, text: str) -> str:
+    lines = app.query_one(LogPanel).lines
+    return "\n".join(line for name, line in lines if name == process and text in line)
+
+
 async def test_quit_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
     app, lab, pids = lab_app
     async with app.run_test(size=SIZE) as pilot:
@@ -222,7 +270,8 @@ async def test_a_crash_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int
     with pytest.raises(WorkerFailed, match="boom"):
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: lab.state != "starting", timeout=60)
-            await pilot.pause(5)  # the app exits on the error before this ends
+            # The failed sample ends the app, whose unmount closes the lab.
+            await until(pilot, lambda: lab.state == "closed", timeout=30)
     children = lab.children()
     pids |= {c.pid for c in children}
     assert len(children) == 3 and all(not c.alive() for c in children)

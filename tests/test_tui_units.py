@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 
 from mqlab.experiments import load
 from mqlab.protocol.ids import short_job_id, worker_sort_key
@@ -10,9 +11,11 @@ from mqlab.tui.app import LabApp
 from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
 from mqlab.tui.keys_bar import KeysBar
 from mqlab.tui.main import timeline_window
-from mqlab.tui.model import JobBar
-from mqlab.tui.source import depth_bins, redact, trend
-from mqlab.tui.timeline import lanes, render_lane
+from mqlab.tui.model import JobBar, WorkerRow
+from mqlab.tui.panels import ID_WIDTH, short_id
+from mqlab.tui.screens import HELP
+from mqlab.tui.source import LiveSource, depth_bins, redact, trend
+from mqlab.tui.timeline import CUT_MARK, lanes, render_lane
 
 
 def test_short_job_and_redact() -> None:
@@ -27,12 +30,21 @@ def test_worker_order_is_numeric() -> None:
     assert sorted(["w10", "w2", "other", "w1"], key=worker_sort_key) == ["w1", "w2", "w10", "other"]
 
 
-def test_trend_compares_with_a_second_ago() -> None:
-    history = collections.deque([(100.0, 5), (100.5, 5), (101.2, 8)])
-    assert trend(history, 101.2) == 1  # 8 now, 5 at 100.0 (the last sample >= 1 s old)
-    history.append((102.5, 2))
-    assert trend(history, 102.5) == -1
-    assert trend(collections.deque([(100.0, 3)]), 100.2) == 0  # nothing a second old yet
+def test_trend_is_the_last_move_of_the_last_seconds() -> None:
+    # A burst of 10 drained in waves a job time (2 s) apart, sampled 5 times a second.
+    history: collections.deque[tuple[float, int]] = collections.deque()
+    seen = {}
+    for tick in range(70):
+        at = 100.0 + tick * 0.2
+        depth = 0 if at < 101 else 10 if at < 103 else 6 if at < 105 else 2 if at < 107 else 0
+        history.append((at, depth))
+        seen[round(at, 1)] = trend(history, at)
+    assert seen[100.8] == 0  # empty and still
+    assert seen[101.0] == 1 and seen[102.8] == 1  # the burst, until the first wave
+    # Falling all the way down, also between two waves (no step for 2 s).
+    assert all(seen[round(100.0 + t * 0.2, 1)] == -1 for t in range(15, 35))
+    assert seen[111.8] == -1  # down to 0 at 107: still the last move 4.8 s later
+    assert seen[112.0] == 0 and seen[113.8] == 0  # then steady
 
 
 def test_depth_bins_cover_the_last_minute() -> None:
@@ -61,9 +73,39 @@ def test_a_lane_shows_each_job_where_it_ran() -> None:
 
 
 def test_lanes_keep_live_workers_and_those_with_bars() -> None:
-    frame = fixed_frame()
-    assert list(lanes(frame)) == ["w1", "w2", "w3", "w4", "w5"]  # w5 is dead but has a bar
-    assert frame.at == NOW
+    shown = lanes(fixed_frame())
+    # w5 is dead but has a bar; another terminal's worker is shortened and marked.
+    assert [lane.label for lane in shown] == ["w1", "w2", "w3", "w4", "w5", "lab…114*"]
+    assert [lane.alive for lane in shown] == [True, True, True, True, False, True]
+
+
+def test_a_worker_id_used_again_gets_a_lane_per_process() -> None:
+    frame = replace(
+        fixed_frame(),
+        workers=(WorkerRow("w1", 200, "busy", "job-2", 0.5, 0),),
+        bars=(
+            JobBar("w1", "job-1", 1, NOW - 9, NOW - 8, pid=100, cut=True),  # killed
+            JobBar("w1", "job-2", 2, NOW - 0.5, None, pid=200),
+        ),
+    )
+    old, new = lanes(frame)
+    assert (old.label, old.alive, [b.job for b in old.bars]) == ("w1", False, ["job-1"])
+    assert (new.label, new.alive, [b.job for b in new.bars]) == ("w1", True, ["job-2"])
+
+
+def test_a_cut_job_ends_with_a_mark_a_completed_one_does_not() -> None:
+    done = render_lane([JobBar("w1", "job-1", 1, 1.0, 3.0)], 0.0, 10.0, 20, now=10.0).plain
+    cut = render_lane([JobBar("w1", "job-1", 1, 1.0, 3.0, cut=True)], 0.0, 10.0, 20, 10.0)
+    assert done[2:6] == "█#1█" and CUT_MARK not in done
+    assert cut.plain[2:6] == "█#1" + CUT_MARK and cut.plain.count(CUT_MARK) == 1
+
+
+def test_short_ids_keep_the_foreign_mark() -> None:
+    assert short_id("w12", ours=True) == "w12"
+    assert short_id("w12", ours=False) == "w12*"
+    assert short_id("lab-vm-52114", ours=False) == "lab…114*"
+    assert short_id("lab-vm-52114", ours=True) == "lab…2114"
+    assert len(short_id("x" * 40, ours=False)) == ID_WIDTH
 
 
 def test_timeline_window_follows_the_job_time() -> None:
@@ -72,21 +114,24 @@ def test_timeline_window_follows_the_job_time() -> None:
     assert timeline_window(30.0) == 60.0
 
 
-async def test_keys_wrap_onto_two_lines_when_narrow() -> None:
+async def test_keys_fit_one_line_help_and_quit_always() -> None:
     app = LabApp(FixedSource(), FixedLab(load("kata3"), step_seconds=0.5))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         bar = app.query_one(KeysBar)
-        narrow = bar.lines(78)
-        assert len(narrow) == 2
-        for line in narrow:
-            assert sum(len(keys) + 1 + len(desc) + 2 for keys, desc, _ in line) - 2 <= 78
-        assert len(bar.lines(158)) == 1
-        keys = [k for line in narrow for k, _, _ in line]
-        assert keys[0] == "f" and keys[-1] == "q" and "+-" in keys  # grouped: one entry
+        assert bar.size.height == 1
+        narrow, wide = bar.fitted(78), bar.fitted(158)
+        assert sum(len(keys) + 1 + len(desc) + 2 for keys, desc, _ in narrow) - 2 <= 78
+        keys = [k for k, _, _ in narrow]
+        assert keys[0] == "f" and keys[-2:] == ["?", "q"] and "+-" in keys  # grouped: one
+        left_out = {a for _, _, a in wide} - {a for _, _, a in narrow}
+        assert left_out and {"help", "quit"}.isdisjoint(left_out)
+        help_text = HELP.replace("`", "")
+        assert all(f"| {k} " in help_text or f"| {k}," in help_text for k, _, a in wide
+                   if a in left_out)  # fmt: skip
         await pilot.press("R")  # while a run is under way, only what is usable now shows
         assert app.running is not None
-        shown = {action for line in bar.lines(158) for _, _, action in line}
+        shown = {action for _, _, action in bar.fitted(158)}
         assert "fire" not in shown and "cancel_run" in shown
         await pilot.press("c")
         for _ in range(100):
@@ -94,4 +139,32 @@ async def test_keys_wrap_onto_two_lines_when_narrow() -> None:
                 break
             await pilot.pause(0.05)
         assert app.experiments_table().verdicts()["1 orden, 1 worker"] == "cancelled"
-        assert "fire" in {action for line in bar.lines(158) for _, _, action in line}
+        assert "fire" in {action for _, _, action in bar.fitted(158)}
+
+
+def test_the_source_gives_each_process_its_bars_and_cuts_what_a_kill_left_open() -> None:
+    """Events as the worker writes them, folded by the live source (no server needed)."""
+    source = LiveSource(lab=None, timeline_seconds=30.0)  # type: ignore[arg-type]
+    for fields in (
+        {"type": "worker_up", "worker": "w1", "pid": "100", "at": "1.0"},
+        {"type": "job_started", "worker": "w1", "job": "job-1-1700000000000", "order": "1",
+         "at": "2.0"},
+        {"type": "job_finished", "worker": "w1", "job": "job-1-1700000000000", "order": "1",
+         "at": "4.0"},
+        {"type": "job_started", "worker": "w1", "job": "job-2-1700000000000", "order": "2",
+         "at": "4.5"},
+        # SIGKILLed mid-job: no event; a new process takes the id.
+        {"type": "worker_up", "worker": "w1", "pid": "200", "at": "6.0"},
+        {"type": "job_started", "worker": "w1", "job": "job-3-1700000000000", "order": "3",
+         "at": "7.0"},
+    ):  # fmt: skip
+        source._apply(fields)
+    bars = source._timeline((WorkerRow("w1", 200, "busy", "job-3", 1.0, 0),), now=8.0)
+    assert [(b.job, b.pid, b.end, b.cut) for b in bars] == [
+        ("job-1", 100, 4.0, False),
+        ("job-2", 100, 6.0, True),
+        ("job-3", 200, None, False),
+    ]
+    frame = replace(fixed_frame(), at=8.0, workers=(WorkerRow("w1", 200, "busy", "", 1, 0),),
+                    bars=bars)  # fmt: skip
+    assert [[b.job for b in lane.bars] for lane in lanes(frame)] == [["job-1", "job-2"], ["job-3"]]

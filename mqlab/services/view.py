@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from mqlab.services.manager import ServiceInfo
 
 _STATE_STYLE = {"running": "green", "started": "green", "stopped": "dim", "stale": "yellow"}
+#: URLs start in this column, beside their server's name, where the line is wide enough.
+_LABEL = 11
 
 
 def masked(url: str) -> str:
@@ -19,12 +23,41 @@ def masked(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@/]+@", r"\1***@", url)
 
 
+@dataclass
+class UrlLines:
+    """Each server's URLs, one per line and never broken: a URL cut in two at the edge of
+    the terminal (as Rich wraps text) pastes as two broken halves.
+
+    Beside the server's name where it fits, else on lines of their own under it; a URL
+    longer than the terminal is written whole and the terminal wraps it (softly: copied,
+    it is one line again)."""
+
+    urls: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self._lines(options.max_width)
+
+    def _lines(self, width: int) -> Iterator[Text]:
+        for server, urls in self.urls:
+            beside = all(_LABEL + len(url) <= width for url in urls)
+            if not beside:
+                yield Text(server, style="bold")
+            for i, url in enumerate(urls):
+                line = Text(no_wrap=True, overflow="ignore", end="\n")
+                if beside:
+                    line.append(
+                        f"{server if i == 0 else '':<{_LABEL}}", style="bold" if i == 0 else ""
+                    )
+                line.append(url)
+                yield line
+
+
 def services_table(infos: list[ServiceInfo]) -> Group:
     """A row per server, then its URLs on lines of their own (they are long; keep them whole)."""
     table = Table(title="mqlab embedded services", title_justify="left")
     for column in ("server", "state", "health", "pid", "version"):
         table.add_column(column)
-    lines: list[Text] = []
+    urls = UrlLines()
     for info in infos:
         health = "" if info.state in ("stopped", "stale") else ("ok" if info.healthy else "DOWN")
         style = _STATE_STYLE.get(info.state, "")
@@ -35,7 +68,8 @@ def services_table(infos: list[ServiceInfo]) -> Group:
             server, Text(info.state, style=style), health, str(info.pid or ""), info.version
         )
         if info.url and info.state in ("running", "started"):
-            lines.append(Text.assemble((f"{server:<11}", "bold"), masked(info.url)))
+            shown = [masked(info.url)]
             if info.tcp_url and info.tcp_url != info.url:
-                lines.append(Text.assemble(" " * 11, masked(info.tcp_url)))
-    return Group(table, *lines)
+                shown.append(masked(info.tcp_url))
+            urls.urls.append((server, shown))
+    return Group(table, urls)

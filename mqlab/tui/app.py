@@ -21,6 +21,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.widgets import DataTable, RichLog
 from textual.worker import Worker, WorkerCancelled, WorkerFailed, WorkerState
 
@@ -37,6 +38,8 @@ from mqlab.tui.timeline import Timeline
 REFRESH_SECONDS = 0.2
 #: From this many columns on, the wide layout: every panel on one screen.
 WIDE = 120
+#: How long a note (what a toast would have said) stays in the top bar, by default.
+NOTE_SECONDS = 5.0
 BATCH_SIZES = (1, 5, 10, 20, 50, 100, 500, 1000)
 BATCH_GROUP = Binding.Group("Batch", compact=True)
 
@@ -101,6 +104,7 @@ class LabApp(App[None]):
         self.batch = 10
         self.quitting = False
         self._usable: tuple[object, ...] = ()
+        self._unmounting = False
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -128,6 +132,12 @@ class LabApp(App[None]):
         self._refresher = self.run_worker(self._refresh_loop(), name="refresh", group="refresh")
         self._update_status()
 
+    @property
+    def shutting_down(self) -> bool:
+        """The widgets are going or gone: messages still arriving are dropped (a run's end,
+        a log line, posted from threads just before)."""
+        return self._unmounting or not self.is_running
+
     def _post(self, message: Message) -> None:
         """post_message from any thread, also after the app is gone (then: dropped)."""
         if self.is_running:
@@ -143,11 +153,19 @@ class LabApp(App[None]):
     # -- the refresh loop ---------------------------------------------------------------------
 
     async def _refresh_loop(self) -> None:
-        """Sample, show, sleep the rest of the period (a slow sample delays, never piles up)."""
-        while True:
+        """Sample, show, sleep the rest of the period (a slow sample delays, never piles up).
+
+        It also ends on its own once the app shuts down, not only on cancel: redis-py's
+        asyncio client can swallow a cancellation that comes mid-command, and the loop then
+        drew on a screen gone.
+        """
+        while not self.shutting_down:
             began = time.monotonic()
             if not self.paused:
-                self.show_frame(await self.source.sample())
+                frame = await self.source.sample()
+                if self.shutting_down:
+                    return
+                self.show_frame(frame)
             await asyncio.sleep(max(0.02, self.refresh_seconds - (time.monotonic() - began)))
 
     def show_frame(self, frame: Frame) -> None:
@@ -162,6 +180,8 @@ class LabApp(App[None]):
 
     def _refresh_usable(self) -> None:
         """Refresh the footer only when what is usable changed (not 5 times a second)."""
+        if self.shutting_down:
+            return
         worker = self.selected_worker()
         usable = (
             self.lab.state,
@@ -176,6 +196,8 @@ class LabApp(App[None]):
             self.refresh_bindings()
 
     def _update_status(self) -> None:
+        if self.shutting_down:
+            return
         lab, text = self.lab, ""
         if self.quitting:
             text = "stopping every process ..."
@@ -195,8 +217,31 @@ class LabApp(App[None]):
 
     # -- messages from threads and tables -----------------------------------------------------
 
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """No toasts: they covered the tables and the footer. A note in the top bar for
+        `timeout` seconds instead, and a line in the log (where it stays)."""
+        text = f"{title}: {message}" if title else message
+        if self.shutting_down:
+            return
+        self.query_one(LogPanel).add("lab", text)
+        self.query_one(StackBar).note(text, severity, timeout or NOTE_SECONDS)
+
+    def clear_notifications(self) -> None:
+        super().clear_notifications()
+        if not self.shutting_down:
+            self.query_one(StackBar).shown_note = None
+
     def on_log_line(self, message: LogLine) -> None:
-        self.query_one(LogPanel).add(message.process, message.line)
+        if not self.shutting_down:
+            self.query_one(LogPanel).add(message.process, message.line)
 
     def on_control_failed(self, message: ControlFailed) -> None:
         self.notify(f"{message.what}: {message.error}", severity="error", timeout=8)
@@ -358,7 +403,7 @@ class LabApp(App[None]):
         self.exit()
 
     async def on_unmount(self) -> None:
-        self.quitting = True
+        self.quitting = self._unmounting = True
         if self.handle_signals:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         # The sampling must be over before its connections close under it.

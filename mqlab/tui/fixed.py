@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from mqlab.experiments import Row, Suite
 from mqlab.loadgen import Shot
+from mqlab.protocol.events import WorkerState
 from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
 from mqlab.runner import Progress, ProgressHandler
 from mqlab.tui.model import Frame, JobBar, LineHandler, RowHandler, Service, WorkerRow
@@ -39,10 +40,12 @@ def _bars() -> tuple[JobBar, ...]:
     for i in range(10):
         worker, wave = f"w{i % 4 + 1}", i // 4
         start = t0 + wave * 2.004
-        bars.append(JobBar(worker, f"job-{i + 1}", i + 1, start, start + 2.0))
-    bars.append(JobBar("w5", "job-0", 0, NOW - 28.0, NOW - 26.5))  # w5 killed mid-job
+        pid = 41001 + i % 4
+        bars.append(JobBar(worker, f"job-{i + 1}", i + 1, start, start + 2.0, pid))
+    # w5 killed mid-job: its bar ends with the cut mark.
+    bars.append(JobBar("w5", "job-0", 0, NOW - 28.0, NOW - 26.5, 41005, cut=True))
     for i, worker in enumerate(("w1", "w2", "w3", "w4")):
-        bars.append(JobBar(worker, f"job-{11 + i}", 11 + i, NOW - 1.2, None))
+        bars.append(JobBar(worker, f"job-{11 + i}", 11 + i, NOW - 1.2, None, 41001 + i))
     return tuple(bars)
 
 
@@ -62,11 +65,13 @@ def fixed_frame() -> Frame:
         jobs_per_second=2.0,
         orders={"pending": 6, "processing": 4, "completed": 10, "failed": 0, "dead": 0},
         workers=(
-            WorkerRow("w1", 41001, "busy", "job-11", 1.2, 3),
-            WorkerRow("w2", 41002, "busy", "job-12", 1.2, 3),
-            WorkerRow("w3", 41003, "busy", "job-13", 1.2, 2),
-            WorkerRow("w4", 41004, "stopping", "job-14", 1.2, 2),
-            WorkerRow("w5", 41005, "dead", "SIGKILL", None, 0),
+            WorkerRow("w1", 41001, WorkerState.BUSY, "job-11", 1.2, 3),
+            WorkerRow("w2", 41002, WorkerState.BUSY, "job-12", 1.2, 3),
+            WorkerRow("w3", 41003, WorkerState.BUSY, "job-13", 1.2, 2),
+            WorkerRow("w4", 41004, WorkerState.STOPPING, "job-14", 1.2, 2),
+            WorkerRow("w5", 41005, WorkerState.DEAD, "SIGKILL", None, 0),
+            # Another terminal's worker, named host-pid as `mqlab worker` does by default.
+            WorkerRow("lab-vm-52114", 52114, WorkerState.IDLE, "", None, 0, ours=False),
         ),
         bars=_bars(),
         timeline_seconds=30.0,

@@ -1,5 +1,6 @@
-"""The footer: the keys usable now, wrapped onto a second line where one is too narrow (an
-80-column terminal), each clickable. Textual's Footer keeps to one line and cuts the rest."""
+"""The footer: the keys usable now on one line, each clickable. Where the line is too narrow
+(an 80-column terminal) the later keys are left out, never help and quit: `?` lists them all.
+Textual's Footer would cut the line at the edge, help and quit first."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from textual.screen import Screen
 from textual.widget import Widget
 
 SEPARATOR = "  "
+#: Actions the footer always shows, whatever the width.
+ALWAYS = ("help", "quit")
 
 
 class KeysBar(Widget):
@@ -17,7 +20,7 @@ class KeysBar(Widget):
     DEFAULT_CSS = """
     KeysBar {
         dock: bottom;
-        height: auto;
+        height: 1;
         background: $footer-background;
         color: $footer-description-foreground;
         padding: 0 1;
@@ -54,31 +57,30 @@ class KeysBar(Widget):
                 out.append((key, binding.description, binding.action))
         return out
 
-    def lines(self, width: int) -> list[list[tuple[str, str, str]]]:
-        """The items broken into lines of at most `width` cells (never inside an item)."""
-        lines: list[list[tuple[str, str, str]]] = [[]]
-        used = 0
-        for item in self.items():
-            size = len(item[0]) + 1 + len(item[1])
-            extra = size if not lines[-1] else len(SEPARATOR) + size
-            if lines[-1] and used + extra > width:
-                lines.append([])
-                used, extra = 0, size
-            lines[-1].append(item)
-            used += extra
-        return lines
+    def fitted(self, width: int) -> list[tuple[str, str, str]]:
+        """The items that fit on one line of `width` cells, in order; help and quit always."""
+        items = self.items()
+        kept = [item for item in items if item[2] in ALWAYS]
+        used = sum(_size(item) for item in kept) + len(SEPARATOR) * max(0, len(kept) - 1)
+        for item in items:
+            if item[2] in ALWAYS:
+                continue
+            if used + len(SEPARATOR) + _size(item) > width:
+                break  # the footer keeps its order: no later, shorter key jumps the queue
+            kept.append(item)
+            used += len(SEPARATOR) + _size(item)
+        return [item for item in items if item in kept]
 
     def render(self) -> Content:
-        rows = []
-        for line in self.lines(max(10, self.size.width)):
-            rows.append(
-                SEPARATOR.join(
-                    f"[@click=app.{escape(action)}][b $footer-key-foreground]{escape(keys)}[/] "
-                    f"{escape(desc)}[/]"
-                    for keys, desc, action in line
-                )
+        return Content.from_markup(
+            SEPARATOR.join(
+                f"[@click=app.{escape(action)}][b $footer-key-foreground]{escape(keys)}[/] "
+                f"{escape(desc)}[/]"
+                for keys, desc, action in self.fitted(max(10, self.size.width))
             )
-        return Content.from_markup("\n".join(rows))
+        )
 
-    def get_content_height(self, container: object, viewport: object, width: int) -> int:
-        return len(self.lines(width))
+
+def _size(item: tuple[str, str, str]) -> int:
+    keys, desc, _action = item
+    return len(keys) + 1 + len(desc)

@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
+import redis.asyncio as aioredis
+
 from mqlab.experiments import Row, Suite
 from mqlab.loadgen import fire
 from mqlab.resetting import reset_all
@@ -181,6 +183,13 @@ class LiveLab:
         """
         sup = self._require_up()
         assert self.settings is not None
+        runner = Runner(self.settings, sup, on_progress=on_progress)
+        # Before our own workers are touched: a refusal leaves them as they were.
+        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        try:
+            await runner.check_no_foreign_workers(client)
+        finally:
+            await client.aclose()
         live = [c.name for c in sup.workers()]
         if live:
             self.say(f"stopping {', '.join(live)}: the runner starts the workers each row needs")
@@ -191,7 +200,6 @@ class LiveLab:
             self.say(f"{done.row.name}: {done.makespan:.3f} s, {done.verdict} ({done.reason})")
             on_row(done)
 
-        runner = Runner(self.settings, sup, on_progress=on_progress)
         try:
             return await runner.run_suite(replace(self.suite, rows=tuple(rows)), on_row=row_done)
         except asyncio.CancelledError:

@@ -46,13 +46,16 @@ class WorkerRow:
 
 @dataclass(frozen=True)
 class JobBar:
-    """One job on the timeline: which worker ran it, from when to when (None: still running)."""
+    """One job on the timeline: which worker process ran it, from when to when (None: still
+    running), and how it ended."""
 
     worker: str
     job: str
     order: int
     start: float
     end: float | None
+    pid: int = 0  # the process: a worker id used again by a new process gets a lane of its own
+    cut: bool = False  # ended without completing (its worker killed, the job lost or reset)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Frame:
     at: float
     services: tuple[Service, ...]
     depth: int = 0
-    trend: int = 0  # -1 falling, 0 steady, 1 rising (over the last second)
+    trend: int = 0  # -1 falling, 0 steady, 1 rising: the last change of the last seconds
     depth_history: tuple[float, ...] = ()  # the last minute, oldest first
     processing: int = 0
     dead_letters: int = 0

@@ -11,6 +11,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive, var
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import DataTable, RichLog, Sparkline, Static
 
@@ -29,7 +30,10 @@ STATE_STYLES = {
     WorkerState.STARTING: "cyan",
     WorkerState.DEAD: "bold red",
 }
+NOTE_STYLES = {"information": "bold", "warning": "bold yellow", "error": "bold white on red"}
 TREND = {1: ("▲ rising", "yellow"), -1: ("▼ falling", "green"), 0: ("= steady", "dim")}
+#: Cells of a worker id in the workers table and the timeline (`*` included).
+ID_WIDTH = 8
 #: Colors of the log lines' process names: the lab, the API, then the workers in turn.
 PROCESS_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_green")
 
@@ -54,10 +58,30 @@ class StackBar(Widget):
 
     frame: reactive[Frame | None] = reactive(None)
     status: reactive[str] = reactive("starting ...")
+    #: What a toast would have said (see LabApp.notify), shown for a while instead of the URLs.
+    shown_note: reactive[tuple[str, str] | None] = reactive(None)
+    _note_timer: Timer | None = None
+
+    def note(self, text: str, severity: str, seconds: float) -> None:
+        self.shown_note = (text, severity)
+        if self._note_timer is not None:
+            self._note_timer.stop()
+        self._note_timer = self.set_timer(seconds, self._clear_note)
+
+    def _clear_note(self) -> None:
+        self.shown_note = None
 
     def render(self) -> Text:
         services = self.frame.services if self.frame is not None else ()
         status = Text(f" {self.status} ", style="reverse")
+        if self.shown_note is not None:
+            text, severity = self.shown_note
+            style = NOTE_STYLES.get(severity, "")
+            line = Text(" ".join(text.split()), style=style)  # one line, whatever it holds
+            width = self.size.width - status.cell_len - 1
+            line.truncate(width, overflow="ellipsis")
+            line.pad_right(width - line.cell_len + 1)
+            return line + status
         width = self.size.width - status.cell_len - 1
         for keep_urls in ({"Redis", "PostgreSQL", "API"}, {"Redis", "API"}, {"API"}, set()):
             line = Text.assemble(("mqlab", "bold"))
@@ -136,6 +160,16 @@ class QueuePanel(Vertical):
         )
 
 
+def short_id(worker_id: str, ours: bool, width: int = ID_WIDTH) -> str:
+    """The id in `width` cells, `*` after another terminal's: whole where it fits, else its
+    start and end around an ellipsis (a host-pid id keeps both), the `*` never cut."""
+    room = width if ours else width - 1
+    if len(worker_id) > room:
+        head = (room - 1) // 2
+        worker_id = f"{worker_id[:head]}…{worker_id[len(worker_id) - (room - 1 - head) :]}"
+    return worker_id if ours else f"{worker_id}*"
+
+
 def job_age(row: WorkerRow) -> str:
     """At most 4 cells: 1.2s, 12s, 345s."""
     if row.job_age is None:
@@ -146,22 +180,24 @@ def job_age(row: WorkerRow) -> str:
 class WorkersTable(DataTable[Text | str]):
     """One row per worker, keyed by its id; cells change in place so the cursor stays put."""
 
-    #: Fixed widths: cells change 5 times a second and columns must not jitter.
+    #: Fixed widths: cells change 5 times a second and columns must not jitter. No cell
+    #: padding (it took 12 cells at 80 columns, and the ids were cut to 3): each width has
+    #: a cell of room to the next column.
     COLUMNS: ClassVar[dict[str, int]] = {
-        "id": 3, "pid": 7, "state": 8, "job": 8, "for": 4, "done": 4,
+        "id": ID_WIDTH + 1, "pid": 8, "state": 9, "job": 9, "for": 5, "done": 4,
     }  # fmt: skip
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
+        self.cell_padding = 0
         for name, width in self.COLUMNS.items():
             self.add_column(name, key=name, width=width)
         self.rows_shown: dict[str, WorkerRow] = {}
 
     def cells(self, row: WorkerRow) -> dict[str, Text | str]:
         state = Text(row.state, style=STATE_STYLES.get(row.state, ""))
-        name = row.id if row.ours else f"{row.id}*"
         return {
-            "id": name,
+            "id": short_id(row.id, row.ours),
             "pid": str(row.pid),
             "state": state,
             "job": Text(row.job, style="dim") if row.state == WorkerState.DEAD else row.job,

@@ -12,6 +12,7 @@ from textual.widgets import Button, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mqlab.protocol import keys
+from mqlab.tui.timeline import CUT_MARK
 
 #: Seconds until a killed worker's job is requeued (its heartbeat's time to live).
 _TTL = keys.HEARTBEAT_TTL
@@ -41,7 +42,10 @@ second from Redis, PostgreSQL, the `mqlab:events` stream and the supervisor.
 | `q`, `ctrl+c` | quit: stops every process the lab started |
 
 The footer shows only the keys usable now: stopping and killing need a live worker under the
-cursor of the workers table; while an experiment runs, only cancel, pause, help and quit.
+cursor of the workers table; while an experiment runs, only cancel, pause, help and quit. In a
+narrow terminal it shows the first of them, and help and quit: this list has them all. What
+the lab has to say (orders fired, a run's verdicts, an error) shows for a few seconds in the
+top line, and stays in the log.
 
 **Experiments and the workers you add.** An experiment measures a row with exactly its number
 of workers, so running one first stops (SIGTERM) every live worker, those you added included;
@@ -50,7 +54,13 @@ waits for the last job. The pool stays up afterwards and you can keep firing at 
 resets the data, as `mqlab run-experiment` does.
 
 **Workers table.** `dead` means the process exited (the row stays two minutes); `*` after an
-id marks a worker this lab did not start (another terminal's, on the same Redis).
+id marks a worker this lab did not start (another terminal's, on the same Redis): while one
+runs, `r` and `R` refuse, before touching the lab's own workers. A long id is shortened
+around an ellipsis.
+
+**Timeline.** A lane per worker process since the lab started: a worker id used again by a
+new process gets a lane of its own. A job that did not complete (its worker killed, or the
+job deleted by a reset) ends with `{CUT_MARK}`.
 
 Press `escape` or `?` to close.
 """

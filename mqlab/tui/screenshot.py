@@ -15,6 +15,7 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
+from mqlab.protocol.events import WorkerState
 from mqlab.tui.main import build
 from mqlab.tui.panels import WorkersTable
 
@@ -39,7 +40,7 @@ async def shoot(path: Path) -> None:
                 return (
                     lab.state == "up"
                     and frame is not None
-                    and sum(w.state == "idle" for w in frame.workers) >= 2
+                    and sum(w.state == WorkerState.IDLE for w in frame.workers) >= 2
                 )
 
             await _until(pilot, idle, 120)
@@ -48,7 +49,9 @@ async def shoot(path: Path) -> None:
             await pilot.pause(1.0)
             # The cursor on a live worker, as a person about to stop or kill one would have it.
             table = app.query_one(WorkersTable)
-            live = [i for i, w in enumerate(table.rows_shown.values()) if w.state != "dead"]
+            live = [
+                i for i, w in enumerate(table.rows_shown.values()) if w.state != WorkerState.DEAD
+            ]
             table.move_cursor(row=live[0] if live else 0)
             await pilot.press("f")
             await pilot.pause(1.1)  # two of the three waves done, the third under way

@@ -7,7 +7,6 @@ the screen.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import contextlib
 import re
@@ -29,6 +28,9 @@ from mqlab.tui.model import Frame, JobBar, Service, WorkerRow
 
 #: The depth sparkline covers this many seconds, in bins of HISTORY_BIN seconds.
 HISTORY_SECONDS, HISTORY_BIN = 60.0, 0.5
+#: The trend cue shows the depth's last move within this many seconds (several job times of
+#: the kata's 2 s would hide a stop; one second showed "steady" between two waves).
+TREND_SECONDS = 5.0
 #: jobs/s is the number of jobs finished over this many seconds, divided by it.
 RATE_WINDOW = 5.0
 #: A dead worker's row stays this long, then leaves the table.
@@ -57,24 +59,32 @@ def depth_bins(history: collections.deque[tuple[float, int]], now: float) -> tup
 
 
 def trend(history: collections.deque[tuple[float, int]], now: float) -> int:
-    """+1 if the depth is above what it was a second ago, -1 if below, else 0."""
-    if not history:
-        return 0
-    times = [at for at, _ in history]
-    index = bisect.bisect_right(times, now - 1.0) - 1
-    if index < 0:
-        return 0
-    before, current = history[index][1], history[-1][1]
-    return (current > before) - (current < before)
+    """Which way the depth last moved within TREND_SECONDS: +1 up, -1 down, 0 no move.
+
+    The last move, not now against a moment ago: a queue drained by waves of workers moves
+    in steps a job time apart, and between two steps it is still falling.
+    """
+    current = history[-1][1] if history else 0
+    for at, depth in reversed(history):
+        if at < now - TREND_SECONDS:
+            break
+        if depth != current:
+            return 1 if current > depth else -1
+    return 0
 
 
 @dataclass
 class _Bar:
     worker: str
+    pid: int
     job: str
     order: int
     start: float
     end: float | None = None
+    cut: bool = False
+
+    def close(self, at: float, cut: bool) -> None:
+        self.end, self.cut = at, cut
 
 
 class LiveSource:
@@ -97,6 +107,9 @@ class LiveSource:
         self._bars: list[_Bar] = []
         self._finished: collections.deque[float] = collections.deque()
         self._dead_since: dict[str, float] = {}
+        #: worker id -> the pid of its process now, from its worker_up event (exact, in the
+        #: stream's order) or else its heartbeat: the lane of each bar is its process's.
+        self._pids: dict[str, int] = {}
 
     async def sample(self) -> Frame:
         now = time.time()
@@ -179,8 +192,8 @@ class LiveSource:
     async def _read_events(self, client: aioredis.Redis, now: float) -> None:
         """Fold new entries of mqlab:events into the timeline bars and the finish times."""
         if self._events_from is None:
-            # The first read also shows what happened in the timeline's window before we came.
-            self._events_from = f"{int((now - self.timeline_seconds) * 1000)}-0"
+            # From now on: the timeline shows this run's workers, not the lanes of earlier ones.
+            self._events_from = f"{int(now * 1000)}-0"
         reply = await client.xread({keys.EVENTS: self._events_from}, count=5000)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -194,26 +207,40 @@ class LiveSource:
         try:
             at = float(fields.get("at", 0))
             order = int(fields.get("order", 0))
+            pid = int(fields.get("pid", 0))
         except ValueError:
             return
-        if kind == EventKind.JOB_STARTED:
-            # A worker runs one job at a time: a bar still open ended by now (its finish
-            # event can be lost, when a reset deletes the stream before we read it).
+        if kind == EventKind.WORKER_UP and pid:
+            # A new process of that id: what the old one had open, it never finished.
             for bar in self._bars:
                 if bar.worker == worker and bar.end is None:
-                    bar.end = at
-            self._bars.append(_Bar(worker, job, order, at))
+                    bar.close(at, cut=True)
+            self._pids[worker] = pid
+        elif kind == EventKind.JOB_STARTED:
+            # A worker runs one job at a time: a bar still open ended by now, cut short (its
+            # finish event can be lost, when a reset deletes the stream before we read it).
+            for bar in self._bars:
+                if bar.worker == worker and bar.end is None:
+                    bar.close(at, cut=True)
+            self._bars.append(_Bar(worker, self._pid_of(worker), job, order, at))
         elif kind in JOB_ENDS:
             for bar in reversed(self._bars):
                 if bar.worker == worker and bar.job == job and bar.end is None:
-                    bar.end = at
+                    bar.close(at, cut=kind != EventKind.JOB_FINISHED)
                     break
             if kind == EventKind.JOB_FINISHED:
                 self._finished.append(at)
         elif kind == EventKind.WORKER_DOWN:
             for bar in self._bars:
                 if bar.worker == worker and bar.end is None:
-                    bar.end = at
+                    bar.close(at, cut=True)
+
+    def _pid_of(self, worker: str) -> int:
+        """The pid of the process that runs `worker` now (0 if not known)."""
+        if worker in self._pids:
+            return self._pids[worker]
+        info = self._infos.get(worker)
+        return info.pid if info is not None else 0
 
     def _workers(self, now: float) -> tuple[WorkerRow, ...]:
         children = {c.name: c for c in self.lab.children() if c.kind == "worker"}
@@ -250,20 +277,27 @@ class LiveSource:
         return tuple(rows)
 
     def _timeline(self, workers: tuple[WorkerRow, ...], now: float) -> tuple[JobBar, ...]:
-        running = {w.id for w in workers if w.state != WorkerState.DEAD}
+        running = {(w.id, w.pid) for w in workers if w.state != WorkerState.DEAD}
         # Idle by its heartbeat, so a bar it still has open lost its finish event; the grace
         # covers a job that started after the heartbeat was read.
-        idle = {w.id for w in workers if w.state == WorkerState.IDLE}
+        idle = {(w.id, w.pid) for w in workers if w.state == WorkerState.IDLE}
         horizon = now - self.timeline_seconds
         kept = []
+        running_ids = {wid for wid, _pid in running}
         for bar in self._bars:
-            gone = bar.worker not in running or (bar.worker in idle and bar.start < now - 1.0)
+            process = (bar.worker, bar.pid)
+            # A bar whose pid was not known (0) goes by its worker id alone.
+            alive = process in running if bar.pid else bar.worker in running_ids
+            gone = not alive or (process in idle and bar.start < now - 1.0)
             if bar.end is None and gone:
-                bar.end = now  # the bar stops where we noticed
+                bar.close(now, cut=True)  # killed, or its job deleted: it stops where we noticed
             if bar.end is None or bar.end >= horizon:
                 kept.append(bar)
         self._bars = kept
-        return tuple(JobBar(b.worker, short_job_id(b.job), b.order, b.start, b.end) for b in kept)
+        return tuple(
+            JobBar(b.worker, short_job_id(b.job), b.order, b.start, b.end, b.pid, b.cut)
+            for b in kept
+        )
 
     async def close(self) -> None:
         if self._redis is not None:

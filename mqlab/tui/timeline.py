@@ -4,6 +4,7 @@ so that four workers taking ten jobs show as three waves."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual.reactive import reactive
@@ -12,18 +13,43 @@ from textual.widget import Widget
 from mqlab.protocol.events import WorkerState
 from mqlab.protocol.ids import worker_sort_key
 from mqlab.tui.model import Frame, JobBar
+from mqlab.tui.panels import short_id
 
 #: Consecutive jobs of a worker alternate colors, or one long bar would hide where they meet.
 BAR_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1")
-LABEL_WIDTH = 5
+#: A job cut short (its worker killed, the job lost or deleted) ends with this mark.
+CUT_MARK, CUT_STYLE = "\N{BOX DRAWINGS LIGHT DIAGONAL CROSS}", "bold #ff5f5f"
 
 
-def lanes(frame: Frame) -> dict[str, list[JobBar]]:
-    """worker -> its bars, for live workers and for any worker with a bar in the window."""
-    out: dict[str, list[JobBar]] = {w.id: [] for w in frame.workers if w.state != WorkerState.DEAD}
+@dataclass(frozen=True)
+class Lane:
+    """One worker process's row: its label (the worker's short id) and its bars."""
+
+    label: str
+    bars: tuple[JobBar, ...]
+    alive: bool
+
+
+def lanes(frame: Frame) -> list[Lane]:
+    """A lane per worker process: the live ones, and any with a bar in the window. A worker
+    id used again by a new process gets a lane of its own, under the old one."""
+    live = {(w.id, w.pid): w for w in frame.workers if w.state != WorkerState.DEAD}
+    ours = {w.id: w.ours for w in frame.workers}
+    bars: dict[tuple[str, int], list[JobBar]] = {key: [] for key in live}
     for bar in frame.bars:
-        out.setdefault(bar.worker, []).append(bar)
-    return dict(sorted(out.items(), key=lambda item: worker_sort_key(item[0])))
+        key = (bar.worker, bar.pid)
+        if bar.pid == 0:  # not known: the live process of that id, if any
+            key = next((k for k in live if k[0] == bar.worker), key)
+        bars.setdefault(key, []).append(bar)
+
+    def first_seen(key: tuple[str, int]) -> float:
+        return min((b.start for b in bars[key]), default=float("inf"))
+
+    order = sorted(bars, key=lambda k: (worker_sort_key(k[0]), k in live, first_seen(k)))
+    return [
+        Lane(short_id(wid, ours.get(wid, True)), tuple(bars[(wid, pid)]), (wid, pid) in live)
+        for wid, pid in order
+    ]
 
 
 def render_lane(bars: list[JobBar], start: float, span: float, width: int, now: float) -> Text:
@@ -44,6 +70,8 @@ def render_lane(bars: list[JobBar], start: float, span: float, width: int, now: 
                 cells[c] = (label[offset - 1], f"bold white on {color}")
             else:
                 cells[c] = (glyph, color)
+        if bar.cut and 0 < last <= width:
+            cells[last - 1] = (CUT_MARK, CUT_STYLE)
     # One span per run of equal style, not per cell: rendering cost follows the span count.
     text = Text()
     run_chars: list[str] = []
@@ -78,28 +106,33 @@ class Timeline(Widget):
     def show(self, frame: Frame) -> None:
         """Take a new frame; skip the redraw while nothing moves (no bar in the window)."""
         old = self.frame
-        if old is not None and not old.bars and not frame.bars and lanes(old) == lanes(frame):
+        before, after = (lanes(old) if old is not None else None), lanes(frame)
+        if old is not None and not old.bars and not frame.bars and before == after:
             return
-        relayout = old is None or len(lanes(old)) != len(lanes(frame))
+        relayout = before is None or len(before) != len(after)
         self.frame = frame
         if relayout:
             self.refresh(layout=True)
 
     def render(self) -> Text:
         frame = self.frame
-        width = max(10, self.size.width - LABEL_WIDTH)
         if frame is None:
             return Text("waiting for the first sample ...", style="dim")
         rows = lanes(frame)
+        label_width = 1 + max([4, *(len(lane.label) for lane in rows)])
+        width = max(10, self.size.width - label_width)
         out = Text()
         start = frame.at - frame.timeline_seconds
-        for worker, bars in rows.items():
-            out.append(f"{worker:>4} ", style="bold")
-            out.append_text(render_lane(bars, start, frame.timeline_seconds, width, frame.at))
+        for lane in rows:
+            # A lane of a process that is gone keeps its bars, its label dimmed.
+            out.append(f"{lane.label:>{label_width - 1}} ", style="bold" if lane.alive else "dim")
+            out.append_text(
+                render_lane(list(lane.bars), start, frame.timeline_seconds, width, frame.at)
+            )
             out.append("\n")
         if not rows:
             out.append("no worker yet\n", style="dim")
-        out.append(" " * LABEL_WIDTH)
+        out.append(" " * label_width)
         out.append_text(axis(frame.timeline_seconds, width))
         return out
 
