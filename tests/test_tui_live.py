@@ -270,8 +270,9 @@ async def test_a_crash_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int
     with pytest.raises(WorkerFailed, match="boom"):
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: lab.state != "starting", timeout=60)
-            # The failed sample ends the app, whose unmount closes the lab.
-            await until(pilot, lambda: lab.state == "closed", timeout=30)
+            # The failed sample ends the app (its unmount closes the lab, checked below).
+            await until(pilot, lambda: app.shutting_down, timeout=30)
+    assert lab.state == "closed"
     children = lab.children()
     pids |= {c.pid for c in children}
     assert len(children) == 3 and all(not c.alive() for c in children)
