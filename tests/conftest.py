@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,19 @@ from mqlab.resetting import reset_all
 from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many test processes `-n auto` (pyproject's addopts) starts.
+
+    Two, each with embedded servers of its own: the suite mostly waits (on workers' jobs,
+    servers' starts and stops), so two halve its time even on one core. None (0: one
+    process) when REDIS_URL / DATABASE_URL name servers: the tests empty their tables and
+    keys, and two processes sharing one database would empty each other's.
+    """
+    if os.environ.get("REDIS_URL") or os.environ.get("DATABASE_URL"):
+        return 0
+    return 2
 
 
 @pytest.fixture(scope="session")
