@@ -197,6 +197,10 @@ def test_version() -> None:
 def test_services_urls_are_never_split_at_80_columns(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """URLs printed by `services up` and `status` at 80 columns are whole, each on one line.
+
+    Slow by design (about 8 s): the real CLI four times on a home of its own, whose servers
+    it starts and stops."""
     home = tmp_path_factory.mktemp("home")
     up = at_80_columns("services", "up", home=home)
     try:

@@ -26,6 +26,9 @@ from tests.helpers import eventually
 def test_a_short_kata_run_reports_what_the_database_holds(
     settings: Settings, sup: Supervisor, pg: psycopg.Connection, tmp_path: Path
 ) -> None:
+    """The report of a kata run holds every job the database recorded, row by row.
+
+    Slow by design (about 5 s): the kata's three rows for real, with 0.1 s jobs."""
     sup.start_api()
     seen: list[Progress] = []
     suite = load("kata3").with_job_seconds(0.1)

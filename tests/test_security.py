@@ -56,6 +56,10 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
 
 
 def test_valkey_refuses_other_users_and_admin_commands(locked: tuple[Path, dict]) -> None:
+    """Another local user (nobody) can neither use Valkey without the password nor see its
+    socket.
+
+    Slow by design (about 4 s): the attack's replies are read until a 3 s timeout."""
     base, _ = locked
     record = read_state(base)["redis"]
     # The attack: rewrite where Redis saves, then save, as a local user with no password.

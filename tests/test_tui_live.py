@@ -100,6 +100,9 @@ async def started(pilot: Pilot[None], lab: LiveLab, workers: int = 2) -> None:
 async def test_fire_ten_orders_depth_rises_and_falls(
     lab_app: tuple[LabApp, LiveLab, set[int]],
 ) -> None:
+    """f fires ten orders: the queue's depth rises, then falls to 0 as two workers take them.
+
+    Slow by design (about 6 s): a lab of its own, and ten jobs drained by two workers."""
     app, lab, pids = lab_app
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, lab)
@@ -131,6 +134,10 @@ async def test_fire_ten_orders_depth_rises_and_falls(
 
 
 async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    """a adds a worker, k kills the selected one (after asking), s stops another.
+
+    Slow by design (about 6 s): a lab of its own, and a worker's stop or kill is seen only
+    at the TUI's next samples."""
     app, lab, pids = lab_app
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, lab)
@@ -164,6 +171,9 @@ async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int
 
 
 async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    """R runs the kata's rows: the experiments table fills with measured times and verdicts.
+
+    Slow by design (about 12 s): the kata's three rows for real, with short jobs."""
     app, lab, pids = lab_app
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, lab)
@@ -194,6 +204,10 @@ async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> 
 async def test_run_with_a_foreign_worker_refuses_before_stopping_ours(
     lab_app: tuple[LabApp, LiveLab, set[int]], sup: Supervisor
 ) -> None:
+    """R with another terminal's worker running refuses, and the lab's own workers keep running
+    (same processes).
+
+    Slow by design (about 5 s): a lab of its own and a foreign worker."""
     app, lab, pids = lab_app
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, lab)
@@ -239,6 +253,9 @@ def worker_said(app: LabApp, process: str, text: str) -> str:
 
 
 async def test_quit_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    """q stops the API and every worker the lab started.
+
+    Slow by design (about 4 s): a lab of its own, started and stopped."""
     app, lab, pids = lab_app
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, lab)
@@ -265,6 +282,9 @@ class _Crashing:
 
 
 async def test_a_crash_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
+    """A failure inside the app ends it, and the lab's API and workers with it.
+
+    Slow by design (about 4 s): a lab of its own, started for real."""
     app, lab, pids = lab_app
     app.source = _Crashing(app.source, lab)
     with pytest.raises(WorkerFailed, match="boom"):

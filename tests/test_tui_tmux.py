@@ -91,11 +91,15 @@ def tmux(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tmux]:
 def test_tui_in_a_terminal(
     settings: Settings, clean: None, tmux: Tmux, size: tuple[int, int], way_out: str
 ) -> None:
+    """`mqlab tui` in a real terminal (tmux) at 100x30, 80x24 and 160x48: it draws, fires, adds a
+    worker, and leaves by q, Ctrl-C or SIGTERM with no process left.
+
+    Slow by design (6-9 s each): a real terminal, a real lab, waited for on screen."""
     env = shlex.join([f"REDIS_URL={settings.redis_url}", f"DATABASE_URL={settings.database_url}"])
     # exec: the pane's process is the TUI itself, so its pid is the one to watch.
     tmux.start(f"exec env {env} {MQLAB} tui --workers 2 --job-seconds 0.2", *size)
     # Up: the header, both workers idle, and the footer with the keys that need the stack
-    # (at 80 columns too, where it takes two lines).
+    # (one line at 80 columns too).
     screen = tmux.wait_for(
         lambda s: "API up" in s and idle_workers(s) == {"w1", "w2"} and "f Fire" in s, 60
     )

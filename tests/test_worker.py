@@ -316,7 +316,9 @@ def test_a_claim_lost_to_an_older_one_is_handed_back_pending(
 ) -> None:
     """A crash that loses a redelivery's claim leaves the row as the earlier claim left it:
     processing, by a worker that is gone, with fewer attempts. The completion must hand the
-    job back (it was acked and dropped: lost, processing for ever), pending again."""
+    job back (it was acked and dropped: lost, processing for ever), pending again.
+
+    Slow by design (about 3 s): two 1 s jobs, the claim taken away while the first runs."""
     created = post_order(client)
     jid = created["jobId"]
     # As if the worker of a first delivery had died (its message came back to the queue).
