@@ -4,8 +4,10 @@ commands that may) embedded servers started for this run and stopped when it end
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
+from typing import Generic, TypeVar
 
 from mqlab import services
 from mqlab.services import postgres_server, valkey_server
@@ -39,7 +41,36 @@ def find(
     return settings
 
 
-class Servers:
+T = TypeVar("T")
+
+
+class Opened(ABC, Generic[T]):
+    """`with thing as opened:` opened = thing.open(), and thing.close() on the way out, also
+    when open() fails half-way (whatever it started by then is stopped)."""
+
+    @abstractmethod
+    def open(self) -> T: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> T:
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Servers(Opened[Settings]):
     """`with Servers(...) as settings:` what find() finds, or else embedded servers started
     for this run in `base` (default: MQLAB_HOME); those, and only those, stop on the way out.
 
@@ -80,18 +111,3 @@ class Servers:
         if self.started:
             services.down(base=self.base, only=self.started)
             self.started = []
-
-    def __enter__(self) -> Settings:
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

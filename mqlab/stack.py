@@ -4,15 +4,13 @@ that."""
 
 from __future__ import annotations
 
-from types import TracebackType
-
-from mqlab.environment import Servers
+from mqlab.environment import Opened, Servers
 from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import LineHandler, Supervisor
 
 
-class Stack:
+class Stack(Opened["Stack"]):
     """`with Stack() as stack:` gives stack.settings and stack.sup (API already up)."""
 
     def __init__(
@@ -53,18 +51,3 @@ class Stack:
         }
         out["servers"] = "embedded, started by this run" if self.started_services else "existing"
         return out
-
-    def __enter__(self) -> Stack:
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
