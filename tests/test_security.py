@@ -140,27 +140,3 @@ def test_state_is_private_and_nothing_outside_changes_mode(locked: tuple[Path, d
         seen = as_nobody(f"cat {path}")
         assert seen.returncode != 0 and "ermission denied" in seen.stderr, path
     assert os.stat(data.parent).st_uid == 0
-
-
-def test_the_postgres_template_is_private_and_admits_password_logins_only(
-    locked: tuple[Path, dict],
-) -> None:
-    """New clusters are copies of a template made once (postgres_server._template): the
-    service account's and 0700 in a root-owned folder it may only pass through, with no
-    password of its own to hand on and password logins only."""
-    account = service_account()
-    assert account is not None
-    templates = RUNTIME_ROOT / "templates"
-    assert os.stat(templates).st_uid == 0
-    assert stat.S_IMODE(os.stat(templates).st_mode) == 0o711
-    made = sorted(templates.glob("pg-*"))
-    assert made, "the home's cluster was made from no template"
-    for template in made:
-        info = template.stat()
-        assert (info.st_uid, info.st_gid) == (account.uid, account.gid), template
-        assert stat.S_IMODE(info.st_mode) == 0o700, template
-        assert (template / "pg_hba.conf").read_text() == postgres_server.HBA
-        # pg_authid (relation 1260 of a fresh cluster) holds a role's password hash, if any.
-        assert b"SCRAM-SHA-256$" not in (template / "global" / "1260").read_bytes()
-        seen = as_nobody(f"ls {template}")
-        assert seen.returncode != 0 and "ermission denied" in seen.stderr

@@ -13,9 +13,7 @@ as `mqlab`, a role that is no superuser (so it cannot `COPY ... FROM PROGRAM`) a
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,7 +32,6 @@ from mqlab.services.runtime import (
     popen_args,
     reachable,
     service_account,
-    template_root,
 )
 
 NAME = "postgres"
@@ -77,79 +74,8 @@ def _run_as(argv: list[str], drop: dict[str, Any], what: str, stdin: str = "") -
         raise RuntimeError(f"{what} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def _template(account: Account | None, binaries: Path) -> Path:
-    """A cluster made by initdb once per user and PostgreSQL build, for new homes to copy:
-    initdb takes seconds, a copy a fraction of one.
-
-    It holds no password: its superuser has none, and its pg_hba.conf admits password logins
-    only, so nobody can log in to it or to a copy until the copy is given its home's own.
-    Made under a temporary name and renamed into place: two processes making it at once
-    both succeed, one rename wins, and a template that is there is whole.
-    """
-    parent = template_root(account)
-    template = parent / f"pg-{_build_key(binaries)}"
-    if (template / "PG_VERSION").exists():
-        return template
-    tmp = parent / f".{template.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    give(private_dir(tmp), account)
-    try:
-        # Synced (no --no-sync): every home made from now on is a copy of it.
-        _run_as(
-            [str(binaries / "initdb"), "-D", str(tmp), "-U", SUPERUSER, "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"],
-            popen_args(account), "initdb",
-        )  # fmt: skip
-        write_private(tmp / "pg_hba.conf", HBA)
-        give(tmp / "pg_hba.conf", account)
-        try:
-            tmp.rename(template)
-        except OSError:
-            if not (template / "PG_VERSION").exists():
-                raise  # not a rename lost to another process
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return template
-
-
-def _build_key(binaries: Path) -> str:
-    """What a template depends on: the PostgreSQL build, and the locale initdb reads from
-    the environment."""
-    postgres = binaries / "postgres"
-    version = subprocess.run([str(postgres), "--version"], capture_output=True, text=True)
-    info = postgres.stat()
-    locale = [os.environ.get(name, "") for name in ("LC_ALL", "LC_COLLATE", "LC_CTYPE", "LANG")]
-    parts = [version.stdout.strip(), str(info.st_size), str(info.st_mtime_ns), *locale]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _new_cluster(root: Path, data: Path, account: Account | None, binaries: Path,
-                 password: str) -> None:  # fmt: skip
-    """A copy of the template, given this home's superuser password, moved into `data` (an
-    empty folder) in one rename: a copy cut short is never taken for a cluster."""
-    fresh = root / f".pg-new.{os.getpid()}"
-    shutil.rmtree(fresh, ignore_errors=True)
-    try:
-        shutil.copytree(_template(account, binaries), fresh, symlinks=True)
-        give(fresh, account, deep=True)  # under root the copy is root's: the account's now
-        _set_password(binaries, fresh, account, password)
-        fresh.rename(data)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
-
-
-def _set_password(binaries: Path, data: Path, account: Account | None, password: str) -> None:
-    """The superuser's password, set in single-user mode (no login needed, no server up)."""
-    # Statements end at a newline in single-user mode; the password is URL-safe base64.
-    _run_as(
-        [str(binaries / "postgres"), "--single", "-D", str(data), "postgres"],
-        popen_args(account), "setting the superuser's password",
-        stdin=f"ALTER ROLE {SUPERUSER} WITH PASSWORD '{password}'\n",
-    )  # fmt: skip
-
-
 def _cluster(base: Path, root: Path, account: Account | None, binaries: Path) -> Path:
-    """The data folder, a copy of the template on first use, its superuser password set.
+    """The data folder, made by initdb on first use, its superuser password set.
 
     A cluster made by an older mqlab (MQLAB_HOME/pg, trust authentication) is moved in and
     given the home's password in single-user mode, which needs no login.
@@ -160,12 +86,29 @@ def _cluster(base: Path, root: Path, account: Account | None, binaries: Path) ->
     if moved:
         shutil.move(legacy, data)
     give(private_dir(data), account, deep=moved)
+    drop = popen_args(account)
     ident = identity(base)
     password = ident["passwords"]["postgres"]
     if not (data / "PG_VERSION").exists():
-        _new_cluster(root, data, account, binaries, password)
+        pwfile = root / ".pwfile"
+        write_private(pwfile, password + "\n")
+        give(pwfile, account)
+        try:
+            _run_as(
+                [str(binaries / "initdb"), "-D", str(data), "-U", SUPERUSER,
+                 "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
+                 "--no-sync", "--no-instructions"],
+                drop, "initdb",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
     elif not ident.get("postgresPasswordSet"):
-        _set_password(binaries, data, account, password)
+        # Statements end at a newline in single-user mode; the password is URL-safe base64.
+        _run_as(
+            [str(binaries / "postgres"), "--single", "-D", str(data), "postgres"],
+            drop, "setting the superuser's password",
+            stdin=f"ALTER ROLE {SUPERUSER} WITH PASSWORD '{password}'\n",
+        )  # fmt: skip
     if not ident.get("postgresPasswordSet"):
         ident["postgresPasswordSet"] = True
         save_identity(base, ident)
@@ -184,8 +127,8 @@ def _urls(run: Path, port: int, database: str, user: str, password: str) -> tupl
 
 
 def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
-    """A copy of the template on first use, start postgres, wait until it answers, create the
-    role and the database."""
+    """initdb on first use, start postgres, wait until it answers, create the role and the
+    database."""
     account = service_account()
     root = data_root(base, account)
     binaries = bin_dir(account)

@@ -112,20 +112,6 @@ def data_root(base: Path, account: Account | None) -> Path:
     return root
 
 
-def template_root(account: Account | None) -> Path:
-    """Where what is made once per machine and user and copied for each new home is kept
-    (the PostgreSQL template): under root RUNTIME_ROOT/templates, root's and 0711, whose
-    entries are the service account's and 0700; otherwise the user's cache folder
-    ($XDG_CACHE_HOME or ~/.cache, then mqlab/), 0700."""
-    if account is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return private_dir(Path(cache) / "mqlab")
-    _shared_dir(RUNTIME_ROOT, 0o711)
-    templates = RUNTIME_ROOT / "templates"
-    _shared_dir(templates, 0o711)
-    return templates
-
-
 def _shared_dir(path: Path, mode: int) -> None:
     """A root-owned folder of the runtime that the service user may only pass through."""
     path.mkdir(mode=mode, exist_ok=True)
