@@ -15,8 +15,14 @@ import psycopg
 
 from mqlab.protocol.ids import job_id_sql
 
-#: Statuses, in flow order. `failed` and `dead` are for the retry drills.
-STATUSES = ("pending", "processing", "completed", "failed", "dead")
+#: Statuses, in flow order, as sql/schema.sql's CHECKs have them: a job that runs out of
+#: attempts (or fails permanently) is `dead`, and its order `failed`.
+ORDER_STATUSES = ("pending", "processing", "retrying", "completed", "failed")
+JOB_STATUSES = ("pending", "processing", "retrying", "completed", "dead")
+#: Where a job may be claimed from (a redelivery after its worker died finds it processing).
+CLAIMABLE = ("pending", "processing", "retrying")
+#: How an attempt ended (job_attempts.outcome); `running` until it does.
+OUTCOMES = ("running", "completed", "failed", "crashed", "handed_back", "reclaimed")
 
 
 def schema_path() -> Path:
@@ -78,27 +84,47 @@ INSERT INTO jobs (id, order_id, enqueued_at) SELECT 'warm-up', id, created_at FR
 # Undo orders whose jobs could not be enqueued (Redis down): a rejected request leaves nothing.
 DELETE_ORDERS = "DELETE FROM orders WHERE id = ANY(%s)"
 
-# A worker claims a job: only from pending, or from processing (a redelivery after its worker
-# died). attempts counts deliveries; the RETURNING row is the proof that the claim happened.
+# A worker claims a job: from pending, from retrying (its backoff is over), or from processing
+# (a redelivery after its worker died: that attempt is recorded as crashed). attempts counts
+# claims; each claim adds its row to job_attempts. A job found processing whose attempts are
+# spent is not claimed (see BURY_JOB): a job that kills its worker every time ends dead
+# instead of looping. The RETURNING row is the proof that the claim happened, with the try
+# number the retry policy counts (attempts since the last replay) and the order's product
+# (what the poison pattern is matched against).
 #
 # The claim commits asynchronously (synchronous_commit off for this one transaction, set from
 # inside the statement so that it stays one round trip): it does not wait for its WAL flush,
 # which halves the fsync waits per job. Safe because the completion commits synchronously,
 # and flushing its commit record flushes the claim's (WAL is sequential); a claim lost in a
-# PostgreSQL crash leaves the job pending, and the worker hands it back to the queue when its
-# completion finds it so (Worker._not_completed): it is redelivered, never lost.
+# PostgreSQL crash leaves the job as it was, and the worker hands it back to the queue when
+# its completion finds it so (Worker._not_completed): it is redelivered, never lost.
 CLAIM_JOB = """
 WITH j AS (
     UPDATE jobs SET status = 'processing', worker_id = %(worker)s, attempts = attempts + 1,
-                    started_at = clock_timestamp(), finished_at = NULL
-    WHERE id = %(job)s AND status IN ('pending', 'processing')
-    RETURNING id, order_id, attempts, started_at
+                    started_at = clock_timestamp(), finished_at = NULL, next_attempt_at = NULL
+    WHERE id = %(job)s AND status IN ('pending', 'processing', 'retrying')
+      AND (status <> 'processing' OR attempts - replay_base < %(max_attempts)s)
+    RETURNING id, order_id, attempts, attempts - replay_base AS try, started_at
+), crashed AS (
+    UPDATE job_attempts SET outcome = 'crashed', finished_at = j.started_at FROM j
+    WHERE job_attempts.job_id = j.id AND job_attempts.outcome = 'running'
+      AND job_attempts.attempt <> j.attempts
+), a AS (
+    -- A row for this number exists only when PostgreSQL lost a claim in a crash and kept its
+    -- attempt's row (it cannot: one transaction) or someone rewound attempts by hand: the
+    -- claim is not refused for it, the row is this attempt's now.
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at)
+    SELECT id, attempts, %(worker)s, started_at FROM j
+    ON CONFLICT (job_id, attempt) DO UPDATE
+    SET worker_id = excluded.worker_id, started_at = excluded.started_at, outcome = 'running',
+        finished_at = NULL, error = NULL, next_attempt_at = NULL
 ), o AS (
     UPDATE orders SET status = 'processing', updated_at = j.started_at FROM j
     WHERE orders.id = j.order_id
+    RETURNING orders.product
 )
-SELECT id, order_id, attempts
-FROM j, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+SELECT j.id, j.order_id, j.attempts, j.try, o.product
+FROM j, o, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 """
 
 # Completion is guarded by the claim (worker and attempt): a worker whose job was handed to
@@ -109,7 +135,10 @@ WITH j AS (
     UPDATE jobs SET status = 'completed', finished_at = clock_timestamp()
     WHERE id = %(job)s AND status = 'processing' AND worker_id = %(worker)s
       AND attempts = %(attempt)s
-    RETURNING order_id, started_at, finished_at
+    RETURNING id, order_id, started_at, finished_at
+), a AS (
+    UPDATE job_attempts SET outcome = 'completed', finished_at = j.finished_at FROM j
+    WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
 ), o AS (
     UPDATE orders SET status = 'completed', completed_at = j.finished_at,
                       updated_at = j.finished_at
@@ -118,19 +147,67 @@ WITH j AS (
 SELECT order_id, extract(epoch FROM finished_at - started_at)::float8 AS took FROM j
 """
 
-JOB_STATUS = "SELECT status, worker_id, attempts FROM jobs WHERE id = %s"
+# A failed attempt that will be tried again: the job is retrying until %(delay)s seconds from
+# now (PostgreSQL's clock; the delayed set in Redis is scored by Redis's, see
+# mqlab.protocol.delayed), guarded by the claim as the completion is. Returns the due time.
+RETRY_JOB = """
+WITH j AS (
+    UPDATE jobs SET status = 'retrying', last_error = %(error)s,
+                    finished_at = clock_timestamp(),
+                    next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s)
+    WHERE id = %(job)s AND status = 'processing' AND worker_id = %(worker)s
+      AND attempts = %(attempt)s
+    RETURNING id, order_id, finished_at, next_attempt_at
+), a AS (
+    UPDATE job_attempts SET outcome = 'failed', finished_at = j.finished_at,
+                            error = %(error)s, next_attempt_at = j.next_attempt_at
+    FROM j WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
+), o AS (
+    UPDATE orders SET status = 'retrying', updated_at = j.finished_at FROM j
+    WHERE orders.id = j.order_id
+)
+SELECT order_id, next_attempt_at FROM j
+"""
+
+# A job that may not be tried again: dead, with its last error, and its order failed. Guarded
+# on the claim it ends (status processing, worker and attempt as the caller saw them): the
+# worker's own failed attempt (outcome 'failed'), or, at a claim refused because the attempts
+# are spent, the attempt its dead worker left running (outcome 'crashed', worker = that one).
+BURY_JOB = """
+WITH j AS (
+    UPDATE jobs SET status = 'dead', last_error = %(error)s, finished_at = clock_timestamp(),
+                    next_attempt_at = NULL
+    WHERE id = %(job)s AND status = 'processing' AND attempts = %(attempt)s
+      AND worker_id IS NOT DISTINCT FROM %(worker)s
+    RETURNING id, order_id, finished_at
+), a AS (
+    UPDATE job_attempts SET outcome = %(outcome)s, finished_at = j.finished_at,
+                            error = %(error)s
+    FROM j WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
+), o AS (
+    UPDATE orders SET status = 'failed', updated_at = j.finished_at FROM j
+    WHERE orders.id = j.order_id
+)
+SELECT order_id FROM j
+"""
+
+JOB_STATUS = "SELECT status, worker_id, attempts, attempts - replay_base FROM jobs WHERE id = %s"
 
 # A worker hands a job back to the queue (a second stop, a lost claim): the job is pending
 # again, naming no worker, before its message is back on the queue, so that no job waits on
 # the queue while PostgreSQL says someone works it. Guarded on the claim it undoes (status,
 # worker and attempts as the worker last saw them): a claim made since, by another worker,
-# is left alone. attempts stays: it counts deliveries. Returns a row when it released.
+# is left alone. attempts stays: it counts claims. Returns a row when it released.
 RELEASE_JOB = """
 WITH j AS (
     UPDATE jobs SET status = 'pending', worker_id = NULL, started_at = NULL
     WHERE id = %(job)s AND status = %(status)s AND attempts = %(attempt)s
       AND worker_id IS NOT DISTINCT FROM %(worker)s
-    RETURNING order_id
+    RETURNING id, order_id
+), a AS (
+    UPDATE job_attempts SET outcome = 'handed_back', finished_at = clock_timestamp() FROM j
+    WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
+      AND job_attempts.outcome = 'running'
 ), o AS (
     UPDATE orders SET status = 'pending', updated_at = clock_timestamp() FROM j
     WHERE orders.id = j.order_id
@@ -143,7 +220,8 @@ ORDER_COLUMNS = (
     "o.completed_at, j.id"
 )
 JOB_COLUMNS = (
-    "id, order_id, status, worker_id, attempts, last_error, enqueued_at, started_at, finished_at"
+    "id, order_id, status, worker_id, attempts, last_error, enqueued_at, started_at, finished_at, "
+    "next_attempt_at"
 )
 SELECT_ORDERS = f"""
 SELECT {ORDER_COLUMNS} FROM orders o LEFT JOIN LATERAL (
@@ -243,7 +321,7 @@ def order_json(row: tuple[Any, ...]) -> dict[str, Any]:
 
 def job_json(row: tuple[Any, ...]) -> dict[str, Any]:
     """A row of SELECT_JOBS as the API's camelCase JSON."""
-    jid, order_id, status, worker, attempts, error, enqueued, started, finished = row
+    jid, order_id, status, worker, attempts, error, enqueued, started, finished, due = row
     return {
         "id": jid,
         "jobId": jid,
@@ -255,14 +333,15 @@ def job_json(row: tuple[Any, ...]) -> dict[str, Any]:
         "enqueuedAt": iso(enqueued),
         "startedAt": iso(started),
         "finishedAt": iso(finished),
+        "nextAttemptAt": iso(due),
     }
 
 
 def counts_by_status(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, int]]:
     """COUNT_BY_STATUS rows as {"orders": {status: n, ...}, "jobs": {...}} with every status."""
     out: dict[str, dict[str, int]] = {
-        "orders": dict.fromkeys(STATUSES, 0),
-        "jobs": dict.fromkeys(STATUSES, 0),
+        "orders": dict.fromkeys(ORDER_STATUSES, 0),
+        "jobs": dict.fromkeys(JOB_STATUSES, 0),
     }
     for table, status, count in rows:
         out[table][status] = int(count)

@@ -473,18 +473,20 @@ class Worker:
             return None
 
     async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
-        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id}, "claim")
+        claim = await self._sql(
+            db.CLAIM_JOB, {"worker": self.id, "job": job_id, "max_attempts": 5}, "claim"
+        )
         if claim is None:
             found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
             if found is None:
                 await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
             else:
-                status, owner, attempts = found
+                status, owner, attempts = found[:3]
                 log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
                          self.id, job_id, status, owner, attempts)  # fmt: skip
                 await self._ack(raw)
             return None
-        _, _, attempt = claim
+        _, _, attempt = claim[:3]
         self.claim = (job_id, attempt)
         self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
         fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
@@ -553,7 +555,7 @@ class Worker:
             # attempts) whose worker is gone. Only our processing list holds the message: hand
             # it back, so that it is redelivered (and worked again) rather than lost, with the
             # job pending again first (guarded on the row as we just saw it).
-            status, owner, attempts = found
+            status, owner, attempts = found[:3]
             log.warning("%s: the claim of %s was lost (PostgreSQL restarted?); handing it back",
                         self.id, job_id)  # fmt: skip
             if status != "pending" or owner is not None:

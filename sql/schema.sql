@@ -1,5 +1,12 @@
 -- mqlab schema: PostgreSQL is the source of truth for every order and job.
--- Applied idempotently on start (mqlab services up, mqlab api, mqlab worker).
+-- Applied idempotently on start (mqlab services up, mqlab api, mqlab worker), and migrates a
+-- database made by an older mqlab in place (the DO blocks at the end).
+--
+-- A job's life (docs/architecture.md draws it):
+--   pending -> processing -> completed
+--              processing -> retrying -> processing ...   (a transient failure, backing off)
+--              processing -> dead                          (permanent, or out of attempts)
+-- and its order follows: pending, processing, retrying, completed, or failed (job dead).
 
 CREATE TABLE IF NOT EXISTS orders (
     id           bigserial PRIMARY KEY,
@@ -7,25 +14,84 @@ CREATE TABLE IF NOT EXISTS orders (
     quantity     integer       NOT NULL CHECK (quantity >= 1),
     price        numeric(12,2) NOT NULL CHECK (price >= 0),
     status       text          NOT NULL DEFAULT 'pending'
-                 CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'dead')),
+                 CONSTRAINT orders_status_check
+                 CHECK (status IN ('pending', 'processing', 'retrying', 'completed', 'failed')),
     created_at   timestamptz   NOT NULL DEFAULT clock_timestamp(),
     updated_at   timestamptz   NOT NULL DEFAULT clock_timestamp(),
     completed_at timestamptz
 );
 
--- One job per order today; the reports are computed from these timestamps.
+-- One job per order; the reports are computed from these timestamps and from job_attempts.
+-- attempts counts claims (deliveries), replayed or not; replay_base is its value when the
+-- job was last replayed from the dead letters, so the retry policy counts attempts - replay_base.
 CREATE TABLE IF NOT EXISTS jobs (
-    id          text        PRIMARY KEY,
-    order_id    bigint      NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
-    status      text        NOT NULL DEFAULT 'pending'
-                CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'dead')),
-    worker_id   text,
-    attempts    integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    last_error  text,
-    enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    started_at  timestamptz,
-    finished_at timestamptz
+    id              text        PRIMARY KEY,
+    order_id        bigint      NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
+    status          text        NOT NULL DEFAULT 'pending'
+                    CONSTRAINT jobs_status_check
+                    CHECK (status IN ('pending', 'processing', 'retrying', 'completed', 'dead')),
+    worker_id       text,
+    attempts        integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    replay_base     integer     NOT NULL DEFAULT 0 CHECK (replay_base >= 0),
+    last_error      text,
+    enqueued_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    next_attempt_at timestamptz
 );
+
+-- Every attempt, kept: one row per claim. outcome is 'running' until the attempt ends:
+--   completed    the work was done and recorded
+--   failed       the work failed (retried, or the job went dead: jobs.status says which)
+--   crashed      its worker died during it (the next claim of the job found it running)
+--   handed_back  its worker gave it back unfinished (a stop, a lost claim)
+--   reclaimed    Redis lost the message and the reconciler queued the job again
+CREATE TABLE IF NOT EXISTS job_attempts (
+    job_id          text        NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt         integer     NOT NULL CHECK (attempt >= 1),
+    worker_id       text        NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at     timestamptz,
+    outcome         text        NOT NULL DEFAULT 'running'
+                    CONSTRAINT job_attempts_outcome_check
+                    CHECK (outcome IN ('running', 'completed', 'failed', 'crashed',
+                                       'handed_back', 'reclaimed')),
+    error           text,
+    next_attempt_at timestamptz,
+    PRIMARY KEY (job_id, attempt)
+);
+
+-- Migrations of a database made by an older mqlab (each a no-op once done).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS replay_base integer NOT NULL DEFAULT 0
+    CHECK (replay_base >= 0);
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz;
+DO $$
+BEGIN
+    -- The status CHECKs gained 'retrying' (and lost the statuses no row of that table can
+    -- have: an order is failed, never dead; a job is dead, never failed). Replaced only when
+    -- they lack it, so that a start does not re-validate the tables every time.
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conname = 'jobs_status_check' AND conrelid = 'jobs'::regclass
+          AND pg_get_constraintdef(oid) LIKE '%retrying%'
+    ) THEN
+        ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_status_check;
+        UPDATE jobs SET status = 'dead' WHERE status = 'failed';
+        ALTER TABLE jobs ADD CONSTRAINT jobs_status_check
+            CHECK (status IN ('pending', 'processing', 'retrying', 'completed', 'dead'));
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conname = 'orders_status_check' AND conrelid = 'orders'::regclass
+          AND pg_get_constraintdef(oid) LIKE '%retrying%'
+    ) THEN
+        ALTER TABLE orders DROP CONSTRAINT IF EXISTS orders_status_check;
+        UPDATE orders SET status = 'failed' WHERE status = 'dead';
+        ALTER TABLE orders ADD CONSTRAINT orders_status_check
+            CHECK (status IN ('pending', 'processing', 'retrying', 'completed', 'failed'));
+    END IF;
+END
+$$;
 
 CREATE INDEX IF NOT EXISTS jobs_order_id_idx ON jobs (order_id);
 CREATE INDEX IF NOT EXISTS jobs_status_idx ON jobs (status);

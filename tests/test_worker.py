@@ -347,8 +347,14 @@ def test_a_release_never_clobbers_a_claim_made_since(
 ) -> None:
     created = post_order(client)  # no worker runs: the claims below are the only ones
     jid = created["jobId"]
-    assert pg.execute(db.CLAIM_JOB, {"worker": "w1", "job": jid}).fetchone() is not None
-    assert pg.execute(db.CLAIM_JOB, {"worker": "w2", "job": jid}).fetchone() is not None
+    assert (
+        pg.execute(db.CLAIM_JOB, {"worker": "w1", "job": jid, "max_attempts": 5}).fetchone()
+        is not None
+    )
+    assert (
+        pg.execute(db.CLAIM_JOB, {"worker": "w2", "job": jid, "max_attempts": 5}).fetchone()
+        is not None
+    )
 
     def release(worker: str, attempt: int) -> tuple[object, ...] | None:
         params = {"job": jid, "status": "processing", "worker": worker, "attempt": attempt}

@@ -14,8 +14,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from mqlab import db
 from mqlab.api.writer import ACCEPTED_MESSAGE
 
-# The statuses as PostgreSQL's CHECK and db.STATUSES have them, one list for all.
-Status = Literal[db.STATUSES]  # type: ignore[valid-type]
+# The statuses as PostgreSQL's CHECKs and db.ORDER_STATUSES / JOB_STATUSES have them.
+OrderStatus = Literal[db.ORDER_STATUSES]  # type: ignore[valid-type]
+JobStatus = Literal[db.JOB_STATUSES]  # type: ignore[valid-type]
 
 
 class _Body(BaseModel):
@@ -37,7 +38,7 @@ class Order(_Body):
     product: str
     quantity: int
     price: float
-    status: Status
+    status: OrderStatus
     jobId: str | None = Field(description="its latest job")
     createdAt: AwareDatetime
     updatedAt: AwareDatetime
@@ -48,13 +49,14 @@ class Job(_Body):
     id: str
     jobId: str = Field(description="the same as id")
     orderId: int
-    status: Status
+    status: JobStatus
     workerId: str | None = Field(description="the worker that took it last")
-    attempts: int = Field(ge=0, description="deliveries so far")
+    attempts: int = Field(ge=0, description="claims so far (every attempt, replays included)")
     lastError: str | None
     enqueuedAt: AwareDatetime
     startedAt: AwareDatetime | None
     finishedAt: AwareDatetime | None
+    nextAttemptAt: AwareDatetime | None = Field(description="when a retrying job is due")
 
 
 class Health(_Body):
@@ -82,8 +84,8 @@ class Stats(_Body):
     processing: int = Field(description="messages in the workers' processing lists")
     dead: int = Field(description="messages on the dead-letter list")
     workers: list[Worker] = Field(description="live workers (their heartbeat has not expired)")
-    orders: dict[Status, int]
-    jobs: dict[Status, int]
+    orders: dict[OrderStatus, int]
+    jobs: dict[JobStatus, int]
 
 
 class Error(_Body):

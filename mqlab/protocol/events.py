@@ -39,14 +39,28 @@ class EventKind(StrEnum):
     JOB_LOST = "job_lost"
     #: Our claim was lost (PostgreSQL restarted): the message went back to the queue.
     JOB_REQUEUED = "job_requeued"
-    #: A message that is not a job, or that PostgreSQL refuses, went to `orders:dead`.
+    #: An attempt failed and the job waits in `orders:delayed` for its next one (fields:
+    #: job, order, attempt, error, delay in seconds).
+    JOB_FAILED = "job_failed"
+    #: A job went to `orders:dead` (a permanent failure, its attempts spent; fields: job,
+    #: order, attempt, reason), or a message that is not a job did (fields: reason).
     JOB_DEAD = "job_dead"
+    #: The reconciler queued jobs that Redis had lost (fields: requeued, found).
+    RECONCILED = "reconciled"
     WORKER_UP = "worker_up"
     WORKER_DOWN = "worker_down"
 
 
 #: Events after which a worker no longer runs the job named in them.
-JOB_ENDS = frozenset({EventKind.JOB_FINISHED, EventKind.JOB_LOST, EventKind.JOB_REQUEUED})
+JOB_ENDS = frozenset(
+    {
+        EventKind.JOB_FINISHED,
+        EventKind.JOB_LOST,
+        EventKind.JOB_REQUEUED,
+        EventKind.JOB_FAILED,
+        EventKind.JOB_DEAD,
+    }
+)
 
 
 def queue(pipe: Any, kind: EventKind, **fields: str | int | float) -> None:

@@ -10,8 +10,16 @@ from __future__ import annotations
 QUEUE = "orders:queue"
 #: Per-worker in-flight list (the reliable-queue pattern): `orders:processing:<worker>`.
 PROCESSING_PREFIX = "orders:processing:"
-#: Messages that are not valid jobs, each wrapped with the reason.
+#: Jobs waiting out their backoff: a sorted set of their messages, scored by the epoch
+#: second (Redis's clock) they are due; due ones move to QUEUE (mqlab.protocol.delayed).
+DELAYED = "orders:delayed"
+#: Dead letters, newest first: dead jobs (permanent failure, attempts spent) and queue entries
+#: that are not jobs, each wrapped with the reason (mqlab.protocol.messages.dead_letter).
 DEAD = "orders:dead"
+#: The reconciler's lock (SET NX with a TTL: one reconciler at a time, whichever worker) ...
+RECONCILER_LOCK = "mqlab:reconciler:lock"
+#: ... and its last run, a hash: when, by whom, what it found and requeued.
+RECONCILER = "mqlab:reconciler"
 #: Per-worker liveness hash with a TTL: `mqlab:worker:<worker>`.
 WORKER_PREFIX = "mqlab:worker:"
 #: Live events for the UI (job started/finished/failed, worker up/down).

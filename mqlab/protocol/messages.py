@@ -93,22 +93,26 @@ def preview(raw: bytes, limit: int = PREVIEW_CHARS) -> str:
     return f"{text} ({len(raw)} bytes)" if len(raw) > limit else text
 
 
-def dead_letter(raw: bytes, reason: str, worker: str, at: float) -> bytes:
+def dead_letter(
+    raw: bytes, reason: str, worker: str, at: float, job_id: str | None = None
+) -> bytes:
     """The `orders:dead` entry for a queue entry that could not be worked.
 
     JSON: `message` is its first DEAD_MESSAGE_BYTES as text (bytes that are not UTF-8 as
     \\xNN escapes), so that a short, valid message is kept exactly; `messageBytes` its full
-    size; the reason (cut to REASON_CHARS), the worker and the time.
+    size; the reason (cut to REASON_CHARS), the worker and the time; `jobId` when the entry
+    is a job's (a dead job: PostgreSQL has it as `dead`, and it can be replayed).
     """
-    return orjson.dumps(
-        {
-            "message": raw[:DEAD_MESSAGE_BYTES].decode("utf-8", "backslashreplace"),
-            "messageBytes": len(raw),
-            "reason": one_line(reason, REASON_CHARS),
-            "workerId": worker,
-            "at": at,
-        }
-    )
+    entry: dict[str, object] = {
+        "message": raw[:DEAD_MESSAGE_BYTES].decode("utf-8", "backslashreplace"),
+        "messageBytes": len(raw),
+        "reason": one_line(reason, REASON_CHARS),
+        "workerId": worker,
+        "at": at,
+    }
+    if job_id is not None:
+        entry["jobId"] = job_id
+    return orjson.dumps(entry)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class DeadLetter:
     reason: str
     message: str  # the start of the message, one line
     size: int  # of the message, in bytes
+    job_id: str | None = None  # a dead job's id; None for an entry that is not a job
 
 
 def read_dead_letter(entry: bytes) -> DeadLetter:
@@ -132,6 +137,7 @@ def read_dead_letter(entry: bytes) -> DeadLetter:
         return DeadLetter(None, "?", "(not an mqlab dead letter)", preview(entry), len(entry))
     at, size = data.get("at"), data.get("messageBytes")
     worker, reason = data.get("workerId"), data.get("reason")
+    job_id = data.get("jobId")
     message: str = data["message"]
     return DeadLetter(
         at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
@@ -139,4 +145,5 @@ def read_dead_letter(entry: bytes) -> DeadLetter:
         reason=one_line(reason, REASON_CHARS) if isinstance(reason, str) else "?",
         message=one_line(message, PREVIEW_CHARS),
         size=size if isinstance(size, int) else len(message.encode("utf-8", "replace")),
+        job_id=one_line(job_id, MAX_JOB_ID) if isinstance(job_id, str) else None,
     )

@@ -183,5 +183,11 @@ def reachable(base: Path, parts: Sequence[str], account: Account | None) -> Path
                 # (or a umask) would keep the service user out.
                 extra = 0o055 if path.is_dir() or path.stat().st_mode & 0o100 else 0o044
                 path.chmod((path.stat().st_mode | extra) & 0o755)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process (the tests run in two) made the same copy first: use theirs.
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():
+                raise
     return target
