@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from mqlab import __version__, services
+from mqlab.faults import DEFAULT_POISON
 from mqlab.procs import port_free
 from mqlab.services.manager import ServicesError
 from mqlab.settings import Settings
@@ -238,6 +239,53 @@ def worker(
             metavar="KIND", help="sleep (I/O-bound, as in the kata) or cpu (spins the CPU)."
         ),
     ] = "sleep",
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Attempts a job gets before it is dead [env MQLAB_MAX_ATTEMPTS; default 5].",
+        ),
+    ] = None,
+    backoff_base: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="The first retry's wait; each next one doubles, with jitter "
+            "[env MQLAB_BACKOFF_BASE; default 1].",
+        ),
+    ] = None,
+    backoff_max: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="The longest wait between attempts [env MQLAB_BACKOFF_MAX; default 60].",
+        ),
+    ] = None,
+    fail_rate: Annotated[
+        float,
+        typer.Option(
+            metavar="P",
+            help="Each attempt fails part-way, transiently, with probability P (0-1).",
+        ),
+    ] = 0.0,
+    crash_rate: Annotated[
+        float,
+        typer.Option(
+            metavar="P",
+            help="Each attempt kills this worker part-way (os._exit) with probability P.",
+        ),
+    ] = 0.0,
+    poison: Annotated[
+        str,
+        typer.Option(
+            metavar="REGEX",
+            help="Orders whose product matches fail permanently ('' for none).",
+        ),
+    ] = DEFAULT_POISON,
+    seed: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Seed the failures (and the jitter): reproducible runs."),
+    ] = None,
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -245,11 +293,23 @@ def worker(
     import uvloop
 
     from mqlab.db import apply_schema
+    from mqlab.faults import FaultError, Faults
+    from mqlab.retry_policy import PolicyError, RetryPolicy
     from mqlab.work import WORK_KINDS
     from mqlab.worker import serve
 
     if work not in WORK_KINDS:
         raise fail(f"--work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
+    try:
+        env = RetryPolicy.from_env()
+        policy = RetryPolicy(
+            max_attempts=env.max_attempts if max_attempts is None else max_attempts,
+            base=env.base if backoff_base is None else backoff_base,
+            cap=env.cap if backoff_max is None else backoff_max,
+        )
+        faults = Faults(fail_rate=fail_rate, crash_rate=crash_rate, poison=poison, seed=seed)
+    except (PolicyError, FaultError) as exc:
+        raise fail(str(exc)) from None
     # Until serve() hands them to the worker's loop: applying the schema can wait on a
     # PostgreSQL that is away, and a stop then must not wait for it.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -260,7 +320,7 @@ def worker(
         apply_schema(settings.database_url)
     except Exception as exc:  # the worker waits and reconnects until PostgreSQL is back
         logging.getLogger("mqlab.worker").warning("could not apply the schema: %s", exc)
-    raise typer.Exit(uvloop.run(serve(settings, id, job_seconds, work)))
+    raise typer.Exit(uvloop.run(serve(settings, id, job_seconds, work, policy, faults)))
 
 
 @app.command()

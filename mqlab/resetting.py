@@ -1,4 +1,5 @@
-"""A clean slate: no orders, no jobs, nothing queued, in flight, dead or in the event stream."""
+"""A clean slate: no orders, no jobs, nothing queued, delayed, in flight, dead or in the event
+stream, and no record of the reconciler's last run."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ def reset_all(settings: Settings) -> None:
     """Empty PostgreSQL's tables and mqlab's Redis keys (worker heartbeats are left alone)."""
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        client.delete(keys.QUEUE, keys.DEAD, keys.EVENTS, *processing_lists_sync(client))
+        client.delete(
+            keys.QUEUE,
+            keys.DELAYED,
+            keys.DEAD,
+            keys.EVENTS,
+            keys.RECONCILER,
+            *processing_lists_sync(client),
+        )
     finally:
         client.close()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:

@@ -60,6 +60,17 @@ class RetryPolicy:
             ) from None
         return cls(max_attempts=max_attempts, base=base, cap=cap)
 
+    def __str__(self) -> str:
+        return f"at most {self.max_attempts} attempts, backoff {self.base:g}-{self.cap:g} s"
+
+    def args(self) -> list[str]:
+        """The `mqlab worker` flags that set this policy (for the lab's supervisor)."""
+        return [
+            "--max-attempts", str(self.max_attempts),
+            "--backoff-base", repr(self.base),
+            "--backoff-max", repr(self.cap),
+        ]  # fmt: skip
+
     def ceiling(self, failed_attempt: int) -> float:
         """The longest wait after attempt `failed_attempt` (1-based): base · 2^(n-1), capped."""
         if failed_attempt < 1:

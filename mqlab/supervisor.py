@@ -23,9 +23,11 @@ from types import TracebackType
 import httpx
 import redis
 
+from mqlab.faults import Faults
 from mqlab.procs import free_port, spawn, wait_until
 from mqlab.protocol import keys
 from mqlab.protocol.events import WorkerState
+from mqlab.retry_policy import RetryPolicy
 from mqlab.settings import Settings
 
 log = logging.getLogger("mqlab.supervisor")
@@ -136,18 +138,38 @@ class Supervisor:
         job_seconds: float = 2.0,
         work: str = "sleep",
         wait: bool = True,
+        *,
+        policy: RetryPolicy | None = None,
+        faults: Faults | None = None,
     ) -> Child:
-        """Start a worker; with wait=True, return once its heartbeat says it consumes."""
+        """Start a worker; with wait=True, return once its heartbeat says it consumes.
+
+        `policy` and `faults` go to it as flags; without them it follows the environment's
+        policy (MQLAB_MAX_ATTEMPTS, ...) and injects no failure.
+        """
         worker_id = worker_id or self.next_worker_id()
         args = ["worker", "--id", worker_id, "--job-seconds", str(job_seconds), "--work", work]
+        args += policy.args() if policy is not None else []
+        args += faults.args() if faults is not None else []
         child = self._spawn(worker_id, "worker", args)
         if wait:
             self.wait_workers_ready([worker_id])
         return child
 
-    def start_workers(self, n: int, job_seconds: float = 2.0, work: str = "sleep") -> list[Child]:
+    def start_workers(
+        self,
+        n: int,
+        job_seconds: float = 2.0,
+        work: str = "sleep",
+        *,
+        policy: RetryPolicy | None = None,
+        faults: Faults | None = None,
+    ) -> list[Child]:
         """Start n workers at once and wait until all are idle."""
-        children = [self.start_worker(None, job_seconds, work, wait=False) for _ in range(n)]
+        children = [
+            self.start_worker(None, job_seconds, work, wait=False, policy=policy, faults=faults)
+            for _ in range(n)
+        ]
         self.wait_workers_ready([c.name for c in children])
         return children
 

@@ -1,10 +1,16 @@
-"""The worker (consumer): reliable fetch, guarded claims, heartbeats, crash recovery.
+"""The worker (consumer): reliable fetch, guarded claims, retries, heartbeats, crash recovery.
 
 Loop: BLMOVE a message from the queue into this worker's own processing list (the keys and
-messages are mqlab.protocol's), claim the job in PostgreSQL (a guarded UPDATE), do the work,
-record the outcome, and only then remove the message from the processing list (the ack). A
-worker that dies keeps its message in its processing list; when its heartbeat key expires,
-any other worker moves it back to the queue.
+messages are mqlab.protocol's), claim the job in PostgreSQL (a guarded UPDATE that also
+counts the attempt), do the work, record the outcome, and only then remove the message from
+the processing list (the ack). A worker that dies keeps its message in its processing list;
+when its heartbeat key expires, any other worker moves it back to the queue.
+
+An attempt that fails is recorded first in PostgreSQL and then moved in Redis: a transient
+failure makes the job `retrying` and moves its message to the delayed set, due after the
+retry policy's backoff (every worker promotes due jobs back to the queue); a permanent one
+(poison), or a failure with no attempts left, makes it `dead` and its message a dead letter.
+A job whose worker dies on it every time ends dead too: its claims count its attempts.
 
 No queue entry stops a worker: one that is not a job (see mqlab.protocol.messages) or whose
 claim PostgreSQL refuses is dead-lettered, and the worker goes on. A stop request is obeyed
@@ -31,7 +37,8 @@ from redis.backoff import NoBackoff
 
 from mqlab import db
 from mqlab.backend_errors import BACKEND_DOWN
-from mqlab.protocol import events, keys
+from mqlab.faults import FaultKind, Faults, JobFailed
+from mqlab.protocol import dead, delayed, events, keys
 from mqlab.protocol.events import EventKind, WorkerState
 from mqlab.protocol.messages import (
     REASON_CHARS,
@@ -42,6 +49,7 @@ from mqlab.protocol.messages import (
 )
 from mqlab.protocol.messages import preview as message_preview
 from mqlab.protocol.scans import heartbeat_of, processing_lists, worker_of
+from mqlab.retry_policy import RetryPolicy
 from mqlab.settings import Settings
 from mqlab.work import do_work
 
@@ -68,6 +76,8 @@ STOP_STEP_SECONDS = 0.75
 #: no privilege). A claim's parameters cannot cause them, and every claim would fail alike:
 #: the worker waits, as for an outage, rather than dead-letter the whole queue.
 SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
+#: The exit status of a worker that crashes on purpose (--crash-rate): what a supervisor sees.
+CRASH_EXIT = 70
 
 
 #: A happening for the event stream: (type, fields).
@@ -117,6 +127,8 @@ class Worker:
         worker_id: str | None = None,
         job_seconds: float = 2.0,
         work: str = "sleep",
+        policy: RetryPolicy | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.settings = settings
         # Looked up once: they are in every beat, and a beat goes out with every job.
@@ -124,6 +136,13 @@ class Worker:
         self.id = worker_id or f"{self.host}-{self.pid}"
         self.job_seconds = job_seconds
         self.work = work
+        self.policy = policy or RetryPolicy()
+        self.faults = faults or Faults()
+        self.dice = self.faults.dice(self.id)
+        # The backoff's jitter: seeded apart from the dice, so that the delays drawn do not
+        # change which attempts fail.
+        seed = self.faults.seed
+        self.jitter = random.Random(f"{seed}:{self.id}:jitter") if seed is not None else None
         self.processing = keys.processing_key(self.id)
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -318,6 +337,17 @@ class Worker:
                     await self.beat()
                 await requeue_orphans(self.redis, exclude=self.id)
 
+    async def _promote_loop(self) -> None:
+        """Move due retries from the delayed set to the queue, every PROMOTE_INTERVAL (every
+        live worker does: the script runs alone on the server, so none is moved twice)."""
+        while self._consuming:
+            await asyncio.sleep(delayed.PROMOTE_INTERVAL)
+            with contextlib.suppress(*BACKEND_DOWN):
+                moved, _ = await delayed.promote(self.redis)
+                if moved:
+                    log.info("%s: %d retr%s due: back on the queue", self.id, moved,
+                             "y" if moved == 1 else "ies")  # fmt: skip
+
     async def _hand_back_own(self) -> int:
         """Move whatever sits in our own processing list back to the queue's front."""
         moved = 0
@@ -333,15 +363,17 @@ class Worker:
         # One waiter for the whole run, not one per job: jobs can be thousands a second.
         cold = asyncio.create_task(self._cold_stop.wait())
         heart: asyncio.Task[None] | None = None
+        promoter: asyncio.Task[None] | None = None
         try:
             await self._start()
             heart = asyncio.create_task(self._heartbeat_loop())
+            promoter = asyncio.create_task(self._promote_loop())
             await self._consume(cold)
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         finally:
             self._consuming = False
-            helpers = [t for t in (cold, heart) if t is not None]
+            helpers = [t for t in (cold, heart, promoter) if t is not None]
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -360,8 +392,16 @@ class Worker:
         self.state = WorkerState.IDLE
         await self._retry("Redis", self.beat, race=True)
         await events.emit(self.redis, EventKind.WORKER_UP, worker=self.id, pid=self.pid)
-        log.info("%s: ready (pid %d, job %.3gs %s)", self.id, self.pid, self.job_seconds,
-                 self.work)  # fmt: skip
+        log.info("%s: ready (pid %d, job %.3gs %s; %s%s)", self.id, self.pid, self.job_seconds,
+                 self.work, self.policy, self._faults_said())  # fmt: skip
+
+    def _faults_said(self) -> str:
+        f = self.faults
+        said = [f"fail-rate {f.fail_rate:g}"] if f.fail_rate else []
+        said += [f"crash-rate {f.crash_rate:g}"] if f.crash_rate else []
+        said += [f"poison /{f.poison}/"] if f.poison else []
+        said += [f"seed {f.seed}"] if f.seed is not None else []
+        return "; " + ", ".join(said) if said else ""
 
     async def _consume(self, cold: asyncio.Task[Any]) -> None:
         raw: bytes | None = None
@@ -436,13 +476,7 @@ class Worker:
         reason = one_line(reason, REASON_CHARS)
         entry = dead_letter(raw, reason, self.id, time.time())
 
-        async def op() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(keys.DEAD, entry)
-                pipe.lrem(self.processing, 1, raw)
-                await pipe.execute()
-
-        await self._retry("Redis", op)
+        await self._retry("Redis", lambda: dead.bury(self.redis, self.processing, raw, entry))
         self.jobs_failed += 1
         log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
                   message_preview(raw))  # fmt: skip
@@ -474,19 +508,14 @@ class Worker:
 
     async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
         claim = await self._sql(
-            db.CLAIM_JOB, {"worker": self.id, "job": job_id, "max_attempts": 5}, "claim"
+            db.CLAIM_JOB,
+            {"worker": self.id, "job": job_id, "max_attempts": self.policy.max_attempts},
+            "claim",
         )
         if claim is None:
-            found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
-            if found is None:
-                await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
-            else:
-                status, owner, attempts = found[:3]
-                log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
-                         self.id, job_id, status, owner, attempts)  # fmt: skip
-                await self._ack(raw)
+            await self._not_claimed(raw, job_id, order_id)
             return None
-        _, _, attempt = claim[:3]
+        _, _, attempt, tries, product = claim
         self.claim = (job_id, attempt)
         self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
         fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
@@ -496,7 +525,11 @@ class Worker:
         if not short:
             await self._publish(started[0], **started[1])
             log.info("%s: started %s (order %d)%s", self.id, job_id, order_id, again)
-        await do_work(self.work, self.job_seconds)
+        try:
+            await self._work(product)
+        except JobFailed as exc:
+            await self._failed(raw, job_id, order_id, (attempt, tries), exc, [started] * short)
+            return None
         done = await self._sql(
             db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}, "completion"
         )
@@ -514,6 +547,134 @@ class Worker:
         following = await self._finish(raw, job_id, [started, finished] if short else [finished])
         self.claim = None
         return following
+
+    async def _not_claimed(self, raw: bytes, job_id: str, order_id: int) -> None:
+        """The claim matched nothing: no such job (dead-letter the message), a job whose
+        worker died on each of its attempts (dead), or a duplicate delivery (dropped unworked:
+        completed, dead, or claimed by another worker since)."""
+        found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
+        if found is None:
+            await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
+            return
+        status, owner, attempts, tries = found
+        if status == "processing" and self.policy.exhausted(tries):
+            # Its last claim never ended: its worker died on it, as on every attempt before.
+            reason = f"its worker died during each of its {tries} attempts"
+            self.claim = (job_id, attempts)  # the owner's claim, ended here
+            bury = {"job": job_id, "worker": owner, "attempt": attempts, "outcome": "crashed"}
+            await self._bury(raw, job_id, order_id, reason, bury, [])
+            return
+        log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
+                 self.id, job_id, status, owner, attempts)  # fmt: skip
+        await self._ack(raw)
+
+    async def _work(self, product: str) -> None:
+        """The job's work, with the faults this worker injects (mqlab.faults)."""
+        if self.dice.poisoned(product):
+            raise JobFailed(
+                f"poison order: product {one_line(product, 60)!r} matches /{self.faults.poison}/",
+                permanent=True,
+            )
+        fault = self.dice.roll()
+        if fault is None:
+            await do_work(self.work, self.job_seconds)
+            return
+        await do_work(self.work, self.job_seconds * fault.at)
+        if fault.kind is FaultKind.CRASH:
+            log.critical("%s: crashing on purpose at %.0f%% of %s (--crash-rate)", self.id,
+                         fault.at * 100, self.current_job)  # fmt: skip
+            logging.shutdown()  # flush the line above: os._exit skips it
+            os._exit(CRASH_EXIT)
+        raise JobFailed(
+            f"injected transient failure at {fault.at:.0%} of the work (--fail-rate)",
+            permanent=False,
+        )
+
+    async def _failed(
+        self,
+        raw: bytes,
+        job_id: str,
+        order_id: int,
+        claim: tuple[int, int],
+        exc: JobFailed,
+        happened: list[Event],
+    ) -> None:
+        """Record a failed attempt: retrying after a backoff, or dead (permanent, or no
+        attempts left). PostgreSQL first, then Redis: a crash between the two leaves the
+        message in our processing list, and the job is redelivered (early) when we are gone."""
+        attempt, tries = claim
+        error = one_line(str(exc), REASON_CHARS)
+        self.jobs_failed += 1
+        guard = {"job": job_id, "worker": self.id, "attempt": attempt}
+        if exc.permanent or self.policy.exhausted(tries):
+            reason = error if exc.permanent else (
+                f"{error}; attempt {tries} of {self.policy.max_attempts}: no attempts left"
+            )  # fmt: skip
+            bury = {**guard, "outcome": "failed"}
+            await self._bury(raw, job_id, order_id, reason, bury, happened)
+            return
+        delay = self.policy.delay(tries, self.jitter)
+        row = await self._sql(db.RETRY_JOB, {**guard, "error": error, "delay": delay}, "retry")
+        self._end_job()
+        if row is None:
+            self.claim = None
+            await self._not_completed(raw, job_id, order_id, attempt)
+            return
+        log.warning("%s: %s (order %d) failed on attempt %d: %s; retrying in %.2fs", self.id,
+                    job_id, order_id, attempt, error, delay)  # fmt: skip
+        failed: Event = (
+            EventKind.JOB_FAILED,
+            {"job": job_id, "order": order_id, "attempt": attempt, "error": error,
+             "delay": round(delay, 3)},
+        )  # fmt: skip
+
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                delayed.defer(pipe, self.processing, raw, delay)
+                self._queue_beat(pipe)
+                for kind, fields in [*happened, failed]:
+                    events.queue(pipe, kind, worker=self.id, **fields)
+                await pipe.execute()
+
+        await self._retry("Redis", op)
+        self.claim = None
+
+    async def _bury(
+        self,
+        raw: bytes,
+        job_id: str,
+        order_id: int,
+        reason: str,
+        bury: dict[str, str | int | None],
+        happened: list[Event],
+    ) -> None:
+        """The job dead in PostgreSQL (its order failed), then its message a dead letter."""
+        reason = one_line(reason, REASON_CHARS)
+        row = await self._sql(db.BURY_JOB, {**bury, "error": reason}, "dead end")
+        self._end_job()
+        self.claim = None
+        if row is None:  # someone else's claim came between: theirs owns the outcome
+            log.warning("%s: %s changed hands before it could be marked dead; dropping this "
+                        "delivery", self.id, job_id)  # fmt: skip
+            await self._ack(raw)
+            return
+        log.error("%s: %s (order %d) is dead: %s", self.id, job_id, order_id, reason)
+        entry = dead_letter(raw, reason, self.id, time.time(), job_id=job_id)
+        died: Event = (
+            EventKind.JOB_DEAD,
+            {"job": job_id, "order": order_id, "attempt": int(bury["attempt"] or 0),
+             "reason": reason},
+        )  # fmt: skip
+
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                dead.bury(pipe, self.processing, raw, entry)
+                self._queue_beat(pipe)
+                for kind, fields in [*happened, died]:
+                    events.queue(pipe, kind, worker=self.id, **fields)
+                await pipe.execute()
+
+        await self._retry("Redis", op)
 
     async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
         """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
@@ -600,9 +761,16 @@ async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) ->
     return moved
 
 
-async def serve(settings: Settings, worker_id: str | None, job_seconds: float, work: str) -> int:
+async def serve(
+    settings: Settings,
+    worker_id: str | None,
+    job_seconds: float,
+    work: str,
+    policy: RetryPolicy | None = None,
+    faults: Faults | None = None,
+) -> int:
     """Run one worker with SIGTERM / SIGINT wired to its graceful stop."""
-    worker = Worker(settings, worker_id, job_seconds, work)
+    worker = Worker(settings, worker_id, job_seconds, work, policy, faults)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
