@@ -256,6 +256,9 @@ SELECT id, order_id, worker_id, attempts, extract(epoch FROM enqueued_at)::float
 FROM jobs ORDER BY enqueued_at, id
 """
 
+# How the attempts ended, by outcome (job_attempts; a run's, after the runner's reset).
+ATTEMPT_OUTCOMES = "SELECT outcome, count(*) FROM job_attempts GROUP BY outcome ORDER BY outcome"
+
 # The drain: completed jobs, first start to last finish, and how many were delivered again.
 DRAIN_FIGURES = """
 SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8,
@@ -280,6 +283,12 @@ async def count_completed(conn: psycopg.AsyncConnection[Any]) -> int:
 async def job_timings(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
     """Every job's id, order, worker, attempts, timestamps (epoch seconds) and status."""
     return await (await conn.execute(JOB_TIMINGS)).fetchall()
+
+
+async def attempt_outcomes(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    """How many attempts ended each way (only the outcomes that occurred)."""
+    rows = await (await conn.execute(ATTEMPT_OUTCOMES)).fetchall()
+    return {str(outcome): int(n) for outcome, n in rows}
 
 
 def drain_figures(conn: psycopg.Connection[Any]) -> tuple[int, float, int]:

@@ -135,6 +135,7 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
             "",
             f"Jobs per worker: {per_worker}",
             "",
+            *_attempts_line(r.representative.attempts),
             "```text",
             timeline.text(r.representative),
             "```",
@@ -143,6 +144,14 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
     out += ["## Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in info.items()]
     return "\n".join(out) + "\n"
+
+
+def _attempts_line(attempts: dict[str, int]) -> list[str]:
+    """ "Attempts: 12 (10 completed, 2 failed)" when any attempt did not simply complete."""
+    if set(attempts) <= {"completed"}:
+        return []
+    said = ", ".join(f"{n} {outcome.replace('_', ' ')}" for outcome, n in attempts.items())
+    return [f"Attempts: {sum(attempts.values())} ({said})", ""]
 
 
 def row_json(r: RowResult) -> dict[str, Any]:
@@ -167,6 +176,7 @@ def row_json(r: RowResult) -> dict[str, Any]:
                 "startupSeconds": run.startup_seconds,
                 "timedOut": run.timed_out,
                 "perWorker": run.per_worker(),
+                "attempts": run.attempts,
                 "apiStatuses": dict(Counter(str(s.status) for s in run.shots)),
             }
             for run in r.runs

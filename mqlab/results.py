@@ -85,6 +85,8 @@ class RunResult:
     startup_seconds: float
     timed_out: bool
     worker_ids: list[str]
+    #: How its attempts ended (job_attempts.outcome -> count): retries, crashes, dead ends.
+    attempts: dict[str, int] = field(default_factory=dict)
 
     @property
     def last_finished(self) -> float:
@@ -102,7 +104,10 @@ class RunResult:
             out.append(f"not every order got 202: {dict(refused)}")
         completed = sum(1 for j in self.jobs if j.status == "completed")
         if completed != orders:
-            out.append(f"{completed} of {orders} jobs completed")
+            dead = sum(1 for j in self.jobs if j.status == "dead")
+            out.append(
+                f"{completed} of {orders} jobs completed" + (f", {dead} dead" if dead else "")
+            )
         if self.timed_out:
             out.append("timed out waiting for the last job")
         return out

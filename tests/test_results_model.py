@@ -185,3 +185,25 @@ def test_run_experiments_progress_is_one_line_at_80_columns(phase: str, runs: in
     lines = console.file.getvalue().splitlines()
     assert len(lines) == 1 and len(lines[0]) <= 80
     assert lines[0].startswith("kata3 row 3/3: 10 órdenes, 4 workers") and " 7/10 " in lines[0]
+
+
+def test_the_report_says_how_attempts_ended_when_any_did_not_just_complete() -> None:
+    """Retries, crashes and dead ends show under their row's timeline and in the JSON; a
+    row whose attempts all completed at once says nothing more."""
+    suite = load("kata3")
+    plain = serial_run(suite.rows[0], 2.01, [3.0])
+    plain.attempts = {"completed": 1}
+    retried = serial_run(suite.rows[1], 10.05, [3.0] * 5)
+    retried.attempts = {"completed": 5, "crashed": 1, "failed": 2, "handed_back": 1}
+    late = serial_run(suite.rows[2], 6.05, [3.0] * 10)
+    result = suite_result(suite, [[plain], [retried], [late]])
+    md = render_markdown(result, ["a.svg", "b.svg", "c.svg"], {})
+    assert [line for line in md.splitlines() if line.startswith("Attempts:")] == [
+        "Attempts: 9 (5 completed, 1 crashed, 2 failed, 1 handed back)"
+    ]
+    data = orjson.loads(orjson.dumps(to_json(result, {}, "test")))
+    assert [r["runs"][0]["attempts"] for r in data["rows"]] == [
+        {"completed": 1},
+        {"completed": 5, "crashed": 1, "failed": 2, "handed_back": 1},
+        {},
+    ]
