@@ -63,7 +63,7 @@ def fixed_frame() -> Frame:
         processing=4,
         dead_letters=0,
         jobs_per_second=2.0,
-        orders={"pending": 6, "processing": 4, "completed": 10, "failed": 0, "dead": 0},
+        orders={"pending": 6, "processing": 4, "retrying": 0, "completed": 10, "failed": 0},
         workers=(
             WorkerRow("w1", 41001, WorkerState.BUSY, "job-11", 1.2, 3),
             WorkerRow("w2", 41002, WorkerState.BUSY, "job-12", 1.2, 3),
