@@ -98,11 +98,12 @@ def list_(
 
 @dead_app.command()
 def show(
-    job: Annotated[str, typer.Argument(metavar="JOB", help="A job id.", show_default=False)],
+    # Described in the docstring: typer would print its type, <str>, beside it.
+    job: Annotated[str, typer.Argument(metavar="JOB", show_default=False, hidden=True)],
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """A job, its order, every attempt and its dead letters."""
+    """JOB (a job id), its order, every attempt and its dead letters."""
     from mqlab.cli import console, fail
     from mqlab.dead_view import render_story
 
