@@ -120,7 +120,7 @@ async def show(
         return None
     job = db.job_json(row)
     order = await (await conn.execute(db.ORDER_BY_ID, [job["orderId"]])).fetchone()
-    letters = [letter for letter in map(read_dead_letter, await _entries(client))]
+    letters = map(read_dead_letter, await _entries(client))
     return JobStory(
         job=job,
         order=db.order_json(order) if order else None,

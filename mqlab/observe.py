@@ -139,9 +139,6 @@ async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -
     cur = await conn.execute(db.COUNT_BY_STATUS)
     counts = db.counts_by_status(await cur.fetchall())
     return Snapshot(
-        delayed=delayed,
-        next_retry_at=next_at,
-        next_retry_in=next_in,
         taken_at=time.time(),
         queue_depth=depth,
         processing=processing,
@@ -149,6 +146,9 @@ async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -
         workers=workers,
         orders=counts["orders"],
         jobs=counts["jobs"],
+        delayed=delayed,
+        next_retry_at=next_at,
+        next_retry_in=next_in,
     )
 
 

@@ -4,6 +4,7 @@ the retrying, delayed and dead counts of /stats and `mqlab status`."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psycopg
@@ -90,6 +91,22 @@ def test_retry_answers_202_then_409_and_404(
     assert client.post("/jobs/a%00b/retry").status_code == 404
     row = pg.execute("SELECT status FROM orders WHERE id = %s", [order_id]).fetchone()
     assert row == ("pending",)
+
+
+def test_two_retries_at_once_queue_the_job_once(
+    settings: Settings, api_url: str, raw: redis.Redis
+) -> None:
+    dead, _ = make_dead(settings.database_url, raw)
+
+    def retry(_: int) -> int:
+        with httpx.Client(base_url=api_url, timeout=10) as c:
+            return c.post(f"/jobs/{dead}/retry").status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = sorted(pool.map(retry, range(4)))
+    assert answers == [202, 409, 409, 409]
+    assert raw.llen(keys.QUEUE) == 1
+    assert raw.llen(keys.DEAD) == 0
 
 
 def test_a_replayed_job_is_completed_by_a_worker(
