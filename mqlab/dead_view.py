@@ -31,19 +31,29 @@ def _columns(
     table: Table, width: int, fixed: dict[str, list[str]], flexible: dict[str, list[Text]]
 ) -> None:
     """Add the fixed columns at the width their header and cells need, then the flexible
-    ones sharing what is left of `width` (in equal parts), cut with an ellipsis.
+    ones in what is left of `width`: each but the last at most a third of it (or what it
+    needs, if less), the last (the error, what a person reads) all the rest; cut cells end
+    in an ellipsis.
 
     Measured rather than left to Rich: once a table is too wide, Rich shrinks every no-wrap
     column alike, the short ones (a job id, an age) too.
     """
+
+    def needed(name: str, cells: list[str] | list[Text]) -> int:
+        return max([len(name), *(len(c) for c in cells)])
+
     used = _FRAME * (len(fixed) + len(flexible)) + 1
     for name, cells in fixed.items():
-        size = max(len(name), *(len(c) for c in cells)) if cells else len(name)
+        size = needed(name, cells)
         used += size
         table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=size)
-    share = max(8, (width - used) // max(1, len(flexible)))
-    for name in flexible:
-        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=share)
+    left = max(8 * len(flexible), width - used)
+    *first, last = flexible
+    for name in first:
+        size = max(len(name), min(needed(name, flexible[name]), left // 3))
+        left -= size
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=size)
+    table.add_column(last, no_wrap=True, overflow="ellipsis", max_width=max(8, left))
     for row in zip(*fixed.values(), *flexible.values(), strict=True):
         table.add_row(*row)
 
