@@ -1,8 +1,9 @@
 """`mqlab dead list | show JOB | replay JOB... | replay --all | purge [--yes]`.
 
-A typer sub-app, added to `mqlab` in mqlab/cli.py. The servers are found as `mqlab status`
-finds them (mqlab.cli.resolve: flags, REDIS_URL / DATABASE_URL, the embedded ones running);
-the work is mqlab.dead_letters', the tables mqlab.dead_view's.
+A typer sub-app, added to `mqlab` in mqlab/cli.py (and so importing nothing from it: the
+package has no import cycle, tests/test_layout.py). The servers are found as `mqlab status`
+finds them (mqlab.environment.find: flags, REDIS_URL / DATABASE_URL, the embedded ones
+running); the work is mqlab.dead_letters', the tables mqlab.dead_view's.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Annotated, Any, TypeVar
 import psycopg
 import redis.asyncio as aioredis
 import typer
+from rich.console import Console
 
 from mqlab import dead_letters
 from mqlab.backend_errors import REDIS_DOWN
+from mqlab.settings import Settings
 
 T = TypeVar("T")
 
@@ -28,8 +31,11 @@ dead_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# The same options as every command of mqlab.cli (defined again here: this module is
-# imported by mqlab.cli, so it cannot import them from there at load time).
+console = Console()
+err = Console(stderr=True)
+
+# The same options, errors and servers as every command of mqlab.cli has (defined again
+# here: mqlab.cli imports this module, so this one may not import mqlab.cli).
 RedisUrl = Annotated[
     str | None,
     typer.Option(
@@ -46,14 +52,30 @@ DatabaseUrl = Annotated[
     ),
 ]
 
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error the person can act on and return the exit to raise (as mqlab.cli's)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def resolve(redis_url: str | None, database_url: str | None) -> Settings:
+    """The servers, found as `mqlab status` finds them; a clear error when one is missing."""
+    from mqlab.environment import find
+    from mqlab.services.manager import ServicesError
+
+    try:
+        return find(redis_url, database_url)
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
+
+
 Backend = Callable[[aioredis.Redis, psycopg.AsyncConnection[Any]], Awaitable[T]]
 
 
 def _run(redis_url: str | None, database_url: str | None, work: Backend[T]) -> T:
     """Run `work` on the servers found as `mqlab status` finds them; a clear error (exit 1)
     when one does not answer."""
-    from mqlab.cli import fail, resolve
-
     settings = resolve(redis_url, database_url)
 
     async def go() -> T:
@@ -87,7 +109,6 @@ def list_(
     database_url: DatabaseUrl = None,
 ) -> None:
     """The dead jobs (newest first) and the dead letters that are not jobs."""
-    from mqlab.cli import console
     from mqlab.dead_view import render_list
 
     found = _run(
@@ -104,7 +125,6 @@ def show(
     database_url: DatabaseUrl = None,
 ) -> None:
     """JOB (a job id), its order, every attempt and its dead letters."""
-    from mqlab.cli import console, fail
     from mqlab.dead_view import render_story
 
     story = _run(redis_url, database_url, lambda client, conn: dead_letters.show(client, conn, job))
@@ -130,7 +150,6 @@ def replay(
     dead letters. A job that is not dead is left alone (replaying twice queues once). Exits
     1 when a job id is no job's.
     """
-    from mqlab.cli import console, err
 
     if bool(jobs) == all_:
         # A usage error (exit 2, with the usage line), as click gives for a missing argument.
@@ -162,7 +181,6 @@ def purge(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Forget the dead for good: their orders, jobs and attempts, and every dead letter."""
-    from mqlab.cli import console
 
     jobs, entries = _run(redis_url, database_url, dead_letters.counts)
     if not jobs and not entries:
