@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from mqlab import __version__, services
+from mqlab.dead_cli import dead_app
 from mqlab.faults import DEFAULT_POISON
 from mqlab.procs import port_free
 from mqlab.services.manager import ServicesError
@@ -38,6 +39,7 @@ services_app = typer.Typer(
     **_HELP,  # type: ignore[arg-type]
 )
 app.add_typer(services_app, name="services")
+app.add_typer(dead_app, name="dead")
 
 console = Console()
 err = Console(stderr=True)

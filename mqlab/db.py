@@ -368,3 +368,71 @@ def reset_data(conn: psycopg.Connection[Any]) -> None:
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM orders")
         conn.execute("SELECT setval(pg_get_serial_sequence('orders', 'id'), 1, false)")
+
+
+# -- dead letters and replay (mqlab.dead_letters: `mqlab dead`, GET /jobs?status=,
+# GET /jobs/{id}'s history, POST /jobs/{id}/retry) -----------------------------------------
+
+# The jobs of one status, newest first, paged (GET /jobs?status=).
+LIST_JOBS_BY_STATUS = (
+    f"{SELECT_JOBS} WHERE status = %s ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
+)
+
+# The dead jobs as `mqlab dead list` shows them: most recently buried first.
+LIST_DEAD_JOBS = """
+SELECT j.id, j.order_id, o.product, j.attempts, j.last_error, j.finished_at
+FROM jobs j JOIN orders o ON o.id = j.order_id
+WHERE j.status = 'dead'
+ORDER BY j.finished_at DESC NULLS LAST, j.id DESC
+LIMIT %s
+"""
+
+COUNT_DEAD_JOBS = "SELECT count(*) FROM jobs WHERE status = 'dead'"
+
+# Every attempt of one job, in order (job_attempts' columns, as ATTEMPT_FIELDS names them).
+JOB_ATTEMPTS = """
+SELECT attempt, worker_id, started_at, finished_at, outcome, error, next_attempt_at
+FROM job_attempts WHERE job_id = %s ORDER BY attempt
+"""
+
+# Replay: dead jobs are pending again, in one guarded UPDATE (only rows still dead, so two
+# replays at once queue a job once: the second finds it pending and returns nothing). The
+# retry policy counts attempts - replay_base, so a replayed job gets its full attempts again;
+# attempts itself keeps counting claims. last_error stays, for the record; started_at goes,
+# as a hand-back's does (a pending job has not started). %(ids)s NULL: every dead job.
+# Returns what the queue message needs: id, order id, and enqueued_at as the API writes it.
+REPLAY_JOBS = """
+WITH j AS (
+    UPDATE jobs SET status = 'pending', replay_base = attempts, worker_id = NULL,
+                    next_attempt_at = NULL, finished_at = NULL, started_at = NULL
+    WHERE status = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+    RETURNING id, order_id, enqueued_at
+), o AS (
+    UPDATE orders SET status = 'pending', updated_at = clock_timestamp(), completed_at = NULL
+    FROM j WHERE orders.id = j.order_id
+)
+SELECT id, order_id, enqueued_at FROM j ORDER BY enqueued_at, id
+"""
+
+# The status of each of some jobs (why a replay left them alone).
+STATUS_OF_JOBS = "SELECT id, status FROM jobs WHERE id = ANY(%s::text[])"
+
+# Purge: the dead jobs' orders go, and with them (ON DELETE CASCADE) the jobs and their
+# attempts. Returns the deleted orders' ids.
+PURGE_DEAD = """
+DELETE FROM orders WHERE id IN (SELECT order_id FROM jobs WHERE status = 'dead')
+RETURNING id
+"""
+
+#: The fields of a JOB_ATTEMPTS row in the API's camelCase, in its column order.
+ATTEMPT_FIELDS = (
+    "attempt", "workerId", "startedAt", "finishedAt", "outcome", "error", "nextAttemptAt"
+)  # fmt: skip
+
+
+def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row of JOB_ATTEMPTS as the API's camelCase JSON (timestamps as iso())."""
+    return {
+        name: iso(value) if isinstance(value, dt.datetime) else value
+        for name, value in zip(ATTEMPT_FIELDS, row, strict=True)
+    }

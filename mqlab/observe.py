@@ -12,6 +12,7 @@ from redis.client import NEVER_DECODE
 
 from mqlab import db
 from mqlab.protocol import keys
+from mqlab.protocol.delayed import next_due
 from mqlab.protocol.messages import DeadLetter, read_dead_letter
 from mqlab.protocol.scans import live_worker_ids, processing_lists
 
@@ -43,6 +44,9 @@ class Snapshot:
     workers: list[WorkerInfo] = field(default_factory=list)
     orders: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, int] = field(default_factory=dict)
+    delayed: int = 0  # retries waiting out their backoff (ZCARD orders:delayed)
+    next_retry_at: float | None = None  # epoch seconds, Redis's clock; None when none waits
+    next_retry_in: float | None = None  # seconds from the snapshot to it, by Redis's clock
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +54,8 @@ class Snapshot:
             "queueDepth": self.queue_depth,
             "processing": self.processing,
             "dead": self.dead,
+            "delayed": self.delayed,
+            "nextRetryAt": self.next_retry_at,
             "workers": [
                 {
                     "id": w.id,
@@ -115,9 +121,21 @@ async def queue_snapshot(client: aioredis.Redis) -> tuple[int, int, int, list[Wo
     return depth, sum(int(n) for n in lengths.values()), dead, workers
 
 
+async def delayed_snapshot(client: aioredis.Redis) -> tuple[int, float | None, float | None]:
+    """(delayed retries, when the next is due, seconds until then): both times by Redis's
+    clock, which scores the delayed set (mqlab.protocol.delayed), not this machine's."""
+    due = await next_due(client)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.DELAYED)
+        pipe.time()
+        count, (seconds, micros) = await pipe.execute()
+    return int(count), due, None if due is None else due - (seconds + micros / 1e6)
+
+
 async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -> Snapshot:
     """Everything `mqlab status` and /stats show."""
     depth, processing, dead, workers = await queue_snapshot(client)
+    delayed, next_at, next_in = await delayed_snapshot(client)
     cur = await conn.execute(db.COUNT_BY_STATUS)
     counts = db.counts_by_status(await cur.fetchall())
     return Snapshot(
@@ -128,6 +146,9 @@ async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -
         workers=workers,
         orders=counts["orders"],
         jobs=counts["jobs"],
+        delayed=delayed,
+        next_retry_at=next_at,
+        next_retry_in=next_in,
     )
 
 

@@ -62,6 +62,28 @@ def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width:
     return table
 
 
+def due_in(seconds: float | None) -> str:
+    """When the next retry is due, for a person: `in 3s`, `in 2m`, `now`."""
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return "now"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {int(seconds // size)}{unit}"
+    return f"in {int(seconds)}s"
+
+
+def retries_line(snap: Snapshot) -> Text:
+    """Jobs retrying (PostgreSQL), their messages waiting in the delayed set (Redis) with the
+    next one's due time, and dead jobs: `retrying 2, delayed 2 (next due in 3s), dead 1`."""
+    due = f" (next due {due_in(snap.next_retry_in)})" if snap.next_retry_in is not None else ""
+    return Text(
+        f"jobs: retrying {snap.jobs.get('retrying', 0)}, delayed {snap.delayed}{due}, "
+        f"dead {snap.jobs.get('dead', 0)}"
+    )
+
+
 def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80) -> Group:
     queue = Table(title="queue", title_justify="left")
     for column in (f"waiting ({keys.QUEUE})", "in flight", "dead letters", "workers"):
@@ -92,7 +114,7 @@ def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80
     for name in snap.orders:
         orders.add_column(name, justify="right")
     orders.add_row(*(str(n) for n in snap.orders.values()))
-    parts: list[Table] = [queue, workers, orders]
+    parts: list[Table | Text] = [queue, workers, orders, retries_line(snap)]
     if dead:
         parts.append(dead_letters_table(dead, snap.dead, snap.taken_at, width))
     stamp = time.strftime("%H:%M:%S", time.localtime(snap.taken_at))

@@ -159,7 +159,8 @@ def at_80_columns(*args: str, home: Path | None = None) -> subprocess.CompletedP
 COMMANDS = [
     (), ("api",), ("worker",), ("status",), ("run-experiment",), ("reset",), ("tui",),
     ("bench",), ("services",), ("services", "up"), ("services", "down"),
-    ("services", "status"), ("services", "env"),
+    ("services", "status"), ("services", "env"), ("dead",), ("dead", "list"),
+    ("dead", "show"), ("dead", "replay"), ("dead", "purge"),
 ]  # fmt: skip
 
 

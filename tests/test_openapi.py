@@ -80,6 +80,7 @@ def test_the_document_names_every_answer(client: httpx.Client) -> None:
         "GET /orders/{order_id}": ["200", "404", "422", "500", "503"],
         "GET /jobs": ["200", "422", "500", "503"],
         "GET /jobs/{job_id}": ["200", "404", "500", "503"],
+        "POST /jobs/{job_id}/retry": ["202", "404", "409", "500", "503"],
         "GET /health": ["200", "500", "503"],
         "GET /stats": ["200", "500", "503"],
     }

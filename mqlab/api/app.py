@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mqlab import db
+from mqlab import db, dead_letters
 from mqlab.api import schemas
 from mqlab.api.backends import (
     RETRY_AFTER,
@@ -57,6 +57,7 @@ _ORDER_BODY_SCHEMA = {
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many, newest first")]
 Offset = Annotated[int, Query(ge=0, le=BIGINT_MAX, description="skip this many")]
+StatusFilter = Annotated[schemas.JobStatus | None, Query(description="only jobs of this status")]
 
 
 def _not_found(key: str, value: object) -> JSONResponse:
@@ -185,20 +186,26 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
 
     @app.get(
         "/jobs",
-        summary="Jobs, newest first",
+        summary="Jobs, newest first; ?status=dead for the dead ones",
         operation_id="list_jobs",
         responses={200: {"model": list[schemas.Job]}, **schemas.INVALID, **schemas.COMMON},
     )
-    async def list_jobs(limit: Limit = 100, offset: Offset = 0) -> Response:
+    async def list_jobs(
+        limit: Limit = 100, offset: Offset = 0, status: StatusFilter = None
+    ) -> Response:
         async with backends.pool.connection() as conn:
-            rows = await (await conn.execute(db.LIST_JOBS, [limit, offset])).fetchall()
+            if status is None:
+                cur = await conn.execute(db.LIST_JOBS, [limit, offset])
+            else:
+                cur = await conn.execute(db.LIST_JOBS_BY_STATUS, [status, limit, offset])
+            rows = await cur.fetchall()
         return _json([db.job_json(r) for r in rows])
 
     @app.get(
         "/jobs/{job_id}",
-        summary="One job",
+        summary="One job, with every attempt (history)",
         operation_id="get_job",
-        responses={200: {"model": schemas.Job}, **schemas.NOT_FOUND, **schemas.COMMON},
+        responses={200: {"model": schemas.JobDetail}, **schemas.NOT_FOUND, **schemas.COMMON},
     )
     async def get_job(job_id: str) -> Response:
         """404 for any text that is not a job's id."""
@@ -207,9 +214,36 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         async with backends.pool.connection() as conn:
             cur = await conn.execute(db.JOB_BY_ID, [job_id])
             row = await cur.fetchone()
-        if row is None:
+            if row is None:
+                return _not_found("jobId", job_id)
+            history = await dead_letters.job_history(conn, job_id)
+        return _json({**db.job_json(row), "history": history})
+
+    @app.post(
+        "/jobs/{job_id}/retry",
+        status_code=202,
+        summary="Queue a dead job again (its attempts counted afresh)",
+        operation_id="retry_job",
+        response_model=None,
+        responses=schemas.RETRY_JOB,
+        description=(
+            "A dead job is pending again, its message back on the queue and its entries off "
+            f"the dead letters (`{keys.DEAD}`); 409 when it is not dead (a second retry finds "
+            "it pending: replaying twice queues once)."
+        ),
+    )
+    async def retry_job(job_id: str) -> Response:
+        if "\x00" in job_id:
             return _not_found("jobId", job_id)
-        return _json(db.job_json(row))
+        async with backends.pool.connection() as conn:
+            (done,) = await dead_letters.replay(backends.redis, conn, [job_id])
+        if done.outcome == "no such job":
+            return _not_found("jobId", job_id)
+        if done.outcome == "not dead":
+            details = [{"jobId": job_id, "status": done.status}]
+            return error_response(409, f"the job is {done.status}, not dead", details)
+        body = {"message": schemas.REPLAYED_MESSAGE, "jobId": job_id, "status": "pending"}
+        return _json(body, 202)
 
     @app.get(
         "/health",

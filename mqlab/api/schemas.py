@@ -14,6 +14,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from mqlab import db
 from mqlab.api.writer import ACCEPTED_MESSAGE
 
+#: POST /jobs/{id}/retry's message, beside the kata's "Orden recibida y en proceso".
+REPLAYED_MESSAGE = "Trabajo reencolado"
+
 # The statuses as PostgreSQL's CHECKs and db.ORDER_STATUSES / JOB_STATUSES have them.
 OrderStatus = Literal[db.ORDER_STATUSES]  # type: ignore[valid-type]
 JobStatus = Literal[db.JOB_STATUSES]  # type: ignore[valid-type]
@@ -59,6 +62,40 @@ class Job(_Body):
     nextAttemptAt: AwareDatetime | None = Field(description="when a retrying job is due")
 
 
+class Attempt(_Body):
+    """One claim of a job and how it ended (a row of job_attempts)."""
+
+    attempt: int = Field(ge=1, description="1 for the first claim; replays keep counting")
+    workerId: str
+    startedAt: AwareDatetime
+    finishedAt: AwareDatetime | None = Field(description="None while it runs")
+    outcome: Literal[db.OUTCOMES]  # type: ignore[valid-type]
+    error: str | None
+    nextAttemptAt: AwareDatetime | None = Field(description="when the retry it led to is due")
+
+
+class JobDetail(Job):
+    history: list[Attempt] = Field(description="every attempt, in order")
+
+
+class Replayed(_Body):
+    """The dead job is pending again and its message is back on the queue."""
+
+    message: Literal[REPLAYED_MESSAGE]  # type: ignore[valid-type]
+    jobId: str
+    status: Literal["pending"]
+
+
+class JobState(_Body):
+    jobId: str
+    status: JobStatus
+
+
+class NotDead(_Body):
+    error: str = Field(description="says the job's status")
+    details: list[JobState]
+
+
 class Health(_Body):
     status: Literal["ok"]
     redis: Literal["up"]
@@ -83,6 +120,10 @@ class Stats(_Body):
     queueDepth: int
     processing: int = Field(description="messages in the workers' processing lists")
     dead: int = Field(description="messages on the dead-letter list")
+    delayed: int = Field(description="retries waiting out their backoff (orders:delayed)")
+    nextRetryAt: float | None = Field(
+        description="epoch seconds (Redis's clock) the next delayed retry is due; null: none"
+    )
     workers: list[Worker] = Field(description="live workers (their heartbeat has not expired)")
     orders: dict[OrderStatus, int]
     jobs: dict[JobStatus, int]
@@ -152,6 +193,12 @@ POST_ORDERS: Responses = {
         "model": InvalidRequest,
         "description": "not a valid order (one detail per field); nothing was written",
     },
+    **COMMON,
+}
+RETRY_JOB: Responses = {
+    202: {"model": Replayed, "description": "the job was dead and is queued again"},
+    404: NOT_FOUND[404],
+    409: {"model": NotDead, "description": "the job is not dead: nothing was done"},
     **COMMON,
 }
 HEALTH: Responses = {

@@ -1,0 +1,203 @@
+"""`mqlab dead list | show JOB | replay JOB... | replay --all | purge [--yes]`.
+
+A typer sub-app, added to `mqlab` in mqlab/cli.py (and so importing nothing from it: the
+package has no import cycle, tests/test_layout.py). The servers are found as `mqlab status`
+finds them (mqlab.environment.find: flags, REDIS_URL / DATABASE_URL, the embedded ones
+running); the work is mqlab.dead_letters', the tables mqlab.dead_view's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import psycopg
+import redis.asyncio as aioredis
+import typer
+from rich.console import Console
+
+from mqlab import dead_letters
+from mqlab.backend_errors import REDIS_DOWN
+from mqlab.settings import Settings
+
+T = TypeVar("T")
+
+dead_app = typer.Typer(
+    help="Dead jobs and dead letters: list, show, replay, purge.",
+    no_args_is_help=True,
+    # As mqlab's own commands (mqlab.cli._HELP): click's plain help, readable at 80 columns.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console()
+err = Console(stderr=True)
+
+# The same options, errors and servers as every command of mqlab.cli has (defined again
+# here: mqlab.cli imports this module, so this one may not import mqlab.cli).
+RedisUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url", envvar="REDIS_URL", metavar="URL", help="Redis to use (default: embedded)."
+    ),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="DATABASE_URL",
+        metavar="URL",
+        help="PostgreSQL to use (default: embedded).",
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error the person can act on and return the exit to raise (as mqlab.cli's)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def resolve(redis_url: str | None, database_url: str | None) -> Settings:
+    """The servers, found as `mqlab status` finds them; a clear error when one is missing."""
+    from mqlab.environment import find
+    from mqlab.services.manager import ServicesError
+
+    try:
+        return find(redis_url, database_url)
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
+
+
+Backend = Callable[[aioredis.Redis, psycopg.AsyncConnection[Any]], Awaitable[T]]
+
+
+def _run(redis_url: str | None, database_url: str | None, work: Backend[T]) -> T:
+    """Run `work` on the servers found as `mqlab status` finds them; a clear error (exit 1)
+    when one does not answer."""
+    settings = resolve(redis_url, database_url)
+
+    async def go() -> T:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=3
+        )
+        try:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    settings.database_url, autocommit=True, connect_timeout=3
+                )
+            except psycopg.OperationalError as exc:
+                raise fail(f"PostgreSQL does not answer: {exc}") from None
+            async with conn:
+                try:
+                    return await work(client, conn)
+                except REDIS_DOWN as exc:
+                    raise fail(f"Redis does not answer: {exc}") from None
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+@dead_app.command("list", short_help="The dead jobs and the dead letters that are not jobs.")
+def list_(
+    limit: Annotated[
+        int, typer.Option(metavar="N", help="Show at most N of each kind.", min=1)
+    ] = 50,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """The dead jobs (newest first) and the dead letters that are not jobs."""
+    from mqlab.dead_view import render_list
+
+    found = _run(
+        redis_url, database_url, lambda client, conn: dead_letters.list_dead(client, conn, limit)
+    )
+    console.print(render_list(found, console.width))
+
+
+@dead_app.command()
+def show(
+    # Described in the docstring: typer would print its type, <str>, beside it.
+    job: Annotated[str, typer.Argument(metavar="JOB", show_default=False, hidden=True)],
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """JOB (a job id), its order, every attempt and its dead letters."""
+    from mqlab.dead_view import render_story
+
+    story = _run(redis_url, database_url, lambda client, conn: dead_letters.show(client, conn, job))
+    if story is None:
+        raise fail(f"no such job: {job!r}")
+    console.print(render_story(story, console.width))
+
+
+@dead_app.command(short_help="Queue dead jobs again: the ones named, or --all.")
+def replay(
+    jobs: Annotated[
+        list[str] | None,
+        # Described in the docstring: typer would print its type, <list[str]>, beside it.
+        typer.Argument(metavar="JOB", show_default=False, hidden=True),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Queue dead jobs again (each JOB, or --all), with their attempts counted afresh.
+
+    Each is pending again and its message goes back on the queue; its entries leave the
+    dead letters. A job that is not dead is left alone (replaying twice queues once). Exits
+    1 when a job id is no job's.
+    """
+
+    if bool(jobs) == all_:
+        # A usage error (exit 2, with the usage line), as click gives for a missing argument.
+        raise typer.BadParameter("name the jobs to replay, or give --all (not both)")
+    ids = None if all_ else list(jobs or [])
+    done = _run(
+        redis_url, database_url, lambda client, conn: dead_letters.replay(client, conn, ids)
+    )
+    if all_ and not done:
+        console.print("No dead jobs to replay.")
+    for result in done:
+        name = repr(result.job_id)
+        if result.outcome == "replayed":
+            console.print(f"{name}: replayed (pending, queued again)", highlight=False)
+        elif result.outcome == "not dead":
+            console.print(f"{name}: not dead ({result.status}), left alone", highlight=False)
+        else:
+            err.print(f"[bold red]error:[/] {name}: no such job", highlight=False)
+    if all_ and done:
+        console.print(f"{len(done)} replayed.")
+    if any(r.outcome == "no such job" for r in done):
+        raise typer.Exit(1)
+
+
+@dead_app.command(short_help="Delete the dead jobs with their orders; empty the dead letters.")
+def purge(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Forget the dead for good: their orders, jobs and attempts, and every dead letter."""
+
+    jobs, entries = _run(redis_url, database_url, dead_letters.counts)
+    if not jobs and not entries:
+        console.print("Nothing to purge: no dead job, no dead letter.")
+        return
+    question = (
+        f"Delete {jobs} dead job(s) with their orders and attempts, and {entries} "
+        "dead-letter entries?"
+    )
+    if not yes and not typer.confirm(question):
+        raise typer.Exit(1)
+    purged = _run(redis_url, database_url, dead_letters.purge)
+    shown = ", ".join(str(i) for i in purged.orders[:10])
+    more = f" and {len(purged.orders) - 10} more" if len(purged.orders) > 10 else ""
+    which = f" (orders {shown}{more})" if purged.orders else ""
+    console.print(
+        f"Deleted {len(purged.orders)} dead job(s) with their orders and attempts{which}, "
+        f"and {purged.entries} dead-letter entries.",
+        highlight=False,
+    )
