@@ -321,6 +321,7 @@ def reconcile(
     from mqlab.backend_errors import REDIS_FAILURE
     from mqlab.reconciler import CLI_WAIT, LockBusy, ReconcilerError, check_seconds, reconcile_now
 
+    setup_logging(logging.ERROR)  # what it did is printed below, not logged as well
     config = _reconcile_config()
     try:
         seconds = config.grace if grace is None else check_seconds("--grace", grace)
