@@ -301,7 +301,7 @@ def _reconcile_config() -> ReconcileConfig:
 RECONCILE_SHOWN = 20
 
 
-@app.command(short_help="Queue again the jobs PostgreSQL expects to run that Redis lost.")
+@app.command(short_help="Queue again what PostgreSQL expects to run and Redis lost.")
 def reconcile(
     grace: Annotated[
         float | None,
