@@ -53,10 +53,10 @@ DEFAULT_INTERVAL = 5.0
 #: before it pushes its message, and a worker between its claim's steps.
 MIN_SECONDS, MAX_SECONDS = 1.0, 86_400.0
 
-#: Entries read per LRANGE / ZSCAN call. Each call costs Redis O(page) (an LRANGE from the
-#: head is O(start + page), a queue of Q entries O(Q²/page) in all: 0.1 s of Redis time spread
-#: over 100 calls for Q = 100,000); no single call holds the server long, and the whole scan
-#: costs a round trip per page.
+#: Entries read per LRANGE / ZSCAN call. Each call costs Redis O(page) plus LRANGE's seek to
+#: its start (it walks the list's nodes, each holding many entries, from the nearer end), so
+#: no call holds the server for long, however long the queue; a queue of Q entries costs us
+#: Q/page round trips and a JSON parse per entry.
 SCAN_PAGE = 1000
 #: Messages pushed per script call (each call runs alone on the server, O(batch)).
 PUSH_BATCH = 500
@@ -203,6 +203,9 @@ async def _list_pages(
 async def held_job_ids(client: aioredis.Redis) -> set[str]:
     """Ids of the jobs Redis holds anywhere: the delayed set, the queue, the processing lists
     (entries that are not job messages are skipped), and live workers' current jobs."""
+    # In the order jobs flow (see the module's docstring): a job moving forward mid-scan is
+    # seen where it went. The processing lists are listed after the queue is read, so one a
+    # worker's BLMOVE creates meanwhile is among them.
     held: set[str] = set()
 
     def add(raw: bytes) -> None:
