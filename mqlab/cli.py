@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from mqlab.faults import DEFAULT_POISON
 from mqlab.procs import port_free
 from mqlab.services.manager import ServicesError
 from mqlab.settings import Settings
+
+if TYPE_CHECKING:
+    from mqlab.reconciler import ReconcileConfig
 
 #: Help in click's plain layout, readable at 80 columns: typer's rich panels give each
 #: option five columns (names, negations, type) and squeeze its description to ~20 cells.
@@ -312,6 +315,7 @@ def worker(
         faults = Faults(fail_rate=fail_rate, crash_rate=crash_rate, poison=poison, seed=seed)
     except (PolicyError, FaultError) as exc:
         raise fail(str(exc)) from None
+    _reconcile_config()  # a bad MQLAB_RECONCILE_* is said here, not as a traceback later
     # Until serve() hands them to the worker's loop: applying the schema can wait on a
     # PostgreSQL that is away, and a stop then must not wait for it.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -344,6 +348,74 @@ def status(
         pass
     except ConnectionError as exc:
         raise fail(str(exc)) from None
+
+
+def _reconcile_config() -> ReconcileConfig:
+    from mqlab.reconciler import ReconcileConfig, ReconcilerError
+
+    try:
+        return ReconcileConfig.from_env()
+    except ReconcilerError as exc:
+        raise fail(str(exc)) from None
+
+
+#: `mqlab reconcile` lists at most this many requeued jobs.
+RECONCILE_SHOWN = 20
+
+
+@app.command(short_help="Queue again what PostgreSQL expects to run and Redis lost.")
+def reconcile(
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Only jobs in their state this long (default: MQLAB_RECONCILE_GRACE or 10).",
+        ),
+    ] = None,
+    redis_url: RedisUrl = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Queue again the jobs PostgreSQL has as pending, retrying or processing that no Redis
+    structure holds and no live worker works (after Redis lost its data): one run of what the
+    workers run every few seconds. It waits a few seconds for a worker's run in progress."""
+    import psycopg
+
+    from mqlab.backend_errors import REDIS_FAILURE
+    from mqlab.reconciler import CLI_WAIT, LockBusy, ReconcilerError, check_seconds, reconcile_now
+
+    setup_logging(logging.ERROR)  # what it did is printed below, not logged as well
+    config = _reconcile_config()
+    try:
+        seconds = config.grace if grace is None else check_seconds("--grace", grace)
+    except ReconcilerError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--grace") from None
+    settings = resolve(redis_url, database_url)
+    try:
+        result = asyncio.run(reconcile_now(settings.redis_url, settings.database_url, seconds))
+    except LockBusy as exc:
+        raise fail(f"{exc} and did not finish within {CLI_WAIT:g} s; try again") from None
+    except REDIS_FAILURE as exc:
+        raise fail(f"Redis failed: {exc}") from None
+    except psycopg.Error as exc:
+        raise fail(f"PostgreSQL failed: {exc}") from None
+    console.print(
+        f"checked {result.checked} job(s) pending, retrying or processing for over {seconds:g} s "
+        f"({result.took:.3f} s); {result.found} held by no Redis structure and no live worker",
+        highlight=False,
+    )
+    if not result.requeued:
+        why = (
+            "nothing was missing from Redis"
+            if not result.found
+            else f"the {result.found} missing were claimed or finished meanwhile"
+        )
+        console.print(f"requeued 0: {why}", highlight=False)
+        return
+    console.print(f"requeued {len(result.requeued)}:", highlight=False)
+    for job_id in result.requeued[:RECONCILE_SHOWN]:
+        console.print(f"  {job_id}", highlight=False, markup=False)
+    if len(result.requeued) > RECONCILE_SHOWN:
+        console.print(f"  and {len(result.requeued) - RECONCILE_SHOWN} more", highlight=False)
 
 
 @app.command("run-experiment")

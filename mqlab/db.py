@@ -436,3 +436,61 @@ def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
         name: iso(value) if isinstance(value, dt.datetime) else value
         for name, value in zip(ATTEMPT_FIELDS, row, strict=True)
     }
+
+
+# -- the reconciler (mqlab.reconciler): jobs PostgreSQL expects to run that Redis lost -------
+
+# The jobs that should be somewhere in Redis, and have been in their state longer than the
+# grace (seconds): pending since enqueued, retrying since the attempt failed (finished_at;
+# its due time only when that is missing), processing since claimed. The grace keeps out the
+# job the API has committed but not pushed yet, and the one a worker is between two steps
+# with. Served by jobs_status_idx: it costs what the live jobs number, not the whole table.
+# delay: seconds until a retrying job is due (PostgreSQL's clock; <= 0 when due).
+RECONCILE_CANDIDATES = """
+SELECT id, order_id, status, worker_id, attempts, enqueued_at,
+       extract(epoch FROM next_attempt_at - clock_timestamp())::float8 AS delay
+FROM jobs
+WHERE status IN ('pending', 'retrying', 'processing')
+  AND coalesce(CASE status WHEN 'pending' THEN enqueued_at
+                           WHEN 'retrying' THEN coalesce(finished_at, next_attempt_at)
+                           ELSE started_at END,
+               enqueued_at) < clock_timestamp() - make_interval(secs => %(grace)s)
+ORDER BY enqueued_at, id
+"""
+
+# The waiting candidates (pending, retrying) that are still as the candidates' query saw
+# them: a job claimed, finished or replayed since (attempts moved, or its status) is left
+# alone. The query ran before Redis was scanned, so this is what keeps a job that completed
+# in between (and so left Redis) from being queued again.
+RECHECK_WAITING = """
+SELECT j.id FROM jobs j
+JOIN unnest(%(ids)s::text[], %(statuses)s::text[], %(attempts)s::int4[])
+     AS c(id, status, attempts)
+  ON j.id = c.id AND j.status = c.status AND j.attempts = c.attempts
+"""
+
+# Processing candidates whose worker is gone and whose message Redis lost: the attempt that
+# was running is 'reclaimed', the job pending again (no worker) and its order pending, before
+# the message is pushed (no job waits on the queue while PostgreSQL says someone works it).
+# Guarded on the claim as seen (worker and attempts): a claim made since is left alone.
+# attempts stays: it counts claims, and the reclaimed one was one.
+RECLAIM_JOBS = """
+WITH c AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(workers)s::text[], %(attempts)s::int4[])
+        AS c(id, worker, attempts)
+), j AS (
+    UPDATE jobs SET status = 'pending', worker_id = NULL, started_at = NULL
+    FROM c
+    WHERE jobs.id = c.id AND jobs.status = 'processing' AND jobs.attempts = c.attempts
+      AND jobs.worker_id IS NOT DISTINCT FROM c.worker
+    RETURNING jobs.id, jobs.order_id, jobs.attempts
+), a AS (
+    UPDATE job_attempts SET outcome = 'reclaimed', finished_at = clock_timestamp() FROM j
+    WHERE job_attempts.job_id = j.id AND job_attempts.attempt = j.attempts
+      AND job_attempts.outcome = 'running'
+), o AS (
+    UPDATE orders SET status = 'pending', updated_at = clock_timestamp() FROM j
+    WHERE orders.id = j.order_id
+)
+SELECT id FROM j
+"""

@@ -18,6 +18,7 @@ from mqlab.observe import Snapshot, latest_dead_letters, snapshot
 from mqlab.protocol import keys
 from mqlab.protocol.events import WorkerState
 from mqlab.protocol.messages import DeadLetter
+from mqlab.reconciler_record import LastRun, read_run
 from mqlab.settings import Settings
 
 #: How many of the latest dead letters `mqlab status` lists.
@@ -84,7 +85,23 @@ def retries_line(snap: Snapshot) -> Text:
     )
 
 
-def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80) -> Group:
+def reconciler_line(run: LastRun | None, now: float) -> Text:
+    """One line on the reconciler's last run: when, by whom, what it requeued."""
+    if run is None:
+        return Text("reconciler: never ran")
+    last = "never" if run.last_requeue_at is None else age(run.last_requeue_at, now)
+    return Text(
+        f"reconciler: last ran {age(run.at, now)} by {run.by}, requeued {run.requeued} "
+        f"(last requeue: {last})"
+    )
+
+
+def render(
+    snap: Snapshot,
+    dead: list[DeadLetter] | None = None,
+    width: int = 80,
+    reconciler: LastRun | None = None,
+) -> Group:
     queue = Table(title="queue", title_justify="left")
     for column in (f"waiting ({keys.QUEUE})", "in flight", "dead letters", "workers"):
         queue.add_column(column, justify="right")
@@ -117,6 +134,7 @@ def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80
     parts: list[Table | Text] = [queue, workers, orders, retries_line(snap)]
     if dead:
         parts.append(dead_letters_table(dead, snap.dead, snap.taken_at, width))
+    parts.append(reconciler_line(reconciler, snap.taken_at))
     stamp = time.strftime("%H:%M:%S", time.localtime(snap.taken_at))
     return Group(*parts, f"[dim]at {stamp}[/]")
 
@@ -124,7 +142,7 @@ def render(snap: Snapshot, dead: list[DeadLetter] | None = None, width: int = 80
 async def _view(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any], width: int) -> Group:
     snap = await snapshot(client, conn)
     dead = await latest_dead_letters(client, DEAD_LETTERS_SHOWN) if snap.dead else []
-    return render(snap, dead, width)
+    return render(snap, dead, width, await read_run(client))
 
 
 async def show(settings: Settings, console: Console, *, watch: bool, interval: float) -> None:

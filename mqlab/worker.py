@@ -49,6 +49,7 @@ from mqlab.protocol.messages import (
 )
 from mqlab.protocol.messages import preview as message_preview
 from mqlab.protocol.scans import heartbeat_of, processing_lists, worker_of
+from mqlab.reconciler import ReconcileConfig, Reconciler
 from mqlab.retry_policy import RetryPolicy
 from mqlab.settings import Settings
 from mqlab.work import do_work
@@ -174,6 +175,10 @@ class Worker:
             retry=Retry(NoBackoff(), 0),
         )
         self.pg: psycopg.AsyncConnection[Any] | None = None
+        config = ReconcileConfig.from_env()
+        self.reconciler = Reconciler(
+            self.redis, settings.database_url, self.id, config.grace, config.interval
+        )
 
     def __repr__(self) -> str:
         return (
@@ -336,6 +341,7 @@ class Worker:
                 if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await self.beat()
                 await requeue_orphans(self.redis, exclude=self.id)
+            await self.reconciler.tick()  # raises nothing for a backend that is away
 
     async def _promote_loop(self) -> None:
         """Move due retries from the delayed set to the queue, every PROMOTE_INTERVAL (every
@@ -455,6 +461,7 @@ class Worker:
             log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
                         "to the queue once our heartbeat has expired", self.id, exc,
                         self.processing)  # fmt: skip
+        await self.reconciler.aclose()
         with contextlib.suppress(*BACKEND_DOWN):
             await self.redis.aclose()
         if self.pg is not None:

@@ -157,7 +157,8 @@ def at_80_columns(*args: str, home: Path | None = None) -> subprocess.CompletedP
 
 
 COMMANDS = [
-    (), ("api",), ("worker",), ("status",), ("run-experiment",), ("reset",), ("tui",),
+    (), ("api",), ("worker",), ("status",), ("reconcile",), ("run-experiment",), ("reset",),
+    ("tui",),
     ("bench",), ("services",), ("services", "up"), ("services", "down"),
     ("services", "status"), ("services", "env"), ("dead",), ("dead", "list"),
     ("dead", "show"), ("dead", "replay"), ("dead", "purge"),

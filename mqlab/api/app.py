@@ -32,6 +32,7 @@ from mqlab.api.validation import OrderIn, error_response
 from mqlab.backend_errors import REDIS_DOWN, REDIS_FAILURE
 from mqlab.observe import snapshot
 from mqlab.protocol import keys
+from mqlab.reconciler_record import read_run
 from mqlab.settings import Settings
 
 log = logging.getLogger("mqlab.api")
@@ -253,8 +254,10 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
     )
     async def health() -> Response:
         down: list[dict[str, str]] = []
+        reconciler = None
         try:
             await backends.redis.ping()
+            reconciler = await read_run(backends.redis)
         except REDIS_FAILURE as exc:  # an error reply (NOAUTH, LOADING) is no health either
             log_down("Redis", exc)
             down.append({"backend": "Redis"})
@@ -267,7 +270,8 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         if down:
             names = " and ".join(d["backend"] for d in down)
             return error_response(503, f"{names} unavailable", down, headers=RETRY_AFTER)
-        return _json({"status": "ok", "redis": "up", "postgres": "up"})
+        last = None if reconciler is None else reconciler.to_json()
+        return _json({"status": "ok", "redis": "up", "postgres": "up", "reconciler": last})
 
     @app.get(
         "/stats",

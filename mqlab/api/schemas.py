@@ -96,10 +96,32 @@ class NotDead(_Body):
     details: list[JobState]
 
 
+class ReconcilerRun(_Body):
+    """The reconciler's last run (mqlab.reconciler_record)."""
+
+    lastRun: AwareDatetime
+    by: str = Field(description="the worker that ran it, or `cli` (`mqlab reconcile`)")
+    took: float = Field(description="seconds")
+    checked: int = Field(
+        ge=0,
+        description="jobs PostgreSQL expected to run (pending, retrying, processing) "
+        "for longer than the grace",
+    )
+    found: int = Field(ge=0, description="of those, held by no Redis structure or live worker")
+    requeued: int = Field(ge=0, description="of those, queued again")
+    requeuedJobs: list[str] = Field(description="the first requeued job ids (up to 10)")
+    lastRequeueAt: AwareDatetime | None = Field(
+        description="the last run that requeued anything (null: none ever did)"
+    )
+
+
 class Health(_Body):
     status: Literal["ok"]
     redis: Literal["up"]
     postgres: Literal["up"]
+    reconciler: ReconcilerRun | None = Field(
+        description="the reconciler's last run, by any worker or the CLI (null: it never ran)"
+    )
 
 
 class Worker(_Body):
