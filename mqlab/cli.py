@@ -11,22 +11,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from mqlab import __version__, services
+from mqlab.cli_common import HELP, DatabaseUrl, RedisUrl, console, fail, resolve
 from mqlab.dead_cli import dead_app
 from mqlab.faults import DEFAULT_POISON
 from mqlab.procs import port_free
 from mqlab.services.manager import ServicesError
-from mqlab.settings import Settings
 
 if TYPE_CHECKING:
     from mqlab.reconciler import ReconcileConfig
-
-#: Help in click's plain layout, readable at 80 columns: typer's rich panels give each
-#: option five columns (names, negations, type) and squeeze its description to ~20 cells.
-#: `-h` as well as `--help`, for every command.
-_HELP = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
 
 app = typer.Typer(
     name="mqlab",
@@ -34,34 +28,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    **_HELP,  # type: ignore[arg-type]
+    **HELP,  # type: ignore[arg-type]
 )
 services_app = typer.Typer(
     help="The embedded Redis and PostgreSQL servers.",
     no_args_is_help=True,
-    **_HELP,  # type: ignore[arg-type]
+    **HELP,  # type: ignore[arg-type]
 )
 app.add_typer(services_app, name="services")
 app.add_typer(dead_app, name="dead")
-
-console = Console()
-err = Console(stderr=True)
-
-RedisUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--redis-url", envvar="REDIS_URL", metavar="URL", help="Redis to use (default: embedded)."
-    ),
-]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="DATABASE_URL",
-        metavar="URL",
-        help="PostgreSQL to use (default: embedded).",
-    ),
-]
 
 
 def _print_version(value: bool) -> None:
@@ -80,12 +55,6 @@ def main(
     ] = False,
 ) -> None:
     """A terminal lab for the producer-consumer pattern (Kata 3: message queues + workers)."""
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error the person can act on and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -113,16 +82,6 @@ def _stop_before_start(signum: int, frame: FrameType | None) -> None:
     """A SIGTERM or Ctrl-C before the worker runs: it holds nothing yet, so exit now, with 0
     (Python's default would be a KeyboardInterrupt traceback, or death by SIGTERM)."""
     raise SystemExit(0)
-
-
-def resolve(redis_url: str | None, database_url: str | None) -> Settings:
-    """The servers of a command that does not start any (mqlab.environment.find)."""
-    from mqlab.environment import find
-
-    try:
-        return find(redis_url, database_url)
-    except ServicesError as exc:
-        raise fail(str(exc)) from None
 
 
 @services_app.command("up", short_help="Start the servers (or reuse them); apply the schema.")

@@ -1,9 +1,9 @@
 """`mqlab dead list | show JOB | replay JOB... | replay --all | purge [--yes]`.
 
-A typer sub-app, added to `mqlab` in mqlab/cli.py (and so importing nothing from it: the
-package has no import cycle, tests/test_layout.py). The servers are found as `mqlab status`
-finds them (mqlab.environment.find: flags, REDIS_URL / DATABASE_URL, the embedded ones
-running); the work is mqlab.dead_letters', the tables mqlab.dead_view's.
+A typer sub-app, added to `mqlab` in mqlab/cli.py; what they share is mqlab.cli_common. The
+servers are found as `mqlab status` finds them (mqlab.environment.find: flags, REDIS_URL /
+DATABASE_URL, the embedded ones running); the work is mqlab.dead_letters', the tables
+mqlab.dead_view's.
 """
 
 from __future__ import annotations
@@ -15,60 +15,18 @@ from typing import Annotated, Any, TypeVar
 import psycopg
 import redis.asyncio as aioredis
 import typer
-from rich.console import Console
 
 from mqlab import dead_letters
 from mqlab.backend_errors import REDIS_DOWN
-from mqlab.settings import Settings
+from mqlab.cli_common import HELP, DatabaseUrl, RedisUrl, console, err, fail, resolve
 
 T = TypeVar("T")
 
 dead_app = typer.Typer(
     help="Dead jobs and dead letters: list, show, replay, purge.",
     no_args_is_help=True,
-    # As mqlab's own commands (mqlab.cli._HELP): click's plain help, readable at 80 columns.
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **HELP,  # type: ignore[arg-type]
 )
-
-console = Console()
-err = Console(stderr=True)
-
-# The same options, errors and servers as every command of mqlab.cli has (defined again
-# here: mqlab.cli imports this module, so this one may not import mqlab.cli).
-RedisUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--redis-url", envvar="REDIS_URL", metavar="URL", help="Redis to use (default: embedded)."
-    ),
-]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="DATABASE_URL",
-        metavar="URL",
-        help="PostgreSQL to use (default: embedded).",
-    ),
-]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error the person can act on and return the exit to raise (as mqlab.cli's)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def resolve(redis_url: str | None, database_url: str | None) -> Settings:
-    """The servers, found as `mqlab status` finds them; a clear error when one is missing."""
-    from mqlab.environment import find
-    from mqlab.services.manager import ServicesError
-
-    try:
-        return find(redis_url, database_url)
-    except ServicesError as exc:
-        raise fail(str(exc)) from None
-
 
 Backend = Callable[[aioredis.Redis, psycopg.AsyncConnection[Any]], Awaitable[T]]
 
