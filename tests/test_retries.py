@@ -238,3 +238,33 @@ def test_retries_wait_in_the_delayed_set_while_no_worker_is_alive(
     eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=15)
     assert rds.zcard(keys.DELAYED) == 0
     assert [r[2] for r in attempts_of(pg, created["jobId"])] == ["failed", "completed"]
+
+
+def test_a_poison_order_replayed_with_the_pattern_off_completes(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """The whole way round, through the API: dead after one attempt, replayed (202; a second
+    replay is 409 and queues nothing more), completed by a worker that poisons nothing, with
+    both attempts in its history and a fresh attempt budget."""
+    sup.start_worker("w1", job_seconds=0.05, policy=RetryPolicy(max_attempts=1))
+    created = post_order(client, "a poison pill")
+    eventually(lambda: job(client, created["jobId"])["status"] == "dead")
+    sup.stop("w1")
+    first = client.post(f"/jobs/{created['jobId']}/retry")
+    assert first.status_code == 202, first.text
+    again = client.post(f"/jobs/{created['jobId']}/retry")
+    assert again.status_code == 409 and "pending" in again.json()["error"]
+    assert rds.llen(keys.QUEUE) == 1 and rds.llen(keys.DEAD) == 0
+    sup.start_worker("w2", job_seconds=0.05, policy=RetryPolicy(max_attempts=1),
+                     faults=Faults(poison=""))  # fmt: skip
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed")
+    history = job(client, created["jobId"])["history"]
+    assert [(h["attempt"], h["workerId"], h["outcome"]) for h in history] == [  # type: ignore[attr-defined]
+        (1, "w1", "failed"),
+        (2, "w2", "completed"),
+    ]
+    assert order_status(pg, created["orderId"]) == "completed"
+    # The policy counts attempts since the replay: the second attempt was its first.
+    assert pg.execute(
+        "SELECT attempts, replay_base FROM jobs WHERE id = %s", [created["jobId"]]
+    ).fetchone() == (2, 1)
