@@ -341,6 +341,14 @@ class Worker:
                 if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await self.beat()
                 await requeue_orphans(self.redis, exclude=self.id)
+
+    async def _reconcile_loop(self) -> None:
+        """Offer to run the reconciler once a second (it runs when its interval has passed
+        and no other worker holds its lock). A task of its own, not a step of the heartbeat
+        loop: a long run (a queue of 100,000 to scan) must not delay our beats past their
+        TTL, or the job in our hands would be taken for a dead worker's."""
+        while self._consuming:
+            await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
             await self.reconciler.tick()  # raises nothing for a backend that is away
 
     async def _promote_loop(self) -> None:
@@ -370,16 +378,18 @@ class Worker:
         cold = asyncio.create_task(self._cold_stop.wait())
         heart: asyncio.Task[None] | None = None
         promoter: asyncio.Task[None] | None = None
+        reconciling: asyncio.Task[None] | None = None
         try:
             await self._start()
             heart = asyncio.create_task(self._heartbeat_loop())
             promoter = asyncio.create_task(self._promote_loop())
+            reconciling = asyncio.create_task(self._reconcile_loop())
             await self._consume(cold)
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         finally:
             self._consuming = False
-            helpers = [t for t in (cold, heart, promoter) if t is not None]
+            helpers = [t for t in (cold, heart, promoter, reconciling) if t is not None]
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)

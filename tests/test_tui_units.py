@@ -12,7 +12,7 @@ from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
 from mqlab.tui.keys_bar import KeysBar
 from mqlab.tui.main import timeline_window
 from mqlab.tui.model import JobBar, WorkerRow
-from mqlab.tui.panels import ID_WIDTH, short_id
+from mqlab.tui.panels import ID_WIDTH, QueuePanel, short_id
 from mqlab.tui.screens import HELP
 from mqlab.tui.source import LiveSource, depth_bins, redact, trend
 from mqlab.tui.timeline import CUT_MARK, lanes, render_lane
@@ -168,3 +168,19 @@ def test_the_source_gives_each_process_its_bars_and_cuts_what_a_kill_left_open()
     frame = replace(fixed_frame(), at=8.0, workers=(WorkerRow("w1", 200, "busy", "", 1, 0),),
                     bars=bars)  # fmt: skip
     assert [[b.job for b in lane.bars] for lane in lanes(frame)] == [["job-1", "job-2"], ["job-3"]]
+
+
+async def test_the_counts_line_adds_the_attempts_that_did_not_simply_complete() -> None:
+    """Read from job_attempts: failed tries, crashes and reclaims show once there are any."""
+    frame = replace(
+        fixed_frame(),
+        orders={"pending": 1, "processing": 0, "retrying": 2, "completed": 7, "failed": 1},
+        attempts={"completed": 7, "failed": 5, "crashed": 1},
+    )
+    app = LabApp(FixedSource(frame), FixedLab(load("kata3")))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        panel = app.query_one(QueuePanel)
+        text = panel._shown["counts"].plain
+        assert "retrying 2" in text and "failed 1" in text
+        assert "failed tries 5" in text and "crashed 1" in text and "reclaimed" not in text

@@ -71,6 +71,8 @@ class Frame:
     dead_letters: int = 0
     jobs_per_second: float = 0.0
     orders: dict[str, int] = field(default_factory=dict)
+    #: How the attempts so far ended (job_attempts: outcome -> count).
+    attempts: dict[str, int] = field(default_factory=dict)
     workers: tuple[WorkerRow, ...] = ()
     bars: tuple[JobBar, ...] = ()
     timeline_seconds: float = 30.0

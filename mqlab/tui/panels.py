@@ -52,6 +52,10 @@ def service_text(service: Service, with_url: bool = True) -> Text:
     return text
 
 
+#: The attempt outcomes the counts line adds when they occur, and what it calls them.
+RETRY_OUTCOMES = (("failed", "failed tries"), ("crashed", "crashed"), ("reclaimed", "reclaimed"))
+
+
 class StackBar(Widget):
     """The top line: Redis, PostgreSQL and API up or down with their URLs, and what the lab
     is doing. URLs are dropped, the database ones first, where the line would not fit."""
@@ -152,6 +156,11 @@ class QueuePanel(Vertical):
             if n or status in ("pending", "processing", "completed"):
                 counts.append(f"{status} ", style="dim")
                 counts.append(f"{n}  ", style="bold")
+        # Attempts that did not simply complete (job_attempts): shown only once there are any.
+        for outcome, label in RETRY_OUTCOMES:
+            if n := frame.attempts.get(outcome, 0):
+                counts.append(f"{label} ", style="dim")
+                counts.append(f"{n}  ", style="bold yellow")
         self._put("counts", counts or Text("no orders", style="dim"))
 
     def watch_batch(self, batch: int) -> None:

@@ -103,6 +103,7 @@ class LiveSource:
         self._infos: dict[str, WorkerInfo] = {}  # live heartbeats
         self._seen: dict[str, WorkerInfo] = {}  # the last heartbeat of every worker seen
         self._counts: dict[str, int] = {}
+        self._attempts: dict[str, int] = {}
         self._events_from: str | None = None
         self._bars: list[_Bar] = []
         self._finished: collections.deque[float] = collections.deque()
@@ -139,6 +140,7 @@ class LiveSource:
             dead_letters=self._queue[2],
             jobs_per_second=len(self._finished) / RATE_WINDOW,
             orders=dict(self._counts),
+            attempts=dict(self._attempts),
             workers=workers,
             bars=self._timeline(workers, now),
             timeline_seconds=self.timeline_seconds,
@@ -181,6 +183,7 @@ class LiveSource:
                 return
         try:
             rows = await (await self._pg.execute(db.COUNT_BY_STATUS)).fetchall()
+            attempts = await db.attempt_outcomes(self._pg)
         except psycopg.Error:
             self._pg_up = False
             with contextlib.suppress(psycopg.Error):
@@ -188,6 +191,7 @@ class LiveSource:
             return
         self._pg_up = True
         self._counts = db.counts_by_status(rows)["orders"]
+        self._attempts = attempts
 
     async def _read_events(self, client: aioredis.Redis, now: float) -> None:
         """Fold new entries of mqlab:events into the timeline bars and the finish times."""
