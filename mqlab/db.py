@@ -21,8 +21,10 @@ ORDER_STATUSES = ("pending", "processing", "retrying", "completed", "failed")
 JOB_STATUSES = ("pending", "processing", "retrying", "completed", "dead")
 #: Where a job may be claimed from (a redelivery after its worker died finds it processing).
 CLAIMABLE = ("pending", "processing", "retrying")
-#: How an attempt ended (job_attempts.outcome); `running` until it does.
-OUTCOMES = ("running", "completed", "failed", "crashed", "handed_back", "reclaimed")
+#: How an attempt ended (job_attempts.outcome). A job's history also shows the attempt under
+#: way, as `running` (from the job's own row: job_attempts holds only attempts that ended).
+OUTCOMES = ("completed", "failed", "crashed", "handed_back", "reclaimed")
+HISTORY_OUTCOMES = ("running", *OUTCOMES)
 
 
 def schema_path() -> Path:
@@ -85,12 +87,20 @@ INSERT INTO jobs (id, order_id, enqueued_at) SELECT 'warm-up', id, created_at FR
 DELETE_ORDERS = "DELETE FROM orders WHERE id = ANY(%s)"
 
 # A worker claims a job: from pending, from retrying (its backoff is over), or from processing
-# (a redelivery after its worker died: that attempt is recorded as crashed). attempts counts
-# claims; each claim adds its row to job_attempts. A job found processing whose attempts are
-# spent is not claimed (see BURY_JOB): a job that kills its worker every time ends dead
-# instead of looping. The RETURNING row is the proof that the claim happened, with the try
-# number the retry policy counts (attempts since the last replay) and the order's product
-# (what the poison pattern is matched against).
+# (a redelivery after its worker died: that attempt never ended, and is recorded as crashed).
+# attempts counts claims. A job found processing whose attempts are spent is not claimed (see
+# BURY_JOB): a job that kills its worker every time ends dead instead of looping. The
+# RETURNING row is the proof that the claim happened, with the try number the retry policy
+# counts (attempts since the last replay) and the order's product (what the poison pattern is
+# matched against).
+#
+# `prev` is the row as this statement's snapshot has it, for the crashed attempt's record; the
+# claim is guarded on it (attempts unchanged), so that if a concurrent claim of the same job
+# committed first, this one matches nothing (the worker then drops its delivery) instead of
+# taking the job over on stale figures. No lock is taken for it: the UPDATE's own suffices.
+#
+# job_attempts gets one row per attempt, written by the statement that ends the attempt (here
+# only a crashed one): one write per attempt, not one at the claim and another at the end.
 #
 # The claim commits asynchronously (synchronous_commit off for this one transaction, set from
 # inside the statement so that it stays one round trip): it does not wait for its WAL flush,
@@ -99,25 +109,24 @@ DELETE_ORDERS = "DELETE FROM orders WHERE id = ANY(%s)"
 # PostgreSQL crash leaves the job as it was, and the worker hands it back to the queue when
 # its completion finds it so (Worker._not_completed): it is redelivered, never lost.
 CLAIM_JOB = """
-WITH j AS (
-    UPDATE jobs SET status = 'processing', worker_id = %(worker)s, attempts = attempts + 1,
+WITH prev AS (
+    SELECT id, status, worker_id, attempts, started_at FROM jobs WHERE id = %(job)s
+), j AS (
+    UPDATE jobs SET status = 'processing', worker_id = %(worker)s, attempts = jobs.attempts + 1,
                     started_at = clock_timestamp(), finished_at = NULL, next_attempt_at = NULL
-    WHERE id = %(job)s AND status IN ('pending', 'processing', 'retrying')
-      AND (status <> 'processing' OR attempts - replay_base < %(max_attempts)s)
-    RETURNING id, order_id, attempts, attempts - replay_base AS try, started_at
+    FROM prev
+    WHERE jobs.id = prev.id AND jobs.attempts = prev.attempts
+      AND jobs.status IN ('pending', 'processing', 'retrying')
+      AND (jobs.status <> 'processing' OR jobs.attempts - jobs.replay_base < %(max_attempts)s)
+    RETURNING jobs.id, jobs.order_id, jobs.attempts, jobs.attempts - jobs.replay_base AS try,
+              jobs.started_at, prev.status AS was, prev.worker_id AS was_worker,
+              prev.attempts AS was_attempt, prev.started_at AS was_started
 ), crashed AS (
-    UPDATE job_attempts SET outcome = 'crashed', finished_at = j.started_at FROM j
-    WHERE job_attempts.job_id = j.id AND job_attempts.outcome = 'running'
-      AND job_attempts.attempt <> j.attempts
-), a AS (
-    -- A row for this number exists only when PostgreSQL lost a claim in a crash and kept its
-    -- attempt's row (it cannot: one transaction) or someone rewound attempts by hand: the
-    -- claim is not refused for it, the row is this attempt's now.
-    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at)
-    SELECT id, attempts, %(worker)s, started_at FROM j
-    ON CONFLICT (job_id, attempt) DO UPDATE
-    SET worker_id = excluded.worker_id, started_at = excluded.started_at, outcome = 'running',
-        finished_at = NULL, error = NULL, next_attempt_at = NULL
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT id, was_attempt, was_worker, was_started, started_at, 'crashed' FROM j
+    WHERE was = 'processing' AND was_attempt >= 1 AND was_worker IS NOT NULL
+      AND was_started IS NOT NULL
+    ON CONFLICT (job_id, attempt) DO NOTHING
 ), o AS (
     UPDATE orders SET status = 'processing', updated_at = j.started_at FROM j
     WHERE orders.id = j.order_id
@@ -127,18 +136,33 @@ SELECT j.id, j.order_id, j.attempts, j.try, o.product
 FROM j, o, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 """
 
+# The row an attempt leaves in job_attempts when it ends (%(outcome)s, %(error)s; `j` is the
+# job's row as the ending statement returned it: id, started_at, finished_at, next_attempt_at).
+# A row for that number can exist only if attempts was rewound by hand, or a claim lost in a
+# PostgreSQL crash left the number to be used again: the later attempt's record wins.
+_RECORD_ATTEMPT = """
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome,
+                              error, next_attempt_at)
+    SELECT j.id, %(attempt)s, %(worker)s, j.started_at, j.finished_at, {outcome}, {error},
+           {next_attempt_at}
+    FROM j
+    WHERE %(worker)s::text IS NOT NULL AND j.started_at IS NOT NULL
+    ON CONFLICT (job_id, attempt) DO UPDATE
+    SET worker_id = excluded.worker_id, started_at = excluded.started_at,
+        finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error,
+        next_attempt_at = excluded.next_attempt_at
+"""
+
 # Completion is guarded by the claim (worker and attempt): a worker whose job was handed to
 # another after it was presumed dead cannot complete it a second time. It returns how long the
 # job took (seconds, for the log line) rather than timestamps the worker would have to parse.
-COMPLETE_JOB = """
+COMPLETE_JOB = f"""
 WITH j AS (
     UPDATE jobs SET status = 'completed', finished_at = clock_timestamp()
     WHERE id = %(job)s AND status = 'processing' AND worker_id = %(worker)s
       AND attempts = %(attempt)s
     RETURNING id, order_id, started_at, finished_at
-), a AS (
-    UPDATE job_attempts SET outcome = 'completed', finished_at = j.finished_at FROM j
-    WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
+), a AS ({_RECORD_ATTEMPT.format(outcome="'completed'", error="NULL", next_attempt_at="NULL")}
 ), o AS (
     UPDATE orders SET status = 'completed', completed_at = j.finished_at,
                       updated_at = j.finished_at
@@ -150,18 +174,19 @@ SELECT order_id, extract(epoch FROM finished_at - started_at)::float8 AS took FR
 # A failed attempt that will be tried again: the job is retrying until %(delay)s seconds from
 # now (PostgreSQL's clock; the delayed set in Redis is scored by Redis's, see
 # mqlab.protocol.delayed), guarded by the claim as the completion is. Returns the due time.
-RETRY_JOB = """
+RETRY_JOB = f"""
 WITH j AS (
     UPDATE jobs SET status = 'retrying', last_error = %(error)s,
                     finished_at = clock_timestamp(),
                     next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s)
     WHERE id = %(job)s AND status = 'processing' AND worker_id = %(worker)s
       AND attempts = %(attempt)s
-    RETURNING id, order_id, finished_at, next_attempt_at
-), a AS (
-    UPDATE job_attempts SET outcome = 'failed', finished_at = j.finished_at,
-                            error = %(error)s, next_attempt_at = j.next_attempt_at
-    FROM j WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
+    RETURNING id, order_id, started_at, finished_at, next_attempt_at
+), a AS ({
+    _RECORD_ATTEMPT.format(
+        outcome="'failed'", error="%(error)s", next_attempt_at="j.next_attempt_at"
+    )
+}
 ), o AS (
     UPDATE orders SET status = 'retrying', updated_at = j.finished_at FROM j
     WHERE orders.id = j.order_id
@@ -172,18 +197,15 @@ SELECT order_id, next_attempt_at FROM j
 # A job that may not be tried again: dead, with its last error, and its order failed. Guarded
 # on the claim it ends (status processing, worker and attempt as the caller saw them): the
 # worker's own failed attempt (outcome 'failed'), or, at a claim refused because the attempts
-# are spent, the attempt its dead worker left running (outcome 'crashed', worker = that one).
-BURY_JOB = """
+# are spent, the attempt its dead worker never ended (outcome 'crashed', worker = that one).
+BURY_JOB = f"""
 WITH j AS (
     UPDATE jobs SET status = 'dead', last_error = %(error)s, finished_at = clock_timestamp(),
                     next_attempt_at = NULL
     WHERE id = %(job)s AND status = 'processing' AND attempts = %(attempt)s
       AND worker_id IS NOT DISTINCT FROM %(worker)s
-    RETURNING id, order_id, finished_at
-), a AS (
-    UPDATE job_attempts SET outcome = %(outcome)s, finished_at = j.finished_at,
-                            error = %(error)s
-    FROM j WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
+    RETURNING id, order_id, started_at, finished_at
+), a AS ({_RECORD_ATTEMPT.format(outcome="%(outcome)s", error="%(error)s", next_attempt_at="NULL")}
 ), o AS (
     UPDATE orders SET status = 'failed', updated_at = j.finished_at FROM j
     WHERE orders.id = j.order_id
@@ -197,17 +219,22 @@ JOB_STATUS = "SELECT status, worker_id, attempts, attempts - replay_base FROM jo
 # again, naming no worker, before its message is back on the queue, so that no job waits on
 # the queue while PostgreSQL says someone works it. Guarded on the claim it undoes (status,
 # worker and attempts as the worker last saw them): a claim made since, by another worker,
-# is left alone. attempts stays: it counts claims. Returns a row when it released.
+# is left alone. attempts stays: it counts claims. The attempt is recorded as handed back
+# (its start from `prev`: the release clears started_at). Returns a row when it released.
 RELEASE_JOB = """
-WITH j AS (
-    UPDATE jobs SET status = 'pending', worker_id = NULL, started_at = NULL
-    WHERE id = %(job)s AND status = %(status)s AND attempts = %(attempt)s
-      AND worker_id IS NOT DISTINCT FROM %(worker)s
-    RETURNING id, order_id
+WITH prev AS (
+    SELECT id, started_at FROM jobs WHERE id = %(job)s
+), j AS (
+    UPDATE jobs SET status = 'pending', worker_id = NULL, started_at = NULL FROM prev
+    WHERE jobs.id = prev.id AND jobs.status = %(status)s AND jobs.attempts = %(attempt)s
+      AND jobs.worker_id IS NOT DISTINCT FROM %(worker)s
+    RETURNING jobs.id, jobs.order_id, prev.started_at
 ), a AS (
-    UPDATE job_attempts SET outcome = 'handed_back', finished_at = clock_timestamp() FROM j
-    WHERE job_attempts.job_id = j.id AND job_attempts.attempt = %(attempt)s
-      AND job_attempts.outcome = 'running'
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT id, %(attempt)s, %(worker)s, started_at, clock_timestamp(), 'handed_back' FROM j
+    WHERE %(status)s = 'processing' AND %(worker)s::text IS NOT NULL AND started_at IS NOT NULL
+      AND %(attempt)s >= 1
+    ON CONFLICT (job_id, attempt) DO NOTHING
 ), o AS (
     UPDATE orders SET status = 'pending', updated_at = clock_timestamp() FROM j
     WHERE orders.id = j.order_id
@@ -389,10 +416,16 @@ LIMIT %s
 
 COUNT_DEAD_JOBS = "SELECT count(*) FROM jobs WHERE status = 'dead'"
 
-# Every attempt of one job, in order (job_attempts' columns, as ATTEMPT_FIELDS names them).
+# Every attempt of one job, in order (job_attempts' columns, as ATTEMPT_FIELDS names them),
+# and the one under way, from the job's own row, as 'running'.
 JOB_ATTEMPTS = """
 SELECT attempt, worker_id, started_at, finished_at, outcome, error, next_attempt_at
-FROM job_attempts WHERE job_id = %s ORDER BY attempt
+FROM job_attempts WHERE job_id = %(job)s
+UNION ALL
+SELECT attempts, worker_id, started_at, NULL, 'running', NULL, NULL
+FROM jobs WHERE id = %(job)s AND status = 'processing' AND worker_id IS NOT NULL
+                AND started_at IS NOT NULL AND attempts >= 1
+ORDER BY 1
 """
 
 # Replay: dead jobs are pending again, in one guarded UPDATE (only rows still dead, so two
@@ -478,16 +511,19 @@ RECLAIM_JOBS = """
 WITH c AS (
     SELECT * FROM unnest(%(ids)s::text[], %(workers)s::text[], %(attempts)s::int4[])
         AS c(id, worker, attempts)
+), prev AS (
+    SELECT jobs.id, jobs.started_at FROM jobs JOIN c ON jobs.id = c.id
 ), j AS (
     UPDATE jobs SET status = 'pending', worker_id = NULL, started_at = NULL
-    FROM c
+    FROM c JOIN prev ON prev.id = c.id
     WHERE jobs.id = c.id AND jobs.status = 'processing' AND jobs.attempts = c.attempts
       AND jobs.worker_id IS NOT DISTINCT FROM c.worker
-    RETURNING jobs.id, jobs.order_id, jobs.attempts
+    RETURNING jobs.id, jobs.order_id, jobs.attempts, c.worker, prev.started_at
 ), a AS (
-    UPDATE job_attempts SET outcome = 'reclaimed', finished_at = clock_timestamp() FROM j
-    WHERE job_attempts.job_id = j.id AND job_attempts.attempt = j.attempts
-      AND job_attempts.outcome = 'running'
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT id, attempts, worker, started_at, clock_timestamp(), 'reclaimed' FROM j
+    WHERE worker IS NOT NULL AND started_at IS NOT NULL AND attempts >= 1
+    ON CONFLICT (job_id, attempt) DO NOTHING
 ), o AS (
     UPDATE orders SET status = 'pending', updated_at = clock_timestamp() FROM j
     WHERE orders.id = j.order_id

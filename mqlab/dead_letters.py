@@ -105,7 +105,7 @@ async def list_dead(
 
 async def job_history(conn: psycopg.AsyncConnection[Any], job_id: str) -> list[dict[str, Any]]:
     """Every attempt of a job, in order, as the API's JSON."""
-    rows = await (await conn.execute(db.JOB_ATTEMPTS, [job_id])).fetchall()
+    rows = await (await conn.execute(db.JOB_ATTEMPTS, {"job": job_id})).fetchall()
     return [db.attempt_json(row) for row in rows]
 
 

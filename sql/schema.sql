@@ -40,22 +40,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_attempt_at timestamptz
 );
 
--- Every attempt, kept: one row per claim. outcome is 'running' until the attempt ends:
+-- Every attempt that ended, kept: an append-only log, one row per claim once it is over (the
+-- attempt under way is the job's own row: status processing, attempts, worker_id,
+-- started_at). One row written per attempt, at its end, in the statement that ends it:
 --   completed    the work was done and recorded
 --   failed       the work failed (retried, or the job went dead: jobs.status says which)
---   crashed      its worker died during it (the next claim of the job found it running)
+--   crashed      its worker died during it (the next claim of the job found it unfinished)
 --   handed_back  its worker gave it back unfinished (a stop, a lost claim)
 --   reclaimed    Redis lost the message and the reconciler queued the job again
 CREATE TABLE IF NOT EXISTS job_attempts (
     job_id          text        NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     attempt         integer     NOT NULL CHECK (attempt >= 1),
     worker_id       text        NOT NULL,
-    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    finished_at     timestamptz,
-    outcome         text        NOT NULL DEFAULT 'running'
+    started_at      timestamptz NOT NULL,
+    finished_at     timestamptz NOT NULL,
+    outcome         text        NOT NULL
                     CONSTRAINT job_attempts_outcome_check
-                    CHECK (outcome IN ('running', 'completed', 'failed', 'crashed',
-                                       'handed_back', 'reclaimed')),
+                    CHECK (outcome IN ('completed', 'failed', 'crashed', 'handed_back',
+                                       'reclaimed')),
     error           text,
     next_attempt_at timestamptz,
     PRIMARY KEY (job_id, attempt)

@@ -19,7 +19,7 @@ from mqlab.protocol.messages import dead_letter, encode_message
 def make_dead(
     url: str,
     rds: redis.Redis,
-    product: str = "poison pill",
+    product: str = "Widget",
     attempts: int = 3,
     error: str = "boom: transient failure",
     letter: bool = True,

@@ -180,7 +180,7 @@ def test_show_tells_a_jobs_story(settings: Settings, raw: redis.Redis) -> None:
     text = fits(out.stdout)
     assert f"job {job_id}" in text
     assert "│ status" in text and "dead" in text
-    assert f"#{order_id} 1 x poison pill at 5.0" in text
+    assert f"#{order_id} 1 x Widget at 5.0" in text
     attempts = [line for line in text.splitlines() if "kaput (attempt" in line]
     assert len(attempts) == 2 and "failed" in attempts[0], text
     assert attempts[0].split("│")[1].strip() == "1"

@@ -61,8 +61,8 @@ def test_a_database_from_before_kata4_is_migrated_in_place(old: psycopg.Connecti
     with pytest.raises(psycopg.errors.CheckViolation):
         old.execute("UPDATE orders SET status = 'dead' WHERE id = 3")
     old.execute(
-        "INSERT INTO job_attempts (job_id, attempt, worker_id, outcome) "
-        "VALUES ('job-3', 1, 'w1', 'failed')"
+        "INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome) "
+        "VALUES ('job-3', 1, 'w1', now(), now(), 'failed')"
     )
     checks = old.execute(
         "SELECT count(*) FROM pg_constraint WHERE conname IN "

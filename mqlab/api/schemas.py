@@ -69,7 +69,7 @@ class Attempt(_Body):
     workerId: str
     startedAt: AwareDatetime
     finishedAt: AwareDatetime | None = Field(description="None while it runs")
-    outcome: Literal[db.OUTCOMES]  # type: ignore[valid-type]
+    outcome: Literal[db.HISTORY_OUTCOMES]  # type: ignore[valid-type]
     error: str | None
     nextAttemptAt: AwareDatetime | None = Field(description="when the retry it led to is due")
 
