@@ -524,14 +524,11 @@ class Worker:
             return None
 
     async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
-        claim = await self._sql(
-            db.CLAIM_JOB,
-            {"worker": self.id, "job": job_id, "max_attempts": self.policy.max_attempts},
-            "claim",
-        )
+        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id}, "claim")
         if claim is None:
-            await self._not_claimed(raw, job_id, order_id)
-            return None
+            claim = await self._not_claimed(raw, job_id, order_id)
+            if claim is None:
+                return None
         _, _, attempt, tries, product = claim
         self.claim = (job_id, attempt)
         self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
@@ -565,25 +562,38 @@ class Worker:
         self.claim = None
         return following
 
-    async def _not_claimed(self, raw: bytes, job_id: str, order_id: int) -> None:
-        """The claim matched nothing: no such job (dead-letter the message), a job whose
-        worker died on each of its attempts (dead), or a duplicate delivery (dropped unworked:
-        completed, dead, or claimed by another worker since)."""
+    async def _not_claimed(self, raw: bytes, job_id: str, order_id: int) -> tuple[Any, ...] | None:
+        """The claim matched nothing. A job processing by a worker that died on it (the reaper
+        put it back): taken over (the claim returned), or dead when its attempts are spent.
+        No such job: the message is dead-lettered. Otherwise a duplicate delivery (completed,
+        dead, or claimed by another worker meanwhile): dropped unworked."""
         found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
         if found is None:
             await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
-            return
-        status, owner, attempts, tries = found
-        if status == "processing" and self.policy.exhausted(tries):
-            # Its last claim never ended: its worker died on it, as on every attempt before.
-            reason = f"its worker died during each of its {tries} attempts"
-            self.claim = (job_id, attempts)  # the owner's claim, ended here
-            bury = {"job": job_id, "worker": owner, "attempt": attempts, "outcome": "crashed"}
-            await self._bury(raw, job_id, order_id, reason, bury, [])
-            return
+            return None
+        status, owner, attempts, tries, started = found
+        if status == "processing":
+            if self.policy.exhausted(tries):
+                # Its last claim never ended: its worker died on it, as on every one before.
+                reason = f"its worker died during each of its {tries} attempts"
+                bury = {"job": job_id, "worker": owner, "attempt": attempts, "outcome": "crashed"}
+                await self._bury(raw, job_id, order_id, reason, bury, [])
+                return None
+            claim = await self._sql(
+                db.TAKE_OVER_JOB,
+                {"worker": self.id, "job": job_id, "was_worker": owner,
+                 "was_attempt": attempts, "was_started": started},
+                "claim",
+            )  # fmt: skip
+            if claim is not None:
+                log.warning("%s: took over %s from %s (attempt %d never ended)", self.id,
+                            job_id, owner, attempts)  # fmt: skip
+                return claim
+            status = "claimed by another worker meanwhile"
         log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
                  self.id, job_id, status, owner, attempts)  # fmt: skip
         await self._ack(raw)
+        return None
 
     async def _work(self, product: str) -> None:
         """The job's work, with the faults this worker injects (mqlab.faults)."""

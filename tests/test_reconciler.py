@@ -440,7 +440,7 @@ def test_workers_requeue_a_lost_job_and_complete_it(
 
     eventually(done, timeout=30)
     attempts = pg.execute(
-        "SELECT job_id, attempt, worker_id, outcome FROM job_attempts ORDER BY job_id, attempt"
+        "SELECT job_id, attempt, worker_id, outcome FROM job_history ORDER BY job_id, attempt"
     ).fetchall()
     assert attempts == [
         ("job-lost", 1, "w1", "completed"),

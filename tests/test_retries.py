@@ -38,7 +38,7 @@ def attempts_of(pg: psycopg.Connection, job_id: object) -> list[tuple[Any, ...]]
     return pg.execute(
         "SELECT attempt, worker_id, outcome, error, extract(epoch FROM started_at)::float8, "
         "extract(epoch FROM finished_at)::float8, extract(epoch FROM next_attempt_at)::float8 "
-        "FROM job_attempts WHERE job_id = %s ORDER BY attempt",
+        "FROM job_history WHERE job_id = %s ORDER BY attempt",
         [job_id],
     ).fetchall()
 
