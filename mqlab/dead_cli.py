@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 import typer
 
 from mqlab import dead_letters
-from mqlab.backend_errors import REDIS_DOWN
 from mqlab.cli_common import HELP, DatabaseUrl, RedisUrl, console, err, fail, resolve
+from mqlab.connections import both
 
 T = TypeVar("T")
 
@@ -37,25 +37,13 @@ def _run(redis_url: str | None, database_url: str | None, work: Backend[T]) -> T
     settings = resolve(redis_url, database_url)
 
     async def go() -> T:
-        client = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=3
-        )
-        try:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    settings.database_url, autocommit=True, connect_timeout=3
-                )
-            except psycopg.OperationalError as exc:
-                raise fail(f"PostgreSQL does not answer: {exc}") from None
-            async with conn:
-                try:
-                    return await work(client, conn)
-                except REDIS_DOWN as exc:
-                    raise fail(f"Redis does not answer: {exc}") from None
-        finally:
-            await client.aclose()
+        async with both(settings) as (client, conn):
+            return await work(client, conn)
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except ConnectionError as exc:
+        raise fail(str(exc)) from None
 
 
 @dead_app.command("list", short_help="The dead jobs and the dead letters that are not jobs.")

@@ -245,7 +245,9 @@ async def reconcile(
     """One run, without the lock (see Reconciler): find, re-check, queue again, record."""
     at, began = time.time(), time.monotonic()
     rows = await (await conn.execute(db.RECONCILE_CANDIDATES, {"grace": grace})).fetchall()
-    held = await held_job_ids(client)
+    # Nothing PostgreSQL expects to run for longer than the grace: Redis need not be read (a
+    # long queue is read in pages, and parsed, by a worker that has jobs to do).
+    held = await held_job_ids(client) if rows else set()
     missing = [_Candidate(*row) for row in rows if row[0] not in held]
     waiting = [c for c in missing if c.status != "processing"]
     taken = [c for c in missing if c.status == "processing"]

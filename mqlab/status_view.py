@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mqlab.backend_errors import REDIS_DOWN
+from mqlab.connections import both
 from mqlab.observe import Snapshot, latest_dead_letters, snapshot
 from mqlab.protocol import keys
 from mqlab.protocol.events import WorkerState
@@ -146,26 +146,14 @@ async def _view(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any], widt
 
 
 async def show(settings: Settings, console: Console, *, watch: bool, interval: float) -> None:
-    """Print one snapshot, or refresh one in place until Ctrl-C."""
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=3)
-    try:
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                settings.database_url, autocommit=True, connect_timeout=3
-            )
-        except psycopg.OperationalError as exc:
-            raise ConnectionError(f"PostgreSQL does not answer: {exc}") from None
-        async with conn:
-            try:
-                view = await _view(client, conn, console.width)
-            except REDIS_DOWN as exc:
-                raise ConnectionError(f"Redis does not answer: {exc}") from None
-            if not watch:
-                console.print(view)
-                return
-            with Live(view, console=console, auto_refresh=False) as live:
-                while True:
-                    await asyncio.sleep(interval)
-                    live.update(await _view(client, conn, console.width), refresh=True)
-    finally:
-        await client.aclose()
+    """Print one snapshot, or refresh one in place until Ctrl-C; ConnectionError naming the
+    server that does not answer."""
+    async with both(settings) as (client, conn):
+        view = await _view(client, conn, console.width)
+        if not watch:
+            console.print(view)
+            return
+        with Live(view, console=console, auto_refresh=False) as live:
+            while True:
+                await asyncio.sleep(interval)
+                live.update(await _view(client, conn, console.width), refresh=True)
