@@ -163,7 +163,8 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
 
 def _create_app(admin_url: str, admin_db_url: str, password: str) -> None:
     """The application role (password kept in step with the home's) and its database; a
-    database made by an older mqlab, owned by the superuser, is handed to the role."""
+    database made by an older mqlab, owned by the superuser, is handed to the role (the
+    database, its tables and their sequences, its views)."""
     role, db = sql.Identifier(APP_ROLE), sql.Identifier(DATABASE)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone()
@@ -188,6 +189,13 @@ def _create_app(admin_url: str, admin_db_url: str, password: str) -> None:
         ).fetchall()
         for (table,) in tables:
             conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), role))
+        # And the views (job_history): the schema replaces them at every start, as their owner.
+        views = conn.execute(
+            "SELECT viewname FROM pg_views WHERE schemaname = 'public' AND viewowner <> %s",
+            [APP_ROLE],
+        ).fetchall()
+        for (view,) in views:
+            conn.execute(sql.SQL("ALTER VIEW {} OWNER TO {}").format(sql.Identifier(view), role))
 
 
 def probe(record: dict[str, Any]) -> tuple[bool, str]:
