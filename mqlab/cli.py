@@ -250,6 +250,14 @@ def worker(
         int | None,
         typer.Option(metavar="N", help="Seed the failures (and the jitter): reproducible runs."),
     ] = None,
+    fetch: Annotated[
+        str,
+        typer.Option(
+            metavar="HOW",
+            help="reliable (BLMOVE into a processing list, recovered if this worker dies) or "
+            "blpop (the kata's: a worker killed mid-job loses that job; for comparison).",
+        ),
+    ] = "reliable",
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -260,10 +268,12 @@ def worker(
     from mqlab.faults import FaultError, Faults
     from mqlab.retry_policy import PolicyError, RetryPolicy
     from mqlab.work import WORK_KINDS
-    from mqlab.worker import serve
+    from mqlab.worker import FETCH_KINDS, serve
 
     if work not in WORK_KINDS:
         raise fail(f"--work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
+    if fetch not in FETCH_KINDS:
+        raise fail(f"--fetch must be one of {', '.join(FETCH_KINDS)}, not {fetch!r}")
     try:
         env = RetryPolicy.from_env()
         policy = RetryPolicy(
@@ -285,7 +295,7 @@ def worker(
         apply_schema(settings.database_url)
     except Exception as exc:  # the worker waits and reconnects until PostgreSQL is back
         logging.getLogger("mqlab.worker").warning("could not apply the schema: %s", exc)
-    raise typer.Exit(uvloop.run(serve(settings, id, job_seconds, work, policy, faults)))
+    raise typer.Exit(uvloop.run(serve(settings, id, job_seconds, work, policy, faults, fetch)))
 
 
 @app.command()

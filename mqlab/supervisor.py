@@ -141,6 +141,7 @@ class Supervisor:
         *,
         policy: RetryPolicy | None = None,
         faults: Faults | None = None,
+        fetch: str = "reliable",
     ) -> Child:
         """Start a worker; with wait=True, return once its heartbeat says it consumes.
 
@@ -151,6 +152,7 @@ class Supervisor:
         args = ["worker", "--id", worker_id, "--job-seconds", str(job_seconds), "--work", work]
         args += policy.args() if policy is not None else []
         args += faults.args() if faults is not None else []
+        args += ["--fetch", fetch] if fetch != "reliable" else []
         child = self._spawn(worker_id, "worker", args)
         if wait:
             self.wait_workers_ready([worker_id])
@@ -164,10 +166,13 @@ class Supervisor:
         *,
         policy: RetryPolicy | None = None,
         faults: Faults | None = None,
+        fetch: str = "reliable",
     ) -> list[Child]:
         """Start n workers at once and wait until all are idle."""
         children = [
-            self.start_worker(None, job_seconds, work, wait=False, policy=policy, faults=faults)
+            self.start_worker(
+                None, job_seconds, work, wait=False, policy=policy, faults=faults, fetch=fetch
+            )
             for _ in range(n)
         ]
         self.wait_workers_ready([c.name for c in children])

@@ -79,6 +79,12 @@ STOP_STEP_SECONDS = 0.75
 SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
 #: The exit status of a worker that crashes on purpose (--crash-rate): what a supervisor sees.
 CRASH_EXIT = 70
+#: How a worker takes a message. `reliable`: BLMOVE into its own processing list, acked only
+#: once PostgreSQL has the outcome, and recovered by the reaper and the reconciler if it dies.
+#: `blpop`: the kata's way, for comparison (Kata 4's lab): the pop removes the message, and a
+#: worker that dies with it in hand loses it (its job stays `processing` for good). A blpop
+#: worker reaps no one and does not reconcile: it is the lab's lesson, not a mode to run.
+FETCH_KINDS = ("reliable", "blpop")
 
 
 #: A happening for the event stream: (type, fields).
@@ -130,8 +136,12 @@ class Worker:
         work: str = "sleep",
         policy: RetryPolicy | None = None,
         faults: Faults | None = None,
+        fetch: str = "reliable",
     ) -> None:
+        if fetch not in FETCH_KINDS:
+            raise ValueError(f"fetch must be one of {', '.join(FETCH_KINDS)}, not {fetch!r}")
         self.settings = settings
+        self.reliable = fetch == "reliable"
         # Looked up once: they are in every beat, and a beat goes out with every job.
         self.pid, self.host = os.getpid(), socket.gethostname()
         self.id = worker_id or f"{self.host}-{self.pid}"
@@ -340,7 +350,8 @@ class Worker:
                 # Jobs beat as they start and finish: no need to add one when they did lately.
                 if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await self.beat()
-                await requeue_orphans(self.redis, exclude=self.id)
+                if self.reliable:
+                    await requeue_orphans(self.redis, exclude=self.id)
 
     async def _reconcile_loop(self) -> None:
         """Offer to run the reconciler once a second (it runs when its interval has passed
@@ -383,7 +394,8 @@ class Worker:
             await self._start()
             heart = asyncio.create_task(self._heartbeat_loop())
             promoter = asyncio.create_task(self._promote_loop())
-            reconciling = asyncio.create_task(self._reconcile_loop())
+            if self.reliable:
+                reconciling = asyncio.create_task(self._reconcile_loop())
             await self._consume(cold)
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
@@ -408,8 +420,9 @@ class Worker:
         self.state = WorkerState.IDLE
         await self._retry("Redis", self.beat, race=True)
         await events.emit(self.redis, EventKind.WORKER_UP, worker=self.id, pid=self.pid)
-        log.info("%s: ready (pid %d, job %.3gs %s; %s%s)", self.id, self.pid, self.job_seconds,
-                 self.work, self.policy, self._faults_said())  # fmt: skip
+        fetch = "" if self.reliable else "; fetch blpop: no processing list, no recovery"
+        log.info("%s: ready (pid %d, job %.3gs %s; %s%s%s)", self.id, self.pid,
+                 self.job_seconds, self.work, self.policy, self._faults_said(), fetch)  # fmt: skip
 
     def _faults_said(self) -> str:
         f = self.faults
@@ -479,10 +492,21 @@ class Worker:
                 await self.pg.close()
 
     async def _pop(self) -> bytes | None:
+        if not self.reliable:
+            # The kata's BLPOP; our API LPUSHes, so the oldest message is at the other end.
+            popped = await self.redis.brpop([keys.QUEUE], POP_TIMEOUT)
+            return None if popped is None else popped[1]  # type: ignore[no-any-return]
         raw: bytes | None = await self.redis.blmove(
             keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT"
         )
         return raw
+
+    def _bury_message(self, pipe: Any, raw: bytes, entry: bytes) -> Any:
+        """The message onto the dead letters: out of our processing list, or (blpop: it is in
+        no list any more) pushed as it is."""
+        if self.reliable:
+            return dead.bury(pipe, self.processing, raw, entry)
+        return pipe.lpush(keys.DEAD, entry)
 
     async def _ack(self, raw: bytes) -> None:
         await self._retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
@@ -493,7 +517,7 @@ class Worker:
         reason = one_line(reason, REASON_CHARS)
         entry = dead_letter(raw, reason, self.id, time.time())
 
-        await self._retry("Redis", lambda: dead.bury(self.redis, self.processing, raw, entry))
+        await self._retry("Redis", lambda: self._bury_message(self.redis, raw, entry))
         self.jobs_failed += 1
         log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
                   message_preview(raw))  # fmt: skip
@@ -695,7 +719,7 @@ class Worker:
 
         async def op() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                dead.bury(pipe, self.processing, raw, entry)
+                self._bury_message(pipe, raw, entry)
                 self._queue_beat(pipe)
                 for kind, fields in [*happened, died]:
                     events.queue(pipe, kind, worker=self.id, **fields)
@@ -728,9 +752,16 @@ class Worker:
             for kind, fields in happened:
                 events.queue(pipe, kind, worker=self.id, **fields)
             if pop:
-                pipe.blmove(keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT")
+                if self.reliable:
+                    pipe.blmove(keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT")
+                else:
+                    pipe.brpop([keys.QUEUE], POP_TIMEOUT)
             results = await pipe.execute()
-        return results[-1] if pop else None  # type: ignore[no-any-return]
+        if not pop:
+            return None
+        if self.reliable:
+            return results[-1]  # type: ignore[no-any-return]
+        return None if results[-1] is None else results[-1][1]  # type: ignore[no-any-return]
 
     async def _not_completed(self, raw: bytes, job_id: str, order_id: int, attempt: int) -> None:
         """Our completion matched no claim: our claim was lost, or the job was taken over."""
@@ -795,9 +826,10 @@ async def serve(
     work: str,
     policy: RetryPolicy | None = None,
     faults: Faults | None = None,
+    fetch: str = "reliable",
 ) -> int:
     """Run one worker with SIGTERM / SIGINT wired to its graceful stop."""
-    worker = Worker(settings, worker_id, job_seconds, work, policy, faults)
+    worker = Worker(settings, worker_id, job_seconds, work, policy, faults, fetch)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
