@@ -292,6 +292,16 @@ SELECT id, order_id, worker_id, attempts, extract(epoch FROM enqueued_at)::float
 FROM jobs ORDER BY enqueued_at, id
 """
 
+# Every attempt with its job's order and status (results.AttemptTiming's fields, in its
+# order), oldest start first: what a run's timelines draw.
+ATTEMPT_TIMINGS = """
+SELECT h.job_id, j.order_id, h.attempt, h.worker_id, extract(epoch FROM h.started_at)::float8,
+       extract(epoch FROM h.finished_at)::float8, h.outcome,
+       extract(epoch FROM h.next_attempt_at)::float8, j.status
+FROM job_history h JOIN jobs j ON j.id = h.job_id
+ORDER BY h.started_at, h.job_id, h.attempt
+"""
+
 # How the attempts ended, by outcome (job_history; a run's, after the runner's reset).
 ATTEMPT_OUTCOMES = """
 SELECT outcome, count(*) FROM job_history WHERE outcome <> 'running'
@@ -322,6 +332,11 @@ async def count_completed(conn: psycopg.AsyncConnection[Any]) -> int:
 async def job_timings(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
     """Every job's id, order, worker, attempts, timestamps (epoch seconds) and status."""
     return await (await conn.execute(JOB_TIMINGS)).fetchall()
+
+
+async def attempt_timings(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    """Every attempt of every job (ATTEMPT_TIMINGS)."""
+    return await (await conn.execute(ATTEMPT_TIMINGS)).fetchall()
 
 
 async def attempt_outcomes(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:

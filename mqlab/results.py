@@ -75,6 +75,25 @@ class JobTiming:
         }
 
 
+@dataclass(frozen=True)
+class AttemptTiming:
+    """One attempt of a job (job_history), epoch seconds: what a timeline draws."""
+
+    job_id: str
+    order_id: int
+    attempt: int
+    worker_id: str
+    started_at: float
+    finished_at: float | None  # None while it runs
+    outcome: str  # completed | failed | crashed | handed_back | reclaimed | running
+    next_attempt_at: float | None  # a failed attempt's retry due time
+    job_status: str  # the job's status now (dead: its last attempt was its dead end)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> AttemptTiming:
+        return cls(*row)
+
+
 @dataclass
 class RunResult:
     """One run of one row."""
@@ -87,6 +106,10 @@ class RunResult:
     worker_ids: list[str]
     #: How its attempts ended (job_attempts.outcome -> count): retries, crashes, dead ends.
     attempts: dict[str, int] = field(default_factory=dict)
+    #: Every attempt of the run's jobs, in the order they started (the timelines draw them).
+    history: list[AttemptTiming] = field(default_factory=list)
+    #: Workers the run killed on purpose: (epoch seconds, worker id).
+    kills: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def last_finished(self) -> float:

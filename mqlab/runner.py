@@ -23,7 +23,7 @@ from mqlab.loadgen import fire
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids
 from mqlab.resetting import reset_all
-from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
+from mqlab.results import AttemptTiming, JobTiming, RowResult, RunResult, SuiteResult
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 
@@ -190,6 +190,7 @@ class Runner:
         timed_out = await waiting
         jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
         attempts = await db.attempt_outcomes(conn)
+        history = [AttemptTiming.from_row(r) for r in await db.attempt_timings(conn)]
         first_sent = min((s.sent_at for s in shots), default=time.time())
         report("done", done=sum(1 for j in jobs if j.status == "completed"), total=row.orders)
         return RunResult(
@@ -200,6 +201,7 @@ class Runner:
             timed_out=timed_out,
             worker_ids=list(self._pool.ids),
             attempts=attempts,
+            history=history,
         )
 
     async def _wait(
