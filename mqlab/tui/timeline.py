@@ -94,9 +94,8 @@ def render_lane(
     for bar in bars:
         if bar.ending == "failed" and bar.end is not None and bar.retry_in > 0:
             due = min(now, bar.end + bar.retry_in)
-            for c in range(
-                max(0, cell(bar.end) + 1), min(width, math.ceil((due - start) / per_cell))
-            ):
+            after = math.ceil((bar.end - start) / per_cell)  # the cell after the bar's last
+            for c in range(max(0, after), min(width, math.ceil((due - start) / per_cell))):
                 cells[c] = (BACKOFF_MARK, BACKOFF_STYLE)
     for bar in sorted(bars, key=lambda b: b.start):
         end = now if bar.end is None else bar.end
