@@ -5,11 +5,13 @@ from __future__ import annotations
 import collections
 from dataclasses import replace
 
+import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 
 from mqlab.experiments import load
 from mqlab.protocol.ids import short_job_id, worker_sort_key
+from mqlab.stack import NotOurServer, Stack
 from mqlab.tui.app import FAIL_RATES, POISON_SHARES, LabApp, next_in
 from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
 from mqlab.tui.keys_bar import KeysBar
@@ -293,3 +295,12 @@ async def wait_until_calls(pilot: Pilot[None], lab: FixedLab, call: str) -> None
             return
         await pilot.pause(0.05)
     raise AssertionError(f"{call!r} not in {lab.calls}")
+
+
+def test_postgresql_is_stopped_only_when_the_lab_started_it() -> None:
+    """A server given by URL (a person's, or the tests') is never stopped: a clear refusal."""
+    stack = Stack("redis://127.0.0.1:1/0", "postgresql://u:p@127.0.0.1:1/x")
+    why = stack.postgres_stoppable()
+    assert why is not None and "only its own" in why
+    with pytest.raises(NotOurServer, match="not the embedded server"):
+        stack.stop_postgres(0.1)
