@@ -4,10 +4,18 @@ that."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+from mqlab import services
 from mqlab.environment import Opened, Servers
 from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import LineHandler, Supervisor
+
+
+class NotOurServer(RuntimeError):
+    """A drill asked to stop a server this stack did not start (a person's, or a URL's)."""
 
 
 class Stack(Opened["Stack"]):
@@ -51,3 +59,29 @@ class Stack(Opened["Stack"]):
         }
         out["servers"] = "embedded, started by this run" if self.started_services else "existing"
         return out
+
+    # -- drills (Kata 4) ------------------------------------------------------------------------
+
+    def postgres_stoppable(self) -> str | None:
+        """None when stop_postgres can run; else why not, in words for the person."""
+        if postgres_server.NAME in self.started_services:
+            return None
+        return (
+            "PostgreSQL is not the embedded server this lab started (it was running already, "
+            "or DATABASE_URL points at it): the lab stops only its own"
+        )
+
+    def stop_postgres(
+        self, seconds: float, still_wanted: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Stop the embedded PostgreSQL this stack started, wait `seconds`, start it again on
+        the same port and password (clients reconnect to the same URL). `still_wanted()` is
+        asked before the restart: a lab that closed meanwhile does not get a server back."""
+        if (why := self.postgres_stoppable()) is not None:
+            raise NotOurServer(why)
+        base = self.servers.base
+        services.down(base=base, only=[postgres_server.NAME])
+        time.sleep(seconds)
+        if still_wanted():
+            # up() reuses the running Redis and starts PostgreSQL again, owned as before.
+            services.up(owned=True, base=base)

@@ -126,3 +126,31 @@ def test_tui_in_a_terminal(
         time.sleep(0.1)
     assert not running(tui.pid), f"the TUI did not leave on {way_out}"
     assert not [pid for pid in family if running(pid)], "processes left running"
+
+
+def test_tui_faults_in_a_terminal(settings: Settings, clean: None, tmux: Tmux) -> None:
+    """Kata 4 in a real terminal: set a failure rate (the workers restart with it) and a poison
+    share, fire, and see failed tries on screen and the poison order dead with its reason."""
+    env = shlex.join([f"REDIS_URL={settings.redis_url}", f"DATABASE_URL={settings.database_url}"])
+    tmux.start(f"exec env {env} {MQLAB} tui --workers 2 --job-seconds 0.2", 100, 30)
+    tmux.wait_for(lambda s: "API up" in s and idle_workers(s) == {"w1", "w2"}, 60)
+    tui = psutil.Process(tmux.pane_pid())
+    family = {p.pid for p in tui.children(recursive=True)}
+    for rate in ("10%", "30%", "50%"):
+        tmux.keys("e")  # each restarts the workers; the panel says the rate once they are up
+        tmux.wait_for(lambda s, r=rate: f"fail rate {r}" in s and idle_workers(s) == {"w1", "w2"})
+        family |= {p.pid for p in tui.children(recursive=True)}
+    tmux.keys("P")
+    tmux.wait_for(lambda s: "poison 10%" in s)
+    tmux.keys("f")  # 9 orders, and 1 poison
+    screen = tmux.wait_for(
+        lambda s: re.search(r"failed tries\s+[1-9]", s) and re.search(r"\bdead 1\b", s), 60
+    )
+    assert "poison order: product 'poison #0'" in screen  # the dead letter, with its reason
+    family |= {p.pid for p in tui.children(recursive=True)}
+    tmux.keys("q")
+    deadline = time.monotonic() + 30
+    while running(tui.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(tui.pid), "the TUI did not leave on q"
+    assert not [pid for pid in family if running(pid)], "processes left running"

@@ -5,17 +5,32 @@ from __future__ import annotations
 import collections
 from dataclasses import replace
 
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Static
+
 from mqlab.experiments import load
 from mqlab.protocol.ids import short_job_id, worker_sort_key
-from mqlab.tui.app import LabApp
+from mqlab.stack import NotOurServer, Stack
+from mqlab.tui.app import FAIL_RATES, POISON_SHARES, LabApp, next_in
 from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
 from mqlab.tui.keys_bar import KeysBar
+from mqlab.tui.lab import split_batch
 from mqlab.tui.main import timeline_window
 from mqlab.tui.model import JobBar, WorkerRow
-from mqlab.tui.panels import ID_WIDTH, QueuePanel, short_id
-from mqlab.tui.screens import HELP
+from mqlab.tui.panels import ID_WIDTH, FailuresPanel, LogPanel, QueuePanel, short_id
+from mqlab.tui.screens import HELP, ConfirmScreen
 from mqlab.tui.source import LiveSource, depth_bins, redact, trend
-from mqlab.tui.timeline import CUT_MARK, lanes, render_lane
+from mqlab.tui.timeline import (
+    BACKOFF_MARK,
+    CUT_MARK,
+    DEAD_MARK,
+    FAILED_MARK,
+    KILL_MARK,
+    RETRY_MARK,
+    lanes,
+    render_lane,
+)
 
 
 def test_short_job_and_redact() -> None:
@@ -87,6 +102,7 @@ def test_a_worker_id_used_again_gets_a_lane_per_process() -> None:
             JobBar("w1", "job-1", 1, NOW - 9, NOW - 8, pid=100, cut=True),  # killed
             JobBar("w1", "job-2", 2, NOW - 0.5, None, pid=200),
         ),
+        kills=(),
     )
     old, new = lanes(frame)
     assert (old.label, old.alive, [b.job for b in old.bars]) == ("w1", False, ["job-1"])
@@ -166,7 +182,7 @@ def test_the_source_gives_each_process_its_bars_and_cuts_what_a_kill_left_open()
         ("job-3", 200, None, False),
     ]
     frame = replace(fixed_frame(), at=8.0, workers=(WorkerRow("w1", 200, "busy", "", 1, 0),),
-                    bars=bars)  # fmt: skip
+                    bars=bars, kills=())  # fmt: skip
     assert [[b.job for b in lane.bars] for lane in lanes(frame)] == [["job-1", "job-2"], ["job-3"]]
 
 
@@ -184,3 +200,107 @@ async def test_the_counts_line_adds_the_attempts_that_did_not_simply_complete() 
         text = panel._shown["counts"].plain
         assert "retrying 2" in text and "failed 1" in text
         assert "failed tries 5" in text and "crashed 1" in text and "reclaimed" not in text
+
+
+def test_failure_marks_on_a_lane() -> None:
+    """A failed attempt ends with its mark and its backoff runs on; a retry starts with its
+    mark; a dead end and a SIGKILL have theirs (0.5 s a cell)."""
+    bars = [
+        JobBar("w1", "job-1", 1, 1.0, 2.0, ending="failed", retry_in=2.0),
+        JobBar("w1", "job-1", 1, 6.0, 7.0, attempt=2),
+        JobBar("w1", "job-2", 2, 7.5, 8.0, ending="dead"),
+    ]
+    plain = render_lane(bars, 0.0, 10.0, 20, now=10.0, kills=(9.0,)).plain
+    assert plain[2:4] == "█" + FAILED_MARK
+    assert plain[4:8] == BACKOFF_MARK * 4  # 2 s of backoff after the failure
+    assert plain[8:12] == "····"
+    assert plain[12] == RETRY_MARK and plain[13] == "█"
+    assert plain[15] == DEAD_MARK
+    assert plain[18] == KILL_MARK
+    assert len({CUT_MARK, FAILED_MARK, BACKOFF_MARK, RETRY_MARK, DEAD_MARK, KILL_MARK}) == 6
+    help_text = HELP
+    assert all(
+        m in help_text for m in (FAILED_MARK, BACKOFF_MARK, RETRY_MARK, DEAD_MARK, KILL_MARK)
+    )
+
+
+def test_the_source_folds_failed_and_dead_attempts() -> None:
+    source = LiveSource(lab=None, timeline_seconds=30.0)  # type: ignore[arg-type]
+    for fields in (
+        {"type": "worker_up", "worker": "w1", "pid": "100", "at": "1.0"},
+        {"type": "job_started", "worker": "w1", "job": "job-1-1", "order": "1", "attempt": "1",
+         "at": "2.0"},
+        {"type": "job_failed", "worker": "w1", "job": "job-1-1", "order": "1", "attempt": "1",
+         "error": "boom", "delay": "1.5", "at": "3.0"},
+        {"type": "job_started", "worker": "w1", "job": "job-1-1", "order": "1", "attempt": "2",
+         "at": "5.0"},
+        {"type": "job_dead", "worker": "w1", "job": "job-1-1", "order": "1", "attempt": "2",
+         "reason": "poison", "at": "5.5"},
+    ):  # fmt: skip
+        source._apply(fields)
+    bars = source._timeline((WorkerRow("w1", 100, "idle", "", None, 0),), now=6.0)
+    assert [(b.attempt, b.ending, b.retry_in, b.cut) for b in bars] == [
+        (1, "failed", 1.5, False),
+        (2, "dead", 0.0, False),
+    ]
+
+
+def test_next_in_cycles() -> None:
+    assert [next_in(FAIL_RATES, r) for r in FAIL_RATES] == [0.1, 0.3, 0.5, 0.0]
+    assert next_in(POISON_SHARES, 0.3) == 0.0 and next_in(POISON_SHARES, 0.77) == 0.0
+
+
+def test_a_batch_splits_into_plain_and_poison() -> None:
+    assert split_batch(10, 0.0) == (10, 0)
+    assert split_batch(10, 0.3) == (7, 3)
+    assert split_batch(1, 0.1) == (0, 1)  # a share above 0 shows at least one
+    assert split_batch(0, 0.3) == (0, 0)
+
+
+async def test_the_failure_keys_drive_the_lab_and_the_dangerous_ones_ask() -> None:
+    lab = FixedLab(load("kata3"))
+    app = LabApp(FixedSource(), lab)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        panel = app.query_one(FailuresPanel)
+        text = panel.query_one("#failures-counts", Static).render()
+        assert "retrying 2" in str(text) and "dead 1" in str(text) and "next in 1.4s" in str(text)
+        await pilot.press("e")
+        await wait_until_calls(pilot, lab, "fail rate 0.1")
+        await pilot.press("P", "P")
+        assert lab.poison_share == 0.3 and panel.faults == (0.1, 0.3)
+        assert "30%" in str(panel.query_one("#failures-faults", Static).render())
+        await pilot.press("L")
+        await wait_until_calls(pilot, lab, "replay")
+        await pilot.press("F")  # asks first: no, then yes
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.press("D", "y")
+        await wait_until_calls(pilot, lab, "stop postgres 3")
+        assert "flush redis" not in lab.calls
+        await pilot.press("F", "y")
+        await wait_until_calls(pilot, lab, "flush redis")
+        # Not the lab's own PostgreSQL: a clear message, no question, nothing stopped.
+        lab.postgres_refusal = "PostgreSQL is not the embedded server this lab started"
+        await pilot.press("D")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert lab.calls.count("stop postgres 3") == 1
+        assert any("not the embedded" in line for _, line in app.query_one(LogPanel).lines)
+
+
+async def wait_until_calls(pilot: Pilot[None], lab: FixedLab, call: str) -> None:
+    for _ in range(100):
+        if call in lab.calls:
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"{call!r} not in {lab.calls}")
+
+
+def test_postgresql_is_stopped_only_when_the_lab_started_it() -> None:
+    """A server given by URL (a person's, or the tests') is never stopped: a clear refusal."""
+    stack = Stack("redis://127.0.0.1:1/0", "postgresql://u:p@127.0.0.1:1/x")
+    why = stack.postgres_stoppable()
+    assert why is not None and "only its own" in why
+    with pytest.raises(NotOurServer, match="not the embedded server"):
+        stack.stop_postgres(0.1)

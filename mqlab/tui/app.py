@@ -30,7 +30,14 @@ from mqlab.protocol import events, keys
 from mqlab.tui.experiments_panel import ExperimentsPanel, ExperimentsTable
 from mqlab.tui.keys_bar import KeysBar
 from mqlab.tui.model import Frame, Lab, Source, WorkerRow
-from mqlab.tui.panels import LogPanel, QueuePanel, StackBar, WorkersPanel, WorkersTable
+from mqlab.tui.panels import (
+    FailuresPanel,
+    LogPanel,
+    QueuePanel,
+    StackBar,
+    WorkersPanel,
+    WorkersTable,
+)
 from mqlab.tui.screens import ConfirmScreen, HelpScreen, LogFilterScreen
 from mqlab.tui.timeline import Timeline
 
@@ -42,6 +49,17 @@ WIDE = 120
 NOTE_SECONDS = 5.0
 BATCH_SIZES = (1, 5, 10, 20, 50, 100, 500, 1000)
 BATCH_GROUP = Binding.Group("Batch", compact=True)
+#: The failure rates and poison shares the keys cycle through (Kata 4).
+FAIL_RATES = (0.0, 0.1, 0.3, 0.5)
+POISON_SHARES = (0.0, 0.1, 0.3)
+#: How long the PostgreSQL drill keeps the server down ("stopped for about 3 s").
+PG_DOWN_SECONDS = 3.0
+
+
+def next_in(cycle: tuple[float, ...], value: float) -> float:
+    """The value after `value` in `cycle`, around (a value not in it starts the cycle)."""
+    index = cycle.index(value) if value in cycle else -1
+    return cycle[(index + 1) % len(cycle)]
 
 
 @dataclass
@@ -78,6 +96,11 @@ class LabApp(App[None]):
         Binding("c", "cancel_run", "Cancel run"),
         Binding("plus", "batch(1)", "Batch", group=BATCH_GROUP),
         Binding("minus", "batch(-1)", "Batch", group=BATCH_GROUP),
+        Binding("e", "fail_rate", "Fail rate"),
+        Binding("P", "poison", "Poison"),
+        Binding("L", "replay", "Replay dead"),
+        Binding("F", "flush_redis", "Flush Redis"),
+        Binding("D", "stop_postgres", "Stop PG"),
         Binding("X", "reset", "Reset"),
         Binding("p", "pause", "Pause"),
         Binding("slash", "filter_log", "Log"),
@@ -103,6 +126,8 @@ class LabApp(App[None]):
         self.paused = False
         self.batch = 10
         self.quitting = False
+        #: A failure rate is being set (the workers restart): one at a time.
+        self.restarting = False
         self._usable: tuple[object, ...] = ()
         self._unmounting = False
 
@@ -114,6 +139,7 @@ class LabApp(App[None]):
             with Horizontal(id="top"):
                 yield QueuePanel(id="queue")
                 yield WorkersPanel(id="workers")
+            yield FailuresPanel(id="failures")
             yield Timeline(id="timeline")
             with Horizontal(id="bottom"):
                 yield ExperimentsPanel(self.lab, id="experiments")
@@ -124,6 +150,7 @@ class LabApp(App[None]):
         self.query_one("#timeline").border_title = "timeline: jobs per worker"
         self.query_one(WorkersTable).focus()
         self.query_one(QueuePanel).batch = self.batch
+        self._show_faults()
         self.lab.set_line_handler(self._post_line)
         if self.handle_signals:
             # SIGTERM leaves the way `q` does: every child stopped before the app exits.
@@ -174,6 +201,7 @@ class LabApp(App[None]):
             self.query_one(StackBar).frame = frame
         self.query_one(QueuePanel).frame = frame
         self.query_one(WorkersPanel).frame = frame
+        self.query_one(FailuresPanel).frame = frame
         self.query_one(Timeline).show(frame)
         self._update_status()
         self._refresh_usable()
@@ -189,6 +217,7 @@ class LabApp(App[None]):
             self.quitting,
             worker,
             self.paused,
+            self.restarting,
             bool(self.experiments_table().selected_rows()),
         )
         if usable != self._usable:
@@ -273,8 +302,15 @@ class LabApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         up = self.lab.state == "up" and not self.quitting
         idle = up and self.running is None
-        if action in ("fire", "add_worker", "reset", "run_all"):
+        if action in (
+            "fire", "add_worker", "reset", "run_all", "flush_redis",
+            "stop_postgres", "replay",
+        ):  # fmt: skip
             return idle
+        if action == "poison":
+            return up
+        if action == "fail_rate":
+            return idle and not self.restarting
         if action == "run_row":
             return idle and bool(self.experiments_table().selected_rows())
         if action in ("stop_worker", "kill_worker"):
@@ -350,6 +386,68 @@ class LabApp(App[None]):
 
         question = "Delete every order and job, and empty the queue?"
         self.push_screen(ConfirmScreen(question), answered)
+
+    # -- Kata 4: failures on purpose ----------------------------------------------------------
+
+    def _show_faults(self) -> None:
+        self.query_one(FailuresPanel).faults = (self.lab.fail_rate, self.lab.poison_share)
+
+    def action_fail_rate(self) -> None:
+        """The next failure rate of the cycle: the lab restarts its workers with it."""
+        rate = next_in(FAIL_RATES, self.lab.fail_rate)
+
+        def work() -> None:
+            try:
+                self.lab.set_fail_rate(rate)
+            finally:
+                self.restarting = False
+                with contextlib.suppress(RuntimeError):  # the app closed meanwhile
+                    self.call_from_thread(self._show_faults)
+                    self.call_from_thread(self._refresh_usable)
+
+        self.restarting = True
+        self._refresh_usable()
+        self.notify(f"failure rate {rate:.0%}: restarting the workers", timeout=3)
+        self._in_thread("failure rate", work)
+
+    def action_poison(self) -> None:
+        self.lab.set_poison_share(next_in(POISON_SHARES, self.lab.poison_share))
+        self._show_faults()
+
+    def action_flush_redis(self) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._in_thread("flush Redis", self.lab.flush_redis)
+
+        question = (
+            "FLUSHALL: Redis loses every key (the queue, retries waiting, jobs in hand, dead "
+            "letters, heartbeats)?\n\nPostgreSQL keeps every job: the workers' reconciler "
+            "queues again the ones it still expects to run."
+        )
+        self.push_screen(ConfirmScreen(question), answered)
+
+    def action_stop_postgres(self) -> None:
+        if (why := self.lab.postgres_stoppable()) is not None:
+            self.notify(f"stop PostgreSQL: {why}", severity="warning", timeout=8)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._in_thread("stop PostgreSQL", lambda: self.lab.stop_postgres(PG_DOWN_SECONDS))
+
+        question = (
+            f"Stop PostgreSQL for {PG_DOWN_SECONDS:g} s?\n\nThe API answers 503 meanwhile "
+            "(never 500); the workers wait for it and go on; no accepted order is lost."
+        )
+        self.push_screen(ConfirmScreen(question), answered)
+
+    async def action_replay(self) -> None:
+        try:
+            n = await self.lab.replay_dead()
+        except Exception as exc:
+            self.notify(f"replay: {exc}", severity="error")
+            return
+        self.notify(f"replayed {n} dead jobs" if n else "no dead job to replay", timeout=3)
 
     def action_run_row(self) -> None:
         rows = self.experiments_table().selected_rows()

@@ -17,7 +17,16 @@ from mqlab.loadgen import Shot
 from mqlab.protocol.events import WorkerState
 from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
 from mqlab.runner import Progress, ProgressHandler
-from mqlab.tui.model import Frame, JobBar, LineHandler, RowHandler, Service, WorkerRow
+from mqlab.tui.model import (
+    DeadLetterRow,
+    Frame,
+    JobBar,
+    Kill,
+    LineHandler,
+    RowHandler,
+    Service,
+    WorkerRow,
+)
 
 #: "Now" in the fixed world (2023-11-14 22:13:20 UTC); everything is relative to it.
 NOW = 1_700_000_000.0
@@ -44,6 +53,12 @@ def _bars() -> tuple[JobBar, ...]:
         bars.append(JobBar(worker, f"job-{i + 1}", i + 1, start, start + 2.0, pid))
     # w5 killed mid-job: its bar ends with the cut mark.
     bars.append(JobBar("w5", "job-0", 0, NOW - 28.0, NOW - 26.5, 41005, cut=True))
+    # Kata 4: job-16 failed on w2 (a 3 s backoff), its retry ran on w3; job-15 was poison and
+    # died on w1 at its first attempt.
+    bars.append(JobBar("w2", "job-16", 16, NOW - 12.0, NOW - 11.0, 41002, ending="failed",
+                       retry_in=3.0))  # fmt: skip
+    bars.append(JobBar("w3", "job-16", 16, NOW - 7.8, NOW - 5.8, 41003, attempt=2))
+    bars.append(JobBar("w1", "job-15", 15, NOW - 6.0, NOW - 5.8, 41001, ending="dead"))
     for i, worker in enumerate(("w1", "w2", "w3", "w4")):
         bars.append(JobBar(worker, f"job-{11 + i}", 11 + i, NOW - 1.2, None, 41001 + i))
     return tuple(bars)
@@ -61,9 +76,19 @@ def fixed_frame() -> Frame:
         trend=-1,
         depth_history=_depth_history(),
         processing=4,
-        dead_letters=0,
+        dead_letters=1,
         jobs_per_second=2.0,
-        orders={"pending": 6, "processing": 4, "retrying": 0, "completed": 10, "failed": 0},
+        orders={"pending": 6, "processing": 4, "retrying": 2, "completed": 10, "failed": 1},
+        jobs={"pending": 6, "processing": 4, "retrying": 2, "completed": 10, "dead": 1},
+        attempts={"completed": 11, "failed": 3, "crashed": 1},
+        delayed=2,
+        next_retry_in=1.4,
+        dead=(
+            DeadLetterRow(
+                "job-15", "poison order: product 'poison #3' matches 'poison'", "w1", NOW - 5.8
+            ),
+        ),
+        kills=(Kill("w5", 41005, NOW - 26.4),),
         workers=(
             WorkerRow("w1", 41001, WorkerState.BUSY, "job-11", 1.2, 3),
             WorkerRow("w2", 41002, WorkerState.BUSY, "job-12", 1.2, 3),
@@ -128,6 +153,10 @@ class FixedLab:
         self.calls: list[str] = []
         self._handler: LineHandler = lambda _name, _line: None
         self._workers = 5
+        self.fail_rate = 0.0
+        self.poison_share = 0.0
+        #: Why stop_postgres would refuse (None: it would run), as LiveLab says it.
+        self.postgres_refusal: str | None = None
 
     def set_line_handler(self, handler: LineHandler) -> None:
         self._handler = handler
@@ -160,6 +189,27 @@ class FixedLab:
 
     def reset(self) -> None:
         self.calls.append("reset")
+
+    def set_fail_rate(self, rate: float) -> None:
+        self.fail_rate = rate
+        self.calls.append(f"fail rate {rate:g}")
+
+    def set_poison_share(self, share: float) -> None:
+        self.poison_share = share
+        self.calls.append(f"poison {share:g}")
+
+    def flush_redis(self) -> None:
+        self.calls.append("flush redis")
+
+    def postgres_stoppable(self) -> str | None:
+        return self.postgres_refusal
+
+    def stop_postgres(self, seconds: float) -> None:
+        self.calls.append(f"stop postgres {seconds:g}")
+
+    async def replay_dead(self) -> int:
+        self.calls.append("replay")
+        return 1
 
     async def fire(self, orders: int) -> dict[int, int]:
         self.calls.append(f"fire {orders}")

@@ -9,9 +9,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
+import psycopg
+import redis
 import redis.asyncio as aioredis
 
+from mqlab import dead_letters
 from mqlab.experiments import Row, Suite
+from mqlab.faults import Faults
 from mqlab.loadgen import fire
 from mqlab.resetting import reset_all
 from mqlab.results import RowResult, SuiteResult
@@ -24,6 +28,20 @@ from mqlab.tui.model import LineHandler, RowHandler
 
 class LabClosed(RuntimeError):
     """The lab is closing or closed: no new process may start."""
+
+
+#: Products of the poison share of a batch: the workers' default poison pattern matches them.
+POISON_PRODUCT = "poison #"
+
+
+def split_batch(orders: int, poison_share: float) -> tuple[int, int]:
+    """(plain, poison) orders of a batch: the poison ones rounded, at least one when the share
+    is above 0 and the batch is not empty (a batch of 1 at 10 % still shows a poison)."""
+    poison = round(orders * poison_share)
+    if poison_share > 0 and orders > 0:
+        poison = max(1, poison)
+    poison = min(orders, poison)
+    return orders - poison, poison
 
 
 class LiveLab:
@@ -47,6 +65,8 @@ class LiveLab:
         # open() and close() may run at once (a person quits while the servers start).
         self._state_lock = threading.Lock()
         self._closing = False
+        self.fail_rate = 0.0
+        self.poison_share = 0.0
 
     # -- what the source reads --------------------------------------------------------------
 
@@ -100,7 +120,9 @@ class LiveLab:
                 self.say(f"started embedded {' and '.join(self.stack.started_services)}")
             self.say(f"API on {sup.api_url}")
             if self.initial_workers and not self._closing:
-                started = sup.start_workers(self.initial_workers, self.job_seconds)
+                started = sup.start_workers(
+                    self.initial_workers, self.job_seconds, faults=self.faults()
+                )
                 self.say(f"workers {', '.join(c.name for c in started)} ready")
             with self._state_lock:
                 if not self._closing:
@@ -137,8 +159,13 @@ class LiveLab:
 
     # -- controls ----------------------------------------------------------------------------
 
+    def faults(self) -> Faults:
+        """What the lab's workers inject: the failure rate set by the keys (poison orders
+        fail by the workers' default pattern, whatever the rate)."""
+        return Faults(fail_rate=self.fail_rate)
+
     def add_worker(self) -> str:
-        child = self._require_up().start_worker(job_seconds=self.job_seconds)
+        child = self._require_up().start_worker(job_seconds=self.job_seconds, faults=self.faults())
         self.say(f"started {child.name} (pid {child.pid})")
         return child.name
 
@@ -156,6 +183,65 @@ class LiveLab:
         self.say(f"{worker_id} exited with {code}")
         return code
 
+    def set_fail_rate(self, rate: float) -> None:
+        """Restart the live workers of this lab with the new rate (a worker reads its faults
+        at its start); each finishes its job first. Workers added later get it too."""
+        sup = self._require_up()
+        faults = Faults(fail_rate=rate)  # raises FaultError on a rate out of 0..1
+        self.fail_rate = rate
+        live = [c.name for c in sup.workers()]
+        self.say(f"failure rate {rate:.0%}: restarting {', '.join(live) or 'no worker'}")
+        if live:
+            sup.stop_many(live)
+            # Their ids again: the lanes and the table keep their names.
+            for name in live:
+                sup.start_worker(name, self.job_seconds, wait=False, faults=faults)
+            sup.wait_workers_ready(live)
+        self.say(f"workers run with a failure rate of {rate:.0%}")
+
+    def set_poison_share(self, share: float) -> None:
+        self.poison_share = share
+        self.say(f"poison share of the next batches: {share:.0%}")
+
+    def flush_redis(self) -> None:
+        """FLUSHALL on the lab's Redis: the queue, the delayed retries, the processing lists,
+        the dead letters and the heartbeats go; the reconciler queues the jobs again."""
+        self._require_up()
+        assert self.settings is not None
+        client = redis.Redis.from_url(self.settings.redis_url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+        self.say("FLUSHALL: Redis lost every key; the reconciler queues the jobs again")
+
+    def postgres_stoppable(self) -> str | None:
+        return self.stack.postgres_stoppable()
+
+    def stop_postgres(self, seconds: float) -> None:
+        self._require_up()
+        if (why := self.stack.postgres_stoppable()) is not None:
+            raise RuntimeError(why)
+        self.say(f"stopping PostgreSQL for {seconds:g} s: the API answers 503 meanwhile")
+        self.stack.stop_postgres(seconds, still_wanted=lambda: not self._closing)
+        if not self._closing:
+            self.say("PostgreSQL is back (same URL): the API and workers reconnect")
+
+    async def replay_dead(self) -> int:
+        """Queue every dead job again; replaying twice queues once."""
+        self._require_up()
+        assert self.settings is not None
+        client = aioredis.Redis.from_url(self.settings.redis_url)
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.settings.database_url, autocommit=True, connect_timeout=5
+            ) as conn:
+                replayed = await dead_letters.replay(client, conn, None)
+        finally:
+            await client.aclose()
+        self.say(f"replayed {len(replayed)} dead jobs")
+        return len(replayed)
+
     def reset(self) -> None:
         self._require_up()
         assert self.settings is not None
@@ -166,9 +252,14 @@ class LiveLab:
         """POST `orders` orders at once; returns how many got each HTTP status (0: no answer)."""
         sup = self._require_up()
         assert sup.api_url is not None
-        shots = await fire(sup.api_url, orders, min(orders, MAX_CONCURRENCY), product="tui #")
+        plain, poison = split_batch(orders, self.poison_share)
+        shots = await fire(sup.api_url, plain, min(plain, MAX_CONCURRENCY), product="tui #")
+        if poison:
+            shots += await fire(sup.api_url, poison, min(poison, MAX_CONCURRENCY),
+                                product=POISON_PRODUCT)  # fmt: skip
         statuses = dict(Counter(s.status for s in shots))
-        self.say(f"fired {orders} orders: {statuses}")
+        said = f" ({poison} poison)" if poison else ""
+        self.say(f"fired {orders} orders{said}: {statuses}")
         return statuses
 
     async def run_rows(

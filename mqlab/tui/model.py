@@ -56,6 +56,31 @@ class JobBar:
     end: float | None
     pid: int = 0  # the process: a worker id used again by a new process gets a lane of its own
     cut: bool = False  # ended without completing (its worker killed, the job lost or reset)
+    attempt: int = 1  # the job's attempt number: above 1, a retry
+    #: How the attempt ended when it did not complete: "" (completed, running or cut),
+    #: "failed" (a transient failure: it waits `retry_in` seconds, then is retried) or
+    #: "dead" (a permanent failure, or its last attempt: on the dead-letter list).
+    ending: str = ""
+    retry_in: float = 0.0
+
+
+@dataclass(frozen=True)
+class Kill:
+    """A worker process that died of SIGKILL, and when the lab saw it go."""
+
+    worker: str
+    pid: int
+    at: float
+
+
+@dataclass(frozen=True)
+class DeadLetterRow:
+    """One entry of `orders:dead` as the dead-letters panel shows it."""
+
+    job: str  # the short job id, or "" for an entry that never was a job
+    reason: str
+    worker: str = ""
+    at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +101,14 @@ class Frame:
     workers: tuple[WorkerRow, ...] = ()
     bars: tuple[JobBar, ...] = ()
     timeline_seconds: float = 30.0
+    #: Jobs by status (PostgreSQL): retrying and dead come from here.
+    jobs: dict[str, int] = field(default_factory=dict)
+    #: Retries waiting out their backoff (orders:delayed), and seconds until the next is due.
+    delayed: int = 0
+    next_retry_in: float | None = None
+    #: The newest dead letters, newest first (at most a few).
+    dead: tuple[DeadLetterRow, ...] = ()
+    kills: tuple[Kill, ...] = ()
 
 
 class Source(Protocol):
@@ -109,6 +142,35 @@ class Lab(Protocol):
     def reset(self) -> None: ...
 
     async def fire(self, orders: int) -> dict[int, int]: ...
+
+    # -- Kata 4: failures on purpose ----------------------------------------------------------
+
+    #: The failure rate the lab's workers run with, and the share of a fired batch that is
+    #: poison (its products contain "poison").
+    fail_rate: float
+    poison_share: float
+
+    def set_fail_rate(self, rate: float) -> None:
+        """Restart the lab's live workers with Faults(fail_rate=rate); later ones get it too."""
+        ...
+
+    def set_poison_share(self, share: float) -> None: ...
+
+    def flush_redis(self) -> None:
+        """FLUSHALL: Redis loses every key; the reconciler (PostgreSQL) brings the jobs back."""
+        ...
+
+    def postgres_stoppable(self) -> str | None:
+        """None when stop_postgres can run; else why not (the server is not the lab's own)."""
+        ...
+
+    def stop_postgres(self, seconds: float) -> None:
+        """Stop the embedded PostgreSQL the lab started, for `seconds`, then start it again."""
+        ...
+
+    async def replay_dead(self) -> int:
+        """Queue every dead job again (mqlab.dead_letters.replay); how many were queued."""
+        ...
 
     async def run_rows(
         self, rows: Sequence[Row], on_progress: ProgressHandler, on_row: RowHandler

@@ -1,4 +1,5 @@
-"""The live panels: stack bar, queue, workers, log. Each takes a Frame as an attribute."""
+"""The live panels: stack bar, queue, workers, failures, log. Each takes a Frame as an
+attribute."""
 
 from __future__ import annotations
 
@@ -148,8 +149,7 @@ class QueuePanel(Vertical):
             "jobs/s ", (f"{frame.jobs_per_second:.1f}", "bold"),
             "  in flight ", (str(frame.processing), "bold"),
         )  # fmt: skip
-        if frame.dead_letters:  # rare, and then worth the width
-            rates.append_text(Text.assemble("  dead letters ", (str(frame.dead_letters), "red")))
+        # The dead letters are the failures panel's (with their reasons).
         self._put("rates", rates)
         counts = Text()
         for status, n in frame.orders.items():
@@ -303,3 +303,79 @@ class LogPanel(Vertical):
             if not process or process == name:
                 log.write(self._styled(name, line))
         self.border_title = f"log: {process or 'all processes'}"
+
+
+def seconds_text(seconds: float) -> str:
+    """A short wait: 0.4s, 12s, 3m."""
+    seconds = max(0.0, seconds)
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+def failures_line(frame: Frame) -> Text:
+    """Retrying and dead jobs (PostgreSQL), retries waiting out their backoff (Redis) with the
+    next one's due time, dead letters on the list."""
+    retrying, dead = frame.jobs.get("retrying", 0), frame.jobs.get("dead", 0)
+    line = Text.assemble(
+        "retrying ", (str(retrying), "bold yellow" if retrying else "bold"),
+        "  delayed ", (str(frame.delayed), "bold"),
+    )  # fmt: skip
+    if frame.next_retry_in is not None:
+        line.append_text(
+            Text.assemble(" (next in ", (seconds_text(frame.next_retry_in), "bold"), ")")
+        )
+    line.append_text(Text.assemble("  dead ", (str(dead), "bold red" if dead else "bold")))
+    line.append_text(Text.assemble("  letters ", (str(frame.dead_letters), "bold")))
+    return line
+
+
+def faults_line(fail_rate: float, poison_share: float) -> Text:
+    """What the next batches run into, and the keys that change it."""
+    rate = (f"{fail_rate:.0%}", "bold yellow" if fail_rate else "bold")
+    poison = (f"{poison_share:.0%}", "bold yellow" if poison_share else "bold")
+    return Text.assemble(
+        "next batches: fail rate ", rate, (" e", "dim"), "  poison ", poison, (" P", "dim")
+    )
+
+
+class FailuresPanel(Vertical):
+    """Kata 4 at a glance: retrying, delayed (next due) and dead counts, the fault settings of
+    the next batches, and the latest dead letters with their reasons."""
+
+    BORDER_TITLE = "failures"
+    frame: var[Frame | None] = var(None)
+    faults: reactive[tuple[float, float]] = reactive((0.0, 0.0))
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._shown: dict[str, object] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="failures-counts")
+        yield Static(id="failures-faults")
+        yield Static(id="dead-letters")
+
+    def _put(self, widget_id: str, key: object, content: Text | Table) -> None:
+        if self._shown.get(widget_id) != key:
+            self._shown[widget_id] = key
+            self.query_one(f"#{widget_id}", Static).update(content)
+
+    def watch_faults(self, faults: tuple[float, float]) -> None:
+        line = faults_line(*faults)
+        self._put("failures-faults", line, line)
+
+    def watch_frame(self, frame: Frame | None) -> None:
+        if frame is None:
+            return
+        line = failures_line(frame)
+        self._put("failures-counts", line, line)
+        letters = self.query_one("#dead-letters", Static)
+        letters.display = bool(frame.dead)
+        table = Table.grid(padding=(0, 1), expand=True)
+        table.add_column(no_wrap=True, style="bold red")
+        table.add_column(no_wrap=True, style="dim")
+        table.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+        for letter in frame.dead:
+            table.add_row(letter.job or "(no job)", letter.worker or "-", letter.reason)
+        self._put("dead-letters", frame.dead, table)

@@ -12,7 +12,14 @@ from textual.widgets import Button, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mqlab.protocol import keys
-from mqlab.tui.timeline import CUT_MARK
+from mqlab.tui.timeline import (
+    BACKOFF_MARK,
+    CUT_MARK,
+    DEAD_MARK,
+    FAILED_MARK,
+    KILL_MARK,
+    RETRY_MARK,
+)
 
 #: Seconds until a killed worker's job is requeued (its heartbeat's time to live).
 _TTL = keys.HEARTBEAT_TTL
@@ -34,6 +41,11 @@ second from Redis, PostgreSQL, the `mqlab:events` stream and the supervisor.
 | `r` | run the selected experiment row |
 | `R` | run every experiment row |
 | `c` | cancel the running experiment |
+| `e` | failure rate of the workers: 0 → 10 → 30 → 50 % → 0 (the lab restarts its workers) |
+| `P` | poison share of the next batches: 0 → 10 → 30 % (products containing "poison") |
+| `L` | replay the dead letters: every dead job queued again (twice queues once) |
+| `F` | flush Redis: FLUSHALL (asks first); the reconciler queues the jobs again |
+| `D` | stop PostgreSQL for a few seconds (asks first; only the lab's own embedded server) |
 | `X` | reset the data: no orders, no jobs, nothing queued (asks first) |
 | `p` | pause / resume the refresh |
 | `/` | filter the log by process |
@@ -60,7 +72,14 @@ around an ellipsis.
 
 **Timeline.** A lane per worker process since the lab started: a worker id used again by a
 new process gets a lane of its own. A job that did not complete (its worker killed, or the
-job deleted by a reset) ends with `{CUT_MARK}`.
+job deleted by a reset) ends with `{CUT_MARK}`. Failures (Kata 4): an attempt that failed
+ends with `{FAILED_MARK}`, its backoff runs on as `{BACKOFF_MARK}` until the retry is due, a
+retry starts with `{RETRY_MARK}`, an attempt that made its job dead ends with `{DEAD_MARK}`,
+and `{KILL_MARK}` marks where a worker was killed (SIGKILL).
+
+**Failures panel.** Jobs retrying and dead (PostgreSQL), retries waiting out their backoff
+in `orders:delayed` and when the next is due, the dead letters on `orders:dead` with the
+newest ones and their reasons, and what the next batches run into (failure rate, poison).
 
 Press `escape` or `?` to close.
 """

@@ -19,12 +19,12 @@ import redis.asyncio as aioredis
 
 from mqlab import db
 from mqlab.backend_errors import REDIS_FAILURE
-from mqlab.observe import WorkerInfo, queue_snapshot
+from mqlab.observe import WorkerInfo, delayed_snapshot, latest_dead_letters, queue_snapshot
 from mqlab.protocol import keys
 from mqlab.protocol.events import JOB_ENDS, EventKind, WorkerState
 from mqlab.protocol.ids import short_job_id, worker_sort_key
 from mqlab.tui.lab import LiveLab
-from mqlab.tui.model import Frame, JobBar, Service, WorkerRow
+from mqlab.tui.model import DeadLetterRow, Frame, JobBar, Kill, Service, WorkerRow
 
 #: The depth sparkline covers this many seconds, in bins of HISTORY_BIN seconds.
 HISTORY_SECONDS, HISTORY_BIN = 60.0, 0.5
@@ -37,6 +37,8 @@ RATE_WINDOW = 5.0
 DEAD_ROW_SECONDS = 120.0
 #: Seconds between reconnection attempts to a server that is down.
 RECONNECT_EVERY = 1.0
+#: How many of the newest dead letters the panel shows.
+DEAD_LETTERS_SHOWN = 5
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
@@ -82,9 +84,12 @@ class _Bar:
     start: float
     end: float | None = None
     cut: bool = False
+    attempt: int = 1
+    ending: str = ""  # "", "failed" or "dead" (see JobBar)
+    retry_in: float = 0.0
 
-    def close(self, at: float, cut: bool) -> None:
-        self.end, self.cut = at, cut
+    def close(self, at: float, cut: bool, ending: str = "", retry_in: float = 0.0) -> None:
+        self.end, self.cut, self.ending, self.retry_in = at, cut, ending, retry_in
 
 
 class LiveSource:
@@ -111,6 +116,9 @@ class LiveSource:
         #: worker id -> the pid of its process now, from its worker_up event (exact, in the
         #: stream's order) or else its heartbeat: the lane of each bar is its process's.
         self._pids: dict[str, int] = {}
+        self._jobs: dict[str, int] = {}
+        self._delayed: tuple[int, float | None] = (0, None)
+        self._dead: tuple[DeadLetterRow, ...] = ()
 
     async def sample(self) -> Frame:
         now = time.time()
@@ -144,6 +152,11 @@ class LiveSource:
             workers=workers,
             bars=self._timeline(workers, now),
             timeline_seconds=self.timeline_seconds,
+            jobs=dict(self._jobs),
+            delayed=self._delayed[0],
+            next_retry_in=self._delayed[1],
+            dead=self._dead,
+            kills=self._kills(now),
         )
 
     def _services(self) -> tuple[Service, ...]:
@@ -157,6 +170,8 @@ class LiveSource:
     async def _sample_redis(self, client: aioredis.Redis, now: float) -> None:
         try:
             depth, in_flight, dead, infos = await queue_snapshot(client)
+            delayed, _due, due_in = await delayed_snapshot(client)
+            letters = await latest_dead_letters(client, DEAD_LETTERS_SHOWN) if dead else []
             await self._read_events(client, now)
         except REDIS_FAILURE:
             # An error reply shows Redis as down too, not only an outage (NOAUTH once the
@@ -166,6 +181,11 @@ class LiveSource:
             return
         self._redis_up = True
         self._queue = (depth, in_flight, dead)
+        self._delayed = (delayed, due_in)
+        self._dead = tuple(
+            DeadLetterRow(short_job_id(d.job_id) if d.job_id else "", d.reason, d.worker, d.at)
+            for d in letters
+        )
         self._infos = {w.id: w for w in infos}
         self._seen.update(self._infos)
 
@@ -190,7 +210,8 @@ class LiveSource:
                 await self._pg.close()
             return
         self._pg_up = True
-        self._counts = db.counts_by_status(rows)["orders"]
+        counts = db.counts_by_status(rows)
+        self._counts, self._jobs = counts["orders"], counts["jobs"]
         self._attempts = attempts
 
     async def _read_events(self, client: aioredis.Redis, now: float) -> None:
@@ -212,6 +233,8 @@ class LiveSource:
             at = float(fields.get("at", 0))
             order = int(fields.get("order", 0))
             pid = int(fields.get("pid", 0))
+            attempt = int(fields.get("attempt", 1) or 1)
+            delay = float(fields.get("delay", 0) or 0)
         except ValueError:
             return
         if kind == EventKind.WORKER_UP and pid:
@@ -226,11 +249,15 @@ class LiveSource:
             for bar in self._bars:
                 if bar.worker == worker and bar.end is None:
                     bar.close(at, cut=True)
-            self._bars.append(_Bar(worker, self._pid_of(worker), job, order, at))
+            self._bars.append(_Bar(worker, self._pid_of(worker), job, order, at, attempt=attempt))
         elif kind in JOB_ENDS:
+            # A failed attempt and a dead end are endings of their own, not cuts: each has
+            # its mark, and a failed one the backoff it waits before its retry.
+            ending = {EventKind.JOB_FAILED: "failed", EventKind.JOB_DEAD: "dead"}.get(kind, "")
             for bar in reversed(self._bars):
                 if bar.worker == worker and bar.job == job and bar.end is None:
-                    bar.close(at, cut=kind != EventKind.JOB_FINISHED)
+                    cut = kind != EventKind.JOB_FINISHED and not ending
+                    bar.close(at, cut=cut, ending=ending, retry_in=delay)
                     break
             if kind == EventKind.JOB_FINISHED:
                 self._finished.append(at)
@@ -299,9 +326,23 @@ class LiveSource:
                 kept.append(bar)
         self._bars = kept
         return tuple(
-            JobBar(b.worker, short_job_id(b.job), b.order, b.start, b.end, b.pid, b.cut)
+            JobBar(
+                b.worker, short_job_id(b.job), b.order, b.start, b.end, b.pid, b.cut,
+                b.attempt, b.ending, b.retry_in,
+            )
             for b in kept
-        )
+        )  # fmt: skip
+
+    def _kills(self, now: float) -> tuple[Kill, ...]:
+        """The lab's workers that died of SIGKILL within the timeline, when the lab saw it."""
+        horizon = now - self.timeline_seconds
+        kills = []
+        for child in self.lab.children():
+            died = self._dead_since.get(child.name)
+            killed = child.kind == "worker" and child.proc.returncode == -9
+            if killed and died is not None and died >= horizon:
+                kills.append(Kill(child.name, child.pid, died))
+        return tuple(kills)
 
     async def close(self) -> None:
         if self._redis is not None:

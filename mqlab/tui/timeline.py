@@ -19,6 +19,17 @@ from mqlab.tui.panels import short_id
 BAR_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1")
 #: A job cut short (its worker killed, the job lost or deleted) ends with this mark.
 CUT_MARK, CUT_STYLE = "\N{BOX DRAWINGS LIGHT DIAGONAL CROSS}", "bold #ff5f5f"
+#: Kata 4's marks, one cell each (none of East Asian ambiguous width but the box drawings
+#: the lanes use already): an attempt that failed and will be retried ends with FAILED_MARK,
+#: then its backoff runs on the lane (BACKOFF_MARK, where the worker is otherwise idle) until
+#: the retry is due; a retry (attempt 2 and on) starts with RETRY_MARK; an attempt that made
+#: its job dead ends with DEAD_MARK; a worker process SIGKILLed shows KILL_MARK where the lab
+#: saw it die.
+FAILED_MARK, FAILED_STYLE = "!", "bold black on #f2c94c"
+BACKOFF_MARK, BACKOFF_STYLE = "\N{BOX DRAWINGS LIGHT TRIPLE DASH HORIZONTAL}", "#f2c94c"
+RETRY_MARK, RETRY_STYLE = "\N{CLOCKWISE OPEN CIRCLE ARROW}", "bold black on #f2c94c"
+DEAD_MARK, DEAD_STYLE = "\N{CIRCLED DIVISION SLASH}", "bold white on #c0392b"
+KILL_MARK, KILL_STYLE = "\N{DOWNWARDS ZIGZAG ARROW}", "bold #ff5f5f"
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,7 @@ class Lane:
     label: str
     bars: tuple[JobBar, ...]
     alive: bool
+    kills: tuple[float, ...] = ()  # when this process was SIGKILLed (at most once, really)
 
 
 def lanes(frame: Frame) -> list[Lane]:
@@ -41,21 +53,50 @@ def lanes(frame: Frame) -> list[Lane]:
         if bar.pid == 0:  # not known: the live process of that id, if any
             key = next((k for k in live if k[0] == bar.worker), key)
         bars.setdefault(key, []).append(bar)
+    kills: dict[tuple[str, int], list[float]] = {}
+    for kill in frame.kills:
+        kills.setdefault((kill.worker, kill.pid), []).append(kill.at)
+        bars.setdefault((kill.worker, kill.pid), [])
 
     def first_seen(key: tuple[str, int]) -> float:
         return min((b.start for b in bars[key]), default=float("inf"))
 
     order = sorted(bars, key=lambda k: (worker_sort_key(k[0]), k in live, first_seen(k)))
     return [
-        Lane(short_id(wid, ours.get(wid, True)), tuple(bars[(wid, pid)]), (wid, pid) in live)
+        Lane(
+            short_id(wid, ours.get(wid, True)),
+            tuple(bars[(wid, pid)]),
+            (wid, pid) in live,
+            tuple(kills.get((wid, pid), ())),
+        )
         for wid, pid in order
     ]
 
 
-def render_lane(bars: list[JobBar], start: float, span: float, width: int, now: float) -> Text:
-    """One worker's row: · for idle time, a colored block per job (▓ while it runs)."""
-    cells: list[tuple[str, str]] = [("·", "dim")] * width
+def render_lane(
+    bars: list[JobBar],
+    start: float,
+    span: float,
+    width: int,
+    now: float,
+    kills: tuple[float, ...] = (),
+) -> Text:
+    """One worker's row: · for idle time, a colored block per job (▓ while it runs), and the
+    marks of failures (see FAILED_MARK and the others)."""
+    idle = ("·", "dim")
+    cells: list[tuple[str, str]] = [idle] * width
     per_cell = span / width
+
+    def cell(at: float) -> int:
+        return int((at - start) / per_cell)
+
+    # Backoffs first: the bars drawn next cover them where the worker ran other jobs.
+    for bar in bars:
+        if bar.ending == "failed" and bar.end is not None and bar.retry_in > 0:
+            due = min(now, bar.end + bar.retry_in)
+            after = math.ceil((bar.end - start) / per_cell)  # the cell after the bar's last
+            for c in range(max(0, after), min(width, math.ceil((due - start) / per_cell))):
+                cells[c] = (BACKOFF_MARK, BACKOFF_STYLE)
     for bar in sorted(bars, key=lambda b: b.start):
         end = now if bar.end is None else bar.end
         first = max(0, int((bar.start - start) / per_cell))
@@ -70,8 +111,23 @@ def render_lane(bars: list[JobBar], start: float, span: float, width: int, now: 
                 cells[c] = (label[offset - 1], f"bold white on {color}")
             else:
                 cells[c] = (glyph, color)
-        if bar.cut and 0 < last <= width:
-            cells[last - 1] = (CUT_MARK, CUT_STYLE)
+        if bar.attempt > 1 and 0 <= first < width:
+            cells[first] = (RETRY_MARK, RETRY_STYLE)
+        mark = (
+            (CUT_MARK, CUT_STYLE) if bar.cut
+            else (FAILED_MARK, FAILED_STYLE) if bar.ending == "failed"
+            else (DEAD_MARK, DEAD_STYLE) if bar.ending == "dead"
+            else None
+        )  # fmt: skip
+        if mark is not None and 0 < last <= width:
+            cells[last - 1] = mark
+    for at in kills:
+        c = cell(at)
+        # Beside the cut mark of the job it held, not over it.
+        if 0 <= c < width and cells[c][0] == CUT_MARK:
+            c += 1
+        if 0 <= c < width:
+            cells[c] = (KILL_MARK, KILL_STYLE)
     # One span per run of equal style, not per cell: rendering cost follows the span count.
     text = Text()
     run_chars: list[str] = []
@@ -107,7 +163,8 @@ class Timeline(Widget):
         """Take a new frame; skip the redraw while nothing moves (no bar in the window)."""
         old = self.frame
         before, after = (lanes(old) if old is not None else None), lanes(frame)
-        if old is not None and not old.bars and not frame.bars and before == after:
+        quiet = not old.bars and not frame.bars and not frame.kills if old is not None else False
+        if old is not None and quiet and before == after:
             return
         relayout = before is None or len(before) != len(after)
         self.frame = frame
@@ -127,7 +184,9 @@ class Timeline(Widget):
             # A lane of a process that is gone keeps its bars, its label dimmed.
             out.append(f"{lane.label:>{label_width - 1}} ", style="bold" if lane.alive else "dim")
             out.append_text(
-                render_lane(list(lane.bars), start, frame.timeline_seconds, width, frame.at)
+                render_lane(
+                    list(lane.bars), start, frame.timeline_seconds, width, frame.at, lane.kills
+                )
             )
             out.append("\n")
         if not rows:
