@@ -537,3 +537,31 @@ WITH c AS (
 )
 SELECT id FROM j
 """
+
+
+# -- the Kata 4 lab's reads (mqlab.runner, mqlab.ledger): settled jobs and every attempt -----
+
+# Jobs that will not move again on their own: completed, and dead (a row's wait ends on both).
+COUNT_SETTLED = """
+SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'dead')
+FROM jobs
+"""
+
+# Every attempt of every job (job_history), times as epoch seconds (ledger.Attempt's fields).
+ATTEMPT_TIMES = """
+SELECT job_id, attempt, worker_id, extract(epoch FROM started_at)::float8,
+       extract(epoch FROM finished_at)::float8, outcome, error,
+       extract(epoch FROM next_attempt_at)::float8
+FROM job_history ORDER BY job_id, attempt
+"""
+
+
+async def count_settled(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+    """(completed jobs, dead jobs) now."""
+    row = await (await conn.execute(COUNT_SETTLED)).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+async def attempt_times(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    """Every attempt of every job, in order (see ATTEMPT_TIMES)."""
+    return await (await conn.execute(ATTEMPT_TIMES)).fetchall()
