@@ -87,7 +87,13 @@ class Row:
 
     def faults(self) -> Faults | None:
         """The failures its workers inject (None: none, and the worker's own flags)."""
-        if not (self.fail_rate or self.crash_rate or self.crash_orders or self.seed is not None):
+        if not (
+            self.fail_rate
+            or self.crash_rate
+            or self.crash_orders
+            or self.crash_on
+            or self.seed is not None
+        ):
             return None
         crash_on = self.crash_on or (DEFAULT_CRASH_ON if self.crash_orders else "")
         return Faults(self.fail_rate, self.crash_rate, seed=self.seed, crash_on=crash_on)

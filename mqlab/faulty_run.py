@@ -162,12 +162,13 @@ async def run_faulty(runner: Runner, row: Row, report: Callable[..., None]) -> R
         timed_out = await wait_settled(row, accepted, dbc, client, report)
         actions.cancel()
         await asyncio.gather(actions, return_exceptions=True)
+        # Before the replay, which stops these workers on purpose.
+        crashed = len(scenario.marks.restarts) + len(scenario.died_on_their_own())
         if row.replay_without_poison and not timed_out:
             replay, timed_out = await _replay(runner, row, accepted, dbc, client, report)
     finally:
         actions.cancel()
         outcome = (await asyncio.gather(actions, return_exceptions=True))[0]
-        crashed = len(scenario.marks.restarts) + len(scenario.died_on_their_own())
         pool.ids[:] = [w for w in pool.ids if sup.children[w].alive()]
     if isinstance(outcome, Exception):
         raise outcome  # a scenario that could not do its part: the row means nothing
