@@ -152,5 +152,8 @@ def run(
     if failed:
         console.print(f"[bold red]FAIL[/]: {', '.join(failed)} (see the report for why)")
         return 1
-    console.print("[bold green]PASS[/]: every row within its tolerance, every order answered 202.")
+    console.print(
+        "[bold green]PASS[/]: every row within its tolerance or its ledger, every order "
+        "answered as expected."
+    )
     return 0

@@ -137,12 +137,13 @@ def kill_recoveries(
 
 
 def flush_recovery(history: dict[str, list[Attempt]], flushed_at: float) -> list[float]:
-    """FLUSHALL -> the last start of a job the reconciler queued again (one figure)."""
+    """FLUSHALL -> the last start of any attempt after it (one figure): the jobs Redis lost
+    start again only once the reconciler has queued them (its grace, then its next pass)."""
     starts = [
-        after.started_at
+        a.started_at
         for tries in history.values()
-        for a, after in itertools.pairwise(tries)
-        if a.outcome == "reclaimed" and after.started_at is not None
+        for a in tries
+        if a.started_at is not None and a.started_at >= flushed_at
     ]
     return [max(starts) - flushed_at] if starts else []
 
@@ -210,7 +211,7 @@ def build(
             kill_recoveries(history, marks.kills),
         )
     elif marks.flushall_at is not None:
-        ledger.recovery_kind = "FLUSHALL -> last recovered start"
+        ledger.recovery_kind = "FLUSHALL -> last start"
         ledger.recovery = flush_recovery(history, marks.flushall_at)
     elif marks.pg_started_at is not None:
         ledger.recovery_kind = "PostgreSQL back -> first 202"

@@ -144,8 +144,9 @@ def recovery_text(ledger: Ledger) -> str:
     if not ledger.recovery:
         return "-"
     if len(ledger.recovery) == 1:
-        return seconds(ledger.recovery[0])
-    return f"{seconds(ledger.recovery_p50)} / {seconds(ledger.recovery_max)}"
+        return f"{ledger.recovery[0]:.2f} s"
+    # Compact, so that the ledger fits 80 columns: p50/max.
+    return f"{ledger.recovery_p50:.2f}/{ledger.recovery_max:.2f} s"
 
 
 def ledger_cells(result: RowResult) -> LedgerRow | None:
@@ -163,7 +164,7 @@ def ledger_cells(result: RowResult) -> LedgerRow | None:
         completed=str(x.completed),
         dead=str(x.dead),
         lost=str(x.lost),
-        twice=f"{x.work_twice} / {x.completed_twice}",
+        twice=f"{x.work_twice}/{x.completed_twice}",
         recovery=recovery_text(x),
         verdict=result.verdict,
         reason=result.reason,

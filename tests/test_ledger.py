@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from mqlab.experiments import Row
 from mqlab.ledger import Attempt, Replay, build
 from mqlab.loadgen import Shot
@@ -125,3 +127,18 @@ def test_a_row_these_servers_cannot_run_is_skipped_not_failed() -> None:
     ledger = build(r, [], {}, [], {}, Marks(skipped="skipped: not ours"))
     result = verdict(r, run_of(ledger))
     assert result.verdict is Verdict.SKIPPED and result.verdict.passes
+
+
+def test_flush_and_pg_recovery_are_one_figure_each() -> None:
+    flushed = T0 + 2.0
+    history = [done("j0", at=T0 + 1.0), done("j1", at=T0 + 13.0), done("j2", at=T0 + 9.0)]
+    statuses = {f"j{i}": "completed" for i in range(3)}
+    shots = [shot(i) for i in range(3)]
+    ledger = build(row(flushall_after=2.0), shots, statuses, history, {},
+                   Marks(flushall_at=flushed))  # fmt: skip
+    assert ledger.recovery == [11.0] and ledger.recovery_kind == "FLUSHALL -> last start"
+    back = T0 + 5.0
+    answers = [shot(0, at=T0), shot(1, 503, at=T0 + 3), shot(2, at=T0 + 5.5)]
+    pg = build(row(pg_stop_after=1.0), answers, {"j0": "completed", "j2": "completed"}, [], {},
+               Marks(pg_stopped_at=T0 + 1, pg_started_at=back))  # fmt: skip
+    assert pg.recovery == [pytest.approx(0.502)] and pg.refused == 1 and pg.problems == []
