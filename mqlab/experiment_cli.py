@@ -74,17 +74,24 @@ def summary_table(result: SuiteResult) -> Table:
     return table
 
 
+#: Widths the ledger's figures need: "14/0", "3.39/3.44 s", "skipped".
+_MIN_WIDTH = {"2x": 5, "recovery": 11, "verdict": 7, "row": 8}
+
+
 def ledger_summary(result: SuiteResult) -> Table | None:
     """Kata 4's ledger for a terminal, one line per row within 80 columns (None: no row has
-    one). twice = work run twice / completed twice; recovery = p50 / max."""
+    one). 2x = work run twice / completed twice; recovery = p50/max."""
     cells = ledger_table(result)
     if not cells:
         return None
-    table = Table(title="The ledger", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-    heads = ("row", "202", "503", "done", "dead", "lost", "twice", "recovery", "verdict")
+    table = Table(title="The ledger", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1, 0, 0))  # fmt: skip
+    heads = ("row", "202", "503", "done", "dead", "lost", "2x", "recovery", "verdict")
     for col in heads:
+        # Figures keep their width (a header cut to "2…" says nothing); a long name is cut.
         table.add_column(col, justify="left" if col in ("row", "verdict") else "right",
-                         no_wrap=True, overflow="ellipsis")  # fmt: skip
+                         no_wrap=True, overflow="ellipsis", min_width=_MIN_WIDTH.get(col, len(col)),
+                         max_width=20 if col == "row" else None)  # fmt: skip
     for c in cells:
         verdict = Text(c.verdict_text, style=c.style)
         table.add_row(c.name, c.accepted, c.refused, c.completed, c.dead, c.lost, c.twice,
