@@ -246,6 +246,14 @@ def worker(
             help="Orders whose product matches fail permanently ('' for none).",
         ),
     ] = DEFAULT_POISON,
+    crash_on: Annotated[
+        str,
+        typer.Option(
+            metavar="REGEX",
+            help="Orders whose product matches kill this worker on every attempt (a crash "
+            "loop; '' for none, the default).",
+        ),
+    ] = "",
     seed: Annotated[
         int | None,
         typer.Option(metavar="N", help="Seed the failures (and the jitter): reproducible runs."),
@@ -281,7 +289,9 @@ def worker(
             base=env.base if backoff_base is None else backoff_base,
             cap=env.cap if backoff_max is None else backoff_max,
         )
-        faults = Faults(fail_rate=fail_rate, crash_rate=crash_rate, poison=poison, seed=seed)
+        faults = Faults(
+            fail_rate=fail_rate, crash_rate=crash_rate, poison=poison, seed=seed, crash_on=crash_on
+        )
     except (PolicyError, FaultError) as exc:
         raise fail(str(exc)) from None
     _reconcile_config()  # a bad MQLAB_RECONCILE_* is said here, not as a traceback later

@@ -292,16 +292,6 @@ SELECT id, order_id, worker_id, attempts, extract(epoch FROM enqueued_at)::float
 FROM jobs ORDER BY enqueued_at, id
 """
 
-# Every attempt with its job's order and status (results.AttemptTiming's fields, in its
-# order), oldest start first: what a run's timelines draw.
-ATTEMPT_TIMINGS = """
-SELECT h.job_id, j.order_id, h.attempt, h.worker_id, extract(epoch FROM h.started_at)::float8,
-       extract(epoch FROM h.finished_at)::float8, h.outcome,
-       extract(epoch FROM h.next_attempt_at)::float8, j.status
-FROM job_history h JOIN jobs j ON j.id = h.job_id
-ORDER BY h.started_at, h.job_id, h.attempt
-"""
-
 # How the attempts ended, by outcome (job_history; a run's, after the runner's reset).
 ATTEMPT_OUTCOMES = """
 SELECT outcome, count(*) FROM job_history WHERE outcome <> 'running'
@@ -332,11 +322,6 @@ async def count_completed(conn: psycopg.AsyncConnection[Any]) -> int:
 async def job_timings(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
     """Every job's id, order, worker, attempts, timestamps (epoch seconds) and status."""
     return await (await conn.execute(JOB_TIMINGS)).fetchall()
-
-
-async def attempt_timings(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-    """Every attempt of every job (ATTEMPT_TIMINGS)."""
-    return await (await conn.execute(ATTEMPT_TIMINGS)).fetchall()
 
 
 async def attempt_outcomes(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
@@ -552,3 +537,32 @@ WITH c AS (
 )
 SELECT id FROM j
 """
+
+
+# -- the Kata 4 lab's reads (mqlab.runner, mqlab.ledger): settled jobs and every attempt -----
+
+# Jobs that will not move again on their own: completed, and dead (a row's wait ends on both).
+COUNT_SETTLED = """
+SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'dead')
+FROM jobs
+"""
+
+# Every attempt of every job (job_history), times as epoch seconds (ledger.Attempt's fields):
+# the ledger's figures and the timelines' bars.
+ATTEMPT_TIMES = """
+SELECT job_id, attempt, worker_id, extract(epoch FROM started_at)::float8,
+       extract(epoch FROM finished_at)::float8, outcome, error,
+       extract(epoch FROM next_attempt_at)::float8
+FROM job_history ORDER BY job_id, attempt
+"""
+
+
+async def count_settled(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+    """(completed jobs, dead jobs) now."""
+    row = await (await conn.execute(COUNT_SETTLED)).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+async def attempt_times(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    """Every attempt of every job, in order (see ATTEMPT_TIMES)."""
+    return await (await conn.execute(ATTEMPT_TIMES)).fetchall()

@@ -7,8 +7,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mqlab.faults import FaultError, Faults
+from mqlab.retry_policy import PolicyError, RetryPolicy
 from mqlab.stats import ideal_seconds
 from mqlab.work import WORK_KINDS
+
+#: How a row's workers fetch (mqlab worker --fetch; kept here so loading a suite stays light).
+FETCH_KINDS = ("reliable", "blpop")
+#: Products of a faulty row's orders: plain ones, the poison ones and the crash-loop ones.
+PLAIN_PRODUCT = "order #"
+POISON_PRODUCT = "poison #"
+CRASH_PRODUCT = "crash #"
+#: What a crash-loop row's workers crash on when the row names no pattern.
+DEFAULT_CRASH_ON = "^crash"
 
 #: When a row gives no tolerance: this much over the expected time still passes ...
 DEFAULT_TOLERANCE_SECONDS = 0.05
@@ -31,6 +42,65 @@ class Row:
     work: str = "sleep"
     expected_seconds: float | None = None
     tolerance_seconds: float | None = None
+    # -- Kata 4: failures on purpose, and what the lab does to the system while a row runs.
+    fail_rate: float = 0.0
+    crash_rate: float = 0.0
+    seed: int | None = None
+    poison_orders: int = 0  # that many orders get a product containing "poison"
+    crash_orders: int = 0  # that many orders get a product matching crash_on
+    crash_on: str = ""
+    max_attempts: int | None = None
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    fetch: str = "reliable"
+    kill_every: float | None = None  # SIGKILL a random worker this often, and replace it
+    flushall_after: float | None = None  # FLUSHALL this long after the first order
+    pg_stop_after: float | None = None  # stop PostgreSQL this long after the first order ...
+    pg_stop_seconds: float = 3.0  # ... for this long
+    fire_seconds: float | None = None  # pace the orders over this long (not one burst)
+    replay_without_poison: bool = False
+    restart_crashed: bool = False
+    expect_loss: bool = False
+    timeout_seconds: float | None = None
+
+    @property
+    def faulty(self) -> bool:
+        """A Kata 4 row: judged by its ledger (nothing lost, nothing twice), not by a time."""
+        return any((
+            self.fail_rate, self.crash_rate, self.poison_orders, self.crash_orders,
+            self.fetch != "reliable", self.kill_every, self.flushall_after,
+            self.pg_stop_after is not None, self.restart_crashed, self.expect_loss,
+            self.max_attempts, self.fire_seconds,
+        ))  # fmt: skip
+
+    def policy(self) -> RetryPolicy | None:
+        """The retry policy its workers get (None: the environment's, as kata3's rows)."""
+        if (self.max_attempts, self.backoff_base, self.backoff_max) == (None, None, None):
+            return None
+        default = RetryPolicy()
+        base = default.base if self.backoff_base is None else self.backoff_base
+        return RetryPolicy(
+            max_attempts=default.max_attempts if self.max_attempts is None else self.max_attempts,
+            base=base,
+            cap=max(base, default.cap) if self.backoff_max is None else self.backoff_max,
+        )
+
+    def faults(self) -> Faults | None:
+        """The failures its workers inject (None: none, and the worker's own flags)."""
+        if not (
+            self.fail_rate
+            or self.crash_rate
+            or self.crash_orders
+            or self.crash_on
+            or self.seed is not None
+        ):
+            return None
+        crash_on = self.crash_on or (DEFAULT_CRASH_ON if self.crash_orders else "")
+        return Faults(self.fail_rate, self.crash_rate, seed=self.seed, crash_on=crash_on)
+
+    @property
+    def plain_orders(self) -> int:
+        return self.orders - self.poison_orders - self.crash_orders
 
     @property
     def ideal_seconds(self) -> float:
@@ -192,14 +262,23 @@ _ROW_KEYS = {
     "expected_seconds",
     "tolerance_seconds",
 }
+#: Kata 4's keys, by kind: numbers >= 0 (seconds, rates), whole numbers >= 0, flags.
+_FAULT_NUMBERS = {
+    "fail_rate", "crash_rate", "backoff_base", "backoff_max", "kill_every", "flushall_after",
+    "pg_stop_after", "pg_stop_seconds", "fire_seconds", "timeout_seconds",
+}  # fmt: skip
+_FAULT_WHOLE = {"seed", "poison_orders", "crash_orders", "max_attempts"}
+_FAULT_FLAGS = {"replay_without_poison", "restart_crashed", "expect_loss"}
+_FAULT_TEXT = {"crash_on", "fetch"}
+_ALL_ROW_KEYS = _ROW_KEYS | _FAULT_NUMBERS | _FAULT_WHOLE | _FAULT_FLAGS | _FAULT_TEXT
 
 
 def _row(raw: dict[str, Any], index: int, where: str, default_t: float, default_work: str) -> Row:
     at = f"{where} row {index}"
-    unknown = set(raw) - _ROW_KEYS
+    unknown = set(raw) - _ALL_ROW_KEYS
     if unknown:
         raise ExperimentError(
-            f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ROW_KEYS)}"
+            f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ALL_ROW_KEYS)}"
         )
     orders = _get(raw, "orders", int, at)
     workers = _get(raw, "workers", int, at)
@@ -220,7 +299,7 @@ def _row(raw: dict[str, Any], index: int, where: str, default_t: float, default_
         raise ExperimentError(f"{at}: expected_seconds must be >= 0")
     if tolerance is not None and tolerance < 0:
         raise ExperimentError(f"{at}: tolerance_seconds must be >= 0")
-    return Row(
+    row = Row(
         name=_get(raw, "name", str, at) or f"{orders} orders, {workers} workers",
         orders=orders,
         workers=workers,
@@ -229,3 +308,49 @@ def _row(raw: dict[str, Any], index: int, where: str, default_t: float, default_
         expected_seconds=None if expected is None else float(expected),
         tolerance_seconds=None if tolerance is None else float(tolerance),
     )
+    return _fault_fields(row, raw, at)
+
+
+def _fault_fields(row: Row, raw: dict[str, Any], at: str) -> Row:
+    """Kata 4's keys on top of a row: each checked alone, then together."""
+    fields: dict[str, Any] = {}
+    for key in sorted(_FAULT_NUMBERS & set(raw)):
+        value = _get(raw, key, (int, float), at)
+        if value < 0:
+            raise ExperimentError(f"{at}: {key} must be >= 0, not {value!r}")
+        fields[key] = float(value)
+    for key in sorted(_FAULT_WHOLE & set(raw)):
+        value = _get(raw, key, int, at)
+        if value < 0:
+            raise ExperimentError(f"{at}: {key} must be a whole number >= 0, not {value!r}")
+        fields[key] = value
+    for key in sorted(_FAULT_FLAGS & set(raw)):
+        if not isinstance(raw[key], bool):
+            raise ExperimentError(f"{at}: {key} must be true or false, not {raw[key]!r}")
+        fields[key] = raw[key]
+    for key in sorted(_FAULT_TEXT & set(raw)):
+        fields[key] = _get(raw, key, str, at)
+    row = replace(row, **fields)
+    if row.fetch not in FETCH_KINDS:
+        raise ExperimentError(f"{at}: fetch must be one of {', '.join(FETCH_KINDS)}")
+    if row.poison_orders + row.crash_orders > row.orders:
+        raise ExperimentError(
+            f"{at}: poison_orders + crash_orders ({row.poison_orders + row.crash_orders}) "
+            f"cannot exceed orders ({row.orders})"
+        )
+    if row.replay_without_poison and not row.poison_orders:
+        raise ExperimentError(f"{at}: replay_without_poison needs poison_orders > 0")
+    if row.kill_every is not None and row.kill_every <= 0:
+        raise ExperimentError(f"{at}: kill_every must be > 0 seconds")
+    if row.expect_loss and row.fetch != "blpop":
+        raise ExperimentError(
+            f'{at}: expect_loss is for fetch = "blpop" (the reliable fetch loses nothing)'
+        )
+    try:
+        row.policy()
+        row.faults()
+    except (PolicyError, FaultError) as exc:
+        # The worker's flags name the values; the suite's keys are what the person wrote.
+        message = str(exc).replace("--", "").replace("-", "_")
+        raise ExperimentError(f"{at}: {message}") from None
+    return row

@@ -7,6 +7,9 @@ seen and measured: reproducible with a seed.
   its work (`os._exit`: no clean-up, no hand-back, as a kill -9 or an OOM would).
 - `poison`: a regular expression; an order whose product matches it fails permanently, at
   once, on every attempt (dead after one). The empty pattern poisons nothing.
+- `crash_on`: a regular expression; an order whose product matches kills the worker that
+  takes it, part-way, on every attempt (a crash loop: dead after the maximum attempts, as
+  each claim counts one). Empty (the default): none.
 
 With a seed, a worker's draws depend on the seed and its id only: the same run with the same
 workers fails the same attempts of each worker (which jobs those are depends on who takes
@@ -58,6 +61,7 @@ class Faults:
     crash_rate: float = 0.0
     poison: str = DEFAULT_POISON
     seed: int | None = None
+    crash_on: str = ""
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "crash_rate"):
@@ -68,10 +72,11 @@ class Faults:
         total = self.fail_rate + self.crash_rate
         if total > 1:
             raise FaultError(f"--fail-rate + --crash-rate must be at most 1, not {total:g}")
-        try:
-            re.compile(self.poison)
-        except re.error as exc:
-            raise FaultError(f"--poison is not a regular expression: {exc}") from None
+        for flag, pattern in (("--poison", self.poison), ("--crash-on", self.crash_on)):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise FaultError(f"{flag} is not a regular expression: {exc}") from None
 
     def args(self) -> list[str]:
         """The `mqlab worker` flags that set these faults (for the lab's supervisor)."""
@@ -79,6 +84,8 @@ class Faults:
         out += ["--poison", self.poison]
         if self.seed is not None:
             out += ["--seed", str(self.seed)]
+        # Only when set: a worker of an older mqlab (or kata3's flags) stays as it was.
+        out += ["--crash-on", self.crash_on] if self.crash_on else []
         return out
 
     def dice(self, worker_id: str) -> Dice:
@@ -97,9 +104,14 @@ class Dice:
             else (random.Random())
         )
         self._poison = re.compile(faults.poison) if faults.poison else None
+        self._crash_on = re.compile(faults.crash_on) if faults.crash_on else None
 
     def poisoned(self, product: str) -> bool:
         return self._poison is not None and self._poison.search(product) is not None
+
+    def crashes_on(self, product: str) -> bool:
+        """Whether this order kills its worker on every attempt (the crash loop)."""
+        return self._crash_on is not None and self._crash_on.search(product) is not None
 
     def roll(self) -> Fault | None:
         """This attempt's fault, if any. Always two draws, so that one setting does not shift

@@ -19,7 +19,7 @@ import psutil
 import mqlab
 from mqlab import timeline
 from mqlab.results import RowResult, SuiteResult
-from mqlab.results_table import ms, seconds, table
+from mqlab.results_table import ledger_table, ms, seconds, table
 from mqlab.stats import PERCENTILES, label
 
 
@@ -68,6 +68,56 @@ def kata_table(result: SuiteResult) -> list[str]:
     return lines
 
 
+def ledger_markdown(result: SuiteResult) -> list[str]:
+    """Kata 4's ledger, and each row's retries and recovery (nothing for kata3's rows)."""
+    cells = ledger_table(result)
+    if not cells:
+        return []
+    out = [
+        "## The ledger",
+        "",
+        "accepted (202) = completed + dead + lost. Work run twice: jobs with an attempt that",
+        "crashed, was reclaimed or handed back before another one (work is at least once).",
+        "Completed twice: more than one job_finished event for a job. Recovery: p50 / max.",
+        "",
+        "| Row | Accepted | Refused (503) | Completed | Dead | Lost | Work twice / completed "
+        "twice | Recovery | Verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        out.append(
+            f"| {c.name} | {c.accepted} | {c.refused} | {c.completed} | {c.dead} | "
+            f"**{c.lost}** | {c.twice} | {c.recovery} | {c.verdict_text} |"
+        )
+    out.append("")
+    for r in result.rows:
+        x = r.ledger
+        if x is None or x.skipped:
+            continue
+        lines = [f"- workers killed (SIGKILL) and replaced: {x.kills}"] if x.kills else []
+        if x.recovery_kind:
+            lines.append(
+                f"- recovery ({x.recovery_kind}): {len(x.recovery)} measured, p50 "
+                f"{seconds(x.recovery_p50)}, max {seconds(x.recovery_max)}"
+            )
+        hist = ", ".join(f"{n} attempt(s): {k}" for n, k in x.attempts_histogram.items())
+        lines.append(f"- jobs by attempts: {hist or '-'}")
+        if x.delays_checked:
+            lines.append(
+                f"- backoff: {x.backoff_seconds:.2f} s added in all; {x.delays_in_policy} of "
+                f"{x.delays_checked} delays within the policy's [c/2, c]"
+            )
+        if x.crashed_workers:
+            lines.append(f"- workers that crashed (restarted when asked): {x.crashed_workers}")
+        if x.replay is not None:
+            lines.append(
+                f"- replay without the poison pattern: {x.replay.dead_before} dead, "
+                f"{x.replay.replayed} replayed, {x.replay.completed_after} completed after"
+            )
+        out += [f"### {r.row.name}: {r.verdict}", "", r.reason, "", *lines, ""]
+    return out
+
+
 def _latency_table(rows: list[RowResult], title: str, pick: str) -> list[str]:
     cols = [label(p) for p in PERCENTILES] + ["max"]
     lines = [f"| {title} | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -97,6 +147,7 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
     ]
     out += [f"- {f}" for f in result.failures()]
     out += ["", "## The kata's table", "", *kata_table(result), ""]
+    out += ledger_markdown(result)
     out += ["## Scaling", "", "| Row | Workers | Makespan | Speedup | Efficiency | Against |"]
     out += ["|---|---|---|---|---|---|"]
     for r in result.rows:
@@ -194,6 +245,8 @@ def row_json(r: RowResult) -> dict[str, Any]:
         "startupSeconds": _num(r.startup_seconds()),
         "verdict": r.verdict,
         "reason": r.reason,
+        "ledger": None if r.ledger is None else r.ledger.to_json(),
+        "ledgers": [run.ledger.to_json() for run in r.runs if run.ledger is not None],
         "jobs": [
             {"run": i, **job.to_json()} for i, run in enumerate(r.runs, 1) for job in run.jobs
         ],

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from mqlab.experiments import Row, Suite
+from mqlab.ledger import Attempt, Ledger
 from mqlab.loadgen import Shot
 from mqlab.stats import HEADLINE, efficiency, label, median, speedup, summary
 
@@ -21,6 +22,7 @@ class Verdict(StrEnum):
     MEASURED = "measured"  # a row with no expected time: measured, not judged
     SLOW = "slow"
     FAIL = "fail"
+    SKIPPED = "skipped"  # a row these servers cannot run (said why): not a failure
 
     @property
     def style(self) -> str:
@@ -30,7 +32,7 @@ class Verdict(StrEnum):
     @property
     def passes(self) -> bool:
         """Whether a row with this verdict lets the run pass (exit status 0)."""
-        return self in (Verdict.OK, Verdict.MEASURED)
+        return self in (Verdict.OK, Verdict.MEASURED, Verdict.SKIPPED)
 
 
 _STYLES = {
@@ -38,6 +40,7 @@ _STYLES = {
     Verdict.MEASURED: "cyan",
     Verdict.SLOW: "bold yellow",
     Verdict.FAIL: "bold red",
+    Verdict.SKIPPED: "dim",
 }
 
 
@@ -75,25 +78,6 @@ class JobTiming:
         }
 
 
-@dataclass(frozen=True)
-class AttemptTiming:
-    """One attempt of a job (job_history), epoch seconds: what a timeline draws."""
-
-    job_id: str
-    order_id: int
-    attempt: int
-    worker_id: str
-    started_at: float
-    finished_at: float | None  # None while it runs
-    outcome: str  # completed | failed | crashed | handed_back | reclaimed | running
-    next_attempt_at: float | None  # a failed attempt's retry due time
-    job_status: str  # the job's status now (dead: its last attempt was its dead end)
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> AttemptTiming:
-        return cls(*row)
-
-
 @dataclass
 class RunResult:
     """One run of one row."""
@@ -107,9 +91,11 @@ class RunResult:
     #: How its attempts ended (job_attempts.outcome -> count): retries, crashes, dead ends.
     attempts: dict[str, int] = field(default_factory=dict)
     #: Every attempt of the run's jobs, in the order they started (the timelines draw them).
-    history: list[AttemptTiming] = field(default_factory=list)
+    history: list[Attempt] = field(default_factory=list)
     #: Workers the run killed on purpose: (epoch seconds, worker id).
     kills: list[tuple[float, str]] = field(default_factory=list)
+    #: A Kata 4 row's ledger (None for a row judged by its time, as kata3's).
+    ledger: Ledger | None = None
 
     @property
     def last_finished(self) -> float:
@@ -219,6 +205,9 @@ class RowResult:
     def compute(self) -> None:
         self.makespan = median(self.makespans)
         self.overhead = self.makespan - self.row.ideal_seconds
+        if self.row.faulty:
+            self._judge_ledgers()
+            return
         problems = [p for run in self.runs for p in run.problems(self.row.orders)]
         expected = self.row.expected_seconds
         if problems:
@@ -233,6 +222,34 @@ class RowResult:
             self.reason = (
                 f"median {self.makespan:.3f} s is {self.makespan - expected:.3f} s over the "
                 f"expected {expected:.3g} s (tolerance {self.row.tolerance:.3g} s)"
+            )
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """The representative run's ledger (a Kata 4 row's)."""
+        return self.representative.ledger
+
+    def _judge_ledgers(self) -> None:
+        """A Kata 4 row: judged by its ledgers (nothing lost or completed twice), not a time."""
+        ledgers = [r.ledger for r in self.runs if r.ledger is not None]
+        skipped = next((x.skipped for x in ledgers if x.skipped), "")
+        problems = [p for x in ledgers for p in x.problems]
+        if skipped:
+            self.verdict, self.reason = Verdict.SKIPPED, skipped
+        elif not ledgers:
+            self.verdict, self.reason = Verdict.FAIL, "no ledger was kept"
+        elif problems:
+            self.verdict, self.reason = Verdict.FAIL, "; ".join(dict.fromkeys(problems))
+        elif self.row.expect_loss:
+            lost = ", ".join(str(x.lost) for x in ledgers)
+            self.verdict = Verdict.OK
+            self.reason = f"lost {lost} job(s) at the kills, as the kata's BLPOP does"
+        else:
+            x = ledgers[0]
+            self.verdict = Verdict.OK
+            self.reason = (
+                f"{x.accepted} accepted: {x.completed} completed, {x.dead} dead, 0 lost, "
+                "0 completed twice"
             )
 
 
@@ -298,7 +315,10 @@ class SuiteResult:
         result.efficiency = efficiency(result.speedup, row.workers)
 
     def _api_verdict(self) -> ApiVerdict:
-        shots = [s for r in self.rows for run in r.runs for s in run.shots]
+        # A row that stops PostgreSQL expects 503s: its ledger judges its answers.
+        shots = [
+            s for r in self.rows if r.row.pg_stop_after is None for run in r.runs for s in run.shots
+        ]
         statuses = dict(Counter(str(s.status) for s in shots))
         latency = summary([s.latency for s in shots], scale=1000)
         if not shots:

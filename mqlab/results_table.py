@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from mqlab.experiments import Row, Suite
+from mqlab.ledger import Ledger
 from mqlab.results import ApiVerdict, RowResult, SuiteResult, Verdict
 from mqlab.stats import HEADLINE, label
 
@@ -110,3 +111,66 @@ def table(result: SuiteResult) -> list[TableRow]:
     if result.api is not None:
         rows.append(api_cells(result.suite, result.api))
     return rows
+
+
+# -- Kata 4: the ledger of each row, as cells (terminal table, markdown, TUI) --------------
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """A Kata 4 row's ledger as short cells: where every order went, and recovery."""
+
+    name: str
+    accepted: str
+    refused: str
+    completed: str
+    dead: str
+    lost: str
+    twice: str  # work run twice / completed twice
+    recovery: str  # p50 / max, or the one figure
+    verdict: Verdict | None
+    reason: str
+
+    @property
+    def verdict_text(self) -> str:
+        return "" if self.verdict is None else str(self.verdict)
+
+    @property
+    def style(self) -> str:
+        return "" if self.verdict is None else self.verdict.style
+
+
+def recovery_text(ledger: Ledger) -> str:
+    if not ledger.recovery:
+        return "-"
+    if len(ledger.recovery) == 1:
+        return f"{ledger.recovery[0]:.2f} s"
+    # Compact, so that the ledger fits 80 columns: p50/max.
+    return f"{ledger.recovery_p50:.2f}/{ledger.recovery_max:.2f} s"
+
+
+def ledger_cells(result: RowResult) -> LedgerRow | None:
+    """The ledger of a Kata 4 row's representative run (None for a row judged by its time)."""
+    x = result.ledger
+    if x is None:
+        return None
+    if x.skipped:
+        return LedgerRow(result.row.name, *["-"] * 7, result.verdict, result.reason)
+    other = sum(x.other.values())
+    return LedgerRow(
+        name=result.row.name,
+        accepted=str(x.accepted),
+        refused=f"{x.refused}" + (f" +{other} other" if other else ""),
+        completed=str(x.completed),
+        dead=str(x.dead),
+        lost=str(x.lost),
+        twice=f"{x.work_twice}/{x.completed_twice}",
+        recovery=recovery_text(x),
+        verdict=result.verdict,
+        reason=result.reason,
+    )
+
+
+def ledger_table(result: SuiteResult) -> list[LedgerRow]:
+    """The ledger of every Kata 4 row of a suite (empty for kata3 and scaling)."""
+    return [c for r in result.rows if (c := ledger_cells(r)) is not None]

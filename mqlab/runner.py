@@ -19,11 +19,15 @@ import redis.asyncio as aioredis
 from mqlab import db
 from mqlab.completion import wait_completed
 from mqlab.experiments import Row, Suite
+from mqlab.faults import Faults
+from mqlab.faulty_run import run_faulty
+from mqlab.ledger import Attempt
 from mqlab.loadgen import fire
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids
 from mqlab.resetting import reset_all
-from mqlab.results import AttemptTiming, JobTiming, RowResult, RunResult, SuiteResult
+from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
+from mqlab.scenarios import EmbeddedPostgres
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 
@@ -61,12 +65,14 @@ def row_timeout(row: Row) -> float:
 
 
 @dataclass
-class _Pool:
+class Pool:
     """The workers the runner keeps between rows, and the settings they were started with."""
 
     job_seconds: float | None = None
     work: str | None = None
     ids: list[str] = field(default_factory=list)
+    #: A Kata 4 row's worker flags (policy, faults, fetch); None for kata3's plain workers.
+    flags: tuple[object, ...] | None = None
 
 
 class Runner:
@@ -77,11 +83,14 @@ class Runner:
         settings: Settings,
         supervisor: Supervisor,
         on_progress: ProgressHandler | None = None,
+        pg: EmbeddedPostgres | None = None,
     ) -> None:
         self.settings = settings
         self.sup = supervisor
         self.on_progress = on_progress or (lambda _: None)
-        self._pool = _Pool()
+        #: Control of PostgreSQL (rows that stop it); None: such rows are skipped.
+        self.pg = pg
+        self.pool = Pool()
 
     async def check_no_foreign_workers(self, client: aioredis.Redis) -> None:
         ours = set(self.sup.children)
@@ -115,7 +124,13 @@ class Runner:
                 for index, row in enumerate(suite.rows, 1):
                     runs = []
                     for run in range(1, repeat + 1):
-                        runs.append(await self._run(suite, row, index, run, repeat, conn, client))
+                        if row.faulty:
+                            report = self.reporter(suite, row, index, run, repeat)
+                            runs.append(await run_faulty(self, row, report))
+                        else:
+                            runs.append(
+                                await self._run(suite, row, index, run, repeat, conn, client)
+                            )
                     done = RowResult(row=row, runs=runs)
                     done.compute()
                     result.rows.append(done)
@@ -139,20 +154,39 @@ class Runner:
         await asyncio.to_thread(reset_all, self.settings)
         return True
 
-    async def _ensure_workers(self, row: Row) -> float:
-        """Make the pool match the row; returns the seconds it took (reported, not counted)."""
+    def reporter(
+        self, suite: Suite, row: Row, index: int, run: int, runs: int
+    ) -> Callable[..., None]:
+        """report(phase, **fields): a Progress of this row's run to the front end."""
+
+        def report(phase: str, **fields: Any) -> None:
+            self.on_progress(
+                Progress(suite.name, row, index, len(suite.rows), run, runs, phase, **fields)
+            )
+
+        return report
+
+    async def ensure_workers(self, row: Row, faults: Faults | None = None) -> float:
+        """Make the pool match the row; returns the seconds it took (reported, not counted).
+        `faults`: other than the row's (the replay after a poison row)."""
         start = time.monotonic()
-        pool = self._pool
-        if (pool.job_seconds, pool.work) != (row.job_seconds, row.work):
+        pool = self.pool
+        faults = faults or row.faults()
+        flags = (row.policy(), faults, row.fetch) if row.faulty or faults else None
+        pool.ids = [w for w in pool.ids if self.sup.children[w].alive()]
+        if (pool.job_seconds, pool.work, pool.flags) != (row.job_seconds, row.work, flags):
             await asyncio.to_thread(self.sup.stop_many, pool.ids)
             pool.ids, pool.job_seconds, pool.work = [], row.job_seconds, row.work
+            pool.flags = flags
         extra = pool.ids[row.workers :]
         await asyncio.to_thread(self.sup.stop_many, extra)
         del pool.ids[row.workers :]
         missing = row.workers - len(pool.ids)
         if missing > 0:
+            kwargs = {} if flags is None else {"policy": flags[0], "faults": flags[1]}
+            kwargs |= {} if flags is None else {"fetch": row.fetch}
             started = await asyncio.to_thread(
-                self.sup.start_workers, missing, row.job_seconds, row.work
+                self.sup.start_workers, missing, row.job_seconds, row.work, **kwargs
             )
             pool.ids += [c.name for c in started]
         await asyncio.to_thread(self.sup.wait_workers_ready, pool.ids)
@@ -174,7 +208,7 @@ class Runner:
             )
 
         report("workers", total=row.orders)
-        startup = await self._ensure_workers(row)
+        startup = await self.ensure_workers(row)
         await asyncio.to_thread(reset_all, self.settings)
         report("firing", total=row.orders)
         assert self.sup.api_url is not None
@@ -190,7 +224,7 @@ class Runner:
         timed_out = await waiting
         jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
         attempts = await db.attempt_outcomes(conn)
-        history = [AttemptTiming.from_row(r) for r in await db.attempt_timings(conn)]
+        history = [Attempt.from_row(r) for r in await db.attempt_times(conn)]
         first_sent = min((s.sent_at for s in shots), default=time.time())
         report("done", done=sum(1 for j in jobs if j.status == "completed"), total=row.orders)
         return RunResult(
@@ -199,7 +233,7 @@ class Runner:
             first_sent=first_sent,
             startup_seconds=startup,
             timed_out=timed_out,
-            worker_ids=list(self._pool.ids),
+            worker_ids=list(self.pool.ids),
             attempts=attempts,
             history=history,
         )

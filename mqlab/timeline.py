@@ -55,25 +55,28 @@ def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
                     )
                 )
     else:
-        enqueued = {j.job_id: j.enqueued_at for j in run.jobs}
+        jobs = {j.job_id: j for j in run.jobs}
         last = {a.job_id: a.attempt for a in run.history}
         due_again: dict[str, float] = {}
         end = run.last_finished if run.last_finished == run.last_finished else t0  # not NaN
-        for a in run.history:
+        for a in sorted(run.history, key=lambda a: (a.started_at or 0.0, a.job_id)):
+            job = jobs.get(a.job_id)
+            if job is None or a.worker_id is None or a.started_at is None:
+                continue
             finished = a.finished_at if a.finished_at is not None else max(end, a.started_at)
             if a.outcome == "completed" or a.outcome == "running":
                 mark = ""
-            elif a.job_status == "dead" and a.attempt == last[a.job_id]:
+            elif job.status == "dead" and a.attempt == last[a.job_id]:
                 mark = MARKS["dead"]
             else:
                 mark = MARKS.get(a.outcome, "✗")
-            waited = due_again.get(a.job_id, enqueued.get(a.job_id, a.started_at))
+            waited = due_again.get(a.job_id, job.enqueued_at)
             lanes.setdefault(a.worker_id, []).append(
                 _Bar(
                     waited - t0,
                     a.started_at - t0,
                     finished - t0,
-                    a.order_id,
+                    job.order_id,
                     mark,
                     None if a.next_attempt_at is None else a.next_attempt_at - t0,
                 )

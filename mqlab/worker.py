@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 
 from mqlab import db
 from mqlab.backend_errors import BACKEND_DOWN
-from mqlab.faults import FaultKind, Faults, JobFailed
+from mqlab.faults import Fault, FaultKind, Faults, JobFailed
 from mqlab.protocol import dead, delayed, events, keys
 from mqlab.protocol.events import EventKind, WorkerState
 from mqlab.protocol.messages import (
@@ -429,6 +429,7 @@ class Worker:
         said = [f"fail-rate {f.fail_rate:g}"] if f.fail_rate else []
         said += [f"crash-rate {f.crash_rate:g}"] if f.crash_rate else []
         said += [f"poison /{f.poison}/"] if f.poison else []
+        said += [f"crash on /{f.crash_on}/"] if f.crash_on else []
         said += [f"seed {f.seed}"] if f.seed is not None else []
         return "; " + ", ".join(said) if said else ""
 
@@ -627,13 +628,15 @@ class Worker:
                 permanent=True,
             )
         fault = self.dice.roll()
+        if self.dice.crashes_on(product):
+            fault = Fault(FaultKind.CRASH, fault.at if fault else 0.5)
         if fault is None:
             await do_work(self.work, self.job_seconds)
             return
         await do_work(self.work, self.job_seconds * fault.at)
         if fault.kind is FaultKind.CRASH:
-            log.critical("%s: crashing on purpose at %.0f%% of %s (--crash-rate)", self.id,
-                         fault.at * 100, self.current_job)  # fmt: skip
+            log.critical("%s: crashing on purpose at %.0f%% of %s (--crash-rate/--crash-on)",
+                         self.id, fault.at * 100, self.current_job)  # fmt: skip
             logging.shutdown()  # flush the line above: os._exit skips it
             os._exit(CRASH_EXIT)
         raise JobFailed(

@@ -79,3 +79,13 @@ def test_the_flags_the_lab_passes_are_the_ones_the_worker_reads() -> None:
     assert args == [
         "--fail-rate", "0.25", "--crash-rate", "0.05", "--poison", "^p", "--seed", "9",
     ]  # fmt: skip
+
+
+def test_crash_on_is_a_pattern_off_by_default_and_passed_as_a_flag() -> None:
+    assert Faults(crash_on="crash").dice("w").crashes_on("crash #1")
+    assert not Faults(crash_on="crash").dice("w").crashes_on("Laptop")
+    assert not Faults().dice("w").crashes_on("crash")
+    assert "--crash-on" not in Faults().args()
+    assert Faults(crash_on="^x").args()[-2:] == ["--crash-on", "^x"]
+    with pytest.raises(FaultError, match="--crash-on is not a regular expression"):
+        Faults(crash_on="(")

@@ -4,7 +4,8 @@ the lab's kill, a dead end. Built from fixed data, as the runner records it."""
 from __future__ import annotations
 
 from mqlab import timeline
-from mqlab.results import AttemptTiming, JobTiming, RunResult
+from mqlab.ledger import Attempt
+from mqlab.results import JobTiming, RunResult
 from tests.results_data import T0
 
 
@@ -14,10 +15,10 @@ def run_with_failures() -> RunResult:
         JobTiming("job-2", 2, "w1", 2, T0, T0 + 0.5, T0 + 0.6, "dead"),
     ]
     history = [
-        AttemptTiming("job-1", 1, 1, "w1", T0 + 0.0, T0 + 0.1, "failed", T0 + 0.3, "completed"),
-        AttemptTiming("job-2", 2, 1, "w2", T0 + 0.05, T0 + 0.5, "crashed", None, "dead"),
-        AttemptTiming("job-1", 1, 2, "w2", T0 + 0.35, T0 + 0.45, "completed", None, "completed"),
-        AttemptTiming("job-2", 2, 2, "w1", T0 + 0.5, T0 + 0.6, "failed", None, "dead"),
+        Attempt("job-1", 1, "w1", T0 + 0.0, T0 + 0.1, "failed", "x", T0 + 0.3),
+        Attempt("job-2", 1, "w2", T0 + 0.05, T0 + 0.5, "crashed", None, None),
+        Attempt("job-1", 2, "w2", T0 + 0.35, T0 + 0.45, "completed", None, None),
+        Attempt("job-2", 2, "w1", T0 + 0.5, T0 + 0.6, "failed", "x", None),
     ]
     return RunResult([], jobs, T0, 0.1, False, ["w1", "w2"], history=history,
                      kills=[(T0 + 0.2, "w2")])  # fmt: skip
