@@ -175,7 +175,11 @@ class Runner:
         flags = (row.policy(), faults, row.fetch) if row.faulty or faults else None
         pool.ids = [w for w in pool.ids if self.sup.children[w].alive()]
         if (pool.job_seconds, pool.work, pool.flags) != (row.job_seconds, row.work, flags):
-            await asyncio.to_thread(self.sup.stop_many, pool.ids)
+            # Every live worker, not only the pool's: a replacement a scenario was starting
+            # when its row ended is alive but in no list, and would take this row's jobs
+            # with the last row's faults (seen: a replayed poison order dead again).
+            live = [c.name for c in self.sup.workers()]
+            await asyncio.to_thread(self.sup.stop_many, live)
             pool.ids, pool.job_seconds, pool.work = [], row.job_seconds, row.work
             pool.flags = flags
         extra = pool.ids[row.workers :]
