@@ -64,6 +64,11 @@ def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
             if job is None or a.worker_id is None or a.started_at is None:
                 continue
             finished = a.finished_at if a.finished_at is not None else max(end, a.started_at)
+            if a.outcome == "crashed":
+                # It ended when its worker died, not when a later delivery found it unfinished
+                # (what finished_at records): at the lab's kill, when the lab killed it.
+                killed = [t for t, w in run.kills if w == a.worker_id and a.started_at <= t]
+                finished = min([finished, *killed])
             if a.outcome == "completed" or a.outcome == "running":
                 mark = ""
             elif job.status == "dead" and a.attempt == last[a.job_id]:
