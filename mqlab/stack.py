@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from mqlab import services
 from mqlab.environment import Opened, Servers
+from mqlab.scenarios import embedded_postgres
 from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import LineHandler, Supervisor
@@ -64,7 +64,7 @@ class Stack(Opened["Stack"]):
 
     def postgres_stoppable(self) -> str | None:
         """None when stop_postgres can run; else why not, in words for the person."""
-        if postgres_server.NAME in self.started_services:
+        if embedded_postgres(self.servers) is not None:
             return None
         return (
             "PostgreSQL is not the embedded server this lab started (it was running already, "
@@ -75,13 +75,13 @@ class Stack(Opened["Stack"]):
         self, seconds: float, still_wanted: Callable[[], bool] = lambda: True
     ) -> None:
         """Stop the embedded PostgreSQL this stack started, wait `seconds`, start it again on
-        the same port and password (clients reconnect to the same URL). `still_wanted()` is
-        asked before the restart: a lab that closed meanwhile does not get a server back."""
-        if (why := self.postgres_stoppable()) is not None:
-            raise NotOurServer(why)
-        base = self.servers.base
-        services.down(base=base, only=[postgres_server.NAME])
+        the same port and password (clients reconnect to the same URL), as kata4's row does
+        (mqlab.scenarios.EmbeddedPostgres). `still_wanted()` is asked before the restart: a
+        lab that closed meanwhile does not get a server back."""
+        pg = embedded_postgres(self.servers)
+        if pg is None:
+            raise NotOurServer(self.postgres_stoppable() or "")
+        pg.stop()
         time.sleep(seconds)
         if still_wanted():
-            # up() reuses the running Redis and starts PostgreSQL again, owned as before.
-            services.up(owned=True, base=base)
+            pg.start()

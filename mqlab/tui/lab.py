@@ -20,6 +20,7 @@ from mqlab.loadgen import fire
 from mqlab.resetting import reset_all
 from mqlab.results import RowResult, SuiteResult
 from mqlab.runner import MAX_CONCURRENCY, ProgressHandler, Runner
+from mqlab.scenarios import embedded_postgres
 from mqlab.settings import Settings
 from mqlab.stack import Stack
 from mqlab.supervisor import Child, Supervisor
@@ -274,7 +275,10 @@ class LiveLab:
         """
         sup = self._require_up()
         assert self.settings is not None
-        runner = Runner(self.settings, sup, on_progress=on_progress)
+        # The embedded PostgreSQL this lab started, if it did: kata4's PostgreSQL row stops it
+        # (skipped, with its reason, when the servers are someone else's).
+        pg = embedded_postgres(self.stack.servers)
+        runner = Runner(self.settings, sup, on_progress=on_progress, pg=pg)
         # Before our own workers are touched: a refusal leaves them as they were.
         client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:
