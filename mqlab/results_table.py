@@ -19,8 +19,22 @@ from mqlab.stats import HEADLINE, label
 API_NAME = "API responds (202)"
 
 
+class _Judged:
+    """A table row's verdict as the tables show it: its words and its one style."""
+
+    verdict: Verdict | None
+
+    @property
+    def verdict_text(self) -> str:
+        return "" if self.verdict is None else str(self.verdict)
+
+    @property
+    def style(self) -> str:
+        return "" if self.verdict is None else self.verdict.style
+
+
 @dataclass(frozen=True)
-class TableRow:
+class TableRow(_Judged):
     """The cells of one row, as text; empty until there is something to show."""
 
     name: str
@@ -32,14 +46,6 @@ class TableRow:
     share: str = ""  # the overhead as a share of the ideal
     verdict: Verdict | None = None
     reason: str = ""
-
-    @property
-    def verdict_text(self) -> str:
-        return "" if self.verdict is None else str(self.verdict)
-
-    @property
-    def style(self) -> str:
-        return "" if self.verdict is None else self.verdict.style
 
 
 def seconds(value: float | None) -> str:
@@ -117,7 +123,7 @@ def table(result: SuiteResult) -> list[TableRow]:
 
 
 @dataclass(frozen=True)
-class LedgerRow:
+class LedgerRow(_Judged):
     """A Kata 4 row's ledger as short cells: where every order went, and recovery."""
 
     name: str
@@ -130,14 +136,6 @@ class LedgerRow:
     recovery: str  # p50 / max, or the one figure
     verdict: Verdict | None
     reason: str
-
-    @property
-    def verdict_text(self) -> str:
-        return "" if self.verdict is None else str(self.verdict)
-
-    @property
-    def style(self) -> str:
-        return "" if self.verdict is None else self.verdict.style
 
 
 def recovery_text(ledger: Ledger) -> str:
