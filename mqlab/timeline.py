@@ -17,6 +17,9 @@ from mqlab.protocol.ids import worker_sort_key
 from mqlab.results import RunResult
 
 _LANE, _BAR, _LEFT, _WIDTH, _TOP = 26, 16, 70, 760, 24
+#: Above this many bars, only the waits of retries are drawn: hundreds of orders queued at
+#: once would otherwise paint every lane pale from the first second (their waits overlap).
+WAITS_SHOWN = 100
 #: Crashed: the cross the TUI's timeline ends a cut job with.
 CRASHED = "\u2573"
 _COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1")
@@ -35,6 +38,7 @@ class _Bar:
     order: int
     mark: str  # "" when it completed; else one of MARKS' values
     due: float | None  # a failed attempt's retry due time
+    retry: bool = False  # it waited from its retry's due time, not from the order
 
 
 def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
@@ -84,6 +88,7 @@ def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
                     job.order_id,
                     mark,
                     None if a.next_attempt_at is None else a.next_attempt_at - t0,
+                    retry=a.job_id in due_again,
                 )
             )
             if a.next_attempt_at is not None:
@@ -117,6 +122,7 @@ def svg(run: RunResult, title: str) -> str:
         f'<text x="{_LEFT}" y="15" font-size="12">{escape(title)}</text>',
     ]
     row_of = {worker: i for i, worker in enumerate(lanes)}
+    waits = sum(len(bars) for bars in lanes.values()) <= WAITS_SHOWN
     for worker, bars in lanes.items():
         y = _TOP + row_of[worker] * _LANE
         out.append(f'<text x="4" y="{y + 12}">{escape(worker[:9])}</text>')
@@ -125,7 +131,7 @@ def svg(run: RunResult, title: str) -> str:
             f'y2="{y + _BAR / 2}" stroke="#ddd"/>'
         )
         for bar in bars:
-            out += _bar_svg(bar, y, scale)
+            out += _bar_svg(bar, y, scale, waits)
     for at, worker in run.kills:
         x = _LEFT + (at - run.first_sent) * scale
         y = _TOP + row_of[worker] * _LANE
@@ -149,14 +155,16 @@ def svg(run: RunResult, title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _bar_svg(bar: _Bar, y: float, scale: float) -> list[str]:
+def _bar_svg(bar: _Bar, y: float, scale: float, waits: bool) -> list[str]:
     color = _COLORS[bar.order % len(_COLORS)]
     x0, x1 = _LEFT + bar.started * scale, _LEFT + bar.finished * scale
-    out = [
-        f'<rect x="{_LEFT + bar.waited_from * scale:.1f}" y="{y + 6}" '
-        f'width="{max(0.5, (bar.started - bar.waited_from) * scale):.1f}" height="4" '
-        f'fill="{color}" opacity="0.3"/>',
-    ]
+    out = []
+    if waits or bar.retry:
+        out.append(
+            f'<rect x="{_LEFT + bar.waited_from * scale:.1f}" y="{y + 6}" '
+            f'width="{max(0.5, (bar.started - bar.waited_from) * scale):.1f}" height="4" '
+            f'fill="{color}" opacity="0.3"/>'
+        )
     ended = {"": "completed", "✗": "failed", CRASHED: "crashed", "↩": "handed back", "†": "dead"}
     opacity = "" if not bar.mark else ' opacity="0.6"'
     out.append(

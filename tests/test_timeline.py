@@ -3,6 +3,8 @@ the lab's kill, a dead end. Built from fixed data, as the runner records it."""
 
 from __future__ import annotations
 
+import pytest
+
 from mqlab import timeline
 from mqlab.ledger import Attempt
 from mqlab.results import JobTiming, RunResult
@@ -47,3 +49,12 @@ def test_a_run_without_history_draws_its_jobs_as_before() -> None:
     plain = RunResult([], run.jobs, T0, 0.1, False, ["w1", "w2"])
     lines = timeline.text(plain, width=20).splitlines()
     assert lines[0].endswith("#2 0.50-0.60s") and lines[1].endswith("#1 0.35-0.45s")
+
+
+def test_a_crowded_run_draws_only_the_waits_of_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hundreds of orders queued at once would paint every lane pale from the start: above
+    WAITS_SHOWN bars, only a retry's wait (from its due time) is drawn."""
+    run = run_with_failures()
+    assert timeline.svg(run, "t").count('opacity="0.3"/>') == 4
+    monkeypatch.setattr(timeline, "WAITS_SHOWN", 2)
+    assert timeline.svg(run, "t").count('opacity="0.3"/>') == 1  # job 1's retry
