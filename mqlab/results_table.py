@@ -76,10 +76,13 @@ def api_planned(suite: Suite) -> TableRow:
 
 
 def row_cells(result: RowResult) -> TableRow:
-    """A suite row with its median makespan, spread, overhead and verdict."""
+    """A suite row with its median makespan, spread, overhead (none for a faulty row) and
+    verdict."""
     ideal = result.row.ideal_seconds
     overhead = result.overhead
-    known = not math.isnan(overhead)
+    # A row of failures on purpose is slower than its ideal by design (retries, recoveries):
+    # its ledger judges it, and an "overhead" would only mislead.
+    known = not math.isnan(overhead) and not result.row.faulty
     low, high = min(result.makespans), max(result.makespans)
     return TableRow(
         name=result.row.name,

@@ -14,10 +14,10 @@ from mqlab.experiment_cli import ProgressLine, summary_table
 from mqlab.experiments import load
 from mqlab.report import render_markdown, to_json
 from mqlab.results import SuiteResult, Verdict
-from mqlab.results_table import api_planned, ms, planned, table
+from mqlab.results_table import api_planned, ms, planned, row_cells, table
 from mqlab.runner import Progress
 from mqlab.stats import PERCENTILES, label
-from tests.results_data import kata, serial_run, suite_result, waves_run
+from tests.results_data import kata, row_result, serial_run, suite_result, waves_run
 
 
 def test_the_overhead_breakdown_adds_up_on_the_last_lane() -> None:
@@ -207,3 +207,13 @@ def test_the_report_says_how_attempts_ended_when_any_did_not_just_complete() -> 
         {"completed": 5, "crashed": 1, "failed": 2, "handed_back": 1},
         {},
     ]
+
+
+def test_a_faulty_rows_cells_show_no_overhead() -> None:
+    """Retries and recoveries make a kata4 row slower than its ideal on purpose: its time is
+    shown, its ledger judges it, and no 'overhead' is claimed."""
+    row = load("kata4").rows[0]
+    assert row.faulty
+    result = row_result(row, serial_run(row, 5.5, [3.0] * row.orders))
+    cells = row_cells(result)
+    assert (cells.measured, cells.overhead, cells.share) == ("5.500 s", "-", "")
