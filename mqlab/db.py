@@ -6,6 +6,7 @@ round trip and one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +46,30 @@ def apply_schema(url: str) -> None:
             conn.execute(schema_path().read_text())  # type: ignore[arg-type]
         finally:
             conn.execute("SELECT pg_advisory_unlock(727274)")
+
+
+class LazyConnection:
+    """One autocommit connection, opened at its first use and again after it was dropped (an
+    outage): the worker's, its reconciler's, a faulty experiment row's. `options` go to
+    psycopg's connect (connect_timeout, prepare_threshold)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url, self.options = url, options
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, **self.options
+            )
+        return self.conn
+
+    async def drop(self) -> None:
+        """Close it (whatever state it is in); the next get() opens a new one."""
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+            self.conn = None
 
 
 # Orders, each with its job, in one statement and so one commit, before the API enqueues
@@ -292,11 +317,9 @@ SELECT id, order_id, worker_id, attempts, extract(epoch FROM enqueued_at)::float
 FROM jobs ORDER BY enqueued_at, id
 """
 
-# How the attempts ended, by outcome (job_history; a run's, after the runner's reset).
-ATTEMPT_OUTCOMES = """
-SELECT outcome, count(*) FROM job_history WHERE outcome <> 'running'
-GROUP BY outcome ORDER BY outcome
-"""
+# The attempts that did not complete, by outcome (job_attempts alone: the TUI asks 5 times a
+# second, and needs no scan of jobs for the completions, which its status counts have).
+ATTEMPT_OUTCOMES = "SELECT outcome, count(*) FROM job_attempts GROUP BY outcome ORDER BY outcome"
 
 # The drain: completed jobs, first start to last finish, and how many were delivered again.
 DRAIN_FIGURES = """
@@ -325,7 +348,7 @@ async def job_timings(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...
 
 
 async def attempt_outcomes(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
-    """How many attempts ended each way (only the outcomes that occurred)."""
+    """How many attempts ended each way but completed (only the outcomes that occurred)."""
     rows = await (await conn.execute(ATTEMPT_OUTCOMES)).fetchall()
     return {str(outcome): int(n) for outcome, n in rows}
 

@@ -6,12 +6,11 @@ survives the outages it causes, the replay after a poison row, and the ledger (m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import psycopg
 import redis
@@ -83,29 +82,10 @@ async def fire_orders(api_url: str, row: Row) -> list[Shot]:
     return [s for shots in await asyncio.gather(*sent) for s in shots]
 
 
-class _Db:
-    """One PostgreSQL connection that comes back after an outage (the row may cause one)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.conn: psycopg.AsyncConnection[Any] | None = None
-
-    async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self.conn is None or self.conn.closed:
-            self.conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-        return self.conn
-
-    async def drop(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self.conn.close()
-        self.conn = None
-
-
 async def wait_settled(
     row: Row,
     accepted: int,
-    dbc: _Db,
+    dbc: db.LazyConnection,
     client: aioredis.Redis,
     report: Callable[..., None],
 ) -> bool:
@@ -170,7 +150,7 @@ async def run_faulty(runner: Runner, row: Row, report: Callable[..., None]) -> R
     pool = runner.pool
     scenario = Scenario(row, sup, pool.ids, start_worker, settings.redis_url, runner.pg, row.seed)
     client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    dbc = _Db(settings.database_url)
+    dbc = db.LazyConnection(settings.database_url)
     replay: Replay | None = None
     report("firing", total=row.orders)
     first_sent = time.time()
@@ -195,7 +175,6 @@ async def run_faulty(runner: Runner, row: Row, report: Callable[..., None]) -> R
         conn = await dbc.get()
         jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
         attempts = [Attempt.from_row(r) for r in await db.attempt_times(conn)]
-        outcomes = await db.attempt_outcomes(conn)
         events = await finished_events(client)
     finally:
         await dbc.drop()
@@ -219,7 +198,6 @@ async def run_faulty(runner: Runner, row: Row, report: Callable[..., None]) -> R
         startup_seconds=startup,
         timed_out=timed_out,
         worker_ids=list(scenario.ids),
-        attempts=outcomes,
         history=attempts,
         kills=list(scenario.marks.kills),
         ledger=ledger,
@@ -230,7 +208,7 @@ async def _replay(
     runner: Runner,
     row: Row,
     accepted: int,
-    dbc: _Db,
+    dbc: db.LazyConnection,
     client: aioredis.Redis,
     report: Callable[..., None],
 ) -> tuple[Replay, bool]:

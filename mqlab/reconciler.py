@@ -319,7 +319,7 @@ class Reconciler:
         config = ReconcileConfig(grace, interval)  # checks both
         self.client, self.database_url, self.owner = client, database_url, owner
         self.grace, self.interval = config.grace, config.interval
-        self.pg: psycopg.AsyncConnection[Any] | None = None
+        self.pg = db.LazyConnection(database_url, connect_timeout=3)
         self.runs = 0
         self.requeued = 0
         self._next_try = 0.0  # time.monotonic(): the first tick tries at once
@@ -328,17 +328,10 @@ class Reconciler:
         return f"<Reconciler {self.owner} runs={self.runs} requeued={self.requeued}>"
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
-        if self.pg is None or self.pg.closed:
-            self.pg = await psycopg.AsyncConnection.connect(
-                self.database_url, autocommit=True, connect_timeout=3
-            )
-        return self.pg
+        return await self.pg.get()
 
     async def _drop_pg(self) -> None:
-        if self.pg is not None:
-            with contextlib.suppress(Exception):
-                await self.pg.close()
-            self.pg = None
+        await self.pg.drop()
 
     async def _acquire(self, token: str, over_rest: bool, wait: float) -> None:
         """Take the lock, or LockBusy once `wait` seconds have passed."""

@@ -88,14 +88,19 @@ class RunResult:
     startup_seconds: float
     timed_out: bool
     worker_ids: list[str]
-    #: How its attempts ended (job_attempts.outcome -> count): retries, crashes, dead ends.
-    attempts: dict[str, int] = field(default_factory=dict)
     #: Every attempt of the run's jobs, in the order they started (the timelines draw them).
     history: list[Attempt] = field(default_factory=list)
     #: Workers the run killed on purpose: (epoch seconds, worker id).
     kills: list[tuple[float, str]] = field(default_factory=list)
     #: A Kata 4 row's ledger (None for a row judged by its time, as kata3's).
     ledger: Ledger | None = None
+
+    @property
+    def attempts(self) -> dict[str, int]:
+        """How its attempts ended (outcome -> count, by outcome), from its history: retries,
+        crashes and dead ends beside the completions."""
+        ended = Counter(a.outcome for a in self.history if a.outcome != "running")
+        return dict(sorted(ended.items()))
 
     @property
     def last_finished(self) -> float:

@@ -227,7 +227,6 @@ class Runner:
         accepted.set_result(sum(1 for s in shots if s.status == 202))
         timed_out = await waiting
         jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
-        attempts = await db.attempt_outcomes(conn)
         history = [Attempt.from_row(r) for r in await db.attempt_times(conn)]
         first_sent = min((s.sent_at for s in shots), default=time.time())
         report("done", done=sum(1 for j in jobs if j.status == "completed"), total=row.orders)
@@ -238,7 +237,6 @@ class Runner:
             startup_seconds=startup,
             timed_out=timed_out,
             worker_ids=list(self.pool.ids),
-            attempts=attempts,
             history=history,
         )
 

@@ -10,6 +10,7 @@ history) draws its jobs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from html import escape
 
@@ -62,7 +63,7 @@ def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
         jobs = {j.job_id: j for j in run.jobs}
         last = {a.job_id: a.attempt for a in run.history}
         due_again: dict[str, float] = {}
-        end = run.last_finished if run.last_finished == run.last_finished else t0  # not NaN
+        end = t0 if math.isnan(run.last_finished) else run.last_finished
         for a in sorted(run.history, key=lambda a: (a.started_at or 0.0, a.job_id)):
             job = jobs.get(a.job_id)
             if job is None or a.worker_id is None or a.started_at is None:
@@ -105,7 +106,7 @@ def _span(run: RunResult, lanes: dict[str, list[_Bar]]) -> float:
     ends = [b.finished for bars in lanes.values() for b in bars]
     ends += [b.due for bars in lanes.values() for b in bars if b.due is not None]
     ends += [at - run.first_sent for at, _ in run.kills]
-    makespan = run.makespan if run.makespan == run.makespan else 0.0  # NaN: nothing finished
+    makespan = 0.0 if math.isnan(run.makespan) else run.makespan  # NaN: nothing finished
     return max([makespan, *ends, 1e-3])
 
 

@@ -184,7 +184,9 @@ class Worker:
             # up to 1 s, also held each call for seconds while Redis was away.
             retry=Retry(NoBackoff(), 0),
         )
-        self.pg: psycopg.AsyncConnection[Any] | None = None
+        # Prepared from the first use: a worker runs the same three statements all its life,
+        # and planning them unprepared costs PostgreSQL CPU the API needs in a burst.
+        self.pg = db.LazyConnection(settings.database_url, connect_timeout=3, prepare_threshold=0)
         config = ReconcileConfig.from_env()
         self.reconciler = Reconciler(
             self.redis, settings.database_url, self.id, config.grace, config.interval
@@ -209,19 +211,10 @@ class Worker:
     # -- connections ---------------------------------------------------------------------
 
     async def _db(self) -> psycopg.AsyncConnection[Any]:
-        if self.pg is None or self.pg.closed:
-            # Prepared from the first use: a worker runs the same three statements all its
-            # life, and planning them unprepared costs PostgreSQL CPU the API needs in a burst.
-            self.pg = await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=3, prepare_threshold=0
-            )
-        return self.pg
+        return await self.pg.get()
 
     async def _drop_pg(self) -> None:
-        if self.pg is not None:
-            with contextlib.suppress(Exception):
-                await self.pg.close()
-            self.pg = None
+        await self.pg.drop()
 
     def _stop_for_now(self) -> asyncio.Event:
         """The stop request that ends a wait on a backend: the first one when no job is in
@@ -325,16 +318,27 @@ class Worker:
         self, kind: EventKind, ack: bytes | None = None, **fields: str | int | float
     ) -> None:
         """One round trip: the ack (if any), our new state, and the event for the lab."""
+        move = None if ack is None else (lambda pipe: pipe.lrem(self.processing, 1, ack))
+        await self._announce([(kind, fields)], move)
+
+    async def _announce(
+        self, happened: list[Event], move: Callable[[Any], object] | None = None
+    ) -> None:
+        """One round trip: `move` our message (queued on the pipeline: the ack, or its way to
+        the delayed set or the dead letters), our new state, and the events for the lab.
+        Retried through outages when it moves the message, which must happen; a beat or an
+        event alone is let go when Redis is away."""
 
         async def op() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                if ack is not None:
-                    pipe.lrem(self.processing, 1, ack)
+                if move is not None:
+                    move(pipe)
                 self._queue_beat(pipe)
-                events.queue(pipe, kind, worker=self.id, **fields)
+                for kind, fields in happened:
+                    events.queue(pipe, kind, worker=self.id, **fields)
                 await pipe.execute()
 
-        if ack is not None:
+        if move is not None:
             await self._retry("Redis", op)
         else:
             with contextlib.suppress(*BACKEND_DOWN):
@@ -488,9 +492,7 @@ class Worker:
         await self.reconciler.aclose()
         with contextlib.suppress(*BACKEND_DOWN):
             await self.redis.aclose()
-        if self.pg is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self.pg.close()
+        await self.pg.drop()
 
     async def _pop(self) -> bytes | None:
         if not self.reliable:
@@ -682,15 +684,9 @@ class Worker:
              "delay": round(delay, 3)},
         )  # fmt: skip
 
-        async def op() -> None:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                delayed.defer(pipe, self.processing, raw, delay)
-                self._queue_beat(pipe)
-                for kind, fields in [*happened, failed]:
-                    events.queue(pipe, kind, worker=self.id, **fields)
-                await pipe.execute()
-
-        await self._retry("Redis", op)
+        await self._announce(
+            [*happened, failed], lambda pipe: delayed.defer(pipe, self.processing, raw, delay)
+        )
         self.claim = None
 
     async def _bury(
@@ -720,15 +716,7 @@ class Worker:
              "reason": reason},
         )  # fmt: skip
 
-        async def op() -> None:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self._bury_message(pipe, raw, entry)
-                self._queue_beat(pipe)
-                for kind, fields in [*happened, died]:
-                    events.queue(pipe, kind, worker=self.id, **fields)
-                await pipe.execute()
-
-        await self._retry("Redis", op)
+        await self._announce([*happened, died], lambda pipe: self._bury_message(pipe, raw, entry))
 
     async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
         """Ack, beat and events in one round trip, which also takes the next message (BLMOVE

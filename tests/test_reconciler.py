@@ -250,7 +250,7 @@ async def test_two_reconcilers_at_once_only_one_runs(
         # tick costing one SET NX and nothing in PostgreSQL.
         third = Reconciler(ards, settings.database_url, "wc", grace=10, interval=30)
         assert await third.tick() is None
-        assert third.pg is None
+        assert third.pg.conn is None  # no connection opened
         assert rds.get(keys.RECONCILER_LOCK) == f"rest:{ran[0].by}"
         assert 25_000 < rds.pttl(keys.RECONCILER_LOCK) <= 30_000
         # `mqlab reconcile` takes a rest mark over, and leaves one of its own.

@@ -12,12 +12,13 @@ from rich.console import Console
 
 from mqlab.experiment_cli import ProgressLine, summary_table
 from mqlab.experiments import load
+from mqlab.ledger import Attempt
 from mqlab.report import render_markdown, to_json
 from mqlab.results import SuiteResult, Verdict
 from mqlab.results_table import api_planned, ms, planned, row_cells, table
 from mqlab.runner import Progress
 from mqlab.stats import PERCENTILES, label
-from tests.results_data import kata, row_result, serial_run, suite_result, waves_run
+from tests.results_data import T0, kata, row_result, serial_run, suite_result, waves_run
 
 
 def test_the_overhead_breakdown_adds_up_on_the_last_lane() -> None:
@@ -187,14 +188,22 @@ def test_run_experiments_progress_is_one_line_at_80_columns(phase: str, runs: in
     assert lines[0].startswith("kata3 row 3/3: 10 órdenes, 4 workers") and " 7/10 " in lines[0]
 
 
+def attempts(*outcomes: str) -> list[Attempt]:
+    """A run's history with attempts that ended so (the report counts them by outcome)."""
+    return [
+        Attempt(f"job-{n}", 1, "w1", T0, T0 + 1, outcome, None, None)
+        for n, outcome in enumerate(outcomes)
+    ]
+
+
 def test_the_report_says_how_attempts_ended_when_any_did_not_just_complete() -> None:
     """Retries, crashes and dead ends show under their row's timeline and in the JSON; a
     row whose attempts all completed at once says nothing more."""
     suite = load("kata3")
     plain = serial_run(suite.rows[0], 2.01, [3.0])
-    plain.attempts = {"completed": 1}
+    plain.history = attempts("completed")
     retried = serial_run(suite.rows[1], 10.05, [3.0] * 5)
-    retried.attempts = {"completed": 5, "crashed": 1, "failed": 2, "handed_back": 1}
+    retried.history = attempts(*["completed"] * 5, "crashed", "failed", "failed", "handed_back")
     late = serial_run(suite.rows[2], 6.05, [3.0] * 10)
     result = suite_result(suite, [[plain], [retried], [late]])
     md = render_markdown(result, ["a.svg", "b.svg", "c.svg"], {})
