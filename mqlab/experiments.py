@@ -73,6 +73,14 @@ class Row:
             self.max_attempts, self.fire_seconds,
         ))  # fmt: skip
 
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for its last job: its own bound, or the serial time plus a wide
+        margin (wider for a faulty row: backoffs and recoveries)."""
+        if self.timeout_seconds:
+            return self.timeout_seconds
+        return self.orders * self.job_seconds * 1.5 + (60 if self.faulty else 30)
+
     def policy(self) -> RetryPolicy | None:
         """The retry policy its workers get (None: the environment's, as kata3's rows)."""
         if (self.max_attempts, self.backoff_base, self.backoff_max) == (None, None, None):

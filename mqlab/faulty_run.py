@@ -56,13 +56,6 @@ STALL_SECONDS = 3.0
 POLL_SECONDS = 0.1
 
 
-def row_timeout(row: Row) -> float:
-    """The row's own bound, or the serial time plus room for backoffs and recoveries."""
-    if row.timeout_seconds:
-        return row.timeout_seconds
-    return row.orders * row.job_seconds * 1.5 + 60
-
-
 async def fire_orders(api_url: str, row: Row) -> list[Shot]:
     """The row's orders: plain, poison and crash-loop products, at once or paced."""
     batches = [
@@ -92,7 +85,7 @@ async def wait_settled(
     """Poll until every accepted job is completed or dead (False), or, for the BLPOP row,
     until the queue is empty and nothing moved for STALL_SECONDS (False); True on timeout."""
     start = time.monotonic()
-    deadline = start + row_timeout(row)
+    deadline = start + row.timeout
     last, moved = (-1, -1), start
     while True:
         now = time.monotonic()

@@ -59,11 +59,6 @@ class Progress:
 ProgressHandler = Callable[[Progress], None]
 
 
-def row_timeout(row: Row) -> float:
-    """Seconds to wait for a row's last job: the serial time plus a wide margin."""
-    return row.orders * row.job_seconds * 1.5 + 30
-
-
 @dataclass
 class Pool:
     """The workers the runner keeps between rows, and the settings they were started with."""
@@ -175,9 +170,10 @@ class Runner:
         flags = (row.policy(), faults, row.fetch) if row.faulty or faults else None
         pool.ids = [w for w in pool.ids if self.sup.children[w].alive()]
         if (pool.job_seconds, pool.work, pool.flags) != (row.job_seconds, row.work, flags):
-            # Every live worker, not only the pool's: a replacement a scenario was starting
-            # when its row ended is alive but in no list, and would take this row's jobs
-            # with the last row's faults (seen: a replayed poison order dead again).
+            # Every live worker the supervisor has, not only the pool's: any worker left from
+            # an earlier row (a replacement a scenario started as its row ended, recorded
+            # after the pool was taken) would take this row's jobs with that row's faults
+            # (seen: a replayed poison order dead again).
             live = [c.name for c in self.sup.workers()]
             await asyncio.to_thread(self.sup.stop_many, live)
             pool.ids, pool.job_seconds, pool.work = [], row.job_seconds, row.work
@@ -262,5 +258,5 @@ class Runner:
             elapsed = time.monotonic() - start
             report("waiting", done=done, total=row.orders, elapsed=elapsed, queue_depth=depth)
 
-        left = start + row_timeout(row) - time.monotonic()
+        left = start + row.timeout - time.monotonic()
         return not await wait_completed(conn, accepted.result(), left, on_count=show)

@@ -146,7 +146,7 @@ class Scenario:
             at = time.time()
             await asyncio.to_thread(self.sup.kill, victim)
             self.marks.kills.append((at, victim))
-            self.ids.append(await asyncio.to_thread(self.start_worker))
+            await self._replace()
 
     async def _restarts(self) -> None:
         """Start a worker in place of each that died on its own (a crash on purpose)."""
@@ -155,7 +155,19 @@ class Scenario:
             for wid in self.died_on_their_own():
                 self._killed.add(wid)  # handled: not restarted twice
                 self.marks.restarts.append((time.time(), wid))
-                self.ids.append(await asyncio.to_thread(self.start_worker))
+                await self._replace()
+
+    async def _replace(self) -> None:
+        """Start a worker for the row. Its id is recorded even when the row ends (this task is
+        cancelled) while it starts: the thread starts it all the same, and a worker the row
+        does not know of would outlive it with the row's faults."""
+        start = asyncio.ensure_future(asyncio.to_thread(self.start_worker))
+        start.add_done_callback(self._record)
+        await asyncio.shield(start)
+
+    def _record(self, start: asyncio.Future[str]) -> None:
+        if not start.cancelled() and start.exception() is None:
+            self.ids.append(start.result())
 
     async def _flushall(self, at: float) -> None:
         await self._until(at)
