@@ -15,6 +15,7 @@ from mqlab.api.backends import Backends, internal_error, pg_failure, unavailable
 from mqlab.api.validation import (
     MAX_BODY_BYTES,
     BadRequest,
+    check_content_encoding,
     check_content_type,
     check_length,
     error_response,
@@ -33,6 +34,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def _header_list(scope: Scope, name: bytes) -> str | None:
+    """A list-valued header (Content-Encoding), which may come in several lines: all of them."""
+    values = [value.decode("latin-1") for key, value in scope["headers"] if key == name]
+    return ", ".join(values) if values else None
 
 
 async def _receive_body(receive: Receive, content_length: str | None) -> bytes:
@@ -80,6 +87,7 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
         response: Response
         try:
             check_content_type(_header(scope, b"content-type"))
+            check_content_encoding(_header_list(scope, b"content-encoding"))
             body = await _receive_body(receive, _header(scope, b"content-length"))
             order_id, job_id = await backends.writer.submit(parse_order(body))
         except ClientGone:

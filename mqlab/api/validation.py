@@ -176,6 +176,18 @@ def check_content_type(content_type: str | None) -> None:
         )
 
 
+def check_content_encoding(content_encoding: str | None) -> None:
+    """415 for a body in a content coding: the API decodes none (`identity` is no coding)."""
+    codings = [c.strip() for c in (content_encoding or "").split(",")]
+    unsupported = ", ".join(c for c in codings if c and c.lower() != "identity")
+    if unsupported:
+        raise BadRequest(
+            415,
+            f"unsupported content encoding {echo(unsupported)}: send the body uncompressed",
+            [{"contentEncoding": echo(unsupported), "expected": "identity"}],
+        )
+
+
 def check_length(content_length: str | None) -> None:
     if content_length is None:
         return
