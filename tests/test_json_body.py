@@ -47,7 +47,9 @@ def _number(int_digits: int, frac_digits: int, exponent: bool) -> st.SearchStrat
         st.booleans(),
         st.integers(0, 10**int_digits - 1),
         st.none() | st.text("0123456789", min_size=1, max_size=frac_digits),
-        st.none() | st.integers(-400, 400) if exponent else st.none(),
+        st.none() | st.integers(-400, 400) | st.sampled_from([-(10**14), 10**14])
+        if exponent
+        else st.none(),
     ).map(spell)
 
 

@@ -180,6 +180,10 @@ def test_schema_and_validator_agree_on_unknown_and_missing_fields() -> None:
         ("price", "0.0000000000000000000001", "decimal_places"),
         ("price", "1e400", "less_than_equal"),  # infinity as a float, but finite as written
         ("price", "-1e-400", "decimal_places"),
+        ("price", "1e99999999999999", "less_than_equal"),  # beyond the Decimal context too
+        ("price", "-1e99999999999999", "greater_than_equal"),
+        ("quantity", "-1e99999999999999", "greater_than_equal"),
+        ("quantity", "1e-99999999999999", "int_type"),
     ],
 )
 def test_numbers_are_judged_as_written(field: str, written: str, error: str) -> None:

@@ -94,7 +94,7 @@ def _cents(value: Any) -> Any:
     exact = _as_written(value)
     if exact is None:
         return value
-    if abs(exact) > _MAX_PRICE:
+    if exact.copy_abs() > _MAX_PRICE:  # copy_abs: abs() rounds to the context, and overflows
         return float(_clamped(exact))
     if exact != exact.quantize(_CENT):
         raise PydanticCustomError("decimal_places", "at most 2 decimal places")
