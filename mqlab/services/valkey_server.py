@@ -28,14 +28,16 @@ from urllib.parse import quote
 import redis
 
 from mqlab.backend_errors import REDIS_FAILURE
+from mqlab.private_files import private_dir, write_private
 from mqlab.procs import keep, spawn, wait_until
-from mqlab.services.home import identity, private_dir, write_private
+from mqlab.services.home import identity
 from mqlab.services.runtime import (
     Account,
     data_root,
     give,
     popen_args,
     reachable,
+    server_dir,
     service_account,
 )
 
@@ -75,7 +77,7 @@ def data_dir(base: Path, root: Path, account: Account | None) -> Path:
         if not data.exists() and legacy.is_dir() and legacy != data:
             shutil.move(legacy, data)
             moved = True
-    return give(private_dir(data), account, deep=moved)
+    return server_dir(data, account, deep=moved)
 
 
 def _config(data: Path, port: int, sock: Path | None, password: str) -> str:
@@ -107,7 +109,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     account = service_account()
     root = data_root(base, account)
     data = data_dir(base, root, account)
-    run = give(private_dir(root / "run"), account)
+    run = server_dir(root / "run", account)
     log = private_dir(base / "log") / "valkey.log"
     password = identity(base)["passwords"]["redis"]
     sock = run / "valkey.sock"
