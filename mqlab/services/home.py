@@ -69,24 +69,28 @@ def home() -> Path:
 
 def checked(base: Path, *, create: bool = True) -> Path:
     """`base`, once it is safe to keep secrets in and run servers from (made 0700 if it is
-    missing and `create`): a folder of ours, no link, whose entries and logs are ours and
-    whose parents no other user can swap. UnsafeHome, saying what and how to fix it, if not.
+    missing and `create`): a folder of ours, no link, whose entries and logs are ours and no
+    links, and whose parents no other user can swap. UnsafeHome, saying what is wrong and
+    what to do, if not; then nothing in it has changed.
 
-    A home of ours that others could write (made under umask 002) is made 0700 first, then
-    its entries checked: whatever someone else put there before is theirs, and refused."""
+    A home of ours that others could write (made under umask 002) is made 0700 once nothing
+    in it is someone else's, and its entries checked again: what someone put there in
+    between is theirs, and refused."""
     try:
         _check_parents(base)
         if not create and not os.path.lexists(base):
             return base
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_owner(base, os.lstat(base), {os.geteuid()})
+        _check_entries(base)
         private_dir(base)
-        for folder in (base, base / "log"):
-            if folder == base or os.path.lexists(folder):
-                _check_entries(folder)
+        _check_entries(base)
     except UnsafePath as exc:
         raise UnsafeHome(
             f"unsafe MQLAB_HOME {base}: {exc}. mqlab keeps the servers' passwords there and "
-            "runs them from it, so it must be a folder of yours that no one else can write: "
-            "point MQLAB_HOME at one (or unset it), or remove what is not yours"
+            "runs them from it, so it must be a folder of yours that no one else can write, "
+            "holding nothing of anyone else's and no links: point MQLAB_HOME at another (or "
+            "unset it), or remove what is not yours"
         ) from None
     return base
 
@@ -96,7 +100,10 @@ def _check_parents(base: Path) -> None:
     (no write access for others, or the sticky bit, as /tmp has)."""
     me = os.geteuid()
     for parent in Path(os.path.abspath(base)).parents:
-        info = os.stat(parent)
+        try:
+            info = os.stat(parent)
+        except FileNotFoundError:
+            continue  # made by us below, with the home
         check_owner(parent, info, {0, me})
         shared = info.st_mode & 0o002 or (info.st_mode & 0o020 and _others_in(info.st_gid))
         if shared and not info.st_mode & stat.S_ISVTX:
@@ -114,10 +121,18 @@ def _others_in(gid: int) -> bool:
     return bool(members - {me})
 
 
-def _check_entries(folder: Path) -> None:
+def _check_entries(base: Path) -> None:
+    """Everything in the home and in its log/ is ours (or, under root, the service
+    account's) and no link: mqlab opens, chmods and chowns them."""
     owners = _owners()
-    for entry in os.scandir(folder):
-        check_owner(entry.path, entry.stat(follow_symlinks=False), owners)
+    for folder in (base, base / "log"):
+        if folder != base and not os.path.lexists(folder):
+            continue
+        for entry in os.scandir(folder):
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                raise refuse(entry.path, f"is a symbolic link (to {os.readlink(entry.path)})")
+            check_owner(entry.path, info, owners)
 
 
 def _owners() -> set[int]:
