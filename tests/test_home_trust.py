@@ -42,9 +42,17 @@ def snapshot(*paths: Path) -> dict[str, tuple[int, int, int, bytes]]:
 
 
 def planted_identity(home_id: str) -> str:
-    return json.dumps(
-        {"id": home_id, "passwords": dict.fromkeys(("redis", "postgres", "app"), KNOWN)}
-    )
+    passwords = dict.fromkeys(("redis", "postgres", "app"), KNOWN)
+    return json.dumps({"id": home_id, "passwords": passwords, "ports": {}})
+
+
+def refused(home: Path, *commands: str) -> list[subprocess.CompletedProcess]:
+    """`mqlab services COMMAND` for each command, then `down` (refused too; before the fix it
+    stopped what the `up` had started)."""
+    try:
+        return [mqlab(home, "services", command) for command in commands]
+    finally:
+        mqlab(home, "services", "down")
 
 
 @pytest.fixture
@@ -86,13 +94,13 @@ def test_a_home_another_user_made_is_refused_and_nothing_changes(outside: Path) 
         assert done.returncode == 0, done.stderr
         watched = [outside / "target", outside / "somefile", home, *home.rglob("*")]
         before = snapshot(*watched)
-        for command in ("up", "status"):
-            seen = mqlab(home, "services", command)
+        answers = refused(home, "up", "status")
+        assert snapshot(*watched, home / ".lock") == before
+        assert not Path(f"{outside}/target.home").exists()
+        for seen in answers:
             assert seen.returncode == 1, seen.stdout + seen.stderr
             assert "unsafe MQLAB_HOME" in seen.stderr and "belongs to nobody" in seen.stderr
             assert "Traceback" not in seen.stderr
-        assert snapshot(*watched, home / ".lock") == before
-        assert not Path(f"{outside}/target.home").exists()
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -106,11 +114,10 @@ def test_an_id_that_is_not_the_hex_mqlab_makes_is_refused(
     (home / "home.json").write_text(planted_identity("../" * 8 + f"{outside}/target"))
     (home / "home.json").chmod(0o600)
     before = snapshot(outside / "target")
-    seen = mqlab(home, "services", "up")
+    [seen] = refused(home, "up")
+    assert snapshot(outside / "target") == before
     assert seen.returncode == 1, seen.stdout + seen.stderr
     assert "is not 16 hex digits" in seen.stderr and "Traceback" not in seen.stderr
-    assert snapshot(outside / "target") == before
-    assert not (home / "services.json").exists()
 
 
 @pytest.mark.parametrize("link", ["log/valkey.log", "services.json", "log"])
@@ -125,12 +132,12 @@ def test_a_link_in_a_home_is_refused_not_followed(
         (home / "log").rmdir()
     (home / link).symlink_to(outside / ("target" if link == "log" else "somefile"))
     before = snapshot(outside / "somefile", outside / "target")
-    for command in ("up", "status"):
-        seen = mqlab(home, "services", command)
-        assert seen.returncode == 1, seen.stdout + seen.stderr
-        assert f"{home / link} is a symbolic link" in seen.stderr, seen.stderr
+    answers = refused(home, "up", "status")
     assert snapshot(outside / "somefile", outside / "target") == before
     assert not (home / ".lock").exists()
+    for seen in answers:
+        assert seen.returncode == 1, seen.stdout + seen.stderr
+        assert f"{home / link} is a symbolic link" in seen.stderr, seen.stderr
 
 
 @needs_root
@@ -154,8 +161,12 @@ def test_the_service_account_cannot_make_root_write_through_a_link(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     before = snapshot(outside / "somefile")
+    failed = None
     try:
         services.up(owned=True, base=home)
+    except services.ServicesError as exc:
+        failed = exc  # before the fix: valkey.conf had become the link, out of its reach
     finally:
         services.down(base=home)
     assert snapshot(outside / "somefile") == before
+    assert failed is None
