@@ -102,7 +102,10 @@ def services_down() -> None:
     """Stop the embedded servers."""
     from mqlab.services.view import services_table
 
-    infos = services.down()
+    try:
+        infos = services.down()
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
     if not infos:
         console.print("No embedded servers were running.")
         return
@@ -114,7 +117,10 @@ def services_status() -> None:
     """Each embedded server's state, URL, pid, version and health."""
     from mqlab.services.view import services_table
 
-    infos = services.status()
+    try:
+        infos = services.status()
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
     console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
     if any(i.state == "stale" for i in infos):
         console.print("A stale record (its server had died) was cleaned.")
@@ -132,7 +138,10 @@ def services_env() -> None:
 
     The URLs carry the servers' passwords (kept in MQLAB_HOME/home.json, 0600).
     """
-    infos = {i.name: i for i in services.status() if i.state == "running"}
+    try:
+        infos = {i.name: i for i in services.status() if i.state == "running"}
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
     if set(infos) != {"redis", "postgres"}:
         raise fail("the embedded servers are not running: `mqlab services up` starts them")
     print(f"export REDIS_URL={infos['redis'].tcp_url}")
