@@ -347,12 +347,13 @@ def test_a_release_never_clobbers_a_claim_made_since(
 ) -> None:
     created = post_order(client)  # no worker runs: the claims below are the only ones
     jid = created["jobId"]
-    assert pg.execute(db.CLAIM_JOB, {"worker": "w1", "job": jid}).fetchone() is not None
-    status, owner, attempts, _, started = pg.execute(db.JOB_STATUS, [jid]).fetchone()  # type: ignore[misc]
-    assert (status, owner, attempts) == ("processing", "w1", 1)
+    claim = {"worker": "w1", "instance": "1-a", "job": jid, "order": created["orderId"]}
+    assert pg.execute(db.CLAIM_JOB, claim).fetchone() is not None
+    status, owner, attempts, _, started, instance, *_ = pg.execute(db.JOB_STATUS, [jid]).fetchone()  # type: ignore[misc]
+    assert (status, owner, attempts, instance) == ("processing", "w1", 1, "1-a")
     # w1 presumed dead: w2 takes the job over, and w1's attempt is recorded as crashed.
-    takeover = {"worker": "w2", "job": jid, "was_worker": "w1", "was_attempt": 1,
-                "was_started": started}  # fmt: skip
+    takeover = {"worker": "w2", "instance": "2-b", "job": jid, "was_worker": "w1",
+                "was_instance": "1-a", "was_attempt": 1, "was_started": started}  # fmt: skip
     assert pg.execute(db.TAKE_OVER_JOB, takeover).fetchone() is not None
     assert pg.execute(db.TAKE_OVER_JOB, takeover).fetchone() is None  # that claim is gone
     assert pg.execute(
