@@ -401,3 +401,63 @@ def test_a_missing_table_is_waited_for_not_dead_lettered(
     eventually(lambda: job(client, "job-away-1")["status"] == "completed", timeout=15)
     assert rds.llen(keys.DEAD) == 0
     assert child.alive()
+
+
+def history(pg: psycopg.Connection, job_id: object) -> list[tuple[object, ...]]:
+    """Every attempt of a job (job_history): (attempt, worker, outcome), in order."""
+    return pg.execute(
+        "SELECT attempt, worker_id, outcome FROM job_history WHERE job_id = %s ORDER BY attempt",
+        [job_id],
+    ).fetchall()
+
+
+def test_duplicates_of_a_job_a_live_worker_runs_are_dropped_not_taken_over(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """The issue's attack: two workers, a job running, its message pushed again 50 times.
+    Its worker is alive, so every duplicate is dropped unworked: one attempt, completed, no
+    crash (it used to end dead, "its worker died during each of its 5 attempts")."""
+    sup.start_workers(2, job_seconds=1)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    owner = job(client, created["jobId"])["workerId"]
+    message = orjson.dumps({"jobId": created["jobId"], "orderId": created["orderId"],
+                            "enqueuedAt": "x"})  # fmt: skip
+    for _ in range(50):
+        rds.lpush(keys.QUEUE, message)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=15)
+    final = job(client, created["jobId"])
+    assert (final["attempts"], final["workerId"]) == (1, owner)
+    assert history(pg, created["jobId"]) == [(1, owner, "completed")]
+    assert client.get(f"/orders/{created['orderId']}").json()["status"] == "completed"
+    ids = [c.name for c in sup.children.values()]
+    eventually(
+        lambda: (
+            rds.llen(keys.QUEUE) == 0 and all(rds.llen(keys.processing_key(w)) == 0 for w in ids)
+        )
+    )
+    kinds = [f["type"] for _, f in rds.xrange(keys.EVENTS) if f.get("job") == created["jobId"]]
+    assert (kinds.count("job_started"), kinds.count("job_finished")) == (1, 1)
+    assert rds.llen(keys.DEAD) == 0
+    tails = "\n".join(c.tail() for c in sup.children.values())
+    assert "dropping this duplicate delivery" in tails
+    assert "took over" not in tails
+
+
+def test_a_worker_restarted_with_its_id_takes_its_job_back_while_its_old_beat_lives(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """kill -9 mid-job, the same id started again at once: the heartbeat key still exists
+    (now the new run's), but it names another run than the claim's, so the job is taken
+    back and the dead run's attempt recorded as crashed."""
+    sup.start_worker("w1", job_seconds=5)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    old = rds.hget(keys.worker_key("w1"), keys.INSTANCE_FIELD)
+    sup.kill("w1")
+    assert rds.exists(keys.worker_key("w1"))  # the dead run's beat has not expired yet
+    # Not waited for as ready: the dead run's beat says busy already.
+    sup.start_worker("w1", job_seconds=0.2, wait=False)
+    eventually(lambda: rds.hget(keys.worker_key("w1"), keys.INSTANCE_FIELD) not in (None, old))
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
+    assert history(pg, created["jobId"]) == [(1, "w1", "crashed"), (2, "w1", "completed")]
