@@ -461,3 +461,65 @@ def test_a_worker_restarted_with_its_id_takes_its_job_back_while_its_old_beat_li
     eventually(lambda: rds.hget(keys.worker_key("w1"), keys.INSTANCE_FIELD) not in (None, old))
     eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
     assert history(pg, created["jobId"]) == [(1, "w1", "crashed"), (2, "w1", "completed")]
+
+
+def test_a_message_whose_job_or_order_is_not_in_postgresql_is_dead_at_first_sight(
+    settings: Settings,
+    sup: Supervisor,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
+) -> None:
+    """Each dead-lettered at its first delivery with a reason one can check, counting no
+    attempt: an order deleted with its job; a message naming an order its job is not of; an
+    order row gone while its job stays (the foreign key bypassed: that job used to cycle
+    through claims and take-overs, end dead "its worker died during each of its 5 attempts",
+    and be left out of `mqlab dead list`)."""
+    from tests.test_cli import run
+
+    gone = post_order(client)
+    pg.execute("DELETE FROM orders WHERE id = %s", [gone["orderId"]])  # its job goes too
+    real = post_order(client)
+    forged = orjson.dumps({"jobId": real["jobId"], "orderId": 999999, "enqueuedAt": "x"})
+    rds.lpush(keys.QUEUE, forged)
+    orphan = post_order(client)
+    fk = pg.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype = 'f'"
+    ).fetchone()
+    assert fk is not None
+    pg.execute(f'ALTER TABLE jobs DROP CONSTRAINT "{fk[0]}"')
+    try:
+        pg.execute("DELETE FROM orders WHERE id = %s", [orphan["orderId"]])
+        sup.start_worker("w1", job_seconds=0)
+        eventually(lambda: rds.llen(keys.DEAD) == 3 and rds.llen(keys.QUEUE) == 0)
+        eventually(lambda: job(client, real["jobId"])["status"] == "completed")
+        assert job(client, real["jobId"])["attempts"] == 1
+        buried = job(client, orphan["jobId"])
+        reason = (
+            f"order {orphan['orderId']} of job {orphan['jobId']} does not exist in PostgreSQL "
+            "(deleted while the job was pending)"
+        )
+        assert (buried["status"], buried["attempts"], buried["lastError"]) == ("dead", 0, reason)
+        assert history(pg, orphan["jobId"]) == []
+        letters = {
+            messages.read_dead_letter(e.encode()).reason: messages.read_dead_letter(e.encode())
+            for e in rds.lrange(keys.DEAD, 0, -1)
+        }
+        assert set(letters) == {
+            f"no job {gone['jobId']} in PostgreSQL (order {gone['orderId']} does not exist either)",
+            f"job {real['jobId']} is order {real['orderId']}'s, not order 999999's",
+            reason,
+        }
+        assert letters[reason].job_id == orphan["jobId"]
+        listed = run(settings, "dead", "list", columns=200)
+        assert listed.returncode == 0, listed.stderr
+        assert orphan["jobId"] in listed.stdout
+        assert "is order" in listed.stdout and "no job" in listed.stdout
+    finally:
+        pg.execute(
+            "DELETE FROM jobs WHERE NOT EXISTS (SELECT FROM orders WHERE orders.id = order_id)"
+        )
+        pg.execute(
+            f'ALTER TABLE jobs ADD CONSTRAINT "{fk[0]}" FOREIGN KEY (order_id) '
+            "REFERENCES orders (id) ON DELETE CASCADE"
+        )
