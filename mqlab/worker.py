@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 from mqlab import db
 from mqlab.backend_errors import BACKEND_DOWN
 from mqlab.faults import Fault, FaultKind, Faults, JobFailed
+from mqlab.procs import pid_alive
 from mqlab.protocol import dead, delayed, events, keys
 from mqlab.protocol.events import EventKind, WorkerState
 from mqlab.protocol.messages import (
@@ -112,6 +113,10 @@ class JobLook(NamedTuple):
 
 class Stopped(Exception):
     """A stop request ended a wait on a backend (raised by Worker._retry, caught by run)."""
+
+
+class IdInUse(Exception):
+    """A live process on this host already runs as this worker id (its heartbeat says so)."""
 
 
 class NotReady(Exception):
@@ -197,6 +202,9 @@ class Worker:
         #: mid-command (seen with redis 8.1: about one in three), which kept the loop, and so
         #: the process, alive after a SIGTERM.
         self._consuming = True
+        #: False when another live process runs as this id: what Redis holds under the id
+        #: (its heartbeat, its processing list) is that process's, and the stop leaves it be.
+        self._owns_id = True
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
             # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
@@ -438,6 +446,9 @@ class Worker:
             await self._consume(cold)
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
+        except IdInUse as exc:
+            log.error("%s", exc)
+            self._owns_id = False
         finally:
             self._consuming = False
             helpers = [t for t in (cold, heart, promoter, reconciling) if t is not None]
@@ -446,11 +457,12 @@ class Worker:
             await asyncio.gather(*helpers, return_exceptions=True)
             await self._shutdown()
         log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
-        return 0
+        return 0 if self._owns_id else 1
 
     async def _start(self) -> None:
         """Say we are here, take back what a previous life of this id left, connect."""
         # race=True throughout: a stop while a backend is still away must not wait for it.
+        await self._retry("Redis", self._check_id, race=True)
         await self._retry("Redis", self.beat, race=True)
         moved = await self._retry("Redis", self._hand_back_own, race=True)
         if moved:
@@ -462,6 +474,22 @@ class Worker:
         fetch = "" if self.reliable else "; fetch blpop: no processing list, no recovery"
         log.info("%s: ready (pid %d, job %.3gs %s; %s%s%s)", self.id, self.pid,
                  self.job_seconds, self.work, self.policy, self._faults_said(), fetch)  # fmt: skip
+
+    async def _check_id(self) -> None:
+        """IdInUse when a live process on this host beats as this id: the processing list of
+        the id is then that process's, not a previous life's to take back (taking it would
+        make its jobs look abandoned, and run them twice). Another host's process cannot be
+        checked: ids are unique per deployment."""
+        beat = await self.redis.hgetall(keys.worker_key(self.id))
+        pid, host = beat.get(b"pid", b""), beat.get(b"host", b"")
+        if host.decode(errors="replace") != self.host or not pid.isdigit():
+            return
+        other = int(pid)
+        if other != self.pid and pid_alive(other, "worker"):
+            raise IdInUse(
+                f"{self.id}: worker id {self.id!r} is in use by pid {other} on this host; "
+                "give this worker another --id"
+            )
 
     def _faults_said(self) -> str:
         f = self.faults
@@ -499,6 +527,9 @@ class Worker:
         taken but not worked, back on the queue; our heartbeat gone. Each step is bounded
         (STOP_STEP_SECONDS), so that a backend that is away does not hold the exit."""
         self.state = WorkerState.STOPPING
+        if not self._owns_id:
+            await self._close()
+            return
         if self.claim is not None:
             job_id, attempt = self.claim
             # Before the message is back on the queue: a job there is never shown as ours.
@@ -526,6 +557,9 @@ class Worker:
             log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
                         "to the queue once our heartbeat has expired", self.id, exc,
                         self.processing)  # fmt: skip
+        await self._close()
+
+    async def _close(self) -> None:
         await self.reconciler.aclose()
         with contextlib.suppress(*BACKEND_DOWN):
             await self.redis.aclose()

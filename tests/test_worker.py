@@ -523,3 +523,26 @@ def test_a_message_whose_job_or_order_is_not_in_postgresql_is_dead_at_first_sigh
             f'ALTER TABLE jobs ADD CONSTRAINT "{fk[0]}" FOREIGN KEY (order_id) '
             "REFERENCES orders (id) ON DELETE CASCADE"
         )
+
+
+def test_a_second_worker_with_a_live_workers_id_refuses_to_start(
+    settings: Settings,
+    sup: Supervisor,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
+) -> None:
+    """At start a worker takes back what its id's previous run left in its processing list:
+    with that run alive (the same id given twice), it would take a job in hand, which then
+    looked abandoned and ran twice. It refuses instead, and the live worker goes on."""
+    first = sup.start_worker("w1", job_seconds=3)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    with Supervisor(settings) as other:  # a supervisor runs one child per name
+        second = other.start_worker("w1", job_seconds=0, wait=False)
+        assert second.proc.wait(20) == 1
+        eventually(lambda: "is in use by pid" in second.tail())
+    assert first.alive()
+    assert rds.hget(keys.worker_key("w1"), "pid") == str(first.pid)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
+    assert history(pg, created["jobId"]) == [(1, "w1", "completed")]
