@@ -515,6 +515,9 @@ def test_a_message_whose_job_or_order_is_not_in_postgresql_is_dead_at_first_sigh
         assert listed.returncode == 0, listed.stderr
         assert orphan["jobId"] in listed.stdout
         assert "is order" in listed.stdout and "no job" in listed.stdout
+        purged = run(settings, "dead", "purge", "--yes")
+        assert purged.returncode == 0, purged.stderr
+        assert job(client, orphan["jobId"]).get("status") is None  # gone, with no order
     finally:
         pg.execute(
             "DELETE FROM jobs WHERE NOT EXISTS (SELECT FROM orders WHERE orders.id = order_id)"
