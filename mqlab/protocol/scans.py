@@ -1,5 +1,6 @@
 """The two scans of the queue protocol: live workers (their heartbeat keys) and processing
-lists (what each worker holds), for redis-py's sync and asyncio clients.
+lists (what each worker holds), for redis-py's sync and asyncio clients; and whether one run
+of a worker is alive.
 
 A key comes back as the client gives it: str from a decoding client, bytes from one that
 does not (the worker's: a processing list is handled whatever its name, so its owner's
