@@ -34,7 +34,7 @@ class DeadJob:
 
     job_id: str
     order_id: int
-    product: str
+    product: str | None  # None: its order row is gone (the worker buried it for that)
     attempts: int
     last_error: str | None
     finished_at: dt.datetime | None  # when it was buried

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import redis
+import redis.asyncio as aioredis
 
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
+from mqlab.worker import requeue_orphans
 from tests.conftest import Flaky, counts
 from tests.helpers import eventually, insert_job, job_status
 
@@ -125,3 +128,28 @@ def test_worker_waits_for_postgres_and_reconnects(
         eventually(lambda: job_status(flaky_pg.url, "job-p-1") == "completed", timeout=20)
         assert child.alive()
         assert rds.llen(keys.DEAD) == 0
+
+
+async def test_the_reaper_judges_no_one_on_a_server_just_started_again(
+    flaky_redis: Flaky,
+) -> None:
+    """Valkey started again keeps the processing lists (its append-only file), while every
+    heartbeat expired meanwhile: until the live workers have beaten again (a heartbeat TTL),
+    a list with no heartbeat is no proof of a dead worker. (It used to be requeued at once:
+    "requeued a job of dead worker w2" while w2 was alive.)"""
+    client = redis.Redis.from_url(flaky_redis.url)
+    client.lpush(keys.processing_key("w2"), b"m1")
+    client.close()
+    flaky_redis.stop()
+    flaky_redis.start()
+    started = time.monotonic()
+    reaper = aioredis.Redis.from_url(flaky_redis.url)
+    try:
+        assert await requeue_orphans(reaper) == 0
+        assert await reaper.llen(keys.processing_key("w2")) == 1
+        # Still no heartbeat once the server has been up a TTL: w2 is gone.
+        time.sleep(max(0.0, keys.HEARTBEAT_TTL + 1 - (time.monotonic() - started)))
+        assert await requeue_orphans(reaper) == 1
+        assert await reaper.lrange(keys.QUEUE, 0, -1) == [b"m1"]
+    finally:
+        await reaper.aclose()
