@@ -63,21 +63,26 @@ class Backends:
         await self.redis.aclose()
 
 
-#: During an outage every request fails the same way: say so at most this often.
+#: During an outage (or a flood) every request fails the same way: say so at most this often.
 DOWN_LOG_INTERVAL = 1.0
-_down_logged: dict[str, tuple[float, int]] = {}  # backend -> (last logged, refusals since)
+_logged: dict[str, tuple[float, int]] = {}  # what -> (last logged, lines skipped since)
+
+
+def log_seldom(what: str, message: str) -> None:
+    """Log a warning about `what` at most once a DOWN_LOG_INTERVAL, saying how many were not."""
+    now = time.monotonic()
+    last, since = _logged.get(what, (-math.inf, 0))
+    if now - last < DOWN_LOG_INTERVAL:
+        _logged[what] = (last, since + 1)
+        return
+    _logged[what] = (now, 0)
+    more = f" ({since} more since the last line)" if since else ""
+    log.warning("%s%s", message, more)
 
 
 def log_down(backend: str, exc: BaseException) -> None:
     """Log why a backend is unavailable: the driver's words go here, not to the client."""
-    now = time.monotonic()
-    last, since = _down_logged.get(backend, (-math.inf, 0))
-    if now - last < DOWN_LOG_INTERVAL:
-        _down_logged[backend] = (last, since + 1)
-        return
-    _down_logged[backend] = (now, 0)
-    more = f" ({since} more since the last line)" if since else ""
-    log.warning("%s is unavailable: %s%s", backend, str(exc) or type(exc).__name__, more)
+    log_seldom(backend, f"{backend} is unavailable: {str(exc) or type(exc).__name__}")
 
 
 def unavailable(backend: str, exc: BaseException) -> JSONResponse:
