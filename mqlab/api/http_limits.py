@@ -124,7 +124,10 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            previous = self.cycle
             super().on_headers_complete()
+            if self.cycle is previous:
+                return  # an upgrade (WebSocket): no request of ours to time
             self.cycle.send = self._closing_early(self.cycle)  # type: ignore[method-assign]
             # on_message_complete, in this same feed when the body is all here, disarms it.
             self._arm(limits.body_seconds, self._body_late)
