@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import resource
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,10 +85,15 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     )
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
+        """Times what has not arrived after each read: a request that arrives whole (the
+        usual case, also on a kept-alive connection) costs no timer and no wrapper."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.deadline: asyncio.TimerHandle | None = None
-            self.heard = False  # a byte of a request arrived
+            self.timing: str | None = None  # what the deadline waits for: headers or body
+            self.phase: str | None = None  # the parser's place: in a request's headers or body
+            self.heard = False  # a byte arrived
             self.lingering = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -106,7 +110,7 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 # closed at once (a reset may then overtake the answer).
                 self._end(linger=over <= FD_RESERVE // 2)
                 return
-            self._arm(limits.header_seconds, self._headers_late)
+            self._time("headers")
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -116,24 +120,31 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self.lingering:
                 return  # the answer is out and the connection ending: the rest is dropped
             self.heard = True
-            if self.deadline is None and (self.cycle is None or self.cycle.response_complete):
-                # A new request on a kept-alive connection (uvicorn's keep-alive timer, which
-                # this byte cancels, no longer bounds it).
-                self._arm(limits.header_seconds, self._headers_late)
-            super().data_received(data)
+            super().data_received(data)  # cancels uvicorn's keep-alive timer
+            if self.lingering or self.transport.is_closing():
+                return
+            if self.phase is not None:
+                self._time(self.phase)
+            elif self.cycle is None or self.cycle.response_complete:
+                # Bytes that began no request (blank lines) on an idle connection.
+                self._time("headers")
+            else:
+                self._time(None)  # a whole request, with the app: no deadline of ours
+
+        def on_message_begin(self) -> None:
+            self.phase = "headers"
+            super().on_message_begin()
 
         def on_headers_complete(self) -> None:
-            self._disarm()
             previous = self.cycle
             super().on_headers_complete()
             if self.cycle is previous:
-                return  # an upgrade (WebSocket): no request of ours to time
-            self.cycle.send = self._closing_early(self.cycle)  # type: ignore[method-assign]
-            # on_message_complete, in this same feed when the body is all here, disarms it.
-            self._arm(limits.body_seconds, self._body_late)
+                self.phase = None  # an upgrade (WebSocket): not a request of ours to time
+                return
+            self.phase = "body"
 
         def on_message_complete(self) -> None:
-            self._disarm()
+            self.phase = None
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
@@ -142,6 +153,19 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 # Answered before its body was read (a 413, a 415): reading and dropping the
                 # rest would go on for as long as the client sends it.
                 self._end()
+
+        def _time(self, part: str | None) -> None:
+            """Deadline for `part` (None: none), from the first read that left it unfinished."""
+            if part == self.timing:
+                return
+            self._disarm()
+            self.timing = part
+            if part == "headers":
+                self.deadline = self.loop.call_later(limits.header_seconds, self._headers_late)
+            elif part == "body":
+                # Its answer may now start before the body is read: say it will close.
+                self.cycle.send = self._closing_early(self.cycle)  # type: ignore[method-assign]
+                self.deadline = self.loop.call_later(limits.body_seconds, self._body_late)
 
         def _closing_early(self, cycle: RequestResponseCycle) -> ASGISendCallable:
             """The cycle's send, saying `connection: close` on an answer that starts before
@@ -164,7 +188,6 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             return closing_send
 
         def _headers_late(self) -> None:
-            self.deadline = None
             if not self.heard:
                 # Nothing of a request arrived: an idle connection, closed without a word.
                 self._end()
@@ -172,7 +195,6 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._late("headers", limits.header_seconds)
 
         def _body_late(self) -> None:
-            self.deadline = None
             cycle = self.cycle
             if cycle.response_started:
                 self._end()  # answered already (and waiting for the rest of the body)
@@ -202,13 +224,10 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 return
             self.transport.write_eof()
             # uvicorn's eof_received returns None: the client's FIN closes it sooner.
-            self._arm(LINGER_SECONDS, self.transport.close)
-
-        def _arm(self, seconds: float, callback: Callable[[], object]) -> None:
-            self._disarm()
-            self.deadline = self.loop.call_later(seconds, callback)
+            self.deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
         def _disarm(self) -> None:
+            self.timing = None
             if self.deadline is not None:
                 self.deadline.cancel()
                 self.deadline = None
