@@ -125,3 +125,42 @@ def test_worker_waits_for_postgres_and_reconnects(
         eventually(lambda: job_status(flaky_pg.url, "job-p-1") == "completed", timeout=20)
         assert child.alive()
         assert rds.llen(keys.DEAD) == 0
+
+
+def test_the_first_order_after_postgres_restarts_is_accepted(
+    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+) -> None:
+    """The pool's idle connections died with the server (SIGINT, as `mqlab services down`
+    stops it): none of them is handed to a request once it is back. The old pool handed them
+    out one by one, each a 503."""
+    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+        api = sup.start_api()
+        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
+            # Several pooled connections, idle now (the pool hands them out in turn).
+            for _ in range(8):
+                assert c.post("/orders", json=ORDER).status_code == 202
+            flaky_pg.stop()
+            flaky_pg.start()
+            res = c.post("/orders", json=ORDER)
+            assert res.status_code == 202, (res.text, api.tail())
+            assert c.get("/health").status_code == 200
+            assert c.get("/orders").status_code == 200
+            assert rds.llen(keys.QUEUE) == 9
+
+
+def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
+    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+) -> None:
+    """The worker's connection died with the server while it waited for a job: the next job
+    runs on a new one, with no failed statement (and no backoff) first."""
+    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+        child = sup.start_worker("w1", job_seconds=0)
+        rds.lpush(keys.QUEUE, insert_job(flaky_pg.url, "job-p-2"))
+        eventually(lambda: job_status(flaky_pg.url, "job-p-2") == "completed", timeout=10)
+        flaky_pg.stop()
+        flaky_pg.start()
+        seen = len(child.tail().splitlines())
+        rds.lpush(keys.QUEUE, insert_job(flaky_pg.url, "job-p-3"))
+        eventually(lambda: job_status(flaky_pg.url, "job-p-3") == "completed", timeout=10)
+        after = child.tail().splitlines()[seen:]
+        assert not [line for line in after if "failed" in line], after

@@ -7,11 +7,14 @@ import contextlib
 import logging
 import math
 import time
+from typing import Any
 
+import psycopg
 import psycopg_pool
 import redis.asyncio as aioredis
 from fastapi.responses import JSONResponse
 
+from mqlab import db
 from mqlab.api.validation import error_response
 from mqlab.api.writer import OrderWriter, prepare_insert
 from mqlab.backend_errors import POSTGRES_DOWN, REDIS_DOWN
@@ -25,11 +28,33 @@ POOL_TIMEOUT = 2.0
 RETRY_AFTER = {"Retry-After": "1"}
 
 
+class LivePool(psycopg_pool.AsyncConnectionPool):
+    """A pool that never hands out a connection that its server has closed.
+
+    Why: after PostgreSQL restarted (`kill -INT`, `mqlab services up`), the pool's idle
+    connections were all dead, and it handed them out one by one: each failed its order with
+    a 503 until every one had been tried. Here a dead one is dropped at checkout, found with
+    no round trip (db.closed_by_server), and the next is taken, so all the dead ones go at
+    the first request, which gets a fresh connection. A failure during a statement is not
+    retried: an INSERT whose answer was lost may have committed, and an order must never be
+    written twice (the client gets a 503 and decides).
+    """
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
+            if not db.closed_by_server(conn):
+                return conn
+            await conn.close()  # closed: the pool discards it and opens another
+            await self.putconn(conn)
+
+
 class Backends:
     """The connections one API process holds: a PostgreSQL pool and a Redis client."""
 
     def __init__(self, settings: Settings, pool_size: int) -> None:
-        self.pool = psycopg_pool.AsyncConnectionPool(
+        self.pool = LivePool(
             settings.database_url,
             min_size=min(4, pool_size),
             max_size=pool_size,
