@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -146,6 +147,23 @@ def test_the_first_order_after_postgres_restarts_is_accepted(
             assert c.get("/health").status_code == 200
             assert c.get("/orders").status_code == 200
             assert rds.llen(keys.QUEUE) == 9
+
+
+def test_orders_refused_during_a_postgres_outage_do_not_delay_the_first_one_after(
+    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+) -> None:
+    """Slow by design: 10 s of refused orders. The old pool's reconnect attempts backed off
+    (1, 2, 4, 8 s ...), so its next try came seconds after PostgreSQL was back."""
+    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+        api = sup.start_api()
+        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
+            flaky_pg.stop()
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                assert c.post("/orders", json=ORDER).status_code == 503
+            flaky_pg.start()
+            res = c.post("/orders", json=ORDER)
+            assert res.status_code == 202, (res.text, api.tail())
 
 
 def test_a_worker_uses_no_dead_connection_after_postgres_restarts(

@@ -24,6 +24,11 @@ log = logging.getLogger("mqlab.api")
 
 #: How long a request waits for a pooled connection before answering 503.
 POOL_TIMEOUT = 2.0
+#: How long the pool retries a connection that failed before giving it up; a request that
+#: waits starts a new one. Why short: psycopg_pool doubles the wait between retries (1, 2,
+#: 4, 8 s ...) for up to 5 minutes by default, so after a 15 s outage the next try came
+#: seconds after PostgreSQL was back, and every order until then got a 503.
+RECONNECT_TIMEOUT = 1.0
 
 RETRY_AFTER = {"Retry-After": "1"}
 
@@ -64,6 +69,7 @@ class Backends:
             kwargs={"autocommit": True, "prepare_threshold": 0},
             configure=prepare_insert,
             timeout=POOL_TIMEOUT,
+            reconnect_timeout=RECONNECT_TIMEOUT,
             open=False,
         )
         self.redis = aioredis.Redis.from_url(
