@@ -323,6 +323,8 @@ LIST_ORDERS = f"{SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
 ORDER_BY_ID = f"{SELECT_ORDERS} WHERE o.id = %s"
 LIST_JOBS = f"{SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
 JOB_BY_ID = f"{SELECT_JOBS} WHERE id = %s"
+# The same, and the attempts before its last replay (`mqlab dead show` numbers the tries).
+JOB_AND_REPLAY_BY_ID = f"SELECT {JOB_COLUMNS}, replay_base FROM jobs WHERE id = %s"
 
 #: The health check's question: does PostgreSQL answer at all?
 PING = "SELECT 1"
