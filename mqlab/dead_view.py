@@ -124,10 +124,15 @@ def _took(attempt: dict[str, Any]) -> str:
 
 
 def _what_happened(attempt: dict[str, Any], after: dict[str, Any] | None, dead: bool) -> str:
-    """The error an attempt recorded; for one that never ended, what its row tells: who ran
-    it, when it was found unfinished, and by whom (the attempt that took it over)."""
-    if attempt["error"] or attempt["outcome"] not in UNENDED:
-        return attempt["error"] or ""
+    """The error an attempt recorded; for one that never ended, what its row tells first:
+    who ran it, when it was found unfinished, and by whom (the attempt that took it over)."""
+    error = attempt["error"] or ""
+    if attempt["outcome"] not in UNENDED:
+        return error
+    return _unended(attempt, after, dead) + (f" ({error})" if error else "")
+
+
+def _unended(attempt: dict[str, Any], after: dict[str, Any] | None, dead: bool) -> str:
     found = _clock(attempt["finishedAt"])
     if attempt["outcome"] == "reclaimed":
         return (
