@@ -12,7 +12,7 @@ connection) could open one. This protocol adds:
   first byte on a kept-alive connection) and one for its body (from the end of its headers);
   a late request gets a 408 and the connection is closed, an idle new one is just closed;
 - an end to a connection whose answer went out before its request body was read;
-- a cap on open connections: one over it gets a 503 saying so and is closed at once.
+- a cap on open connections: one over it gets a 503 saying so and is closed.
 """
 
 from __future__ import annotations
@@ -20,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import resource
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from uvicorn._types import ASGISendCallable, ASGISendEvent
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mqlab.api.backends import log_seldom
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGISendCallable, ASGISendEvent
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 #: File descriptors the API needs besides its HTTP connections: the listening socket, the
 #: event loop's own, logs and standard streams, refused connections on their way out.
