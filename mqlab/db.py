@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import select
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,37 @@ def apply_schema(url: str) -> None:
             conn.execute("SELECT pg_advisory_unlock(727274)")
 
 
+def closed_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection was ended by its server (a restart, a kill), found without
+    a round trip.
+
+    Why: psycopg learns it only when the next statement fails, so a pool handed out, and a
+    worker used, one dead connection after another after PostgreSQL came back (each failing
+    an order with a 503). A server that ends a connection sends its reason and closes it;
+    an idle connection (autocommit, nothing pending) that has bytes or an EOF to read is such
+    a one. One poll() of its socket, no wait.
+    """
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()  # not select.select(): a descriptor may be above 1023
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class LazyConnection:
     """One autocommit connection, opened at its first use and again after it was dropped (an
-    outage): the worker's, its reconciler's, a faulty experiment row's. `options` go to
-    psycopg's connect (connect_timeout, prepare_threshold)."""
+    outage) or closed by the server while idle (closed_by_server): the worker's, its
+    reconciler's, a faulty experiment row's. `options` go to psycopg's connect
+    (connect_timeout, prepare_threshold)."""
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url, self.options = url, options
         self.conn: psycopg.AsyncConnection[Any] | None = None
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self.conn is None or self.conn.closed:
+        if self.conn is not None and closed_by_server(self.conn):
+            await self.drop()
+        if self.conn is None:
             self.conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, **self.options
             )
@@ -348,6 +369,8 @@ LIST_ORDERS = f"{SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
 ORDER_BY_ID = f"{SELECT_ORDERS} WHERE o.id = %s"
 LIST_JOBS = f"{SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
 JOB_BY_ID = f"{SELECT_JOBS} WHERE id = %s"
+# The same, and the attempts before its last replay (`mqlab dead show` numbers the tries).
+JOB_AND_REPLAY_BY_ID = f"SELECT {JOB_COLUMNS}, replay_base FROM jobs WHERE id = %s"
 
 #: The health check's question: does PostgreSQL answer at all?
 PING = "SELECT 1"

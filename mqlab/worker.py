@@ -636,7 +636,7 @@ class Worker:
         self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
         fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
         started: Event = (EventKind.JOB_STARTED, fields)
-        again = f" (attempt {attempt})" if attempt > 1 else ""
+        again = f" ({self.policy.attempt(attempt, tries)})" if attempt > 1 else ""
         short = self.job_seconds < SHORT_JOB
         if not short:
             await self._publish(started[0], **started[1])
@@ -813,8 +813,9 @@ class Worker:
         if row is None:
             await self._not_completed(raw, job_id, order_id, attempt)
             return
-        log.warning("%s: %s (order %d) failed on attempt %d: %s; retrying in %.2fs", self.id,
-                    job_id, order_id, attempt, error, delay)  # fmt: skip
+        log.warning("%s: %s (order %d) failed on %s: %s; retrying in %.2fs", self.id,
+                    job_id, order_id, self.policy.attempt(attempt, tries), error,
+                    delay)  # fmt: skip
         failed: Event = (
             EventKind.JOB_FAILED,
             {"job": job_id, "order": order_id, "attempt": attempt, "error": error,
