@@ -209,3 +209,24 @@ def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
         eventually(lambda: job_status(flaky_pg.url, "job-p-3") == "completed", timeout=10)
         after = child.tail().splitlines()[seen:]
         assert not [line for line in after if "failed" in line], after
+
+
+def test_the_first_order_after_valkey_restarts_is_accepted(
+    settings: Settings, clean: None, flaky_redis: Flaky, pg: psycopg.Connection
+) -> None:
+    """Item 6's mistake looked for on the Redis side: the API's Redis connections died with
+    the server. redis-py checks a pooled connection for an EOF before it hands it out, so the
+    first order after the restart gets its 202 (a guard: it passed before issue 17 too)."""
+    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
+        api = sup.start_api()
+        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
+            for _ in range(8):
+                assert c.post("/orders", json=ORDER).status_code == 202
+            flaky_redis.stop()
+            for _ in range(3):
+                assert c.post("/orders", json=ORDER).status_code == 503
+            flaky_redis.start()
+            for _ in range(3):
+                res = c.post("/orders", json=ORDER)
+                assert res.status_code == 202, (res.text, api.tail())
+            assert c.get("/health").status_code == 200
