@@ -373,6 +373,11 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_epoch(seconds: float | None) -> str | None:
+    """Epoch seconds (Redis's clock, a heartbeat's fields) as iso() writes them."""
+    return None if seconds is None else iso(dt.datetime.fromtimestamp(seconds, dt.UTC))
+
+
 def order_json(row: tuple[Any, ...]) -> dict[str, Any]:
     """A row of SELECT_ORDERS as the API's camelCase JSON."""
     oid, product, quantity, price, status, created, updated, completed, job_id = row

@@ -110,8 +110,15 @@ def render(
     )
 
     workers = Table(title="workers", title_justify="left")
-    for column in ("id", "pid", "state", "current job", "for", "jobs done", "last beat"):
-        workers.add_column(column)
+    # Ids are never cut: a job id keeps its whole width, a long worker id folds onto a second
+    # line; the short headers leave them the room at 80 columns.
+    workers.add_column("id", overflow="fold")
+    workers.add_column("pid")
+    workers.add_column("state")
+    longest = max((len(w.job) for w in snap.workers), default=3)
+    workers.add_column("current job", no_wrap=True, min_width=longest)
+    for column in ("for", "done", "last beat"):
+        workers.add_column(column, overflow="fold")
     for w in snap.workers:
         running = f"{snap.taken_at - w.job_started:.1f}s" if w.job_started else ""
         style = STATE_STYLES.get(w.state, "")

@@ -223,3 +223,30 @@ def test_services_urls_are_never_split_at_80_columns(
         # Where a line is longer than the terminal, it is a URL alone (the terminal wraps
         # it softly; copied, it is one line again).
         assert all(len(line) <= 80 or line.strip() in urls for line in lines), shown
+
+
+def test_status_never_cuts_an_id_at_80_columns() -> None:
+    """`mqlab status` cut the current job id ("job-4-17963300553…") at 80 columns."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from mqlab.observe import Snapshot, WorkerInfo
+    from mqlab.status_view import render
+
+    now = time.time()
+    job = "job-4-1796330055312"
+    workers = [
+        WorkerInfo("w1", 123456, "h", "busy", job, now - 1.2, 12, now - 100, now - 0.3, 1),
+        WorkerInfo("mqlab-ci-runner-1234567", 23456, "h", "idle", "", 0, 3, now - 100, now, 0),
+    ]
+    snap = Snapshot(now, 3, 1, 0, workers, {"pending": 3, "processing": 1, "completed": 10})
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(render(snap, [], 80))
+    assert isinstance(console.file, io.StringIO)
+    out = console.file.getvalue()
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert job in out  # on one line, whole
+    folded = "".join(line.split("│")[1].strip() for line in out.splitlines() if "│" in line)
+    assert "mqlab-ci-runner-1234567" in folded  # folded onto lines of its own, not cut
