@@ -250,3 +250,32 @@ def test_status_never_cuts_an_id_at_80_columns() -> None:
     assert job in out  # on one line, whole
     folded = "".join(line.split("│")[1].strip() for line in out.splitlines() if "│" in line)
     assert "mqlab-ci-runner-1234567" in folded  # folded onto lines of its own, not cut
+
+
+@pytest.mark.parametrize(
+    "state, version", [("running", "Valkey 9.1.2"), ("stale", ""), ("stopped", "")]
+)
+def test_services_status_names_each_server_one_way_in_every_state(state: str, version: str) -> None:
+    """It said "valkey / postgresql" when running, "postgres" when stale, "redis / postgres"
+    after `down`."""
+    import io
+
+    from rich.console import Console
+
+    from mqlab.services.manager import ServiceInfo
+    from mqlab.services.view import services_table
+
+    pg_version = "PostgreSQL 18.1" if version else ""
+    infos = [
+        ServiceInfo("redis", state, version=version),
+        ServiceInfo("postgres", state, version=pg_version),
+    ]
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(services_table(infos))
+    assert isinstance(console.file, io.StringIO)
+    names = [
+        line.split("│")[1].strip()
+        for line in console.file.getvalue().splitlines()
+        if line.startswith("│")
+    ]
+    assert names == ["valkey", "postgresql"]
