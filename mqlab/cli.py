@@ -102,7 +102,10 @@ def services_down() -> None:
     """Stop the embedded servers."""
     from mqlab.services.view import services_table
 
-    infos = services.down()
+    try:
+        infos = services.down()
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
     if not infos:
         console.print("No embedded servers were running.")
         return
@@ -114,7 +117,10 @@ def services_status() -> None:
     """Each embedded server's state, URL, pid, version and health."""
     from mqlab.services.view import services_table
 
-    infos = services.status()
+    try:
+        infos = services.status()
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
     console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
     if any(i.state == "stale" for i in infos):
         console.print("A stale record (its server had died) was cleaned.")
@@ -132,7 +138,10 @@ def services_env() -> None:
 
     The URLs carry the servers' passwords (kept in MQLAB_HOME/home.json, 0600).
     """
-    infos = {i.name: i for i in services.status() if i.state == "running"}
+    try:
+        infos = {i.name: i for i in services.status() if i.state == "running"}
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
     if set(infos) != {"redis", "postgres"}:
         raise fail("the embedded servers are not running: `mqlab services up` starts them")
     print(f"export REDIS_URL={infos['redis'].tcp_url}")
@@ -151,6 +160,38 @@ def api(
         int, typer.Option(metavar="N", help="PostgreSQL connections.", min=1)
     ] = 20,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            min=0.001,
+            help="A request's headers must arrive within this (from the connection's opening "
+            "or the request's first byte), else 408 and the connection is closed.",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            min=0.001,
+            help="A request's body must arrive within this after its headers, else 408 and "
+            "the connection is closed.",
+        ),
+    ] = 10.0,
+    keep_alive: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", min=0.001, help="An idle connection is closed after this."),
+    ] = 5.0,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=1,
+            help="Open connections at most; one more gets a 503 and is closed. Default: what "
+            "fits under the open-file limit (ulimit -n) beside the PostgreSQL and Valkey "
+            "connections, at most 1000.",
+        ),
+    ] = None,
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -158,9 +199,27 @@ def api(
     import uvicorn
 
     from mqlab.api import create_app
+    from mqlab.api.http_limits import (
+        DEFAULT_MAX_CONNECTIONS,
+        ConnectionLimits,
+        fd_budget,
+        limited_protocol,
+    )
     from mqlab.db import apply_schema
 
     setup_logging()
+    budget = fd_budget(pool_size)
+    if budget < 1 or (max_connections or 0) > budget:
+        raise fail(
+            f"the open-file limit (ulimit -n) leaves room for {max(budget, 0)} connections "
+            f"beside {pool_size} PostgreSQL and {2 * pool_size} Valkey ones: raise it, or "
+            "lower --max-connections or --pool-size."
+        )
+    limits = ConnectionLimits(
+        header_seconds=header_timeout,
+        body_seconds=body_timeout,
+        max_connections=max_connections or min(budget, DEFAULT_MAX_CONNECTIONS),
+    )
     settings = resolve(redis_url, database_url)
     if not port_free(port, host):
         raise fail(
@@ -177,7 +236,8 @@ def api(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(limits),
+        timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # an int in its hints only
         access_log=access_log,
         log_level="info" if access_log else "warning",
         timeout_graceful_shutdown=5,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import select
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,37 @@ def apply_schema(url: str) -> None:
             conn.execute("SELECT pg_advisory_unlock(727274)")
 
 
+def closed_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection was ended by its server (a restart, a kill), found without
+    a round trip.
+
+    Why: psycopg learns it only when the next statement fails, so a pool handed out, and a
+    worker used, one dead connection after another after PostgreSQL came back (each failing
+    an order with a 503). A server that ends a connection sends its reason and closes it;
+    an idle connection (autocommit, nothing pending) that has bytes or an EOF to read is such
+    a one. One poll() of its socket, no wait.
+    """
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()  # not select.select(): a descriptor may be above 1023
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class LazyConnection:
     """One autocommit connection, opened at its first use and again after it was dropped (an
-    outage): the worker's, its reconciler's, a faulty experiment row's. `options` go to
-    psycopg's connect (connect_timeout, prepare_threshold)."""
+    outage) or closed by the server while idle (closed_by_server): the worker's, its
+    reconciler's, a faulty experiment row's. `options` go to psycopg's connect
+    (connect_timeout, prepare_threshold)."""
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url, self.options = url, options
         self.conn: psycopg.AsyncConnection[Any] | None = None
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self.conn is None or self.conn.closed:
+        if self.conn is not None and closed_by_server(self.conn):
+            await self.drop()
+        if self.conn is None:
             self.conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, **self.options
             )
@@ -116,7 +137,11 @@ DELETE_ORDERS = "DELETE FROM orders WHERE id = ANY(%s)"
 # retry policy counts (attempts since the last replay) and the order's product (what the
 # poison pattern is matched against). A job found processing (its worker died on it, and the
 # reaper put it back on the queue) is not claimed here but taken over (TAKE_OVER_JOB), after
-# a look at it: the hot path stays the one statement it was before Kata 4.
+# a look at it: the hot path stays the one statement it was before Kata 4. %(instance)s names
+# this run of the worker (its heartbeat's `instance`), so that a duplicate delivery can tell a
+# claim whose worker still runs from one a dead run left. Nothing is claimed for a message
+# whose order id is not its job's, nor for a job whose order row is gone (its foreign key
+# bypassed): the worker looks at those and dead-letters them, counting no attempt.
 #
 # The claim commits asynchronously (synchronous_commit off for this one transaction, set from
 # inside the statement so that it stays one round trip): it does not wait for its WAL flush,
@@ -127,8 +152,10 @@ DELETE_ORDERS = "DELETE FROM orders WHERE id = ANY(%s)"
 CLAIM_JOB = """
 WITH j AS (
     UPDATE jobs SET status = 'processing', worker_id = %(worker)s, attempts = attempts + 1,
+                    worker_instance = %(instance)s,
                     started_at = clock_timestamp(), finished_at = NULL, next_attempt_at = NULL
-    WHERE id = %(job)s AND status IN ('pending', 'retrying')
+    WHERE id = %(job)s AND order_id = %(order)s AND status IN ('pending', 'retrying')
+      AND EXISTS (SELECT FROM orders WHERE orders.id = jobs.order_id)
     RETURNING id, order_id, attempts, attempts - replay_base AS try, started_at
 ), o AS (
     UPDATE orders SET status = 'processing', updated_at = j.started_at FROM j
@@ -139,17 +166,21 @@ SELECT j.id, j.order_id, j.attempts, j.try, o.product
 FROM j, o, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 """
 
-# A redelivery of a job that is processing: its worker died on it (or, rarely, still runs it
-# and was presumed dead). The claim it never ended is recorded as crashed, and the job is
-# this worker's. Guarded on that claim as JOB_STATUS showed it (%(was_worker)s,
+# A redelivery of a job that is processing by a run of a worker that is gone (its heartbeat
+# expired, or names another run: the caller looks first; a delivery of a job whose worker is
+# alive is dropped). The claim it never ended is recorded as crashed, and the job is this
+# worker's. Guarded on that claim as JOB_STATUS showed it (%(was_worker)s, %(was_instance)s,
 # %(was_attempt)s, %(was_started)s): if it changed since, nothing happens. The caller checks
 # first that the job has attempts left (else BURY_JOB, outcome crashed).
 TAKE_OVER_JOB = """
 WITH j AS (
     UPDATE jobs SET status = 'processing', worker_id = %(worker)s, attempts = attempts + 1,
+                    worker_instance = %(instance)s,
                     started_at = clock_timestamp(), finished_at = NULL, next_attempt_at = NULL
     WHERE id = %(job)s AND status = 'processing' AND attempts = %(was_attempt)s
       AND worker_id IS NOT DISTINCT FROM %(was_worker)s
+      AND worker_instance IS NOT DISTINCT FROM %(was_instance)s
+      AND EXISTS (SELECT FROM orders WHERE orders.id = jobs.order_id)
     RETURNING id, order_id, attempts, attempts - replay_base AS try, started_at
 ), crashed AS (
     INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
@@ -245,9 +276,45 @@ WITH j AS (
 SELECT order_id FROM j
 """
 
-JOB_STATUS = (
-    "SELECT status, worker_id, attempts, attempts - replay_base, started_at FROM jobs WHERE id = %s"
+# A job as a worker looks at it when its claim matched nothing (JobLook's fields): also which
+# run of its worker holds it, its order id, and whether that order's row exists.
+JOB_STATUS = """
+SELECT j.status, j.worker_id, j.attempts, j.attempts - j.replay_base, j.started_at,
+       j.worker_instance, j.order_id, o.id IS NOT NULL
+FROM jobs j LEFT JOIN orders o ON o.id = j.order_id WHERE j.id = %s
+"""
+
+# A claim of this run of the worker, as CLAIM_JOB returns one: its reply was lost (PostgreSQL
+# went away after the commit) and the message came back to the same run.
+OWN_CLAIM = """
+SELECT j.id, j.order_id, j.attempts, j.attempts - j.replay_base, o.product
+FROM jobs j JOIN orders o ON o.id = j.order_id
+WHERE j.id = %(job)s AND j.status = 'processing' AND j.worker_instance = %(instance)s
+"""
+
+#: Does an order exist? (What a dead letter of a message naming no job says about its order.)
+ORDER_EXISTS = "SELECT EXISTS (SELECT FROM orders WHERE id = %s)"
+
+# A job whose order row is gone (deleted with the foreign key bypassed): dead at once, with
+# the reason, guarded on the row as JOB_STATUS showed it. No attempt is counted for the
+# delivery that found it; a claim its dead worker never ended is recorded as crashed.
+BURY_ORPHAN = """
+WITH j AS (
+    UPDATE jobs SET status = 'dead', last_error = %(error)s, finished_at = clock_timestamp(),
+                    next_attempt_at = NULL
+    WHERE id = %(job)s AND status = %(status)s AND attempts = %(attempt)s
+      AND worker_id IS NOT DISTINCT FROM %(worker)s
+      AND NOT EXISTS (SELECT FROM orders WHERE orders.id = jobs.order_id)
+    RETURNING id, started_at, finished_at
+), a AS (
+    INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+    SELECT id, %(attempt)s, %(worker)s, started_at, finished_at, 'crashed' FROM j
+    WHERE %(status)s = 'processing' AND %(worker)s::text IS NOT NULL AND started_at IS NOT NULL
+      AND %(attempt)s::int4 >= 1
+    ON CONFLICT (job_id, attempt) DO NOTHING
 )
+SELECT id FROM j
+"""
 
 # A worker hands a job back to the queue (a second stop, a lost claim): the job is pending
 # again, naming no worker, before its message is back on the queue, so that no job waits on
@@ -302,6 +369,8 @@ LIST_ORDERS = f"{SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
 ORDER_BY_ID = f"{SELECT_ORDERS} WHERE o.id = %s"
 LIST_JOBS = f"{SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
 JOB_BY_ID = f"{SELECT_JOBS} WHERE id = %s"
+# The same, and the attempts before its last replay (`mqlab dead show` numbers the tries).
+JOB_AND_REPLAY_BY_ID = f"SELECT {JOB_COLUMNS}, replay_base FROM jobs WHERE id = %s"
 
 #: The health check's question: does PostgreSQL answer at all?
 PING = "SELECT 1"
@@ -448,10 +517,11 @@ LIST_JOBS_BY_STATUS = (
     f"{SELECT_JOBS} WHERE status = %s ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
 )
 
-# The dead jobs as `mqlab dead list` shows them: most recently buried first.
+# The dead jobs as `mqlab dead list` shows them: most recently buried first. Also a job whose
+# order row is gone (no product then): the worker buried it for that.
 LIST_DEAD_JOBS = """
 SELECT j.id, j.order_id, o.product, j.attempts, j.last_error, j.finished_at
-FROM jobs j JOIN orders o ON o.id = j.order_id
+FROM jobs j LEFT JOIN orders o ON o.id = j.order_id
 WHERE j.status = 'dead'
 ORDER BY j.finished_at DESC NULLS LAST, j.id DESC
 LIMIT %s
@@ -489,10 +559,18 @@ SELECT id, order_id, enqueued_at FROM j ORDER BY enqueued_at, id
 STATUS_OF_JOBS = "SELECT id, status FROM jobs WHERE id = ANY(%s::text[])"
 
 # Purge: the dead jobs' orders go, and with them (ON DELETE CASCADE) the jobs and their
-# attempts. Returns the deleted orders' ids.
+# attempts; a dead job whose order row was already gone goes by itself. Returns the orders'
+# ids.
 PURGE_DEAD = """
-DELETE FROM orders WHERE id IN (SELECT order_id FROM jobs WHERE status = 'dead')
-RETURNING id
+WITH o AS (
+    DELETE FROM orders WHERE id IN (SELECT order_id FROM jobs WHERE status = 'dead')
+    RETURNING id
+), orphans AS (
+    DELETE FROM jobs WHERE status = 'dead'
+      AND NOT EXISTS (SELECT FROM orders WHERE orders.id = jobs.order_id)
+    RETURNING order_id
+)
+SELECT id FROM o UNION ALL SELECT order_id FROM orphans
 """
 
 #: The fields of a JOB_ATTEMPTS row in the API's camelCase, in its column order.

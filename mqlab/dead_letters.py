@@ -34,7 +34,7 @@ class DeadJob:
 
     job_id: str
     order_id: int
-    product: str
+    product: str | None  # None: its order row is gone (the worker buried it for that)
     attempts: int
     last_error: str | None
     finished_at: dt.datetime | None  # when it was buried
@@ -58,6 +58,8 @@ class JobStory:
     order: dict[str, Any] | None  # db.order_json (None only if deleted meanwhile)
     attempts: list[dict[str, Any]]  # db.attempt_json, in order
     letters: list[DeadLetter] = field(default_factory=list)  # its orders:dead entries
+    #: The attempts before its last replay (jobs.replay_base; 0: never replayed).
+    replayed_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,10 @@ async def show(
     """One job with its order, its attempts and its dead-letter entries; None if no such job."""
     if "\x00" in job_id:  # PostgreSQL text cannot hold NUL, so no job has it
         return None
-    row = await (await conn.execute(db.JOB_BY_ID, [job_id])).fetchone()
+    row = await (await conn.execute(db.JOB_AND_REPLAY_BY_ID, [job_id])).fetchone()
     if row is None:
         return None
-    job = db.job_json(row)
+    job = db.job_json(row[:-1])
     order = await (await conn.execute(db.ORDER_BY_ID, [job["orderId"]])).fetchone()
     letters = map(read_dead_letter, await _entries(client))
     return JobStory(
@@ -126,6 +128,7 @@ async def show(
         order=db.order_json(order) if order else None,
         attempts=await job_history(conn, job_id),
         letters=[letter for letter in letters if letter.job_id == job_id],
+        replayed_after=int(row[-1]),
     )
 
 

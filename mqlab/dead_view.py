@@ -28,12 +28,16 @@ def _cell(text: str | None, limit: int = 300) -> Text:
 
 
 def _columns(
-    table: Table, width: int, fixed: dict[str, list[str]], flexible: dict[str, list[Text]]
+    table: Table,
+    width: int,
+    fixed: dict[str, list[str]],
+    flexible: dict[str, list[Text]],
+    wrap_last: bool = False,
 ) -> None:
     """Add the fixed columns at the width their header and cells need, then the flexible
     ones in what is left of `width`: each but the last at most a third of it (or what it
     needs, if less), the last (the error, what a person reads) all the rest; cut cells end
-    in an ellipsis.
+    in an ellipsis (the last one's wrap instead with wrap_last: one job's story).
 
     Measured rather than left to Rich: once a table is too wide, Rich shrinks every no-wrap
     column alike, the short ones (a job id, an age) too.
@@ -53,7 +57,8 @@ def _columns(
         size = max(len(name), min(needed(name, flexible[name]), left // 3))
         left -= size
         table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=size)
-    table.add_column(last, no_wrap=True, overflow="ellipsis", max_width=max(8, left))
+    overflow = "fold" if wrap_last else "ellipsis"
+    table.add_column(last, no_wrap=not wrap_last, overflow=overflow, max_width=max(8, left))
     for row in zip(*fixed.values(), *flexible.values(), strict=True):
         table.add_row(*row)
 
@@ -105,11 +110,44 @@ def _when(iso: str | None) -> str:
     return dt.datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _took(started: str | None, finished: str | None) -> str:
-    if not started or not finished:
-        return "-"
+#: Attempts whose end nobody recorded: their finishedAt is when another process found them
+#: unfinished, not when their work stopped.
+UNENDED = ("crashed", "reclaimed")
+
+
+def _took(attempt: dict[str, Any]) -> str:
+    started, finished = attempt["startedAt"], attempt["finishedAt"]
+    if not started or not finished or attempt["outcome"] in UNENDED:
+        return "-"  # not known: a crash records no end (see _what_happened)
     took = dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)
     return f"{took.total_seconds():.1f}s"
+
+
+def _what_happened(attempt: dict[str, Any], after: dict[str, Any] | None, dead: bool) -> str:
+    """The error an attempt recorded; for one that never ended, what its row tells first:
+    who ran it, when it was found unfinished, and by whom (the attempt that took it over)."""
+    error = attempt["error"] or ""
+    if attempt["outcome"] not in UNENDED:
+        return error
+    return _unended(attempt, after, dead) + (f" ({error})" if error else "")
+
+
+def _unended(attempt: dict[str, Any], after: dict[str, Any] | None, dead: bool) -> str:
+    found = _clock(attempt["finishedAt"])
+    if attempt["outcome"] == "reclaimed":
+        return (
+            f"worker {attempt['workerId']} was gone and no queue held the job: the reconciler "
+            f"queued it again at {found}"
+        )
+    text = (
+        f"no end recorded: worker {attempt['workerId']} did not finish it (died, or was "
+        f"presumed dead); found unfinished at {found}"
+    )
+    if after is not None and after["startedAt"] == attempt["finishedAt"]:
+        return f"{text} by {after['workerId']}, who took it over"
+    if after is None and dead:
+        return f"{text}, with no attempts left: the job is dead"
+    return text
 
 
 def _job_table(job: dict[str, Any], order: dict[str, Any] | None, width: int) -> Table:
@@ -140,19 +178,39 @@ def _clock(iso: str | None) -> str:
     return dt.datetime.fromisoformat(iso).strftime("%H:%M:%S") if iso else "-"
 
 
-def _attempts_table(attempts: list[dict[str, Any]], width: int) -> Table:
-    table = Table(title="attempts (UTC)", title_justify="left")
+def _number(attempt: int, replayed_after: int) -> str:
+    """An attempt's number, and, after a replay, its number among the replay's tries (the
+    ones a worker's --max-attempts counts)."""
+    if not replayed_after or attempt <= replayed_after:
+        return str(attempt)
+    return f"{attempt} (try {attempt - replayed_after})"
+
+
+def _attempts_table(
+    attempts: list[dict[str, Any]], width: int, replayed_after: int, dead: bool
+) -> Table:
+    title = "attempts (UTC)"
+    if replayed_after:
+        title += (
+            f"; replayed after attempt {replayed_after}: the tries that a worker's "
+            "--max-attempts counts start again from 1 there"
+        )
+    table = Table(title=title, title_justify="left")
+    following = [*attempts[1:], None]
     fixed = {
-        "#": [str(a["attempt"]) for a in attempts],
+        "#": [_number(a["attempt"], replayed_after) for a in attempts],
         "started": [_clock(a["startedAt"]) for a in attempts],
-        "took": [_took(a["startedAt"], a["finishedAt"]) for a in attempts],
+        "took": [_took(a) for a in attempts],
         "outcome": [a["outcome"] for a in attempts],
     }
     flexible = {
         "worker": [_cell(a["workerId"]) for a in attempts],
-        "error": [_cell(a["error"]) for a in attempts],
+        "error / what happened": [
+            _cell(_what_happened(a, after, dead))
+            for a, after in zip(attempts, following, strict=True)
+        ],
     }
-    _columns(table, width, fixed, flexible)
+    _columns(table, width, fixed, flexible, wrap_last=True)
     return table
 
 
@@ -161,7 +219,8 @@ def render_story(story: JobStory, width: int = 80, now: float | None = None) -> 
     now = time.time() if now is None else now
     parts: list[RenderableType] = [_job_table(story.job, story.order, width)]
     if story.attempts:
-        parts.append(_attempts_table(story.attempts, width))
+        dead = story.job["status"] == "dead"
+        parts.append(_attempts_table(story.attempts, width, story.replayed_after, dead))
     else:
         parts.append(Text("No attempts yet."))
     if story.letters:

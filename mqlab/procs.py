@@ -18,6 +18,8 @@ from typing import Any
 
 import psutil
 
+from mqlab.private_files import open_private
+
 _PR_SET_PDEATHSIG = 1
 #: Loaded once here: dlopen() in a forked child of a threaded process can deadlock.
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -75,7 +77,8 @@ def spawn(
         preexec = functools.partial(_die_with_parent, os.getpid())
     out = stdout
     if log_path is not None:
-        out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Never through a link, nor into another user's file (see private_files).
+        out = open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.fchmod(out, 0o600)  # a log made by an older mqlab was 0644
     try:
         return subprocess.Popen(

@@ -220,14 +220,20 @@ async def held_job_ids(client: aioredis.Redis) -> set[str]:
     for key in await processing_lists(client):
         with contextlib.suppress(redis.exceptions.ResponseError):  # not a list: not ours
             await _list_pages(client, key, add)
-    beats = [k async for k in client.scan_iter(match=f"{keys.WORKER_PREFIX}*", count=SCAN_COUNT)]
-    if beats:
-        async with client.pipeline(transaction=False) as pipe:
-            for key in beats:
-                pipe.hget(key, "job")
-            jobs = await pipe.execute(raise_on_error=False)
-        held.update(j.decode(errors="replace") for j in jobs if isinstance(j, bytes) and j)
+    held.update(await running_job_ids(client))
     return held
+
+
+async def running_job_ids(client: aioredis.Redis) -> set[str]:
+    """Ids of the jobs live workers say they run (their heartbeats' `job`)."""
+    beats = [k async for k in client.scan_iter(match=f"{keys.WORKER_PREFIX}*", count=SCAN_COUNT)]
+    if not beats:
+        return set()
+    async with client.pipeline(transaction=False) as pipe:
+        for key in beats:
+            pipe.hget(key, "job")
+        jobs = await pipe.execute(raise_on_error=False)
+    return {j.decode(errors="replace") for j in jobs if isinstance(j, bytes) and j}
 
 
 async def _push(client: aioredis.Redis, found: list[_Candidate]) -> None:
@@ -251,6 +257,13 @@ async def reconcile(
     missing = [_Candidate(*row) for row in rows if row[0] not in held]
     waiting = [c for c in missing if c.status != "processing"]
     taken = [c for c in missing if c.status == "processing"]
+    if taken:
+        # When Redis has just lost its data (a flush, a restart), live workers' heartbeats are
+        # missing until their next beat: a job one of them runs would be reclaimed and run
+        # twice. Their beats are waited for (a TTL: what "gone" means), then looked at again.
+        await asyncio.sleep(keys.HEARTBEAT_TTL)
+        running = await running_job_ids(client)
+        taken = [c for c in taken if c.id not in running]
     still: set[str] = set()
     if waiting:
         cur = await conn.execute(

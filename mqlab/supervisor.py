@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -104,11 +104,18 @@ class Supervisor:
                     self.on_line(child.name, line)
 
     def start_api(
-        self, port: int | None = None, host: str = "127.0.0.1", require_healthy: bool = True
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        require_healthy: bool = True,
+        options: Sequence[str] = (),
     ) -> Child:
-        """Start the API and wait until /health answers 200 (any answer: require_healthy=False)."""
+        """Start the API and wait until /health answers 200 (any answer: require_healthy=False).
+
+        `options`: more of `mqlab api`'s options (e.g. ["--header-timeout", "1"])."""
         port = port or free_port()
-        child = self._spawn("api", "api", ["api", "--host", host, "--port", str(port)])
+        args = ["api", "--host", host, "--port", str(port), *options]
+        child = self._spawn("api", "api", args)
         url = f"http://{host}:{port}"
 
         def healthy() -> bool:

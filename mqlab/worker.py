@@ -24,20 +24,23 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from mqlab import db
 from mqlab.backend_errors import BACKEND_DOWN
 from mqlab.faults import Fault, FaultKind, Faults, JobFailed
+from mqlab.procs import pid_alive
 from mqlab.protocol import dead, delayed, events, keys
 from mqlab.protocol.events import EventKind, WorkerState
 from mqlab.protocol.messages import (
@@ -48,7 +51,7 @@ from mqlab.protocol.messages import (
     parse_message,
 )
 from mqlab.protocol.messages import preview as message_preview
-from mqlab.protocol.scans import heartbeat_of, processing_lists, worker_of
+from mqlab.protocol.scans import heartbeat_of, processing_lists, runs, worker_of
 from mqlab.reconciler import ReconcileConfig, Reconciler
 from mqlab.retry_policy import RetryPolicy
 from mqlab.settings import Settings
@@ -72,6 +75,10 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 #: back to the queue once our heartbeat has expired.
 STOP_STEP_SECONDS = 0.75
 
+#: A heartbeat pass this long after the one before (its interval is HEARTBEAT_INTERVAL) came
+#: late: this process or Redis stalled, and the reaper holds off as after an outage.
+LATE_PASS = 2.0
+
 #: SQLSTATE classes that say the database is not what the worker's statements need (0A not
 #: supported, 28 authorization, 3D/3F no such database or schema, 42 no such table or column,
 #: no privilege). A claim's parameters cannot cause them, and every claim would fail alike:
@@ -91,8 +98,25 @@ FETCH_KINDS = ("reliable", "blpop")
 Event = tuple[EventKind, dict[str, str | int | float]]
 
 
+class JobLook(NamedTuple):
+    """A job as db.JOB_STATUS shows it, when a claim matched nothing."""
+
+    status: str
+    owner: str | None  # the worker of its last claim
+    attempts: int
+    tries: int  # attempts since the last replay (what the retry policy counts)
+    started: Any  # a datetime, or None
+    instance: str | None  # the run of `owner` that made that claim
+    order_id: int
+    order_exists: bool
+
+
 class Stopped(Exception):
     """A stop request ended a wait on a backend (raised by Worker._retry, caught by run)."""
+
+
+class IdInUse(Exception):
+    """A live process on this host already runs as this worker id (its heartbeat says so)."""
 
 
 class NotReady(Exception):
@@ -145,6 +169,8 @@ class Worker:
         # Looked up once: they are in every beat, and a beat goes out with every job.
         self.pid, self.host = os.getpid(), socket.gethostname()
         self.id = worker_id or f"{self.host}-{self.pid}"
+        #: This run of the worker: in every beat, and in each claim it makes (see _not_claimed).
+        self.instance = f"{self.pid}-{secrets.token_hex(6)}"
         self.job_seconds = job_seconds
         self.work = work
         self.policy = policy or RetryPolicy()
@@ -162,6 +188,11 @@ class Worker:
         self.job_started = 0.0
         self.started = time.time()
         self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
+        #: time.monotonic() when this worker last lost sight of Redis (a call failed, or a
+        #: heartbeat pass came late). The reaper judges no one for a heartbeat TTL after it:
+        #: whatever kept us from Redis kept the others from beating too.
+        self.lost_sight = -float(keys.HEARTBEAT_TTL)
+        self._last_pass = 0.0  # time.monotonic() of the heartbeat loop's last pass
         #: (job, attempt) of the job claimed and not yet acked: what a stop hands back.
         self.claim: tuple[str, int] | None = None
         self._stop = asyncio.Event()
@@ -171,6 +202,9 @@ class Worker:
         #: mid-command (seen with redis 8.1: about one in three), which kept the loop, and so
         #: the process, alive after a SIGTERM.
         self._consuming = True
+        #: False when another live process runs as this id: what Redis holds under the id
+        #: (its heartbeat, its processing list) is that process's, and the stop leaves it be.
+        self._owns_id = True
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
             # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
@@ -237,6 +271,8 @@ class Worker:
             except RETRYABLE as exc:
                 if isinstance(exc, psycopg.Error):
                     await self._drop_pg()
+                elif not isinstance(exc, NotReady):
+                    self.lost_sight = time.monotonic()
                 log.warning("%s: %s failed (%s); retrying in %.1fs", self.id, what, exc, delay)
                 await self._pause(delay * (0.5 + random.random()))
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -301,6 +337,7 @@ class Worker:
             "started": self.started,
             "last_beat": time.time(),
             "job_seconds": self.job_seconds,
+            keys.INSTANCE_FIELD: self.instance,
         }
 
     def _queue_beat(self, pipe: Any) -> None:
@@ -350,12 +387,18 @@ class Worker:
         # showing the worker idle for a second while it works.
         while self._consuming:
             await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
-            with contextlib.suppress(*BACKEND_DOWN):
+            now = time.monotonic()
+            if self._last_pass and now - self._last_pass > LATE_PASS:
+                self.lost_sight = now  # we, or Redis, stalled: the others may have too
+            self._last_pass = now
+            try:
                 # Jobs beat as they start and finish: no need to add one when they did lately.
-                if time.monotonic() - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
+                if now - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await self.beat()
-                if self.reliable:
+                if self.reliable and now - self.lost_sight >= keys.HEARTBEAT_TTL:
                     await requeue_orphans(self.redis, exclude=self.id)
+            except BACKEND_DOWN:
+                self.lost_sight = time.monotonic()
 
     async def _reconcile_loop(self) -> None:
         """Offer to run the reconciler once a second (it runs when its interval has passed
@@ -403,6 +446,9 @@ class Worker:
             await self._consume(cold)
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
+        except IdInUse as exc:
+            log.error("%s", exc)
+            self._owns_id = False
         finally:
             self._consuming = False
             helpers = [t for t in (cold, heart, promoter, reconciling) if t is not None]
@@ -411,11 +457,12 @@ class Worker:
             await asyncio.gather(*helpers, return_exceptions=True)
             await self._shutdown()
         log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
-        return 0
+        return 0 if self._owns_id else 1
 
     async def _start(self) -> None:
         """Say we are here, take back what a previous life of this id left, connect."""
         # race=True throughout: a stop while a backend is still away must not wait for it.
+        await self._retry("Redis", self._check_id, race=True)
         await self._retry("Redis", self.beat, race=True)
         moved = await self._retry("Redis", self._hand_back_own, race=True)
         if moved:
@@ -427,6 +474,22 @@ class Worker:
         fetch = "" if self.reliable else "; fetch blpop: no processing list, no recovery"
         log.info("%s: ready (pid %d, job %.3gs %s; %s%s%s)", self.id, self.pid,
                  self.job_seconds, self.work, self.policy, self._faults_said(), fetch)  # fmt: skip
+
+    async def _check_id(self) -> None:
+        """IdInUse when a live process on this host beats as this id: the processing list of
+        the id is then that process's, not a previous life's to take back (taking it would
+        make its jobs look abandoned, and run them twice). Another host's process cannot be
+        checked: ids are unique per deployment."""
+        beat = await self.redis.hgetall(keys.worker_key(self.id))
+        pid, host = beat.get(b"pid", b""), beat.get(b"host", b"")
+        if host.decode(errors="replace") != self.host or not pid.isdigit():
+            return
+        other = int(pid)
+        if other != self.pid and pid_alive(other, "worker"):
+            raise IdInUse(
+                f"{self.id}: worker id {self.id!r} is in use by pid {other} on this host; "
+                "give this worker another --id"
+            )
 
     def _faults_said(self) -> str:
         f = self.faults
@@ -464,6 +527,9 @@ class Worker:
         taken but not worked, back on the queue; our heartbeat gone. Each step is bounded
         (STOP_STEP_SECONDS), so that a backend that is away does not hold the exit."""
         self.state = WorkerState.STOPPING
+        if not self._owns_id:
+            await self._close()
+            return
         if self.claim is not None:
             job_id, attempt = self.claim
             # Before the message is back on the queue: a job there is never shown as ours.
@@ -480,15 +546,20 @@ class Worker:
                             "take it claims it all the same", self.id, job_id, exc)  # fmt: skip
         try:
             async with asyncio.timeout(STOP_STEP_SECONDS):
+                # The heartbeat first: a message handed back while it still named this run
+                # would be dropped by the worker that took it, as a live worker's duplicate.
+                await self.redis.delete(keys.worker_key(self.id))
                 moved = await self._hand_back_own()
                 if moved:
                     log.info("%s: handed %d unfinished job(s) back to the queue", self.id, moved)
                 await events.emit(self.redis, EventKind.WORKER_DOWN, worker=self.id)
-                await self.redis.delete(keys.worker_key(self.id))
         except (TimeoutError, *BACKEND_DOWN) as exc:
             log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
                         "to the queue once our heartbeat has expired", self.id, exc,
                         self.processing)  # fmt: skip
+        await self._close()
+
+    async def _close(self) -> None:
         await self.reconciler.aclose()
         with contextlib.suppress(*BACKEND_DOWN):
             await self.redis.aclose()
@@ -551,7 +622,11 @@ class Worker:
             return None
 
     async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
-        claim = await self._sql(db.CLAIM_JOB, {"worker": self.id, "job": job_id}, "claim")
+        claim = await self._sql(
+            db.CLAIM_JOB,
+            {"worker": self.id, "instance": self.instance, "job": job_id, "order": order_id},
+            "claim",
+        )
         if claim is None:
             claim = await self._not_claimed(raw, job_id, order_id)
             if claim is None:
@@ -561,7 +636,7 @@ class Worker:
         self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
         fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
         started: Event = (EventKind.JOB_STARTED, fields)
-        again = f" (attempt {attempt})" if attempt > 1 else ""
+        again = f" ({self.policy.attempt(attempt, tries)})" if attempt > 1 else ""
         short = self.job_seconds < SHORT_JOB
         if not short:
             await self._publish(started[0], **started[1])
@@ -575,9 +650,13 @@ class Worker:
             db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}, "completion"
         )
         self._end_job()
+        # The claim has ended in PostgreSQL (completed, or not ours any more): nothing is left
+        # for a stop to hand back, so a first stop no longer waits on Redis for the ack. If
+        # Redis is away, the message stays in our processing list, and the worker that gets
+        # it after the reaper finds the job completed and drops it.
+        self.claim = None
         if done is None:
             await self._not_completed(raw, job_id, order_id, attempt)
-            self.claim = None
             return None
         self.jobs_done += 1
         took = float(done[1])
@@ -585,42 +664,100 @@ class Worker:
         log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
                  again if short else "")  # fmt: skip
         finished: Event = (EventKind.JOB_FINISHED, {"job": job_id, "order": order_id})
-        following = await self._finish(raw, job_id, [started, finished] if short else [finished])
-        self.claim = None
-        return following
+        return await self._finish(raw, job_id, [started, finished] if short else [finished])
 
     async def _not_claimed(self, raw: bytes, job_id: str, order_id: int) -> tuple[Any, ...] | None:
-        """The claim matched nothing. A job processing by a worker that died on it (the reaper
-        put it back): taken over (the claim returned), or dead when its attempts are spent.
-        No such job: the message is dead-lettered. Otherwise a duplicate delivery (completed,
-        dead, or claimed by another worker meanwhile): dropped unworked."""
+        """The claim matched nothing; a look at the job says why, and what to do.
+
+        - No such job, a job of another order, or a job whose order row is gone: the message
+          is dead-lettered at once with that reason (the job, if any, dead for it), and no
+          attempt is counted.
+        - Processing by a run of a worker that is alive (its heartbeat names that run): a
+          duplicate delivery, dropped unworked. That worker finishes the job; should it die
+          first, its own copy in its processing list comes back through the reaper (or, if
+          Redis lost that copy, the reconciler queues the job again).
+        - Processing by this very run: our claim, whose reply was lost; we go on with it.
+        - Processing by a run that is gone (a crash, or this id's previous run): taken over
+          (the claim returned), or dead when its attempts are spent.
+        - Otherwise (completed, dead, claimed meanwhile): a duplicate delivery, dropped."""
         found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
         if found is None:
-            await self._dead_letter(raw, f"no job {job_id} in PostgreSQL")
+            await self._dead_letter(raw, await self._no_job(job_id, order_id))
             return None
-        status, owner, attempts, tries, started = found
-        if status == "processing":
-            if self.policy.exhausted(tries):
-                # Its last claim never ended: its worker died on it, as on every one before.
-                reason = f"its worker died during each of its {tries} attempts"
-                bury = {"job": job_id, "worker": owner, "attempt": attempts, "outcome": "crashed"}
-                await self._bury(raw, job_id, order_id, reason, bury, [])
-                return None
+        look = JobLook(*found)
+        if look.order_id != order_id:
+            # Not the job's message (its own names its order): the job is left alone.
+            reason = f"job {job_id} is order {look.order_id}'s, not order {order_id}'s"
+            await self._dead_letter(raw, reason)
+            return None
+        processing = look.status == "processing"
+        mine = processing and look.instance == self.instance
+        alive = processing and not mine and await self._runs(look.owner, look.instance)
+        if not look.order_exists and look.status in db.CLAIMABLE and not alive:
+            reason = (
+                f"order {order_id} of job {job_id} does not exist in PostgreSQL (deleted while "
+                f"the job was {look.status})"
+            )
+            bury = {"job": job_id, "status": look.status, "attempt": look.attempts,
+                    "worker": look.owner}  # fmt: skip
+            await self._bury(raw, job_id, order_id, reason, bury, [], db.BURY_ORPHAN)
+            return None
+        if mine:
             claim = await self._sql(
-                db.TAKE_OVER_JOB,
-                {"worker": self.id, "job": job_id, "was_worker": owner,
-                 "was_attempt": attempts, "was_started": started},
-                "claim",
-            )  # fmt: skip
+                db.OWN_CLAIM, {"job": job_id, "instance": self.instance}, "claim"
+            )
             if claim is not None:
-                log.warning("%s: took over %s from %s (attempt %d never ended)", self.id,
-                            job_id, owner, attempts)  # fmt: skip
+                log.warning("%s: %s is already ours (attempt %d): the reply to our claim was "
+                            "lost; going on with it", self.id, job_id, look.attempts)  # fmt: skip
                 return claim
-            status = "claimed by another worker meanwhile"
-        log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
-                 self.id, job_id, status, owner, attempts)  # fmt: skip
+        elif processing and not alive:
+            return await self._take_over(raw, job_id, order_id, look)
+        if alive:
+            log.info("%s: %s is being run by %s (alive, attempt %d): dropping this duplicate "
+                     "delivery", self.id, job_id, look.owner, look.attempts)  # fmt: skip
+        else:
+            log.info("%s: %s is already %s (by %s, attempt %s): dropping this delivery",
+                     self.id, job_id, look.status, look.owner, look.attempts)  # fmt: skip
         await self._ack(raw)
         return None
+
+    async def _take_over(
+        self, raw: bytes, job_id: str, order_id: int, look: JobLook
+    ) -> tuple[Any, ...] | None:
+        """A job whose claim a run that is gone never ended: ours (that claim `crashed`), or
+        dead when its attempts are spent."""
+        if self.policy.exhausted(look.tries):
+            # Its last claim never ended: its worker died on it, as on every one before.
+            reason = f"its worker died during each of its {look.tries} attempts"
+            bury = {"job": job_id, "worker": look.owner, "attempt": look.attempts,
+                    "outcome": "crashed"}  # fmt: skip
+            await self._bury(raw, job_id, order_id, reason, bury, [])
+            return None
+        claim = await self._sql(
+            db.TAKE_OVER_JOB,
+            {"worker": self.id, "instance": self.instance, "job": job_id,
+             "was_worker": look.owner, "was_instance": look.instance,
+             "was_attempt": look.attempts, "was_started": look.started},
+            "claim",
+        )  # fmt: skip
+        if claim is not None:
+            log.warning("%s: took over %s from %s (attempt %d never ended)", self.id,
+                        job_id, look.owner, look.attempts)  # fmt: skip
+            return claim
+        log.info("%s: %s was claimed by another worker meanwhile: dropping this delivery",
+                 self.id, job_id)  # fmt: skip
+        await self._ack(raw)
+        return None
+
+    async def _runs(self, worker: str | None, instance: str | None) -> bool:
+        """Is that run of that worker alive (its heartbeat names it)? Asked of Redis."""
+        return await self._retry("Redis", lambda: runs(self.redis, worker, instance))
+
+    async def _no_job(self, job_id: str, order_id: int) -> str:
+        """Why a message naming no job is dead: and whether the order it names exists."""
+        found = await self._sql(db.ORDER_EXISTS, [order_id], "lookup")
+        order = "exists" if found is not None and found[0] else "does not exist either"
+        return f"no job {job_id} in PostgreSQL (order {order_id} {order})"
 
     async def _work(self, product: str) -> None:
         """The job's work, with the faults this worker injects (mqlab.faults)."""
@@ -672,12 +809,13 @@ class Worker:
         delay = self.policy.delay(tries, self.jitter)
         row = await self._sql(db.RETRY_JOB, {**guard, "error": error, "delay": delay}, "retry")
         self._end_job()
+        self.claim = None  # ended in PostgreSQL: see _handle_job
         if row is None:
-            self.claim = None
             await self._not_completed(raw, job_id, order_id, attempt)
             return
-        log.warning("%s: %s (order %d) failed on attempt %d: %s; retrying in %.2fs", self.id,
-                    job_id, order_id, attempt, error, delay)  # fmt: skip
+        log.warning("%s: %s (order %d) failed on %s: %s; retrying in %.2fs", self.id,
+                    job_id, order_id, self.policy.attempt(attempt, tries), error,
+                    delay)  # fmt: skip
         failed: Event = (
             EventKind.JOB_FAILED,
             {"job": job_id, "order": order_id, "attempt": attempt, "error": error,
@@ -687,7 +825,6 @@ class Worker:
         await self._announce(
             [*happened, failed], lambda pipe: delayed.defer(pipe, self.processing, raw, delay)
         )
-        self.claim = None
 
     async def _bury(
         self,
@@ -697,10 +834,12 @@ class Worker:
         reason: str,
         bury: dict[str, str | int | None],
         happened: list[Event],
+        statement: str = db.BURY_JOB,
     ) -> None:
-        """The job dead in PostgreSQL (its order failed), then its message a dead letter."""
+        """The job dead in PostgreSQL (its order failed), then its message a dead letter.
+        `statement`: BURY_JOB (its `bury` parameters), or BURY_ORPHAN (its order is gone)."""
         reason = one_line(reason, REASON_CHARS)
-        row = await self._sql(db.BURY_JOB, {**bury, "error": reason}, "dead end")
+        row = await self._sql(statement, {**bury, "error": reason}, "dead end")
         self._end_job()
         self.claim = None
         if row is None:  # someone else's claim came between: theirs owns the outcome
@@ -793,14 +932,23 @@ class Worker:
 async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:
     """Move the jobs of workers whose heartbeat expired back to the queue. Returns how many.
 
-    `client` answers bytes (no decode_responses): a key is handled whatever its name.
-    LMOVE moves one element atomically, so two workers reaping at once never duplicate one.
+    Nothing while the server has been up for less than a heartbeat TTL: started again (its
+    append-only file keeps the processing lists, while the heartbeats expired meanwhile),
+    it has not heard from every live worker yet. A worker also holds off for a TTL after it
+    lost sight of Redis itself (Worker.lost_sight). `client` answers bytes (no
+    decode_responses): a key is handled whatever its name. LMOVE moves one element
+    atomically, so two workers reaping at once never duplicate one.
     """
     mine = keys.processing_key(exclude).encode() if exclude is not None else None
+    orphans = [
+        key
+        for key in await processing_lists(client)
+        if key != mine and not await client.exists(heartbeat_of(key))
+    ]
+    if not orphans or await _up_for(client) < keys.HEARTBEAT_TTL:
+        return 0
     moved = 0
-    for key in await processing_lists(client):
-        if key == mine or await client.exists(heartbeat_of(key)):
-            continue
+    for key in orphans:
         while await client.lmove(key, keys.QUEUE, "RIGHT", "RIGHT") is not None:
             moved += 1
             owner = worker_of(key)
@@ -808,6 +956,15 @@ async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) ->
                 owner = owner.decode(errors="backslashreplace")
             log.warning("requeued a job of dead worker %s", one_line(owner, 80))
     return moved
+
+
+async def _up_for(client: aioredis.Redis) -> float:
+    """How long the Redis server has been up (seconds); infinite when INFO is refused."""
+    try:
+        info = await client.info("server")
+    except redis.exceptions.ResponseError:  # an ACL without INFO: judged without it
+        return float("inf")
+    return float(info.get("uptime_in_seconds", float("inf")))
 
 
 async def serve(

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS jobs (
                     CONSTRAINT jobs_status_check
                     CHECK (status IN ('pending', 'processing', 'retrying', 'completed', 'dead')),
     worker_id       text,
+    -- Which run of worker_id made the claim (its heartbeat's `instance`): a worker started
+    -- again with the same id is another run, and takes back what its previous one held.
+    worker_instance text,
     attempts        integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     replay_base     integer     NOT NULL DEFAULT 0 CHECK (replay_base >= 0),
     last_error      text,
@@ -80,6 +83,7 @@ WHERE status IN ('completed', 'processing') AND attempts >= 1 AND worker_id IS N
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS replay_base integer NOT NULL DEFAULT 0
     CHECK (replay_base >= 0);
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS worker_instance text;
 DO $$
 BEGIN
     -- The status CHECKs gained 'retrying' (and lost the statuses no row of that table can

@@ -99,7 +99,33 @@ def test_unknown_path_and_method_are_json(client: httpx.Client) -> None:
     assert res.status_code == 405
     assert res.json()["error"] == "method not allowed"
     # Every method of the path, not only those of its first route (POST).
-    assert res.headers["allow"] == "GET, POST"
+    assert res.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_head_answers_like_get_without_a_body(client: httpx.Client) -> None:
+    order_id = post(client).json()["orderId"]
+    for path in ("/orders", f"/orders/{order_id}", "/jobs", "/health", "/stats", "/orders/0"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code, path
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        if path != "/stats":  # its takenAt changes between the two requests
+            assert head.headers["content-length"] == str(len(get.content))
+    assert client.head("/nowhere").status_code == 404
+    res = client.head("/jobs/x/retry")
+    assert (res.status_code, res.headers["allow"]) == (405, "POST")
+
+
+def test_a_404_quotes_at_most_64_characters_of_the_id(client: httpx.Client) -> None:
+    for path, key, long_id in (
+        ("/jobs/", "jobId", "j" * 9000),
+        ("/orders/", "orderId", "9" * 4000),
+        ("/jobs/{}/retry", "jobId", "r" * 9000),
+    ):
+        url = path.format(long_id) if "{}" in path else path + long_id
+        res = client.post(url) if url.endswith("/retry") else client.get(url)
+        assert res.status_code == 404, res.text[:200]
+        assert res.json() == {"error": "not found", "details": [{key: long_id[:64] + "…"}]}
 
 
 def test_health_and_stats(client: httpx.Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 import httpx
@@ -35,7 +36,16 @@ CASES: list[tuple[str, bytes | str, dict[str, str], int, str]] = [
     ("price NaN", '{"product": "a", "quantity": 1, "price": NaN}', JSON, 422, "finite"),
     ("price Infinity", '{"product": "a", "quantity": 1, "price": Infinity}', JSON, 422, "finite"),
     ("price -Infinity", '{"product": "a", "quantity": 1, "price": -Infinity}', JSON, 422, "finite"),
-    ("price overflow", '{"product": "a", "quantity": 1, "price": 1e400}', JSON, 422, "finite"),
+    # Finite as written (infinity only as a float): too big.
+    ("price overflow", '{"product": "a", "quantity": 1, "price": 1e400}', JSON, 422, "less"),
+    ("price underflow", '{"product": "a", "quantity": 1, "price": 1e-400}', JSON, 422, "decimal"),
+    (
+        "quantity just under 1",
+        '{"product": "a", "quantity": 0.99999999999999999999, "price": 1}',
+        JSON,
+        422,
+        "integer",
+    ),
     ("price too big", '{"product": "a", "quantity": 1, "price": 1e12}', JSON, 422, "less"),
     ("price 3 decimals", '{"product": "a", "quantity": 1, "price": 1.005}', JSON, 422, "decimal"),
     ("product empty", '{"product": "", "quantity": 1, "price": 1}', JSON, 422, "product"),
@@ -70,6 +80,17 @@ CASES: list[tuple[str, bytes | str, dict[str, str], int, str]] = [
         "given twice",
     ),
     ("product NUL", '{"product": "a\\u0000b", "quantity": 1, "price": 1}', JSON, 422, "NUL"),
+    (
+        "repeated key behind 401 brackets",
+        '{"quantity":1,"product":"' + "[" * 401 + '","quantity":9,"product":"x","price":1}',
+        JSON,
+        422,
+        "given twice",
+    ),
+    ("gzip", gzip.compress(OK.encode()), JSON | {"Content-Encoding": "gzip"}, 415, "gzip"),
+    ("br, body not compressed", OK, JSON | {"Content-Encoding": "br"}, 415, "br"),
+    ("long encoding", OK, JSON | {"Content-Encoding": "x" * 9000}, 415, "encoding"),
+    ("long content type", OK, {"Content-Type": "text/" + "x" * 9000}, 415, "content type"),
 ]
 
 
@@ -145,3 +166,31 @@ def test_a_whole_number_written_with_a_point_is_a_quantity(
     res = raw_client.post("/orders", content=body, headers=JSON)
     assert res.status_code == 202, res.text
     assert pg.execute("SELECT quantity FROM orders").fetchall() == [(1380,)]
+
+
+def test_identity_is_no_content_encoding(raw_client: httpx.Client) -> None:
+    for coding in ("identity", "Identity", ""):
+        headers = JSON | {"Content-Encoding": coding}
+        assert raw_client.post("/orders", content=OK, headers=headers).status_code == 202
+
+
+def test_a_415_names_the_encoding(raw_client: httpx.Client) -> None:
+    headers = JSON | {"Content-Encoding": "gzip, identity"}
+    res = raw_client.post("/orders", content=gzip.compress(OK.encode()), headers=headers)
+    assert res.status_code == 415
+    assert res.json() == {
+        "error": "unsupported content encoding gzip: send the body uncompressed",
+        "details": [{"contentEncoding": "gzip", "expected": "identity"}],
+    }
+
+
+def test_the_price_stored_is_the_price_written(
+    raw_client: httpx.Client, pg: psycopg.Connection
+) -> None:
+    for price in ("19.99", "9999999999.99", "0.01", "1.50", "1999e-2"):
+        body = '{"product": "x", "quantity": 1.0, "price": ' + price + "}"
+        assert raw_client.post("/orders", content=body, headers=JSON).status_code == 202
+    stored = pg.execute("SELECT quantity, price::text FROM orders ORDER BY id").fetchall()
+    assert stored == [
+        (1, "19.99"), (1, "9999999999.99"), (1, "0.01"), (1, "1.50"), (1, "19.99")
+    ]  # fmt: skip

@@ -198,3 +198,43 @@ def test_a_server_that_does_not_answer_is_a_clear_error(settings: Settings) -> N
     assert out.returncode == 1
     assert "Redis does not answer" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_show_says_what_a_crash_and_a_replay_did(
+    settings: Settings, raw: redis.Redis, pg: psycopg.Connection
+) -> None:
+    """Attempt 1: w1 died 1 s in, and w2 found it 11 s after it started and took it over;
+    attempt 2 failed, the job was replayed, and attempt 3 (its first try since) failed too.
+    Before: the crash "took 11.0s", with no error, and attempt 3 was just "3"."""
+    job_id, _ = make_dead(settings.database_url, raw, attempts=3, error="kaput")
+    t0 = "2026-01-01 12:00:00+00"
+    pg.execute(
+        "UPDATE job_attempts SET outcome = 'crashed', error = NULL, worker_id = 'w1', "
+        "started_at = %s, finished_at = %s::timestamptz + interval '11 s' "
+        "WHERE job_id = %s AND attempt = 1",
+        [t0, t0, job_id],
+    )
+    pg.execute(
+        "UPDATE job_attempts SET worker_id = 'w2', started_at = %s::timestamptz + interval "
+        "'11 s', finished_at = %s::timestamptz + interval '12 s' WHERE job_id = %s AND "
+        "attempt = 2",
+        [t0, t0, job_id],
+    )
+    pg.execute("UPDATE jobs SET replay_base = 2 WHERE id = %s", [job_id])
+    out = run(settings, "dead", "show", job_id, columns=80)
+    assert out.returncode == 0, out.stderr
+    text = fits(out.stdout)
+    table = text[text.index("attempts (UTC)") : text.index("its dead letters")]
+    rows = [line.split("│") for line in table.splitlines() if line.startswith("│")]
+    crashed = next(r for r in rows if r[1].strip() == "1")
+    assert crashed[3].strip() == "-", text  # took: not known (11 s was when it was found)
+    assert crashed[4].strip() == "crashed"
+    # The last column wraps: its words, read across the rows of the crashed attempt.
+    start = rows.index(crashed)
+    said = " ".join(r[6].strip() for r in rows[start : start + 6] if r[1].strip() in ("", "1"))
+    assert (
+        "no end recorded: worker w1 did not finish it (died, or was presumed dead); found "
+        "unfinished at 12:00:11 by w2, who took it over"
+    ) in said, text
+    assert [r[1].strip() for r in rows if r[1].strip()][-1] == "3 (try 1)", text
+    assert "replayed after attempt 2" in text

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import redis
+import redis.asyncio as aioredis
 
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
+from mqlab.worker import requeue_orphans
 from tests.conftest import Flaky, counts
 from tests.helpers import eventually, insert_job, job_status
 
@@ -125,3 +128,84 @@ def test_worker_waits_for_postgres_and_reconnects(
         eventually(lambda: job_status(flaky_pg.url, "job-p-1") == "completed", timeout=20)
         assert child.alive()
         assert rds.llen(keys.DEAD) == 0
+
+
+async def test_the_reaper_judges_no_one_on_a_server_just_started_again(
+    flaky_redis: Flaky,
+) -> None:
+    """Valkey started again keeps the processing lists (its append-only file), while every
+    heartbeat expired meanwhile: until the live workers have beaten again (a heartbeat TTL),
+    a list with no heartbeat is no proof of a dead worker. (It used to be requeued at once:
+    "requeued a job of dead worker w2" while w2 was alive.)"""
+    client = redis.Redis.from_url(flaky_redis.url)
+    client.lpush(keys.processing_key("w2"), b"m1")
+    client.close()
+    flaky_redis.stop()
+    flaky_redis.start()
+    started = time.monotonic()
+    reaper = aioredis.Redis.from_url(flaky_redis.url)
+    try:
+        assert await requeue_orphans(reaper) == 0
+        assert await reaper.llen(keys.processing_key("w2")) == 1
+        # Still no heartbeat once the server has been up a TTL: w2 is gone.
+        time.sleep(max(0.0, keys.HEARTBEAT_TTL + 1 - (time.monotonic() - started)))
+        assert await requeue_orphans(reaper) == 1
+        assert await reaper.lrange(keys.QUEUE, 0, -1) == [b"m1"]
+    finally:
+        await reaper.aclose()
+
+
+def test_the_first_order_after_postgres_restarts_is_accepted(
+    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+) -> None:
+    """The pool's idle connections died with the server (SIGINT, as `mqlab services down`
+    stops it): none of them is handed to a request once it is back. The old pool handed them
+    out one by one, each a 503."""
+    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+        api = sup.start_api()
+        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
+            # Several pooled connections, idle now (the pool hands them out in turn).
+            for _ in range(8):
+                assert c.post("/orders", json=ORDER).status_code == 202
+            flaky_pg.stop()
+            flaky_pg.start()
+            res = c.post("/orders", json=ORDER)
+            assert res.status_code == 202, (res.text, api.tail())
+            assert c.get("/health").status_code == 200
+            assert c.get("/orders").status_code == 200
+            assert rds.llen(keys.QUEUE) == 9
+
+
+def test_orders_refused_during_a_postgres_outage_do_not_delay_the_first_one_after(
+    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+) -> None:
+    """Slow by design: 10 s of refused orders. The old pool's reconnect attempts backed off
+    (1, 2, 4, 8 s ...), so its next try came seconds after PostgreSQL was back."""
+    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+        api = sup.start_api()
+        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
+            flaky_pg.stop()
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                assert c.post("/orders", json=ORDER).status_code == 503
+            flaky_pg.start()
+            res = c.post("/orders", json=ORDER)
+            assert res.status_code == 202, (res.text, api.tail())
+
+
+def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
+    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+) -> None:
+    """The worker's connection died with the server while it waited for a job: the next job
+    runs on a new one, with no failed statement (and no backoff) first."""
+    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+        child = sup.start_worker("w1", job_seconds=0)
+        rds.lpush(keys.QUEUE, insert_job(flaky_pg.url, "job-p-2"))
+        eventually(lambda: job_status(flaky_pg.url, "job-p-2") == "completed", timeout=10)
+        flaky_pg.stop()
+        flaky_pg.start()
+        seen = len(child.tail().splitlines())
+        rds.lpush(keys.QUEUE, insert_job(flaky_pg.url, "job-p-3"))
+        eventually(lambda: job_status(flaky_pg.url, "job-p-3") == "completed", timeout=10)
+        after = child.tail().splitlines()[seen:]
+        assert not [line for line in after if "failed" in line], after

@@ -33,7 +33,7 @@ from mqlab.reconciler import (
 from mqlab.reconciler_record import parse_run
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
-from tests.helpers import eventually, insert_job, post_order
+from tests.helpers import eventually, insert_job, job, post_order
 
 #: The reconciler's own keys, which the `clean` fixture does not know of.
 OWN_KEYS = (keys.RECONCILER_LOCK, keys.RECONCILER, keys.DELAYED)
@@ -490,3 +490,29 @@ def test_after_flushall_every_queued_order_completes(
 
 def db_count(pg: psycopg.Connection, status: str) -> int:
     return int(row(pg, "SELECT count(*) FROM jobs WHERE status = %s", status)[0])
+
+
+async def test_a_job_a_live_worker_runs_is_not_reclaimed_while_its_beat_is_missing(
+    settings: Settings,
+    sup: Supervisor,
+    fresh: None,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
+) -> None:
+    """Redis lost its keys (what FLUSHALL leaves: no processing list, no heartbeat until the
+    worker's next beat): the run waits for the live workers' beats before it reclaims, so
+    the job w1 runs is neither queued again nor run twice (it was reclaimed at once)."""
+    sup.start_worker("w1", job_seconds=5)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    time.sleep(1.5)  # older than the grace below
+    rds.delete(keys.processing_key("w1"), keys.worker_key("w1"))
+    result = await reconcile_now(settings.redis_url, settings.database_url, grace=1)
+    assert (result.found, result.requeued) == (1, ())
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
+    attempts = pg.execute(
+        "SELECT attempt, worker_id, outcome FROM job_history WHERE job_id = %s",
+        [created["jobId"]],
+    ).fetchall()
+    assert attempts == [(1, "w1", "completed")]

@@ -63,3 +63,10 @@ def test_the_environment_sets_the_policy_and_bad_values_say_which() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError, match="attempts count from 1"):
         RetryPolicy().ceiling(0)
+
+
+def test_an_attempt_is_named_by_the_tries_the_policy_counts() -> None:
+    """After a replay the worker logged "attempt 6" while allowing at most 5."""
+    policy = RetryPolicy(max_attempts=5)
+    assert policy.attempt(2, 2) == "attempt 2 of 5"
+    assert policy.attempt(6, 1) == "attempt 1 of 5 after a replay, 6 in all"

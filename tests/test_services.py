@@ -12,9 +12,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
 from mqlab import services
 from mqlab.procs import pid_alive
+from mqlab.protocol import keys
 from mqlab.services.home import read_state
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
@@ -147,3 +149,25 @@ def test_down_then_up_keeps_the_urls_and_the_api_and_worker_reconnect(
             )
     finally:
         services.down(base=base)
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("REDIS_URL")), reason="the embedded Valkey's ACL, not a REDIS_URL one's"
+)
+def test_the_app_user_runs_only_the_commands_mqlab_uses(rds: redis.Redis) -> None:
+    """Issue 17 (7): the app's credentials could SWAPDB and FUNCTION LOAD. Now everything
+    outside valkey_server.APP_COMMANDS is refused, directly or from a script."""
+    library = "#!lua name=planted\nserver.register_function('planted', function() return 1 end)"
+    refused = [
+        ["SWAPDB", "0", "1"], ["FUNCTION", "LOAD", library], ["FUNCTION", "FLUSH"],
+        ["FCALL", "planted", "0"], ["FLUSHDB"], ["KEYS", "*"], ["SELECT", "1"],
+        ["CONFIG", "GET", "dir"], ["CLIENT", "LIST"],
+        ["SCRIPT", "FLUSH"], ["SORT", keys.QUEUE, "GET", "*"], ["PUBLISH", "c", "m"],
+        ["MOVE", keys.QUEUE, "1"], ["RESTORE", "k", "0", "x"], ["SHUTDOWN", "NOSAVE"],
+    ]  # fmt: skip
+    for command in refused:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            rds.execute_command(*command)
+    with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)permission|can't run"):
+        rds.eval("return redis.call('SWAPDB', 0, 1)", 0)
+    assert rds.ping() and rds.llen(keys.QUEUE) >= 0

@@ -10,6 +10,7 @@ import jsonschema_rs
 import orjson
 import pytest
 
+from mqlab.api.json_body import MAX_DEPTH
 from mqlab.api.validation import (
     MAX_PRICE,
     WHITESPACE,
@@ -36,20 +37,21 @@ def test_deep_nesting_is_a_400(depth: int) -> None:
         assert refusal(body) == (400, [{"message": "nested too deeply"}])
 
 
-@pytest.mark.parametrize("depth", [500, 1000, 1024, 5000])
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 1, MAX_DEPTH, 500, 1000, 1024, 5000])
 def test_nesting_gets_the_same_answer_on_every_python(depth: int) -> None:
     # The stdlib parser's recursion limit differs between Python versions (1,000 levels fail
-    # on 3.11, 5,000 pass on 3.13): it never sees a body this nested.
+    # on 3.11, 5,000 pass on 3.13): it never sees a body nested deeper than MAX_DEPTH, whether
+    # orjson reads it (no NaN) or not (NaN).
     nested = b"[" * depth + b"]" * depth
-    # orjson stops at the NaN (an order-shaped body would have its field named).
+    too_deep = depth + 1 > MAX_DEPTH  # inside the top-level object
     status, details = refusal(b'{"price": NaN, "x": ' + nested + b"}")
-    assert status == 400
-    assert "unexpected character" in details[0]["message"]
-    # orjson reads it (up to 1,024 levels); pydantic refuses the unknown field, with or without
-    # a repeated key.
+    if too_deep:
+        assert (status, details) == (400, [{"message": "nested too deeply"}])
+    else:
+        assert status == 422
+        assert {d["field"] for d in details} == {"price", "x", "product", "quantity"}
     body = b'{"product": "x", "quantity": 1, "price": 1, "x": ' + nested + b', "x": 1}'
-    too_deep = depth + 1 > 1024  # inside the top-level object
-    expected = (400, [{"message": "nested too deeply"}]) if too_deep else (422, [UNKNOWN])
+    expected = (400, [{"message": "nested too deeply"}]) if too_deep else (422, [REPEATED_X])
     assert refusal(body) == expected
 
 
@@ -68,6 +70,7 @@ def test_a_product_of_brackets_is_still_checked_for_repeated_keys() -> None:
 
 
 REPEATED = {"message": "given twice or more: send each once", "type": "repeated_key"}
+REPEATED_X = REPEATED | {"field": "x"}
 
 
 @pytest.mark.parametrize(
@@ -164,3 +167,60 @@ def test_schema_and_validator_agree_on_prices(price: Any) -> None:
 def test_schema_and_validator_agree_on_unknown_and_missing_fields() -> None:
     assert _agree({"product": "x", "quantity": 1, "price": 1, "color": "red"}) == (False, False)
     assert _agree({"product": "x", "quantity": 1}) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "error"),
+    [
+        ("quantity", "0.99999999999999999999", "int_type"),  # 1 as a float
+        ("quantity", "1.00000000000000000001", "int_type"),
+        ("quantity", "1e999999999", "less_than_equal"),  # no int of a billion digits made
+        ("price", "1e-400", "decimal_places"),  # 0.0 as a float
+        ("price", "19.990000000000000001", "decimal_places"),  # 19.99 as a float
+        ("price", "0.0000000000000000000001", "decimal_places"),
+        ("price", "1e400", "less_than_equal"),  # infinity as a float, but finite as written
+        ("price", "-1e-400", "decimal_places"),
+        ("price", "1e99999999999999", "less_than_equal"),  # beyond the Decimal context too
+        ("price", "-1e99999999999999", "greater_than_equal"),
+        ("quantity", "-1e99999999999999", "greater_than_equal"),
+        ("quantity", "1e-99999999999999", "int_type"),
+    ],
+)
+def test_numbers_are_judged_as_written(field: str, written: str, error: str) -> None:
+    fields = {"product": '"x"', "quantity": "1", "price": "1"} | {field: written}
+    body = "{" + ",".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
+    status, details = refusal(body.encode())
+    assert (status, [(d["field"], d["type"]) for d in details]) == (422, [(field, error)])
+
+
+@pytest.mark.parametrize(
+    ("written", "quantity", "price"),
+    [
+        ('"quantity": 1.0, "price": 1.50', 1, 1.5),
+        ('"quantity": 1e0, "price": 1.500', 1, 1.5),
+        ('"quantity": 100e-2, "price": 1999e-2', 1, 19.99),
+        ('"quantity": 1000000.000, "price": 9999999999.99', 1_000_000, MAX_PRICE),
+        ('"quantity": 1, "price": 0e-400', 1, 0.0),
+    ],
+)
+def test_whole_numbers_and_cents_in_any_spelling_are_accepted(
+    written: str, quantity: int, price: float
+) -> None:
+    order = parse_order(('{"product": "x", ' + written + "}").encode())
+    assert (order.quantity, order.price) == (quantity, price)
+    assert type(order.quantity) is int
+
+
+def test_errors_quote_at_most_64_characters_of_the_input() -> None:
+    key = "k" * 9000
+    for body in (
+        orjson.dumps({"product": "x", "quantity": 1, "price": 1, key: 1}),
+        b'{"product": "x", "quantity": 1, "price": 1, "'
+        + key.encode() * 2
+        + b'": 1, "'
+        + key.encode() * 2
+        + b'": 2}',
+    ):
+        status, details = refusal(body)
+        assert status == 422
+        assert [d["field"] for d in details] == ["k" * 64 + "…"]

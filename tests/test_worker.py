@@ -347,12 +347,13 @@ def test_a_release_never_clobbers_a_claim_made_since(
 ) -> None:
     created = post_order(client)  # no worker runs: the claims below are the only ones
     jid = created["jobId"]
-    assert pg.execute(db.CLAIM_JOB, {"worker": "w1", "job": jid}).fetchone() is not None
-    status, owner, attempts, _, started = pg.execute(db.JOB_STATUS, [jid]).fetchone()  # type: ignore[misc]
-    assert (status, owner, attempts) == ("processing", "w1", 1)
+    claim = {"worker": "w1", "instance": "1-a", "job": jid, "order": created["orderId"]}
+    assert pg.execute(db.CLAIM_JOB, claim).fetchone() is not None
+    status, owner, attempts, _, started, instance, *_ = pg.execute(db.JOB_STATUS, [jid]).fetchone()  # type: ignore[misc]
+    assert (status, owner, attempts, instance) == ("processing", "w1", 1, "1-a")
     # w1 presumed dead: w2 takes the job over, and w1's attempt is recorded as crashed.
-    takeover = {"worker": "w2", "job": jid, "was_worker": "w1", "was_attempt": 1,
-                "was_started": started}  # fmt: skip
+    takeover = {"worker": "w2", "instance": "2-b", "job": jid, "was_worker": "w1",
+                "was_instance": "1-a", "was_attempt": 1, "was_started": started}  # fmt: skip
     assert pg.execute(db.TAKE_OVER_JOB, takeover).fetchone() is not None
     assert pg.execute(db.TAKE_OVER_JOB, takeover).fetchone() is None  # that claim is gone
     assert pg.execute(
@@ -400,3 +401,151 @@ def test_a_missing_table_is_waited_for_not_dead_lettered(
     eventually(lambda: job(client, "job-away-1")["status"] == "completed", timeout=15)
     assert rds.llen(keys.DEAD) == 0
     assert child.alive()
+
+
+def history(pg: psycopg.Connection, job_id: object) -> list[tuple[object, ...]]:
+    """Every attempt of a job (job_history): (attempt, worker, outcome), in order."""
+    return pg.execute(
+        "SELECT attempt, worker_id, outcome FROM job_history WHERE job_id = %s ORDER BY attempt",
+        [job_id],
+    ).fetchall()
+
+
+def test_duplicates_of_a_job_a_live_worker_runs_are_dropped_not_taken_over(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """The issue's attack: two workers, a job running, its message pushed again 50 times.
+    Its worker is alive, so every duplicate is dropped unworked: one attempt, completed, no
+    crash (it used to end dead, "its worker died during each of its 5 attempts")."""
+    sup.start_workers(2, job_seconds=1)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    owner = job(client, created["jobId"])["workerId"]
+    message = orjson.dumps({"jobId": created["jobId"], "orderId": created["orderId"],
+                            "enqueuedAt": "x"})  # fmt: skip
+    for _ in range(50):
+        rds.lpush(keys.QUEUE, message)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=15)
+    final = job(client, created["jobId"])
+    assert (final["attempts"], final["workerId"]) == (1, owner)
+    assert history(pg, created["jobId"]) == [(1, owner, "completed")]
+    assert client.get(f"/orders/{created['orderId']}").json()["status"] == "completed"
+    ids = [c.name for c in sup.children.values()]
+    eventually(
+        lambda: (
+            rds.llen(keys.QUEUE) == 0 and all(rds.llen(keys.processing_key(w)) == 0 for w in ids)
+        )
+    )
+    kinds = [f["type"] for _, f in rds.xrange(keys.EVENTS) if f.get("job") == created["jobId"]]
+    assert (kinds.count("job_started"), kinds.count("job_finished")) == (1, 1)
+    assert rds.llen(keys.DEAD) == 0
+    tails = "\n".join(c.tail() for c in sup.children.values())
+    assert "dropping this duplicate delivery" in tails
+    assert "took over" not in tails
+
+
+def test_a_worker_restarted_with_its_id_takes_its_job_back_while_its_old_beat_lives(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """kill -9 mid-job, the same id started again at once: the heartbeat key still exists
+    (now the new run's), but it names another run than the claim's, so the job is taken
+    back and the dead run's attempt recorded as crashed."""
+    sup.start_worker("w1", job_seconds=5)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    old = rds.hget(keys.worker_key("w1"), keys.INSTANCE_FIELD)
+    sup.kill("w1")
+    assert rds.exists(keys.worker_key("w1"))  # the dead run's beat has not expired yet
+    # Not waited for as ready: the dead run's beat says busy already.
+    sup.start_worker("w1", job_seconds=0.2, wait=False)
+    eventually(lambda: rds.hget(keys.worker_key("w1"), keys.INSTANCE_FIELD) not in (None, old))
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
+    assert history(pg, created["jobId"]) == [(1, "w1", "crashed"), (2, "w1", "completed")]
+
+
+def test_a_message_whose_job_or_order_is_not_in_postgresql_is_dead_at_first_sight(
+    settings: Settings,
+    sup: Supervisor,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
+) -> None:
+    """Each dead-lettered at its first delivery with a reason one can check, counting no
+    attempt: an order deleted with its job; a message naming an order its job is not of; an
+    order row gone while its job stays (the foreign key bypassed: that job used to cycle
+    through claims and take-overs, end dead "its worker died during each of its 5 attempts",
+    and be left out of `mqlab dead list`)."""
+    from tests.test_cli import run
+
+    gone = post_order(client)
+    pg.execute("DELETE FROM orders WHERE id = %s", [gone["orderId"]])  # its job goes too
+    real = post_order(client)
+    forged = orjson.dumps({"jobId": real["jobId"], "orderId": 999999, "enqueuedAt": "x"})
+    rds.lpush(keys.QUEUE, forged)
+    orphan = post_order(client)
+    fk = pg.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype = 'f'"
+    ).fetchone()
+    assert fk is not None
+    pg.execute(f'ALTER TABLE jobs DROP CONSTRAINT "{fk[0]}"')
+    try:
+        pg.execute("DELETE FROM orders WHERE id = %s", [orphan["orderId"]])
+        sup.start_worker("w1", job_seconds=0)
+        eventually(lambda: rds.llen(keys.DEAD) == 3 and rds.llen(keys.QUEUE) == 0)
+        eventually(lambda: job(client, real["jobId"])["status"] == "completed")
+        assert job(client, real["jobId"])["attempts"] == 1
+        buried = job(client, orphan["jobId"])
+        reason = (
+            f"order {orphan['orderId']} of job {orphan['jobId']} does not exist in PostgreSQL "
+            "(deleted while the job was pending)"
+        )
+        assert (buried["status"], buried["attempts"], buried["lastError"]) == ("dead", 0, reason)
+        assert history(pg, orphan["jobId"]) == []
+        letters = {
+            messages.read_dead_letter(e.encode()).reason: messages.read_dead_letter(e.encode())
+            for e in rds.lrange(keys.DEAD, 0, -1)
+        }
+        assert set(letters) == {
+            f"no job {gone['jobId']} in PostgreSQL (order {gone['orderId']} does not exist either)",
+            f"job {real['jobId']} is order {real['orderId']}'s, not order 999999's",
+            reason,
+        }
+        assert letters[reason].job_id == orphan["jobId"]
+        listed = run(settings, "dead", "list", columns=200)
+        assert listed.returncode == 0, listed.stderr
+        assert orphan["jobId"] in listed.stdout
+        assert "is order" in listed.stdout and "no job" in listed.stdout
+        purged = run(settings, "dead", "purge", "--yes")
+        assert purged.returncode == 0, purged.stderr
+        assert job(client, orphan["jobId"]).get("status") is None  # gone, with no order
+    finally:
+        pg.execute(
+            "DELETE FROM jobs WHERE NOT EXISTS (SELECT FROM orders WHERE orders.id = order_id)"
+        )
+        pg.execute(
+            f'ALTER TABLE jobs ADD CONSTRAINT "{fk[0]}" FOREIGN KEY (order_id) '
+            "REFERENCES orders (id) ON DELETE CASCADE"
+        )
+
+
+def test_a_second_worker_with_a_live_workers_id_refuses_to_start(
+    settings: Settings,
+    sup: Supervisor,
+    client: httpx.Client,
+    pg: psycopg.Connection,
+    rds: redis.Redis,
+) -> None:
+    """At start a worker takes back what its id's previous run left in its processing list:
+    with that run alive (the same id given twice), it would take a job in hand, which then
+    looked abandoned and ran twice. It refuses instead, and the live worker goes on."""
+    first = sup.start_worker("w1", job_seconds=3)
+    created = post_order(client)
+    eventually(lambda: job(client, created["jobId"])["status"] == "processing")
+    with Supervisor(settings) as other:  # a supervisor runs one child per name
+        second = other.start_worker("w1", job_seconds=0, wait=False)
+        assert second.proc.wait(20) == 1
+        eventually(lambda: "is in use by pid" in second.tail())
+    assert first.alive()
+    assert rds.hget(keys.worker_key("w1"), "pid") == str(first.pid)
+    eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
+    assert history(pg, created["jobId"]) == [(1, "w1", "completed")]

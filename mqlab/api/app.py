@@ -28,7 +28,7 @@ from mqlab.api.backends import (
     unavailable,
 )
 from mqlab.api.fastpath import OrdersAPI, fast_post_orders
-from mqlab.api.validation import OrderIn, error_response
+from mqlab.api.validation import OrderIn, echo, error_response
 from mqlab.backend_errors import REDIS_DOWN, REDIS_FAILURE
 from mqlab.observe import snapshot
 from mqlab.protocol import keys
@@ -62,7 +62,7 @@ StatusFilter = Annotated[schemas.JobStatus | None, Query(description="only jobs 
 
 
 def _not_found(key: str, value: object) -> JSONResponse:
-    return error_response(404, "not found", [{key: value}])
+    return error_response(404, "not found", [{key: echo(value)}])
 
 
 def _allowed(app: FastAPI, path: str) -> str:
@@ -71,6 +71,8 @@ def _allowed(app: FastAPI, path: str) -> str:
     for route in app.router.routes:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")  # OrdersAPI answers HEAD for every GET route
     return ", ".join(sorted(methods))
 
 
@@ -241,7 +243,7 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
         if done.outcome == "no such job":
             return _not_found("jobId", job_id)
         if done.outcome == "not dead":
-            details = [{"jobId": job_id, "status": done.status}]
+            details = [{"jobId": echo(job_id), "status": done.status}]
             return error_response(409, f"the job is {done.status}, not dead", details)
         body = {"message": schemas.REPLAYED_MESSAGE, "jobId": job_id, "status": "pending"}
         return _json(body, 202)

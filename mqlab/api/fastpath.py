@@ -15,6 +15,7 @@ from mqlab.api.backends import Backends, internal_error, pg_failure, unavailable
 from mqlab.api.validation import (
     MAX_BODY_BYTES,
     BadRequest,
+    check_content_encoding,
     check_content_type,
     check_length,
     error_response,
@@ -33,6 +34,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def _header_list(scope: Scope, name: bytes) -> str | None:
+    """A list-valued header (Content-Encoding), which may come in several lines: all of them."""
+    values = [value.decode("latin-1") for key, value in scope["headers"] if key == name]
+    return ", ".join(values) if values else None
 
 
 async def _receive_body(receive: Receive, content_length: str | None) -> bytes:
@@ -80,6 +87,7 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
         response: Response
         try:
             check_content_type(_header(scope, b"content-type"))
+            check_content_encoding(_header_list(scope, b"content-encoding"))
             body = await _receive_body(receive, _header(scope, b"content-length"))
             order_id, job_id = await backends.writer.submit(parse_order(body))
         except ClientGone:
@@ -106,7 +114,8 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
 
 class OrdersAPI(FastAPI):
     """FastAPI, with POST /orders answered by the lean handler before the framework's stack,
-    and every unexpected exception answered with a JSON 500 and logged once.
+    HEAD answered for every GET route, and every unexpected exception answered with a JSON 500
+    and logged once.
 
     The FastAPI route for POST /orders stays registered only so that OpenAPI documents it.
     """
@@ -116,6 +125,9 @@ class OrdersAPI(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan: a failed start must reach the server
             await super().__call__(scope, receive, send)
+            return
+        if scope["method"] == "HEAD":
+            await self._head(scope, receive, send)
             return
         fast = self.fast_orders
         if fast is not None and scope["path"] == "/orders" and scope["method"] == "POST":
@@ -140,6 +152,20 @@ class OrdersAPI(FastAPI):
             response = internal_error(f"{scope['method']} {scope['path']}", exc)
             if not started:
                 await response(scope, receive, send)
+
+    async def _head(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """HEAD as GET without the body (its status and headers, Content-Length included).
+
+        Why here: FastAPI's routes, unlike Starlette's, do not answer HEAD for GET (405), and
+        adding HEAD to each route would put it in the OpenAPI document as a second operation.
+        """
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self({**scope, "method": "GET"}, receive, headers_only)
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's document, without its default 422 (pydantic's error shape, not ours).

@@ -210,7 +210,11 @@ POST_ORDERS: Responses = {
     },
     400: {"model": Error, "description": "the body is empty or not JSON (UTF-8)"},
     413: {"model": Error, "description": "the body is over 64 KiB"},
-    415: {"model": Error, "description": "the content type is not JSON"},
+    415: {
+        "model": Error,
+        "description": "the content type is not JSON, or the body has a content encoding "
+        "(gzip, br...): the API decodes none",
+    },
     422: {
         "model": InvalidRequest,
         "description": "not a valid order (one detail per field); nothing was written",

@@ -7,12 +7,11 @@ schema is never refused here, and nothing the schema forbids is accepted.
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from decimal import Decimal
 from typing import Annotated, Any
 
-import orjson
 from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
@@ -24,12 +23,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mqlab.api import json_body
+
 #: A larger body is refused with 413 before it is read in full.
 MAX_BODY_BYTES = 64 * 1024
 MAX_PRODUCT_CHARS = 200
 MAX_QUANTITY = 1_000_000
 #: numeric(12,2) holds up to this.
 MAX_PRICE = 9_999_999_999.99
+_MAX_PRICE = Decimal(repr(MAX_PRICE))
 
 #: The characters Python's str.strip() removes (those whose isspace() is true), spelled out
 #: so that the schema's pattern can name the same ones (a test checks the list).
@@ -54,20 +56,49 @@ def _product(value: str) -> str:
     return value.strip(WHITESPACE)
 
 
+#: Beyond this a number's size no longer matters (it is out of range either way): numbers
+#: are clamped to it before int() or float(), so that 1e999999999 costs nothing.
+_HUGE = Decimal(10**20)
+_CENT = Decimal("0.01")
+
+
+def _as_written(value: Any) -> Decimal | None:
+    """A number with a fraction or an exponent as written: json_body reads it as a Decimal,
+    or as a float when the float is that number (then its shortest repr spells it)."""
+    if type(value) is Decimal:
+        return value
+    if type(value) is float and math.isfinite(value):
+        return Decimal(repr(value))
+    return None  # an int, NaN or Infinity, or no number: the field's own checks answer
+
+
+def _clamped(value: Decimal) -> Decimal:
+    return min(max(value, -_HUGE), _HUGE)
+
+
 def _whole_number(value: Any) -> Any:
     # JSON has one number type: 1380.0 is the integer 1380 for JSON Schema (and for the
-    # schema's readers), so it is one here too. 1.5, "1" and true stay refused (strict).
-    if type(value) is float and value.is_integer():
-        return int(value)
+    # schema's readers), so it is one here too. 1.5, 0.99999999999999999999, "1" and true
+    # stay refused (strict): the number is judged as written, not as a float rounds it.
+    exact = _as_written(value)
+    if exact is not None and exact == exact.to_integral_value():
+        return int(_clamped(exact))
     return value
 
 
-def _cents(value: float) -> float:
-    # The decimal as spelled (the shortest repr that reads back as this float), as JSON
-    # Schema's multipleOf 0.01 counts it: 19.99 passes, 1.005 and 0.1 + 0.2 do not.
-    if Decimal(repr(value)).as_tuple().exponent < -2:  # type: ignore[operator]
+def _cents(value: Any) -> Any:
+    # The number as written, as JSON Schema's multipleOf 0.01 counts it: 19.99 and 1.50 pass,
+    # 1.005, 0.1 + 0.2 and 1e-400 do not (numeric(12,2) would store another number). Beyond
+    # the bounds it is left to the range check, which names them (a float that large holds
+    # its sign and size; a tiny one would not, and has too many decimals anyway).
+    exact = _as_written(value)
+    if exact is None:
+        return value
+    if exact.copy_abs() > _MAX_PRICE:  # copy_abs: abs() rounds to the context, and overflows
+        return float(_clamped(exact))
+    if exact != exact.quantize(_CENT):
         raise PydanticCustomError("decimal_places", "at most 2 decimal places")
-    return value
+    return float(exact)  # the nearest float, which float8 to numeric(12,2) stores exactly
 
 
 class OrderIn(BaseModel):
@@ -87,7 +118,11 @@ class OrderIn(BaseModel):
     ]
     quantity: Annotated[
         int,
-        Field(ge=1, le=MAX_QUANTITY, description="how many (1380.0 counts as 1380)"),
+        Field(
+            ge=1,
+            le=MAX_QUANTITY,
+            description="how many, a whole number as written (1380.0 counts as 1380)",
+        ),
         BeforeValidator(_whole_number),
     ]
     price: Annotated[
@@ -96,10 +131,10 @@ class OrderIn(BaseModel):
             ge=0,
             le=MAX_PRICE,
             allow_inf_nan=False,
-            description="unit price, at most 2 decimal places",
+            description="unit price, at most 2 decimal places as written (stored exactly)",
             json_schema_extra={"multipleOf": 0.01},
         ),
-        AfterValidator(_cents),
+        BeforeValidator(_cents),
     ]
 
 
@@ -120,13 +155,36 @@ def error_response(
     return JSONResponse({"error": error, "details": details or []}, status, headers=headers)
 
 
+#: An error quotes at most this many characters of what was sent.
+MAX_ECHO = 64
+
+
+def echo(value: Any) -> Any:
+    """Something the client sent, as an error quotes it: whole when short, else its first
+    MAX_ECHO characters and an ellipsis (an answer must not send a huge input back)."""
+    text = value if type(value) is str else str(value)
+    return value if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "…"
+
+
 def check_content_type(content_type: str | None) -> None:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise BadRequest(
             415,
             "unsupported content type: send the order as JSON",
-            [{"contentType": content_type or None, "expected": "application/json"}],
+            [{"contentType": echo(content_type or None), "expected": "application/json"}],
+        )
+
+
+def check_content_encoding(content_encoding: str | None) -> None:
+    """415 for a body in a content coding: the API decodes none (`identity` is no coding)."""
+    codings = [c.strip() for c in (content_encoding or "").split(",")]
+    unsupported = ", ".join(c for c in codings if c and c.lower() != "identity")
+    if unsupported:
+        raise BadRequest(
+            415,
+            f"unsupported content encoding {echo(unsupported)}: send the body uncompressed",
+            [{"contentEncoding": echo(unsupported), "expected": "identity"}],
         )
 
 
@@ -147,7 +205,7 @@ def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic's errors as [{"field", "message", "type"}], without echoing the whole input."""
     out = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = ".".join(str(part) for part in err["loc"]) or "body"
+        loc = echo(".".join(str(part) for part in err["loc"]) or "body")  # an unknown key
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field (the fields are product, quantity and price)"
@@ -157,87 +215,16 @@ def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
-def _repeated_key(key: str) -> BadRequest:
-    return BadRequest(
-        422,
-        "invalid order",
-        [{"field": key, "message": "given twice or more: send each once", "type": "repeated_key"}],
-    )
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _repeated_key(key)
-            seen.add(key)
-    return obj
-
-
-def _too_deep() -> BadRequest:
-    return BadRequest(400, "the body is not valid JSON", [{"message": "nested too deeply"}])
-
-
-#: More `[` and `{` bytes than any valid order holds (one object, and a product of at most 200
-#: characters). The stdlib parser, which recurses once per level, is never given such a body:
-#: its recursion limit differs between Python versions (1,000 levels fail on 3.11, 5,000 pass
-#: on 3.13), and the answer to a body must not.
-MAX_BRACKETS = 2 * MAX_PRODUCT_CHARS
-
-
-def _order_shaped(body: bytes) -> bool:
-    return body.count(b"[") + body.count(b"{") <= MAX_BRACKETS
-
-
-def _stdlib_loads(body: bytes) -> Any:
-    """The stdlib parser, refusing repeated keys (orjson keeps the last one and has no hook).
-
-    Only on cold paths, and for order-shaped bodies: it is about 7 times slower than orjson
-    (2.7 against 0.4 µs for an order).
-    """
-    return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
-
-
-def _may_repeat_keys(body: bytes, data: dict[str, Any]) -> bool:
-    """False when the body cannot hold a repeated key; True when it might (then check).
-
-    Why: a cheap proof for the usual order. Every `"` of a JSON text delimits a string or is
-    escaped inside one; an object of n keys whose values are s strings and no containers has
-    2n + 2s of them when no key repeats, and at least two more when one does.
-    """
-    quotes = 2 * len(data)
-    for value in data.values():
-        kind = type(value)
-        if kind is str:
-            quotes += 2
-        elif kind is dict or kind is list:
-            return True
-    return body.count(b'"') != quotes
-
-
 def decode_json(body: bytes) -> Any:
-    """A request body as Python values: BadRequest 400 when it is not JSON, 422 on a key
-    given twice in one object (which value was meant cannot be known)."""
+    """A request body as Python values (json_body.read): BadRequest 400 when it is not JSON,
+    422 on a key given twice in one object (which value was meant cannot be known)."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if "depth" in exc.msg:
-            raise _too_deep() from None
-        invalid = BadRequest(400, "the body is not valid JSON", [{"message": str(exc)}])
-        if not _order_shaped(body):
-            raise invalid from None
-        # What orjson refuses but the stdlib reads: NaN and Infinity literals and numbers
-        # too big for a float, so that they are refused with a message about their field.
-        try:
-            return _stdlib_loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise invalid from None
-    # A body that is not order-shaped is refused anyway: no need to look for a repeated key.
-    if type(data) is dict and _may_repeat_keys(body, data) and _order_shaped(body):
-        _stdlib_loads(body)
-    return data
+        return json_body.read(body)
+    except json_body.RepeatedKey as exc:
+        detail = {"field": echo(exc.key), "message": "given twice or more: send each once"}
+        raise BadRequest(422, "invalid order", [detail | {"type": "repeated_key"}]) from None
+    except json_body.NotJSON as exc:
+        raise BadRequest(400, "the body is not valid JSON", [{"message": str(exc)}]) from None
 
 
 def parse_order(body: bytes) -> OrderIn:

@@ -31,6 +31,10 @@ HEARTBEAT_INTERVAL = 1.0
 #: ... and its key expires this long after the last beat. A job held by a worker whose key
 #: expired is moved back to the queue, so a crash is recovered within TTL + one reaper pass.
 HEARTBEAT_TTL = 3
+#: The heartbeat's field naming this run of the worker (new at each start). A claim names it
+#: too (jobs.worker_instance): a worker is alive for a claim only while its heartbeat names
+#: the run that made it, so that one started again with the same id takes back its old job.
+INSTANCE_FIELD = "instance"
 
 
 def processing_key(worker_id: str) -> str:

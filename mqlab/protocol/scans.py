@@ -1,5 +1,6 @@
 """The two scans of the queue protocol: live workers (their heartbeat keys) and processing
-lists (what each worker holds), for redis-py's sync and asyncio clients.
+lists (what each worker holds), for redis-py's sync and asyncio clients; and whether one run
+of a worker is alive.
 
 A key comes back as the client gives it: str from a decoding client, bytes from one that
 does not (the worker's: a processing list is handled whatever its name, so its owner's
@@ -14,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from mqlab.protocol.ids import worker_sort_key
-from mqlab.protocol.keys import PROCESSING_PREFIX, WORKER_PREFIX
+from mqlab.protocol.keys import INSTANCE_FIELD, PROCESSING_PREFIX, WORKER_PREFIX
 
 Key = TypeVar("Key", str, bytes)
 
@@ -69,3 +70,14 @@ async def processing_lists(client: aioredis.Redis) -> list[str] | list[bytes]:
 def processing_lists_sync(client: redis.Redis) -> list[str] | list[bytes]:
     """processing_lists() for a sync client."""
     return list(client.scan_iter(match=_match(PROCESSING_PREFIX), count=SCAN_COUNT))
+
+
+async def runs(client: aioredis.Redis, worker: str | None, instance: str | None) -> bool:
+    """Is that run of that worker alive: its heartbeat key exists and names `instance`?
+    (A claim made by an older mqlab names no run: its worker counts as gone.)"""
+    if worker is None or instance is None:
+        return False
+    found = await client.hget(WORKER_PREFIX + worker, INSTANCE_FIELD)
+    if isinstance(found, bytes):
+        found = found.decode(errors="replace")
+    return found == instance

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mqlab.private_files import UnsafePath, open_private
 from mqlab.procs import free_port, pid_alive, port_free, terminate
 from mqlab.services import postgres_server, valkey_server
 from mqlab.services.home import (
+    checked,
     home,
     identity,
-    private_dir,
     read_state,
     save_identity,
     write_state,
@@ -48,15 +49,27 @@ class ServiceInfo:
 
 @contextlib.contextmanager
 def _locked(base: Path) -> Iterator[None]:
-    """One `up`/`down` at a time per MQLAB_HOME (two terminals, or tests in parallel)."""
-    private_dir(base)
-    fd = os.open(base / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    """One `up`/`down` at a time per MQLAB_HOME (two terminals, or tests in parallel), once
+    the home is found to be ours alone (see home.checked)."""
+    with _refused():
+        fd = open_private(checked(base) / ".lock", os.O_WRONLY | os.O_CREAT)
     with os.fdopen(fd, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            with _refused():
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """An unsafe home (or file in it) as the ServicesError every command reports (the message
+    says what to do); UnsafePath stays its own type for the callers below the commands."""
+    try:
+        yield
+    except UnsafePath as exc:
+        raise ServicesError(str(exc)) from None
 
 
 def _alive(name: str, record: dict[str, Any]) -> bool:
@@ -151,7 +164,8 @@ def status(*, base: Path | None = None) -> list[ServiceInfo]:
 
 def running_urls(base: Path | None = None) -> tuple[str | None, str | None]:
     """The URLs of live embedded servers (None where a server is not running)."""
-    state = read_state(base)
+    with _refused():
+        state = read_state(base)
     urls: list[str | None] = []
     for name in (valkey_server.NAME, postgres_server.NAME):
         record = state.get(name)

@@ -23,14 +23,16 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from mqlab.private_files import private_dir, write_private
 from mqlab.procs import keep, spawn, wait_until
-from mqlab.services.home import identity, private_dir, save_identity, write_private
+from mqlab.services.home import identity, save_identity
 from mqlab.services.runtime import (
     Account,
     data_root,
     give,
     popen_args,
     reachable,
+    server_dir,
     service_account,
 )
 
@@ -85,7 +87,7 @@ def _cluster(base: Path, root: Path, account: Account | None, binaries: Path) ->
     moved = not data.exists() and legacy != data and (legacy / "PG_VERSION").exists()
     if moved:
         shutil.move(legacy, data)
-    give(private_dir(data), account, deep=moved)
+    server_dir(data, account, deep=moved)
     drop = popen_args(account)
     ident = identity(base)
     password = ident["passwords"]["postgres"]
@@ -133,7 +135,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     root = data_root(base, account)
     binaries = bin_dir(account)
     data = _cluster(base, root, account, binaries)
-    run = give(private_dir(root / "run"), account)
+    run = server_dir(root / "run", account)
     log = private_dir(base / "log") / "postgres.log"
     passwords = identity(base)["passwords"]
     argv = [

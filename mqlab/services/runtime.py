@@ -24,10 +24,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mqlab.private_files import (
+    UnsafePath,
+    open_private,
+    private_dir,
+    read_json,
+    write_private,
+)
 from mqlab.procs import is_root
-from mqlab.services.home import IDENTITY_FILE, identity, private_dir, read_json, write_private
+from mqlab.services.home import IDENTITY_FILE, SERVICE_USER, identity
 
-SERVICE_USER = "mqlab"
 RUNTIME_ROOT = Path("/var/lib/mqlab")
 #: The root-owned file beside each home's runtime folder naming the MQLAB_HOME it serves.
 _OWNER_SUFFIX = ".home"
@@ -72,16 +78,39 @@ def give(path: Path, account: Account | None, *, deep: bool = False) -> Path:
     """Make `path` (a folder or file of the servers') private (no group or other bits) and,
     under root, the account's. deep=True: everything below it too, for data moved in from
     an older mqlab (0644, another owner); what the servers write themselves is private
-    already (umask 077), so a start need not walk their data."""
+    already (umask 077), so a start need not walk their data.
+
+    Through a descriptor opened without following links, and only for what is ours or the
+    account's already: the account may write in its folders, and a link or hard link it
+    planted there must not make root chown or chmod a file elsewhere."""
+    owners = _owners(account)
     for name in [str(path), *(_below(path) if deep else [])]:
-        if os.path.islink(name):
-            continue
-        if account is not None:
-            os.chown(name, account.uid, account.gid)
-        mode = os.stat(name).st_mode
-        if mode & 0o077:
-            os.chmod(name, stat.S_IMODE(mode) & 0o700)
+        info = os.lstat(name)
+        if stat.S_ISLNK(info.st_mode):
+            continue  # a link of the data's own (none is followed)
+        kind = stat.S_IFDIR if stat.S_ISDIR(info.st_mode) else stat.S_IFREG
+        if kind == stat.S_IFREG and not stat.S_ISREG(info.st_mode):
+            continue  # a socket of a server: private by its folder
+        fd = open_private(Path(name), os.O_RDONLY, owners=owners, kind=kind)
+        try:
+            if account is not None:
+                os.fchown(fd, account.uid, account.gid)
+            mode = os.fstat(fd).st_mode
+            if mode & 0o077:
+                os.fchmod(fd, stat.S_IMODE(mode) & 0o700)
+        finally:
+            os.close(fd)
     return path
+
+
+def server_dir(path: Path, account: Account | None, *, deep: bool = False) -> Path:
+    """A folder of the servers' (made 0700 if missing; no link followed), the account's."""
+    return give(private_dir(path, owners=_owners(account)), account, deep=deep)
+
+
+def _owners(account: Account | None) -> tuple[int, ...]:
+    """Who may own what the servers keep: us, and under root the account."""
+    return (os.geteuid(),) if account is None else (os.geteuid(), account.uid)
 
 
 def _below(path: Path) -> Iterator[str]:
@@ -99,7 +128,7 @@ def data_root(base: Path, account: Account | None) -> Path:
     homes = RUNTIME_ROOT / "homes"
     _shared_dir(RUNTIME_ROOT, 0o711)
     _shared_dir(homes, 0o711)
-    home_id = identity(base)["id"]
+    home_id = identity(base)["id"]  # validated: 16 hex digits, a name and no path
     owner = homes / f"{home_id}{_OWNER_SUFFIX}"
     if not owner.exists():
         write_private(owner, str(base))
@@ -130,8 +159,13 @@ def _clean_forgotten(homes: Path) -> None:
             base = Path(owner.read_text().strip())
         except FileNotFoundError:
             continue  # another mqlab process is cleaning it up at this moment
-        if read_json(base / IDENTITY_FILE).get("id") == home_id:
-            continue
+        try:
+            if read_json(base / IDENTITY_FILE).get("id") == home_id:
+                continue
+        except UnsafePath:
+            continue  # a link or another user's file in its place: leave the data alone
+        except OSError:
+            pass  # its folder is gone or unreadable: forgotten
         folder = homes / home_id
         if (folder / "pg" / "postmaster.pid").exists() and _postmaster_alive(folder / "pg"):
             continue

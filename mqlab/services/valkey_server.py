@@ -6,10 +6,11 @@ Valkey 9.1 speaks the Redis protocol, so everything that talks to it uses redis-
 compiles nothing on any Python >= 3.11.
 
 Locked down: it runs as the service account (see runtime.py), listens on 127.0.0.1 and a
-0700 unix socket, and its one user needs the home's password and may not run admin commands
-(CONFIG, DEBUG, MODULE, SAVE, SHUTDOWN, ACL SETUSER, ...); FLUSHALL and FLUSHDB stay, for the
-lab's data-loss drills. The settings, password included, are in a 0600 config file, never on
-the command line (`ps` shows command lines to every local user).
+0700 unix socket, and its one user needs the home's password and may run only the commands
+mqlab uses (APP_COMMANDS): no admin command (CONFIG, DEBUG, MODULE, SAVE, SHUTDOWN, ACL,
+...), nor SWAPDB, SELECT, FUNCTION, FLUSHDB or KEYS; FLUSHALL stays, for the lab's
+data-loss drill. The settings, password included, are in a 0600 config file, never on the
+command line (`ps` shows command lines to every local user).
 
 The server's role keeps the name `redis` (the key in `services.json`, the `/health` field,
 `REDIS_URL`): a home made by an older mqlab, whose record names a running Redis 6.2, is
@@ -28,14 +29,16 @@ from urllib.parse import quote
 import redis
 
 from mqlab.backend_errors import REDIS_FAILURE
+from mqlab.private_files import private_dir, write_private
 from mqlab.procs import keep, spawn, wait_until
-from mqlab.services.home import identity, private_dir, write_private
+from mqlab.services.home import identity
 from mqlab.services.runtime import (
     Account,
     data_root,
     give,
     popen_args,
     reachable,
+    server_dir,
     service_account,
 )
 
@@ -47,6 +50,28 @@ COMMANDS = ("valkey-server", "redis-server")
 _MAX_SOCKET_PATH = 100
 #: The data folder, and the ones older mqlabs used (in MQLAB_HOME): moved, with the queue.
 DATA_DIR, LEGACY_DATA_DIRS = "valkey", ("valkey", "redis")
+#: Every command the app user may run: what the API, workers, reconciler, lab, CLI and their
+#: Lua scripts send (grep redis-py's calls and `redis.call`), and the reads a person uses
+#: with redis-cli on the same URL to look at a key (the README's). ACLs apply inside scripts
+#: too, so EVAL adds nothing to this list.
+APP_COMMANDS = (
+    # Connecting (redis-py sends CLIENT SETINFO and ignores a refusal), health, the clock.
+    "auth", "hello", "ping", "client|setinfo", "info", "time",
+    # Keys: the cleanups, the heartbeats' expiry, the bench's queue swap, the scans.
+    "del", "exists", "expire", "rename", "scan", "type", "ttl", "pttl",
+    # The queue, the processing lists and the dead letters.
+    "lpush", "llen", "lrange", "lindex", "lrem", "lmove", "blmove", "brpop",
+    # The reconciler's lock; the workers' and the reconciler's records.
+    "get", "set", "hset", "hget", "hgetall",
+    # The delayed retries.
+    "zadd", "zrem", "zcard", "zrange", "zrangebyscore", "zscan",
+    # The event stream.
+    "xadd", "xrange", "xread",
+    # Pipelines (MULTI/EXEC), the dead letters' WATCH, and the Lua scripts.
+    "multi", "exec", "discard", "watch", "unwatch", "eval",
+    # The lab's drill "Redis loses its data" (the TUI's F, the kata4 row, the README's).
+    "flushall",
+)  # fmt: skip
 
 
 def executable() -> Path:
@@ -75,7 +100,7 @@ def data_dir(base: Path, root: Path, account: Account | None) -> Path:
         if not data.exists() and legacy.is_dir() and legacy != data:
             shutil.move(legacy, data)
             moved = True
-    return give(private_dir(data), account, deep=moved)
+    return server_dir(data, account, deep=moved)
 
 
 def _config(data: Path, port: int, sock: Path | None, password: str) -> str:
@@ -93,9 +118,10 @@ def _config(data: Path, port: int, sock: Path | None, password: str) -> str:
         "enable-debug-command no",
         "enable-module-command no",
         "enable-protected-configs no",
-        # The only user: the home's password (stored hashed), every key and channel, every
-        # command but the admin ones. No `nopass` default user is left.
-        f"user default on #{hashlib.sha256(password.encode()).hexdigest()} ~* &* +@all -@admin",
+        # The only user: the home's password (stored hashed), every key, no channel (mqlab
+        # publishes nothing), only mqlab's commands. No `nopass` default user is left.
+        f"user default on #{hashlib.sha256(password.encode()).hexdigest()} ~* resetchannels "
+        + " ".join(["-@all", *(f"+{command}" for command in APP_COMMANDS)]),
     ]
     if sock is not None:
         lines += [f'unixsocket "{sock}"', "unixsocketperm 700"]
@@ -107,7 +133,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     account = service_account()
     root = data_root(base, account)
     data = data_dir(base, root, account)
-    run = give(private_dir(root / "run"), account)
+    run = server_dir(root / "run", account)
     log = private_dir(base / "log") / "valkey.log"
     password = identity(base)["passwords"]["redis"]
     sock = run / "valkey.sock"

@@ -190,6 +190,8 @@ class LiveSource:
         self._seen.update(self._infos)
 
     async def _sample_pg(self, url: str, now: float) -> None:
+        if self._pg is not None and not self._pg.closed and db.closed_by_server(self._pg):
+            await self._pg.close()  # PostgreSQL restarted: a new one, not a failed sample
         if self._pg is None or self._pg.closed:
             if now < self._pg_retry_at:
                 return
