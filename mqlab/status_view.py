@@ -42,7 +42,9 @@ def age(at: float | None, now: float | None = None) -> str:
 
 
 def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width: int) -> Table:
-    """The latest dead letters, one line each, within `width` columns.
+    """The latest dead letters within `width` columns: the worker id and the reason whole,
+    on as many lines as they need; the message, a preview of whatever bytes were pushed (up
+    to thousands), on one line ending in an ellipsis (`mqlab dead show JOB` has its job).
 
     The reason and the message share what the fixed columns leave (Rich, left to itself,
     would shrink every column alike, "when" too, once the table is too wide).
@@ -50,10 +52,10 @@ def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width:
     title = f"latest dead letters ({len(letters)} of {total}, newest first; {keys.DEAD})"
     table = Table(title=title, title_justify="left")
     table.add_column("when", no_wrap=True)
-    table.add_column("worker", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("worker", overflow="fold", max_width=12)
     # 13 columns of borders and padding, 8 for "when", 12 for "worker".
     rest = max(20, width - 13 - 8 - 12)
-    table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=rest * 3 // 5)
+    table.add_column("reason", overflow="fold", max_width=rest * 3 // 5)
     table.add_column("message", no_wrap=True, overflow="ellipsis", max_width=rest - rest * 3 // 5)
     for letter in letters:
         # Text, not markup: a reason or a message may hold "[...]" of any kind.
