@@ -289,3 +289,21 @@ def test_services_status_names_each_server_one_way_in_every_state(state: str, ve
         if line.startswith("│")
     ]
     assert names == ["valkey", "postgresql"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mqlab")
+def test_help_says_defaults_one_way_and_names_valkey(command: tuple[str, ...]) -> None:
+    """Defaults were written three ways ("[env MQLAB_MAX_ATTEMPTS; default 5]", "[default:
+    0.0]", "(default: embedded)"), and the embedded server was called Redis."""
+    text = " ".join(help_at_80_columns(*command, "-h").split())
+    assert not re.search(r"\(default[: ]|\[env [A-Z]|; default [^:]", text), text
+    assert "embedded Redis" not in text, text
+
+
+def test_run_experiment_help_lists_the_suites() -> None:
+    from mqlab.experiments import available
+
+    text = " ".join(help_at_80_columns("run-experiment", "-h").split())
+    assert {"kata3", "kata4", "scaling"} <= set(available())
+    for name in available():
+        assert name in text, (name, text)
