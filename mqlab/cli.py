@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mqlab import __version__, services
-from mqlab.cli_common import HELP, DatabaseUrl, RedisUrl, console, fail, resolve
+from mqlab.cli_common import HELP, DatabaseUrl, RedisUrl, console, env_default, fail, resolve
 from mqlab.dead_cli import dead_app
+from mqlab.experiments import available
 from mqlab.faults import DEFAULT_POISON
 from mqlab.procs import port_free
+from mqlab.reconciler import DEFAULT_GRACE, ENV_GRACE
+from mqlab.retry_policy import ENV_BACKOFF_BASE, ENV_BACKOFF_MAX, ENV_MAX_ATTEMPTS, RetryPolicy
 from mqlab.services.manager import ServicesError
 
 if TYPE_CHECKING:
@@ -31,12 +34,30 @@ app = typer.Typer(
     **HELP,  # type: ignore[arg-type]
 )
 services_app = typer.Typer(
-    help="The embedded Redis and PostgreSQL servers.",
+    help="The embedded Valkey (a Redis server) and PostgreSQL.",
     no_args_is_help=True,
     **HELP,  # type: ignore[arg-type]
 )
 app.add_typer(services_app, name="services")
 app.add_typer(dead_app, name="dead")
+
+#: The retry policy with no flag and no variable set: what the worker's help names.
+DEFAULT_POLICY = RetryPolicy()
+
+
+def suites_said() -> str:
+    """The suites in experiments/, for the help: "kata3, kata4 or scaling"."""
+    names = available()
+    return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+def run_experiment_help() -> str:
+    return (
+        "Run experiments headless and write a report. Resets the data.\n\n"
+        f"Each SUITE is {suites_said()} (experiments/NAME.toml) or a .toml path; without one, "
+        "kata3. The report goes to experiments/results/ as markdown and JSON (latest.md is "
+        "the newest)."
+    )
 
 
 def _print_version(value: bool) -> None:
@@ -86,7 +107,7 @@ def _stop_before_start(signum: int, frame: FrameType | None) -> None:
 
 @services_app.command("up", short_help="Start the servers (or reuse them); apply the schema.")
 def services_up() -> None:
-    """Start the embedded Redis and PostgreSQL (or reuse them if they run) and apply the schema."""
+    """Start the embedded Valkey and PostgreSQL (or reuse them if they run) and apply the schema."""
     from mqlab.services.view import services_table
 
     try:
@@ -247,7 +268,8 @@ def api(
 @app.command()
 def worker(
     id: Annotated[
-        str | None, typer.Option("--id", metavar="ID", help="Worker id (default: host-pid).")
+        str | None,
+        typer.Option("--id", metavar="ID", help="Worker id.", show_default="host-pid"),
     ] = None,
     job_seconds: Annotated[
         float,
@@ -267,22 +289,24 @@ def worker(
         int | None,
         typer.Option(
             metavar="N",
-            help="Attempts a job gets before it is dead [env MQLAB_MAX_ATTEMPTS; default 5].",
+            help="Attempts a job gets before it is dead."
+            + env_default(ENV_MAX_ATTEMPTS, DEFAULT_POLICY.max_attempts),
         ),
     ] = None,
     backoff_base: Annotated[
         float | None,
         typer.Option(
             metavar="SECONDS",
-            help="The first retry's wait; each next one doubles, with jitter "
-            "[env MQLAB_BACKOFF_BASE; default 1].",
+            help="The first retry's wait; each next one doubles, with jitter."
+            + env_default(ENV_BACKOFF_BASE, f"{DEFAULT_POLICY.base:g}"),
         ),
     ] = None,
     backoff_max: Annotated[
         float | None,
         typer.Option(
             metavar="SECONDS",
-            help="The longest wait between attempts [env MQLAB_BACKOFF_MAX; default 60].",
+            help="The longest wait between attempts."
+            + env_default(ENV_BACKOFF_MAX, f"{DEFAULT_POLICY.cap:g}"),
         ),
     ] = None,
     fail_rate: Annotated[
@@ -311,7 +335,8 @@ def worker(
         typer.Option(
             metavar="REGEX",
             help="Orders whose product matches kill this worker on every attempt (a crash "
-            "loop; '' for none, the default).",
+            "loop; '' for none).",
+            show_default="'': none",
         ),
     ] = "",
     seed: Annotated[
@@ -334,7 +359,7 @@ def worker(
 
     from mqlab.db import apply_schema
     from mqlab.faults import FaultError, Faults
-    from mqlab.retry_policy import PolicyError, RetryPolicy
+    from mqlab.retry_policy import PolicyError
     from mqlab.work import WORK_KINDS
     from mqlab.worker import FETCH_KINDS, serve
 
@@ -408,7 +433,8 @@ def reconcile(
         float | None,
         typer.Option(
             metavar="SECONDS",
-            help="Only jobs in their state this long (default: MQLAB_RECONCILE_GRACE or 10).",
+            help="Only jobs in their state this long. "
+            + env_default(ENV_GRACE, f"{DEFAULT_GRACE:g}"),
         ),
     ] = None,
     redis_url: RedisUrl = None,
@@ -457,7 +483,7 @@ def reconcile(
         console.print(f"  and {len(result.requeued) - RECONCILE_SHOWN} more", highlight=False)
 
 
-@app.command("run-experiment")
+@app.command("run-experiment", help=run_experiment_help())
 def run_experiment(
     suites: Annotated[
         list[str] | None,
@@ -469,6 +495,7 @@ def run_experiment(
         typer.Option(
             metavar="SECONDS",
             help="Run every row at this job time (expected times scale).",
+            show_default="each row's own",
             callback=job_seconds_option,
         ),
     ] = None,
@@ -477,16 +504,11 @@ def run_experiment(
     ] = 1,
     out: Annotated[
         Path | None,
-        typer.Option(metavar="DIR", help="Where reports go (default experiments/results)."),
+        typer.Option(metavar="DIR", help="Where reports go.", show_default="experiments/results"),
     ] = None,
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Run experiments headless and write a report. Resets the data.
-
-    Each SUITE is a name (experiments/NAME.toml) or a .toml path; without one, kata3. The
-    report goes to experiments/results/ as markdown and JSON.
-    """
     from mqlab.experiment_cli import run
 
     setup_logging(logging.WARNING)
@@ -519,13 +541,17 @@ def tui(
         float | None,
         typer.Option(
             metavar="SECONDS",
-            help="Job time of the workers (default: the kata's 2 s); the experiments table "
-            "runs at it too (expected times scale).",
+            help="Job time of the workers; the experiments table runs at it too (expected "
+            "times scale).",
+            show_default="the kata's 2 s",
             callback=job_seconds_option,
         ),
     ] = None,
     suite: Annotated[
-        str, typer.Option(metavar="SUITE", help="The experiments table (name or .toml).")
+        str,
+        typer.Option(
+            metavar="SUITE", help=f"The experiments table: {suites_said()}, or a .toml file."
+        ),
     ] = "kata3",
     redis_url: RedisUrl = None,
     database_url: DatabaseUrl = None,

@@ -14,8 +14,17 @@ from mqlab.settings import Settings
 
 #: Help in click's plain layout, readable at 80 columns: typer's rich panels give each
 #: option five columns (names, negations, type) and squeeze its description to ~20 cells.
-#: `-h` as well as `--help`, for every command.
+#: `-h` as well as `--help`, for every command. Defaults and variables are said one way, click's
+#: ("[env var: X; default: Y]"): by show_default where the default is not a plain value, and
+#: written the same way by hand where the code reads a variable itself (env_default).
 HELP = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+
+
+def env_default(variable: str, default: object) -> str:
+    """The end of an option's help, for a variable the code reads itself: as click writes it
+    (two spaces after the help's own words)."""
+    return f"  [env var: {variable}; default: {default}]"
+
 
 console = Console()
 err = Console(stderr=True)
@@ -23,7 +32,11 @@ err = Console(stderr=True)
 RedisUrl = Annotated[
     str | None,
     typer.Option(
-        "--redis-url", envvar="REDIS_URL", metavar="URL", help="Redis to use (default: embedded)."
+        "--redis-url",
+        envvar="REDIS_URL",
+        metavar="URL",
+        help="The Redis (or Valkey) server to use.",
+        show_default="the embedded Valkey",
     ),
 ]
 DatabaseUrl = Annotated[
@@ -32,7 +45,8 @@ DatabaseUrl = Annotated[
         "--database-url",
         envvar="DATABASE_URL",
         metavar="URL",
-        help="PostgreSQL to use (default: embedded).",
+        help="The PostgreSQL server to use.",
+        show_default="the embedded PostgreSQL",
     ),
 ]
 

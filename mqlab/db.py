@@ -442,6 +442,11 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_epoch(seconds: float | None) -> str | None:
+    """Epoch seconds (Redis's clock, a heartbeat's fields) as iso() writes them."""
+    return None if seconds is None else iso(dt.datetime.fromtimestamp(seconds, dt.UTC))
+
+
 def order_json(row: tuple[Any, ...]) -> dict[str, Any]:
     """A row of SELECT_ORDERS as the API's camelCase JSON."""
     oid, product, quantity, price, status, created, updated, completed, job_id = row
@@ -488,8 +493,10 @@ def counts_by_status(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, int]]:
     return out
 
 
-def reset_data(conn: psycopg.Connection[Any]) -> None:
-    """Empty both tables and restart the ids (the lab's reset; tests between cases).
+def reset_data(conn: psycopg.Connection[Any], restart_ids: bool = True) -> None:
+    """Empty both tables and (unless told not to) restart the ids (the lab's reset; tests
+    between cases). The TUI's rows keep counting: its lanes span rows, and an order #1 of
+    each row would repeat on a lane.
 
     DELETE rather than TRUNCATE: TRUNCATE gives the tables new files, and the first orders
     after it (the ones an experiment measures) pay for creating them (measured: ~5 ms more
@@ -498,7 +505,8 @@ def reset_data(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("DELETE FROM jobs")
         conn.execute("DELETE FROM orders")
-        conn.execute("SELECT setval(pg_get_serial_sequence('orders', 'id'), 1, false)")
+        if restart_ids:
+            conn.execute("SELECT setval(pg_get_serial_sequence('orders', 'id'), 1, false)")
 
 
 # -- dead letters and replay (mqlab.dead_letters: `mqlab dead`, GET /jobs?status=,

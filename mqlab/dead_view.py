@@ -1,7 +1,8 @@
 """What `mqlab dead list` and `mqlab dead show` print: rich tables that fit the terminal.
 
 Cells that come from outside (errors, products, queue entries) are Text, never markup, and
-one line each (messages.one_line): a cut cell ends in an ellipsis rather than wrapping.
+one line each (messages.one_line) before the table wraps them: ids, products and errors are
+read whole, on as many lines as they need.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ def _columns(
     width: int,
     fixed: dict[str, list[str]],
     flexible: dict[str, list[Text]],
-    wrap_last: bool = False,
 ) -> None:
     """Add the fixed columns at the width their header and cells need, then the flexible
     ones in what is left of `width`: each but the last at most a third of it (or what it
-    needs, if less), the last (the error, what a person reads) all the rest; cut cells end
-    in an ellipsis (the last one's wrap instead with wrap_last: one job's story).
+    needs, if less), the last (the error, what a person reads) all the rest. Flexible cells
+    wrap onto more lines rather than lose their end (an id, a product, an error is read
+    whole), and every cell is one line of text before that (messages.one_line).
 
     Measured rather than left to Rich: once a table is too wide, Rich shrinks every no-wrap
     column alike, the short ones (a job id, an age) too.
@@ -56,9 +57,8 @@ def _columns(
     for name in first:
         size = max(len(name), min(needed(name, flexible[name]), left // 3))
         left -= size
-        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=size)
-    overflow = "fold" if wrap_last else "ellipsis"
-    table.add_column(last, no_wrap=not wrap_last, overflow=overflow, max_width=max(8, left))
+        table.add_column(name, overflow="fold", max_width=size)
+    table.add_column(last, overflow="fold", max_width=max(8, left))
     for row in zip(*fixed.values(), *flexible.values(), strict=True):
         table.add_row(*row)
 
@@ -210,7 +210,7 @@ def _attempts_table(
             for a, after in zip(attempts, following, strict=True)
         ],
     }
-    _columns(table, width, fixed, flexible, wrap_last=True)
+    _columns(table, width, fixed, flexible)
     return table
 
 

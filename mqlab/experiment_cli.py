@@ -16,7 +16,7 @@ from rich.text import Text
 from mqlab.experiments import ExperimentError, Suite, experiments_dir, load
 from mqlab.interrupts import sigterm_as_ctrl_c
 from mqlab.report import write
-from mqlab.results import SuiteResult
+from mqlab.results import SuiteResult, pass_words
 from mqlab.results_table import ledger_table
 from mqlab.results_table import table as table_rows
 from mqlab.runner import ForeignWorkers, Progress, Runner
@@ -119,6 +119,7 @@ def run(
     out_dir = out or experiments_dir() / "results"
     command = "mqlab " + shlex.join(sys.argv[1:])
     failed: list[str] = []
+    results: list[SuiteResult] = []
     try:
         with sigterm_as_ctrl_c(), Stack(redis_url, database_url) as stack:
             assert stack.settings is not None and stack.sup is not None
@@ -137,6 +138,7 @@ def run(
                     pg = embedded_postgres(stack.servers)
                     runner = Runner(stack.settings, stack.sup, on_progress=show, pg=pg)
                     result = asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))
+                results.append(result)
                 written = write(result, out_dir, stack.versions(), command)
                 console.print(summary_table(result))
                 ledger = ledger_summary(result)
@@ -144,7 +146,9 @@ def run(
                     console.print(ledger)
                 # Not wrapped by rich: a path cut in two by a newline cannot be copied whole.
                 console.print(
-                    f"Report: [bold]{written.markdown}[/] (and {written.json.name})", soft_wrap=True
+                    f"Report: [bold]{written.latest}[/] (this run's: {written.markdown.name}, "
+                    f"{written.json.name})",
+                    soft_wrap=True,
                 )
                 for problem in result.failures():
                     console.print(f"[red]x[/] {problem}")
@@ -159,8 +163,5 @@ def run(
     if failed:
         console.print(f"[bold red]FAIL[/]: {', '.join(failed)} (see the report for why)")
         return 1
-    console.print(
-        "[bold green]PASS[/]: every row within its tolerance or its ledger, every order "
-        "answered as expected."
-    )
+    console.print(f"[bold green]PASS[/]: {pass_words([r for x in results for r in x.rows])}.")
     return 0

@@ -38,6 +38,7 @@ class Runner(Protocol):
     settings: Settings
     sup: Supervisor
     pg: EmbeddedPostgres | None
+    restart_ids: bool
 
     @property
     def pool(self) -> PoolLike: ...
@@ -131,7 +132,7 @@ async def run_faulty(runner: Runner, row: Row, report: Callable[..., None]) -> R
     assert sup.api_url is not None
     report("workers", total=row.orders)
     startup = await runner.ensure_workers(row)
-    await asyncio.to_thread(reset_all, settings)
+    await asyncio.to_thread(reset_all, settings, runner.restart_ids)
     policy, faults = row.policy(), row.faults()
 
     def start_worker() -> str:

@@ -50,12 +50,13 @@ class Snapshot:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "takenAt": self.taken_at,
+            # ISO-8601 UTC, as every other answer of the API gives its times.
+            "takenAt": db.iso_epoch(self.taken_at),
             "queueDepth": self.queue_depth,
             "processing": self.processing,
             "dead": self.dead,
             "delayed": self.delayed,
-            "nextRetryAt": self.next_retry_at,
+            "nextRetryAt": db.iso_epoch(self.next_retry_at),
             "workers": [
                 {
                     "id": w.id,
@@ -63,10 +64,10 @@ class Snapshot:
                     "host": w.host,
                     "state": w.state,
                     "currentJob": w.job or None,
-                    "jobStarted": w.job_started or None,
+                    "jobStarted": db.iso_epoch(w.job_started or None),
                     "jobsDone": w.jobs_done,
-                    "started": w.started,
-                    "lastBeat": w.last_beat,
+                    "started": db.iso_epoch(w.started),
+                    "lastBeat": db.iso_epoch(w.last_beat),
                     "inFlight": w.in_flight,
                 }
                 for w in self.workers

@@ -10,7 +10,6 @@ requeued anything; absent until one did).
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,19 +41,15 @@ class LastRun:
     def to_json(self) -> dict[str, Any]:
         """The `reconciler` object of GET /health."""
         return {
-            "lastRun": _iso(self.at),
+            "lastRun": db.iso_epoch(self.at),
             "by": self.by,
             "took": self.took,
             "checked": self.checked,
             "found": self.found,
             "requeued": self.requeued,
             "requeuedJobs": self.requeued_jobs,
-            "lastRequeueAt": None if self.last_requeue_at is None else _iso(self.last_requeue_at),
+            "lastRequeueAt": db.iso_epoch(self.last_requeue_at),
         }
-
-
-def _iso(epoch: float) -> str | None:
-    return db.iso(dt.datetime.fromtimestamp(epoch, dt.UTC))
 
 
 async def write_run(

@@ -12,8 +12,9 @@ from mqlab.protocol.scans import processing_lists_sync
 from mqlab.settings import Settings
 
 
-def reset_all(settings: Settings) -> None:
-    """Empty PostgreSQL's tables and mqlab's Redis keys (worker heartbeats are left alone)."""
+def reset_all(settings: Settings, restart_ids: bool = True) -> None:
+    """Empty PostgreSQL's tables and mqlab's Redis keys (worker heartbeats are left alone);
+    the order ids start at 1 again unless restart_ids is False."""
     client = redis.Redis.from_url(settings.redis_url)
     try:
         client.delete(
@@ -27,4 +28,4 @@ def reset_all(settings: Settings) -> None:
     finally:
         client.close()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        db.reset_data(conn)
+        db.reset_data(conn, restart_ids)

@@ -258,6 +258,20 @@ class RowResult:
             )
 
 
+def pass_words(rows: list[RowResult]) -> str:
+    """What a pass of these rows means: a timed row is judged by its tolerance, a faulty
+    (Kata 4) row by its ledger, and every order by the answer it got."""
+    timed = any(not r.row.faulty for r in rows)
+    faulty = any(r.row.faulty for r in rows)
+    judged = {
+        (True, False): "every row within its tolerance",
+        (False, True): "every row's ledger as the row expects",
+        (True, True): "every timed row within its tolerance, every faulty row's ledger as the "
+        "row expects",
+    }.get((timed, faulty), "no row")
+    return f"{judged}, every order answered as expected"
+
+
 @dataclass
 class ApiVerdict:
     """The kata's fourth row: every order answered 202, at once."""

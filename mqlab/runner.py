@@ -79,8 +79,12 @@ class Runner:
         supervisor: Supervisor,
         on_progress: ProgressHandler | None = None,
         pg: EmbeddedPostgres | None = None,
+        restart_ids: bool = True,
     ) -> None:
         self.settings = settings
+        #: Whether each row's reset starts the order ids at 1 again: each row's report then
+        #: numbers its orders from #1; the TUI, whose lanes span rows, keeps counting.
+        self.restart_ids = restart_ids
         self.sup = supervisor
         self.on_progress = on_progress or (lambda _: None)
         #: Control of PostgreSQL (rows that stop it); None: such rows are skipped.
@@ -146,7 +150,7 @@ class Runner:
         Returns whether it emptied them."""
         if any(run.timed_out for row in result.rows for run in row.runs):
             return False
-        await asyncio.to_thread(reset_all, self.settings)
+        await asyncio.to_thread(reset_all, self.settings, self.restart_ids)
         return True
 
     def reporter(
@@ -209,7 +213,7 @@ class Runner:
 
         report("workers", total=row.orders)
         startup = await self.ensure_workers(row)
-        await asyncio.to_thread(reset_all, self.settings)
+        await asyncio.to_thread(reset_all, self.settings, self.restart_ids)
         report("firing", total=row.orders)
         assert self.sup.api_url is not None
         concurrency = min(row.orders, MAX_CONCURRENCY)

@@ -45,6 +45,12 @@ def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
     return out
 
 
+def samples_for(p: int) -> int:
+    """The fewest values for which percentile p says more than the min or max does: p95 needs
+    20 (one value in 20 above it), p99 100, p50 2. Below that, show min and max instead."""
+    return math.ceil(100 / (100 - p))
+
+
 def ideal_seconds(orders: int, workers: int, job_seconds: float) -> float:
     """The makespan with zero overhead: ceil(N / W) waves of T seconds."""
     if orders <= 0:
@@ -57,6 +63,12 @@ def ideal_seconds(orders: int, workers: int, job_seconds: float) -> float:
 def speedup(baseline_seconds: float, seconds: float) -> float:
     """How many times faster than the baseline (one worker)."""
     return baseline_seconds / seconds if seconds > 0 else math.nan
+
+
+def most_speedup(orders: int, workers: int) -> float:
+    """The most W workers can gain on N jobs of one length: they need ceil(N/W) rounds where
+    one worker needs N (10 jobs on 4 workers: 3 rounds, 3.33x at most)."""
+    return orders / math.ceil(orders / workers) if orders > 0 and workers > 0 else math.nan
 
 
 def efficiency(speedup_value: float, workers: int) -> float:

@@ -42,7 +42,9 @@ def age(at: float | None, now: float | None = None) -> str:
 
 
 def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width: int) -> Table:
-    """The latest dead letters, one line each, within `width` columns.
+    """The latest dead letters within `width` columns: the worker id and the reason whole,
+    on as many lines as they need; the message, a preview of whatever bytes were pushed (up
+    to thousands), on one line ending in an ellipsis (`mqlab dead show JOB` has its job).
 
     The reason and the message share what the fixed columns leave (Rich, left to itself,
     would shrink every column alike, "when" too, once the table is too wide).
@@ -50,10 +52,10 @@ def dead_letters_table(letters: list[DeadLetter], total: int, now: float, width:
     title = f"latest dead letters ({len(letters)} of {total}, newest first; {keys.DEAD})"
     table = Table(title=title, title_justify="left")
     table.add_column("when", no_wrap=True)
-    table.add_column("worker", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("worker", overflow="fold", max_width=12)
     # 13 columns of borders and padding, 8 for "when", 12 for "worker".
     rest = max(20, width - 13 - 8 - 12)
-    table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=rest * 3 // 5)
+    table.add_column("reason", overflow="fold", max_width=rest * 3 // 5)
     table.add_column("message", no_wrap=True, overflow="ellipsis", max_width=rest - rest * 3 // 5)
     for letter in letters:
         # Text, not markup: a reason or a message may hold "[...]" of any kind.
@@ -110,8 +112,15 @@ def render(
     )
 
     workers = Table(title="workers", title_justify="left")
-    for column in ("id", "pid", "state", "current job", "for", "jobs done", "last beat"):
-        workers.add_column(column)
+    # Ids are never cut: a job id keeps its whole width, a long worker id folds onto a second
+    # line; the short headers leave them the room at 80 columns.
+    workers.add_column("id", overflow="fold")
+    workers.add_column("pid")
+    workers.add_column("state")
+    longest = max((len(w.job) for w in snap.workers), default=3)
+    workers.add_column("current job", no_wrap=True, min_width=longest)
+    for column in ("for", "done", "last beat"):
+        workers.add_column(column, overflow="fold")
     for w in snap.workers:
         running = f"{snap.taken_at - w.job_started:.1f}s" if w.job_started else ""
         style = STATE_STYLES.get(w.state, "")

@@ -1,11 +1,13 @@
 """Per-worker timelines of one run: an SVG picture and a text version for the markdown.
 
-Each attempt is a bar on the lane of the worker that ran it (pale before it: waiting in the
-queue, from the order or from its retry's due time). An attempt that did not complete ends in
-a mark (MARKS): ✗ failed (a dotted line on to the time its retry was due), † the dead end of
-a dead job, a diagonal cross (CRASHED) crashed: its worker died (a kill by the lab is a red
-line on that lane), ↩ handed back or reclaimed. A run recorded before attempts were (no
-history) draws its jobs.
+Each attempt is a bar on the lane of the worker that ran it, with a thin pale strip below the
+lane for the time it waited (in the queue from its order, or from its retry's due time). An
+attempt that did not complete ends in a mark (MARKS): ✗ failed (a dotted line on to the time
+its retry was due), † the dead end of a dead job, a diagonal cross (CRASHED) crashed: its
+worker died (a kill by the lab is a red line on that lane), ↩ handed back or reclaimed, ∅
+lost: it never finished and nothing came after it (drawn as an outline up to its worker's
+kill, not as work). The axis runs on round values, and a legend names each kind of mark the
+picture holds. A run recorded before attempts were (no history) draws its jobs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from html import escape
 from mqlab.protocol.ids import worker_sort_key
 from mqlab.results import RunResult
 
-_LANE, _BAR, _LEFT, _WIDTH, _TOP = 26, 16, 70, 760, 24
+_LANE, _BAR, _LEFT, _WIDTH, _TOP, _RIGHT = 26, 16, 70, 760, 24, 30
 #: Above this many bars, only the waits of retries are drawn: hundreds of orders queued at
 #: once would otherwise paint every lane pale from the first second (their waits overlap).
 WAITS_SHOWN = 100
@@ -25,8 +27,20 @@ WAITS_SHOWN = 100
 CRASHED = "\u2573"
 _COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1")
 #: The mark at the end of an attempt that did not complete, by outcome (and for a dead end).
-MARKS = {"failed": "✗", "crashed": CRASHED, "handed_back": "↩", "reclaimed": "↩", "dead": "†"}
-_MARK_COLORS = {"✗": "#c00", CRASHED: "#c00", "↩": "#555", "†": "#000"}
+MARKS = {
+    "failed": "✗",
+    "crashed": CRASHED,
+    "handed_back": "↩",
+    "reclaimed": "↩",
+    "dead": "†",
+    "lost": "∅",
+}
+_MARK_COLORS = {"✗": "#c00", CRASHED: "#c00", "↩": "#555", "†": "#000", "∅": "#c00"}
+#: How an attempt ended, by its mark: the bar's tooltip, and the legend entry it needs.
+_ENDED = {"": "completed", "✗": "failed", CRASHED: "crashed", "↩": "handed back", "†": "dead",
+          "∅": "lost"}  # fmt: skip
+_LEGEND_OF = {"": "job", "✗": "failed", CRASHED: "crashed", "↩": "back", "†": "dead",
+              "∅": "lost"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -69,12 +83,21 @@ def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
             if job is None or a.worker_id is None or a.started_at is None:
                 continue
             finished = a.finished_at if a.finished_at is not None else max(end, a.started_at)
-            if a.outcome == "crashed":
+            # Never finished, and nothing after it: the job was lost with its worker (the
+            # kata's BLPOP), or was still running when the run ended.
+            lost = (
+                a.finished_at is None
+                and a.attempt == last[a.job_id]
+                and job.status not in ("completed", "dead")
+            )
+            if a.outcome == "crashed" or lost:
                 # It ended when its worker died, not when a later delivery found it unfinished
                 # (what finished_at records): at the lab's kill, when the lab killed it.
                 killed = [t for t, w in run.kills if w == a.worker_id and a.started_at <= t]
                 finished = min([finished, *killed])
-            if a.outcome == "completed" or a.outcome == "running":
+            if lost:
+                mark = MARKS["lost"]
+            elif a.outcome == "completed" or a.outcome == "running":
                 mark = ""
             elif job.status == "dead" and a.attempt == last[a.job_id]:
                 mark = MARKS["dead"]
@@ -110,71 +133,178 @@ def _span(run: RunResult, lanes: dict[str, list[_Bar]]) -> float:
     return max([makespan, *ends, 1e-3])
 
 
+def ticks(span: float, most: int = 8) -> tuple[float, int]:
+    """The axis's step (1, 2 or 5 times a power of ten, at most `most` steps to cover `span`)
+    and how many steps: ticks fall on round values, and the last one at or past `span`."""
+    exponent = math.floor(math.log10(span / most))
+    for unit in (1, 2, 5, 10):
+        step = unit * 10.0**exponent
+        if span / step <= most:
+            return step, max(1, math.ceil(span / step - 1e-9))
+    raise AssertionError("unreachable: 10 * 10**e >= span / most")
+
+
+def tick_label(t: float, step: float) -> str:
+    """`t` with as many decimals as the step needs (0.5 s steps: one)."""
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return f"{t:.{decimals}f}"
+
+
+#: The legend's entries, in this order; each is drawn only where the picture has one.
+_LEGEND = (
+    ("job", "an attempt that completed (colour: its order)"),
+    ("wait", "waiting in the queue"),
+    ("retry", "waiting for its retry"),
+    ("failed", "✗ failed"),
+    ("backoff", "backoff"),
+    ("dead", "† dead"),
+    ("crashed", f"{CRASHED} its worker died"),
+    ("back", "↩ handed back"),
+    ("killed", "kill -9"),
+    ("lost", "lost"),
+)
+
+
 def svg(run: RunResult, title: str) -> str:
-    """An SVG of which worker ran which attempt when (pale: waiting in the queue)."""
+    """An SVG of which worker ran which attempt when, with the waits below each lane, a time
+    axis on round values and a legend of what it draws."""
     lanes = _lanes(run)
-    span = _span(run, lanes)
-    scale = _WIDTH / span
-    height = _TOP + _LANE * len(lanes) + 40
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _WIDTH + 20}" '
-        f'height="{height}" font-family="monospace" font-size="11">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{_LEFT}" y="15" font-size="12">{escape(title)}</text>',
-    ]
+    step, steps = ticks(_span(run, lanes))
+    scale = _WIDTH / (step * steps)
+    axis_y = _TOP + _LANE * len(lanes) + 4
+    drawn: set[str] = set()
+    body: list[str] = []
     row_of = {worker: i for i, worker in enumerate(lanes)}
     waits = sum(len(bars) for bars in lanes.values()) <= WAITS_SHOWN
     for worker, bars in lanes.items():
         y = _TOP + row_of[worker] * _LANE
-        out.append(f'<text x="4" y="{y + 12}">{escape(worker[:9])}</text>')
-        out.append(
+        body.append(f'<text x="4" y="{y + 12}">{escape(worker[:9])}</text>')
+        body.append(
             f'<line x1="{_LEFT}" y1="{y + _BAR / 2}" x2="{_LEFT + _WIDTH}" '
             f'y2="{y + _BAR / 2}" stroke="#ddd"/>'
         )
         for bar in bars:
-            out += _bar_svg(bar, y, scale, waits)
+            body += _bar_svg(bar, y, scale, waits, drawn)
     for at, worker in run.kills:
+        drawn.add("killed")
         x = _LEFT + (at - run.first_sent) * scale
         y = _TOP + row_of[worker] * _LANE
-        out.append(
+        body.append(
             f'<line x1="{x:.1f}" y1="{y - 2}" x2="{x:.1f}" y2="{y + _BAR + 2}" stroke="#c00" '
             f'stroke-width="2"><title>kill -9 {escape(worker)} at {at - run.first_sent:.3f}s'
             "</title></line>"
         )
-    axis_y = _TOP + _LANE * len(lanes) + 4
-    out.append(
+    body.append(
         f'<line x1="{_LEFT}" y1="{axis_y}" x2="{_LEFT + _WIDTH}" y2="{axis_y}" stroke="#333"/>'
     )
-    for k in range(6):
-        t = span * k / 5
-        x = _LEFT + t * scale
-        out.append(
+    for k in range(steps + 1):
+        x = _LEFT + k * step * scale
+        body.append(
             f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}" stroke="#333"/>'
         )
-        out.append(f'<text x="{x - 10:.1f}" y="{axis_y + 16}">{t:.2f}s</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+        body.append(
+            f'<text x="{x:.1f}" y="{axis_y + 16}" text-anchor="middle">'
+            f"{tick_label(k * step, step)}</text>"
+        )
+    body.append(
+        f'<text x="{_LEFT + _WIDTH / 2:.1f}" y="{axis_y + 30}" text-anchor="middle" '
+        'fill="#333">seconds since the first order was sent</text>'
+    )
+    legend, legend_height = _legend(drawn, axis_y + 44)
+    height = axis_y + 44 + legend_height
+    return (
+        "\n".join(
+            [
+                f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _WIDTH + _RIGHT}" '
+                f'height="{height}" font-family="monospace" font-size="11">',
+                '<rect width="100%" height="100%" fill="white"/>',
+                f'<text x="{_LEFT}" y="15" font-size="12">{escape(title)}</text>',
+                *body,
+                *legend,
+                "</svg>",
+            ]
+        )
+        + "\n"
+    )
 
 
-def _bar_svg(bar: _Bar, y: float, scale: float, waits: bool) -> list[str]:
+def _legend(drawn: set[str], top: float) -> tuple[list[str], int]:
+    """The legend's swatches for what `drawn` names, left to right, wrapped to the width."""
+    out: list[str] = []
+    x, y = float(_LEFT), top
+    for key, words in _LEGEND:
+        if key not in drawn:
+            continue
+        width = 26 + 7 * len(words)
+        if x + width > _LEFT + _WIDTH and x > _LEFT:
+            x, y = float(_LEFT), y + 18
+        out += _swatch(key, x, y)
+        out.append(f'<text x="{x + 22:.1f}" y="{y + 9}">{escape(words)}</text>')
+        x += width + 12
+    return out, (int(y - top) + 18 if out else 0)
+
+
+def _swatch(key: str, x: float, y: float) -> list[str]:
+    """A 16x10 sample of what `key` looks like in the lanes."""
+    if key == "job":
+        return [f'<rect x="{x}" y="{y}" width="16" height="10" fill="{_COLORS[0]}"/>']
+    if key in ("wait", "retry"):
+        dash = ' stroke="#c00" stroke-width="0.8"' if key == "retry" else ""
+        return [
+            f'<rect x="{x}" y="{y + 6}" width="16" height="3" fill="{_COLORS[0]}" '
+            f'opacity="0.4"{dash}/>'
+        ]
+    if key == "backoff":
+        return [
+            f'<line x1="{x}" y1="{y + 5}" x2="{x + 16}" y2="{y + 5}" stroke="#c00" '
+            'stroke-dasharray="2,3"/>'
+        ]
+    if key == "killed":
+        return [f'<line x1="{x + 8}" y1="{y - 2}" x2="{x + 8}" y2="{y + 12}" stroke="#c00" '
+                'stroke-width="2"/>']  # fmt: skip
+    if key == "lost":
+        return [_lost_rect(x, y - 3, 16, _COLORS[0])]
+    return [f'<rect x="{x}" y="{y}" width="16" height="10" fill="{_COLORS[0]}" opacity="0.6"/>']
+
+
+def _lost_rect(x: float, y: float, width: float, color: str, title: str = "") -> str:
+    """A lost attempt: an outline, not a bar: nothing was done after the worker vanished."""
+    return (
+        f'<rect x="{x:.1f}" y="{y + 3}" width="{max(1.0, width):.1f}" height="{_BAR - 6}" '
+        f'fill="white" stroke="{color}" stroke-dasharray="3,2">{title}</rect>'
+    )
+
+
+def _bar_svg(bar: _Bar, y: float, scale: float, waits: bool, drawn: set[str]) -> list[str]:
     color = _COLORS[bar.order % len(_COLORS)]
     x0, x1 = _LEFT + bar.started * scale, _LEFT + bar.finished * scale
     out = []
     if waits or bar.retry:
+        # Below the lane, not across it: the waits of later jobs overlap earlier jobs' bars.
+        drawn.add("retry" if bar.retry else "wait")
+        dash = ' stroke="#c00" stroke-width="0.8"' if bar.retry else ""
+        what = "for its retry" if bar.retry else "in the queue"
         out.append(
-            f'<rect x="{_LEFT + bar.waited_from * scale:.1f}" y="{y + 6}" '
-            f'width="{max(0.5, (bar.started - bar.waited_from) * scale):.1f}" height="4" '
-            f'fill="{color}" opacity="0.3"/>'
+            f'<rect x="{_LEFT + bar.waited_from * scale:.1f}" y="{y + _BAR + 1}" '
+            f'width="{max(0.5, (bar.started - bar.waited_from) * scale):.1f}" height="3" '
+            f'fill="{color}" opacity="0.4"{dash}><title>order {bar.order}: waiting {what} '
+            f"from {bar.waited_from:.3f}s</title></rect>"
         )
-    ended = {"": "completed", "✗": "failed", CRASHED: "crashed", "↩": "handed back", "†": "dead"}
-    opacity = "" if not bar.mark else ' opacity="0.6"'
-    out.append(
-        f'<rect x="{x0:.1f}" y="{y}" width="{max(1.0, x1 - x0):.1f}" height="{_BAR}" '
-        f'fill="{color}"{opacity}><title>order {bar.order}: {bar.started:.3f}s to '
-        f"{bar.finished:.3f}s, {ended[bar.mark]}</title></rect>"
+    title = (
+        f"<title>order {bar.order}: {bar.started:.3f}s to {bar.finished:.3f}s, "
+        f"{_ENDED[bar.mark]}</title>"
     )
-    if x1 - x0 > 24:
-        out.append(f'<text x="{x0 + 3:.1f}" y="{y + 12}" fill="white">#{bar.order}</text>')
+    drawn.add(_LEGEND_OF[bar.mark])
+    if bar.mark == MARKS["lost"]:
+        out.append(_lost_rect(x0, y, x1 - x0, color, title))
+    else:
+        opacity = "" if not bar.mark else ' opacity="0.6"'
+        out.append(
+            f'<rect x="{x0:.1f}" y="{y}" width="{max(1.0, x1 - x0):.1f}" height="{_BAR}" '
+            f'fill="{color}"{opacity}>{title}</rect>'
+        )
+        if x1 - x0 > 24:
+            out.append(f'<text x="{x0 + 3:.1f}" y="{y + 12}" fill="white">#{bar.order}</text>')
     if bar.mark:
         out.append(
             f'<text x="{x1 + 1:.1f}" y="{y + 12}" fill="{_MARK_COLORS[bar.mark]}" '
@@ -182,6 +312,7 @@ def _bar_svg(bar: _Bar, y: float, scale: float, waits: bool) -> list[str]:
         )
     if bar.due is not None and bar.due > bar.finished:
         # The backoff: from the failure to the time the retry was due.
+        drawn.add("backoff")
         out.append(
             f'<line x1="{x1:.1f}" y1="{y + _BAR / 2}" x2="{_LEFT + bar.due * scale:.1f}" '
             f'y2="{y + _BAR / 2}" stroke="#c00" stroke-dasharray="2,3"><title>backoff: due '

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import redis
 
+from mqlab import db
 from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
@@ -158,7 +159,9 @@ def test_stats_and_status_show_retrying_delayed_and_dead(
     raw.zadd(keys.DELAYED, {message: seconds + 45})
     stats = client.get("/stats").json()
     assert stats["delayed"] == 1
-    assert stats["nextRetryAt"] == seconds + 45
+    # ISO-8601 UTC, as every other answer gives its times (it was epoch seconds).
+    assert stats["nextRetryAt"] == db.iso_epoch(seconds + 45)
+    assert stats["takenAt"].endswith("Z")
     assert stats["jobs"]["retrying"] == 1 and stats["jobs"]["dead"] == 1
     assert stats["orders"]["retrying"] == 1 and stats["orders"]["failed"] == 1
     assert stats["dead"] == 1

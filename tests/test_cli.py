@@ -93,10 +93,20 @@ def test_status_lists_the_latest_dead_letters_with_their_reasons_in_80_columns(
     assert max(len(line) for line in text.splitlines()) <= 80, text
     assert "latest dead letters (3 of 3" in text
     table = text[text.index("latest dead letters") :]
-    rows = [line for line in table.splitlines() if line.startswith("│")]
+    # A row goes on over the lines where a cell folded (its "when" cell is blank there).
+    cells: list[list[str]] = []
+    for line in table.splitlines():
+        if line.startswith("│"):
+            parts = [c.strip() for c in line.split("│")[1:-1]]
+            if parts[0]:
+                cells.append(parts)
+            else:
+                cells[-1] = [a + b for a, b in zip(cells[-1], parts, strict=True)]
+    rows = [" ".join(row) for row in cells]
     assert len(rows) == 3, text
     newest, by_hand, oldest = rows
-    assert "5m ago" in newest and "a-worker-w" in newest and "not UTF-8" in newest
+    assert "5m ago" in newest and "not UTF-8" in newest
+    assert cells[0][1] == "a-worker-with-a-long-name"  # whole, folded
     assert r'\xff\xfe{"x":1}yy' in newest
     assert "?" in by_hand and "not an mqlab dead letter" in by_hand
     assert r"\xff\xfe [/]" in by_hand
@@ -223,3 +233,77 @@ def test_services_urls_are_never_split_at_80_columns(
         # Where a line is longer than the terminal, it is a URL alone (the terminal wraps
         # it softly; copied, it is one line again).
         assert all(len(line) <= 80 or line.strip() in urls for line in lines), shown
+
+
+def test_status_never_cuts_an_id_at_80_columns() -> None:
+    """`mqlab status` cut the current job id ("job-4-17963300553…") at 80 columns."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from mqlab.observe import Snapshot, WorkerInfo
+    from mqlab.status_view import render
+
+    now = time.time()
+    job = "job-4-1796330055312"
+    workers = [
+        WorkerInfo("w1", 123456, "h", "busy", job, now - 1.2, 12, now - 100, now - 0.3, 1),
+        WorkerInfo("mqlab-ci-runner-1234567", 23456, "h", "idle", "", 0, 3, now - 100, now, 0),
+    ]
+    snap = Snapshot(now, 3, 1, 0, workers, {"pending": 3, "processing": 1, "completed": 10})
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(render(snap, [], 80))
+    assert isinstance(console.file, io.StringIO)
+    out = console.file.getvalue()
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert job in out  # on one line, whole
+    folded = "".join(line.split("│")[1].strip() for line in out.splitlines() if "│" in line)
+    assert "mqlab-ci-runner-1234567" in folded  # folded onto lines of its own, not cut
+
+
+@pytest.mark.parametrize(
+    "state, version", [("running", "Valkey 9.1.2"), ("stale", ""), ("stopped", "")]
+)
+def test_services_status_names_each_server_one_way_in_every_state(state: str, version: str) -> None:
+    """It said "valkey / postgresql" when running, "postgres" when stale, "redis / postgres"
+    after `down`."""
+    import io
+
+    from rich.console import Console
+
+    from mqlab.services.manager import ServiceInfo
+    from mqlab.services.view import services_table
+
+    pg_version = "PostgreSQL 18.1" if version else ""
+    infos = [
+        ServiceInfo("redis", state, version=version),
+        ServiceInfo("postgres", state, version=pg_version),
+    ]
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(services_table(infos))
+    assert isinstance(console.file, io.StringIO)
+    names = [
+        line.split("│")[1].strip()
+        for line in console.file.getvalue().splitlines()
+        if line.startswith("│")
+    ]
+    assert names == ["valkey", "postgresql"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mqlab")
+def test_help_says_defaults_one_way_and_names_valkey(command: tuple[str, ...]) -> None:
+    """Defaults were written three ways ("[env MQLAB_MAX_ATTEMPTS; default 5]", "[default:
+    0.0]", "(default: embedded)"), and the embedded server was called Redis."""
+    text = " ".join(help_at_80_columns(*command, "-h").split())
+    assert not re.search(r"\(default[: ]|\[env [A-Z]|; default [^:]", text), text
+    assert "embedded Redis" not in text, text
+
+
+def test_run_experiment_help_lists_the_suites() -> None:
+    from mqlab.experiments import available
+
+    text = " ".join(help_at_80_columns("run-experiment", "-h").split())
+    assert {"kata3", "kata4", "scaling"} <= set(available())
+    for name in available():
+        assert name in text, (name, text)

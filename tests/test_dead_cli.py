@@ -238,3 +238,26 @@ def test_show_says_what_a_crash_and_a_replay_did(
     ) in said, text
     assert [r[1].strip() for r in rows if r[1].strip()][-1] == "3 (try 1)", text
     assert "replayed after attempt 2" in text
+
+
+def _column(text: str, index: int) -> list[str]:
+    """The words of column `index` of a table's rows, lines folded by the table joined."""
+    rows = [line.split("│") for line in text.splitlines() if line.startswith("│")]
+    return " ".join(r[index].strip() for r in rows if len(r) > index).split()
+
+
+def test_list_and_show_never_cut_a_product_an_error_or_a_worker_id_at_80_columns(
+    settings: Settings, raw: redis.Redis
+) -> None:
+    """They ended the product and the error in an ellipsis at 80 columns: what was cut
+    could not be read anywhere."""
+    product = "Portable espresso machine with a very long product name, model 2026"
+    error = "transient failure: the payment service answered 504 after 30 s, retry later"
+    job_id, _ = make_dead(settings.database_url, raw, product=product, error=error)
+    listed = fits(run(settings, "dead", "list", columns=80).stdout)
+    assert "…" not in listed, listed
+    assert " ".join(_column(listed, 5)).startswith(product), listed
+    assert error in " ".join(_column(listed, 6)), listed
+    shown = fits(run(settings, "dead", "show", job_id, columns=80).stdout)
+    # Whole but for the dead letter's message: a preview of the queue entry (its job is above).
+    assert "…" not in shown[: shown.index("its dead letters")], shown

@@ -119,12 +119,44 @@ def test_the_markdown_lays_out_the_table_rows() -> None:
     ]
     assert "**Verdict: FAIL**" in lines
     assert lines[lines.index("**Verdict: FAIL**") + 2].startswith("- 10 órdenes, 4 workers: slow:")
-    # The latency tables have a column per percentile of stats.PERCENTILES.
-    assert "| Row | n | " + " | ".join(label(p) for p in PERCENTILES) + " | max |" in lines
-    assert "| 5 órdenes, 1 worker | 10 | 3.0 ms | 3.0 ms | 3.0 ms | 3.0 ms |" in lines
+    # The latency tables have a column per percentile of stats.PERCENTILES, between min and
+    # max; one of fewer values than it needs is '-' (10 answers: a median, no p95 or p99).
+    assert "| Row | n | min | " + " | ".join(label(p) for p in PERCENTILES) + " | max |" in lines
+    assert "| 5 órdenes, 1 worker | 10 | 3.0 ms | 3.0 ms | - | - | 3.0 ms |" in lines
+    assert "| 1 orden, 1 worker | 1 | 3.0 ms | - | - | - | 3.0 ms |" in lines
     # The overhead breakdown of the late row: 12 ms to the first start, 1 + 1 + 81 ms over
     # T on w2's three jobs, two gaps of 3 ms; the workers took 0.5 s to start.
     assert "| 10 órdenes, 4 workers | 3 | 12 ms | 83 ms | 6.0 ms | 0.500 s |" in lines
+
+
+def test_scaling_says_what_each_speedup_is_against_and_the_most_it_could_be() -> None:
+    """It compared the 1-worker rows with themselves (1.00x, 100 %) and gave row 3 83 %
+    without saying that 10 jobs on 4 workers take 3 rounds (3.33x at most)."""
+    lines = render_markdown(fixed_suite(), ["a.svg", "b.svg", "c.svg"], {}).splitlines()
+    top = lines.index("## Scaling") + 2
+    assert lines[top].startswith("| Row | Workers | Makespan | Speedup | Most possible |")
+    assert lines[top + 2] == (
+        "| 1 orden, 1 worker | 1 | 2.013 s | - | - | - | - | (one worker: a baseline) |"
+    )
+    assert lines[top + 4].startswith(
+        "| 10 órdenes, 4 workers | 4 | 6.101 s | 3.28x | 3.33x (10 jobs in 3 rounds) | 98% | 82% "
+        "| ideal serial time (N x T)"
+    )
+    assert "N / ceil(N/W) at most" in lines[top + 6]
+
+
+def test_a_kata4_report_has_no_scaling_table_and_its_pass_words_name_ledgers() -> None:
+    from mqlab.results import pass_words
+
+    suite = load("kata4")
+    result = SuiteResult(suite, 1, started_at=T0)
+    assert "## Scaling" not in render_markdown(result, [], {})
+    assert pass_words(fixed_suite().rows) == (
+        "every row within its tolerance, every order answered as expected"
+    )
+    assert "ledger" not in pass_words(fixed_suite().rows)
+    kata4 = [row_result(row) for row in suite.rows]
+    assert pass_words(kata4).startswith("every row's ledger as the row expects")
 
 
 def test_the_json_carries_the_same_verdicts() -> None:
@@ -133,6 +165,7 @@ def test_the_json_carries_the_same_verdicts() -> None:
     assert [r["verdict"] for r in data["rows"]] == ["ok", "ok", "slow"]
     assert data["api"]["verdict"] == "ok" and not data["passed"]
     assert set(data["api"]["latencyMs"]) >= {label(p) for p in PERCENTILES}
+    assert data["rows"][2]["mostSpeedup"] == pytest.approx(10 / 3)
 
 
 def terminal_lines(result: SuiteResult, width: int) -> list[str]:

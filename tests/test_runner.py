@@ -70,6 +70,19 @@ def test_a_short_kata_run_reports_what_the_database_holds(
         assert svg.read_text().startswith("<svg")
 
 
+@pytest.mark.parametrize("restart_ids", [True, False])
+def test_order_ids_restart_per_row_in_reports_and_keep_counting_in_the_tui(
+    settings: Settings, sup: Supervisor, restart_ids: bool
+) -> None:
+    """The TUI's lanes span rows: with each row's ids from 1 again, a lane showed #1 twice."""
+    sup.start_api()
+    rows = [{"name": n, "orders": 2, "workers": 1, "job_seconds": 0.02} for n in ("a", "b")]
+    runner = Runner(settings, sup, restart_ids=restart_ids)
+    result = asyncio.run(runner.run_suite(parse({"row": rows})))
+    ids = [sorted(j.order_id for j in row.runs[0].jobs) for row in result.rows]
+    assert ids == ([[1, 2], [1, 2]] if restart_ids else [[1, 2], [3, 4]])
+
+
 def test_repeat_reports_median_min_and_max(
     settings: Settings, sup: Supervisor, tmp_path: Path
 ) -> None:

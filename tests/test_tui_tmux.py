@@ -138,10 +138,12 @@ def test_tui_faults_in_a_terminal(settings: Settings, clean: None, tmux: Tmux) -
     family = {p.pid for p in tui.children(recursive=True)}
     for rate in ("10%", "30%", "50%"):
         tmux.keys("e")  # each restarts the workers; the panel says the rate once they are up
-        tmux.wait_for(lambda s, r=rate: f"fail rate {r}" in s and idle_workers(s) == {"w1", "w2"})
+        tmux.wait_for(
+            lambda s, r=rate: f"workers fail {r}" in s and idle_workers(s) == {"w1", "w2"}
+        )
         family |= {p.pid for p in tui.children(recursive=True)}
     tmux.keys("P")
-    tmux.wait_for(lambda s: "poison 10%" in s)
+    tmux.wait_for(lambda s: "next batches 10% poison" in s)
     tmux.keys("f")  # 9 orders, and 1 poison
     screen = tmux.wait_for(
         lambda s: re.search(r"failed tries\s+[1-9]", s) and re.search(r"\bdead 1\b", s), 60

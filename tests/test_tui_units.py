@@ -10,9 +10,11 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from mqlab.experiments import load
+from mqlab.protocol.events import WorkerState
 from mqlab.protocol.ids import short_job_id, worker_sort_key
 from mqlab.stack import NotOurServer, Stack
 from mqlab.tui.app import FAIL_RATES, POISON_SHARES, LabApp, next_in
+from mqlab.tui.experiments_panel import ExperimentsPanel
 from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
 from mqlab.tui.keys_bar import KeysBar
 from mqlab.tui.lab import split_batch
@@ -257,7 +259,53 @@ def test_a_batch_splits_into_plain_and_poison() -> None:
     assert split_batch(0, 0.3) == (0, 0)
 
 
-async def test_the_failure_keys_drive_the_lab_and_the_dangerous_ones_ask() -> None:
+async def test_at_80x24_the_experiments_panel_starts_in_view_with_its_rows() -> None:
+    """It sat below the fold until `R` scrolled it into view: the lab as it starts, one idle
+    worker, nothing failed yet."""
+    start = replace(
+        fixed_frame(), workers=(WorkerRow("w1", 41001, WorkerState.IDLE, "", None, 0),),
+        bars=(), kills=(), dead=(), delayed=0, next_retry_in=None, orders={}, jobs={},
+    )  # fmt: skip
+    app = LabApp(FixedSource(start), FixedLab(load("kata3")))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        panel = app.query_one(ExperimentsPanel)
+        assert panel.region.y + 6 <= 23, panel.region  # its border, header and three rows
+
+
+async def test_the_footer_shows_what_works_during_a_run_and_the_cursor_leaves_a_killed_worker() -> (
+    None
+):
+    """During `R` it offered +- Batch, P Poison and / Log, which did nothing then; after `k`
+    the cursor stayed on the dead worker and `s`/`k` left the footer with no hint."""
+    source = FixedSource()
+    app = LabApp(source, FixedLab(load("kata3")))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for action in ("batch", "poison", "filter_log", "fire"):
+            assert app.check_action(action, ())
+        app.query_one(ExperimentsPanel).running = list(load("kata3").rows)
+        for action in ("batch", "poison", "filter_log", "fire", "add_worker"):
+            assert not app.check_action(action, ()), action
+        assert app.check_action("cancel_run", ()) and app.check_action("pause", ())
+        app.query_one(ExperimentsPanel).running = None
+        # The worker under the cursor dies (`k`): the cursor moves on to a live one of the lab's.
+        first = app.selected_worker()
+        assert first is not None and first.state != WorkerState.DEAD
+        frame = source.frame
+        source.frame = replace(frame, workers=tuple(
+            replace(w, state=WorkerState.DEAD) if w.id == first.id else w for w in frame.workers
+        ))  # fmt: skip
+        for _ in range(20):
+            await pilot.pause(0.1)
+            now = app.selected_worker()
+            if now is not None and now.id != first.id:
+                break
+        now = app.selected_worker()
+        assert now is not None and now.id != first.id
+        assert now.ours and now.state != WorkerState.DEAD
+        assert app.check_action("kill_worker", ()) and app.check_action("stop_worker", ())
+
     lab = FixedLab(load("kata3"))
     app = LabApp(FixedSource(), lab)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -269,7 +317,7 @@ async def test_the_failure_keys_drive_the_lab_and_the_dangerous_ones_ask() -> No
         await wait_until_calls(pilot, lab, "fail rate 0.1")
         await pilot.press("P", "P")
         assert lab.poison_share == 0.3 and panel.faults == (0.1, 0.3)
-        assert "30%" in str(panel.query_one("#failures-faults", Static).render())
+        assert "next batches 30% poison" in panel._border_subtitle.plain  # type: ignore[union-attr]
         await pilot.press("L")
         await wait_until_calls(pilot, lab, "replay")
         await pilot.press("F")  # asks first: no, then yes
@@ -304,3 +352,15 @@ def test_postgresql_is_stopped_only_when_the_lab_started_it() -> None:
     assert why is not None and "only its own" in why
     with pytest.raises(NotOurServer, match="not the embedded server"):
         stack.stop_postgres(0.1)
+
+
+def test_a_finished_runs_note_fits_the_top_bar_at_80_columns() -> None:
+    """It listed every row with its verdict and was cut ("10 órdenes, 4 wor…")."""
+    from mqlab.tui.experiments_panel import verdict_note
+    from tests.results_data import kata
+
+    passed = verdict_note(kata([2.01, 10.02, 6.02], [3.0] * 16))
+    assert passed == "kata3 PASS: 3 ok, API ok"
+    slow = verdict_note(kata([2.01, 10.5, 6.02], [3.0] * 16))
+    assert slow == "kata3 FAIL: 2 ok, 1 slow, API ok (5 órdenes, 1 worker)"
+    assert len(slow) < 60

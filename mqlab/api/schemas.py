@@ -130,21 +130,21 @@ class Worker(_Body):
     host: str
     state: str = Field(description="idle, busy or stopping")
     currentJob: str | None
-    jobStarted: float | None = Field(description="epoch seconds")
+    jobStarted: str | None = Field(description="ISO-8601 UTC")
     jobsDone: int
-    started: float = Field(description="epoch seconds")
-    lastBeat: float = Field(description="epoch seconds")
+    started: str = Field(description="ISO-8601 UTC")
+    lastBeat: str = Field(description="ISO-8601 UTC")
     inFlight: int = Field(description="messages in its processing list")
 
 
 class Stats(_Body):
-    takenAt: float = Field(description="epoch seconds")
+    takenAt: str = Field(description="ISO-8601 UTC")
     queueDepth: int
     processing: int = Field(description="messages in the workers' processing lists")
     dead: int = Field(description="messages on the dead-letter list")
     delayed: int = Field(description="retries waiting out their backoff (orders:delayed)")
-    nextRetryAt: float | None = Field(
-        description="epoch seconds (Redis's clock) the next delayed retry is due; null: none"
+    nextRetryAt: str | None = Field(
+        description="ISO-8601 UTC (Redis's clock) the next delayed retry is due; null: none"
     )
     workers: list[Worker] = Field(description="live workers (their heartbeat has not expired)")
     orders: dict[OrderStatus, int]

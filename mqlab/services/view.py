@@ -12,6 +12,9 @@ from rich.text import Text
 
 from mqlab.services.manager import ServiceInfo
 
+#: Each server's one name, whatever its state (its role's key is "redis" / "postgres"; the
+#: version column says which build runs, an older mqlab's Redis 6.2 included).
+SERVER_NAMES = {"redis": "valkey", "postgres": "postgresql"}
 _STATE_STYLE = {"running": "green", "started": "green", "stopped": "dim", "stale": "yellow"}
 #: URLs start in this column, beside their server's name, where the line is wide enough.
 _LABEL = 11
@@ -61,9 +64,7 @@ def services_table(infos: list[ServiceInfo]) -> Group:
     for info in infos:
         health = "" if info.state in ("stopped", "stale") else ("ok" if info.healthy else "DOWN")
         style = _STATE_STYLE.get(info.state, "")
-        # What the server is ("valkey", or "redis" for an older mqlab's Redis 6.2 still
-        # running), not only its role.
-        server = info.version.split()[0].lower() if info.version else info.name
+        server = SERVER_NAMES.get(info.name, info.name)
         table.add_row(
             server, Text(info.state, style=style), health, str(info.pid or ""), info.version
         )

@@ -307,8 +307,9 @@ class LabApp(App[None]):
             "stop_postgres", "replay",
         ):  # fmt: skip
             return idle
-        if action == "poison":
-            return up
+        if action in ("poison", "batch", "filter_log"):
+            # They change what `f` fires and the log below, neither of which a run shows.
+            return idle
         if action == "fail_rate":
             return idle and not self.restarting
         if action == "run_row":

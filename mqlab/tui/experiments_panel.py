@@ -4,6 +4,7 @@ in as the shared Runner reports progress and each row's result."""
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from typing import ClassVar
 
 from rich.text import Text
@@ -18,6 +19,7 @@ from mqlab.results_table import TableRow, api_cells, api_planned, planned, row_c
 from mqlab.runner import Progress
 from mqlab.tui.experiment_run import ExperimentRun, RowDone, RunEnded, RunProgress
 from mqlab.tui.model import Lab
+from mqlab.tui.panels import LogPanel
 
 PHASES = {"workers": "workers…", "firing": "firing", "waiting": "running", "done": "done"}
 API_ROW = "api"
@@ -107,6 +109,17 @@ class ExperimentsTable(DataTable[Text | str]):
         return str(self.suite.rows.index(row))
 
 
+def verdict_note(result: SuiteResult) -> str:
+    """A finished run in the top bar's one line: the suite's verdict and its rows' counts,
+    naming only the rows that did not pass ("kata3 PASS: 3 ok, API ok")."""
+    counts = Counter(str(r.verdict) for r in result.rows)
+    said = ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
+    failed = [r.row.name for r in result.rows if r.verdict is None or not r.verdict.passes]
+    api = "" if result.api is None else f", API {result.api.verdict}"
+    named = f" ({'; '.join(failed)})" if failed else ""
+    return f"{result.suite.name} {'PASS' if result.passed else 'FAIL'}: {said}{api}{named}"
+
+
 class ExperimentsPanel(Vertical):
     """The table, and the run that fills it: the shared Runner, in a thread of its own (see
     experiment_run.py). The run's messages come here first, then bubble up to the app."""
@@ -158,8 +171,11 @@ class ExperimentsPanel(Vertical):
     def on_run_ended(self, message: RunEnded) -> None:
         if message.result is not None:
             self.table.result(message.result)
-            verdicts = ", ".join(f"{r.row.name}: {r.verdict}" for r in message.result.rows)
-            self.app.notify(verdicts, title=message.result.suite.name, timeout=6)
+            result = message.result
+            log = self.app.query_one(LogPanel)
+            for r in result.rows:  # each row's verdict with its reason stays in the log
+                log.add("lab", f"{r.row.name}: {r.verdict}: {r.reason}")
+            self.app.notify(verdict_note(result), timeout=6)
         else:
             self.table.cancelled(message.rows)
             if message.error != "cancelled":

@@ -278,7 +278,8 @@ class LiveLab:
         # The embedded PostgreSQL this lab started, if it did: kata4's PostgreSQL row stops it
         # (skipped, with its reason, when the servers are someone else's).
         pg = embedded_postgres(self.stack.servers)
-        runner = Runner(self.settings, sup, on_progress=on_progress, pg=pg)
+        # Order ids keep counting from row to row: a lane spans rows, and would show #1 twice.
+        runner = Runner(self.settings, sup, on_progress=on_progress, pg=pg, restart_ids=False)
         # Before our own workers are touched: a refusal leaves them as they were.
         client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:

@@ -118,7 +118,6 @@ class QueuePanel(Vertical):
         yield Static(id="spark-axis")
         yield Static(id="rates")
         yield Static(id="counts")
-        yield Static(id="batch")
 
     def _put(self, widget_id: str, text: Text) -> None:
         """Update a line only when it changed: a refresh 5 times a second must cost nothing
@@ -164,8 +163,9 @@ class QueuePanel(Vertical):
         self._put("counts", counts or Text("no orders", style="dim"))
 
     def watch_batch(self, batch: int) -> None:
-        self._put(
-            "batch", Text.assemble("batch ", (str(batch), "bold"), (" (f fires, +/- size)", "dim"))
+        # On the border, where the counts' lines cannot push it out of a short panel.
+        self.border_subtitle = Text.assemble(
+            "batch ", (str(batch), "bold"), (" f fires +/-", "dim")
         )
 
 
@@ -217,6 +217,7 @@ class WorkersTable(DataTable[Text | str]):
     def show(self, rows: tuple[WorkerRow, ...]) -> None:
         """Add new workers, update changed cells, drop rows that left the frame."""
         wanted = {r.id: r for r in rows}
+        under = self.selected()
         with self.app.batch_update():
             for gone in [wid for wid in self.rows_shown if wid not in wanted]:
                 self.remove_row(gone)
@@ -234,6 +235,21 @@ class WorkersTable(DataTable[Text | str]):
                         if value != before[column]:
                             self.update_cell(wid, column, value)
                 self.rows_shown[wid] = row
+            if under is not None and under.state != WorkerState.DEAD:
+                self._off_the_dead(under.id)
+
+    def _off_the_dead(self, wid: str) -> None:
+        """The worker under the cursor has just died (`k`, `s`, a crash): the cursor moves on to
+        the first live worker of the lab's, so that `s` and `k` stay in the footer."""
+        row = self.rows_shown.get(wid)
+        if row is None or row.state != WorkerState.DEAD:
+            return
+        keys = [k.value for k in self.rows]
+        for index, key in enumerate(keys):
+            other = self.rows_shown.get(key or "")
+            if other is not None and other.ours and other.state != WorkerState.DEAD:
+                self.move_cursor(row=index)
+                return
 
     def selected(self) -> WorkerRow | None:
         """The worker under the cursor, if any."""
@@ -331,17 +347,19 @@ def failures_line(frame: Frame) -> Text:
 
 
 def faults_line(fail_rate: float, poison_share: float) -> Text:
-    """What the next batches run into, and the keys that change it."""
+    """The failure rate the lab's workers run with (every attempt they make, queued jobs
+    included), the poison share of the next batches, and the keys that change them."""
     rate = (f"{fail_rate:.0%}", "bold yellow" if fail_rate else "bold")
     poison = (f"{poison_share:.0%}", "bold yellow" if poison_share else "bold")
     return Text.assemble(
-        "next batches: fail rate ", rate, (" e", "dim"), "  poison ", poison, (" P", "dim")
-    )
+        "workers fail ", rate, " of attempts", (" e", "dim"),
+        "  next batches ", poison, " poison", (" P", "dim"),
+    )  # fmt: skip
 
 
 class FailuresPanel(Vertical):
-    """Kata 4 at a glance: retrying, delayed (next due) and dead counts, the fault settings of
-    the next batches, and the latest dead letters with their reasons."""
+    """Kata 4 at a glance: retrying, delayed (next due) and dead counts, the workers' failure
+    rate and the next batches' poison share, and the latest dead letters with their reasons."""
 
     BORDER_TITLE = "failures"
     frame: var[Frame | None] = var(None)
@@ -353,7 +371,6 @@ class FailuresPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(id="failures-counts")
-        yield Static(id="failures-faults")
         yield Static(id="dead-letters")
 
     def _put(self, widget_id: str, key: object, content: Text | Table) -> None:
@@ -362,8 +379,8 @@ class FailuresPanel(Vertical):
             self.query_one(f"#{widget_id}", Static).update(content)
 
     def watch_faults(self, faults: tuple[float, float]) -> None:
-        line = faults_line(*faults)
-        self._put("failures-faults", line, line)
+        # On the border: a line of its own pushed the experiments below the fold at 80x24.
+        self.border_subtitle = faults_line(*faults)
 
     def watch_frame(self, frame: Frame | None) -> None:
         if frame is None:

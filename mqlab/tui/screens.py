@@ -41,7 +41,7 @@ second from Redis, PostgreSQL, the `mqlab:events` stream and the supervisor.
 | `r` | run the selected experiment row |
 | `R` | run every experiment row |
 | `c` | cancel the running experiment |
-| `e` | failure rate of the workers: 0 → 10 → 30 → 50 % → 0 (the lab restarts its workers) |
+| `e` | failure rate of the lab's workers, queued jobs included: 0 → 10 → 30 → 50 → 0 % |
 | `P` | poison share of the next batches: 0 → 10 → 30 % (products containing "poison") |
 | `L` | replay the dead letters: every dead job queued again (twice queues once) |
 | `F` | flush Redis: FLUSHALL (asks first); the reconciler queues the jobs again |
@@ -79,7 +79,8 @@ and `{KILL_MARK}` marks where a worker was killed (SIGKILL).
 
 **Failures panel.** Jobs retrying and dead (PostgreSQL), retries waiting out their backoff
 in `orders:delayed` and when the next is due, the dead letters on `orders:dead` with the
-newest ones and their reasons, and what the next batches run into (failure rate, poison).
+newest ones and their reasons, the failure rate the lab's workers run with, and the poison
+share of the next batches.
 
 Press `escape` or `?` to close.
 """
