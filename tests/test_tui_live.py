@@ -165,9 +165,16 @@ async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int
         await pilot.press("s")
         await until(pilot, lambda: shown(app, "w1", "state") == "dead", timeout=15)
         assert shown(app, "w1", "job") == "exit 0"
-        # A dead worker cannot be stopped or killed: those keys leave the footer.
-        assert app.check_action("kill_worker", ()) is False
         assert shown(app, "w2", "state") == "idle"
+        # The cursor has left the worker that died for a live one, so `s` and `k` stay
+        # offered; on a dead worker they are not (those keys leave the footer).
+        await until(pilot, lambda: getattr(table.selected(), "id", "w1") != "w1")
+        selected = table.selected()
+        assert selected is not None and selected.state != "dead" and selected.ours
+        assert app.check_action("kill_worker", ()) is True
+        table.move_cursor(row=table.get_row_index("w1"))
+        await until(pilot, lambda: getattr(table.selected(), "id", None) == "w1")
+        assert app.check_action("kill_worker", ()) is False
 
 
 async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
