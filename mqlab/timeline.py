@@ -5,9 +5,11 @@ lane for the time it waited (in the queue from its order, or from its retry's du
 attempt that did not complete ends in a mark (MARKS): ✗ failed (a dotted line on to the time
 its retry was due), † the dead end of a dead job, a diagonal cross (CRASHED) crashed: its
 worker died (a kill by the lab is a red line on that lane), ↩ handed back or reclaimed, ∅
-lost: it never finished and nothing came after it (drawn as an outline up to its worker's
-kill, not as work). The axis runs on round values, and a legend names each kind of mark the
-picture holds. A run recorded before attempts were (no history) draws its jobs.
+lost: it never finished and nothing came after it. An attempt whose end is not known (lost,
+or its worker crashed by itself, with no kill on record) is an outline up to what is known
+(the kill, or when another delivery found it unfinished), not a bar: no work is known after
+its start. The axis runs on round values, and a legend names each kind of mark the picture
+holds. A run recorded before attempts were (no history) draws its jobs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class _Bar:
     mark: str  # "" when it completed; else one of MARKS' values
     due: float | None  # a failed attempt's retry due time
     retry: bool = False  # it waited from its retry's due time, not from the order
+    #: Its end is not known (lost, or its worker died with no kill on record): drawn as an
+    #: outline up to what is known, a kill or when another delivery found it unfinished.
+    unseen: bool = False
 
 
 def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
@@ -95,6 +100,8 @@ def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
                 # (what finished_at records): at the lab's kill, when the lab killed it.
                 killed = [t for t, w in run.kills if w == a.worker_id and a.started_at <= t]
                 finished = min([finished, *killed])
+            # A worker that crashed by itself (no kill) records no end: only when it was found.
+            unseen = lost or (a.outcome == "crashed" and not killed)
             if lost:
                 mark = MARKS["lost"]
             elif a.outcome == "completed" or a.outcome == "running":
@@ -113,6 +120,7 @@ def _lanes(run: RunResult) -> dict[str, list[_Bar]]:
                     mark,
                     None if a.next_attempt_at is None else a.next_attempt_at - t0,
                     retry=a.job_id in due_again,
+                    unseen=unseen,
                 )
             )
             if a.next_attempt_at is not None:
@@ -150,6 +158,8 @@ def tick_label(t: float, step: float) -> str:
     return f"{t:.{decimals}f}"
 
 
+#: The legend's words for an outline (an attempt whose end is not known).
+UNSEEN_WORDS = "no end recorded: up to a kill, or to when it was found"
 #: The legend's entries, in this order; each is drawn only where the picture has one.
 _LEGEND = (
     ("job", "an attempt that completed (colour: its order)"),
@@ -162,6 +172,7 @@ _LEGEND = (
     ("back", "↩ handed back"),
     ("killed", "kill -9"),
     ("lost", "lost"),
+    ("unseen", UNSEEN_WORDS),
 )
 
 
@@ -262,13 +273,16 @@ def _swatch(key: str, x: float, y: float) -> list[str]:
     if key == "killed":
         return [f'<line x1="{x + 8}" y1="{y - 2}" x2="{x + 8}" y2="{y + 12}" stroke="#c00" '
                 'stroke-width="2"/>']  # fmt: skip
+    if key == "unseen":
+        return [_outline(x, y - 3, 16, _COLORS[0])]
     if key == "lost":
-        return [_lost_rect(x, y - 3, 16, _COLORS[0])]
+        return [f'<text x="{x + 4}" y="{y + 9}" fill="#c00" font-weight="bold">∅</text>']
     return [f'<rect x="{x}" y="{y}" width="16" height="10" fill="{_COLORS[0]}" opacity="0.6"/>']
 
 
-def _lost_rect(x: float, y: float, width: float, color: str, title: str = "") -> str:
-    """A lost attempt: an outline, not a bar: nothing was done after the worker vanished."""
+def _outline(x: float, y: float, width: float, color: str, title: str = "") -> str:
+    """An attempt whose end is not known: an outline, not a bar (no work is known after its
+    start: its worker vanished, lost the job or died)."""
     return (
         f'<rect x="{x:.1f}" y="{y + 3}" width="{max(1.0, width):.1f}" height="{_BAR - 6}" '
         f'fill="white" stroke="{color}" stroke-dasharray="3,2">{title}</rect>'
@@ -295,8 +309,9 @@ def _bar_svg(bar: _Bar, y: float, scale: float, waits: bool, drawn: set[str]) ->
         f"{_ENDED[bar.mark]}</title>"
     )
     drawn.add(_LEGEND_OF[bar.mark])
-    if bar.mark == MARKS["lost"]:
-        out.append(_lost_rect(x0, y, x1 - x0, color, title))
+    if bar.unseen:
+        drawn.add("unseen")
+        out.append(_outline(x0, y, x1 - x0, color, title))
     else:
         opacity = "" if not bar.mark else ' opacity="0.6"'
         out.append(

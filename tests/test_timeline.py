@@ -114,6 +114,7 @@ def test_the_legend_names_every_kind_of_mark_the_picture_draws() -> None:
                   "kill -9", "waiting in the queue", "waiting for its retry"):  # fmt: skip
         assert entry in words, entry
     assert "lost" not in words  # nothing was lost here: no entry for it
+    assert timeline.UNSEEN_WORDS not in words  # the crash ended at a kill: its end is known
     plain = timeline.svg(RunResult([], run_with_failures().jobs[:1], T0, 0.1, False, ["w2"]), "")
     assert {w for _, _, w in _texts(plain)} >= {"an attempt that completed (colour: its order)"}
     assert "kill -9" not in plain and "✗ failed" not in plain
@@ -135,7 +136,21 @@ def test_a_lost_job_is_drawn_as_loss_up_to_the_kill_not_as_work_to_the_end() -> 
     picture = timeline.svg(run, "blpop")
     assert "order 1: 0.100s to 0.500s, lost" in picture
     assert 'fill="white" stroke=' in picture and ">∅</text>" in picture
-    assert "lost" in {w for _, _, w in _texts(picture)}
+    assert {"∅", "lost", timeline.UNSEEN_WORDS} <= {w for _, _, w in _texts(picture)}
     assert (
         timeline.text(run, width=20).splitlines()[0].endswith("#1 0.10-0.50s ∅, kill -9 at 0.50s")
     )
+
+
+def test_a_crash_with_no_kill_on_record_is_an_outline_up_to_when_it_was_found() -> None:
+    """The crash loop: the worker died by itself (os._exit) at some time nobody recorded; the
+    attempt's finished_at is when another delivery found it unfinished. A full bar up to then
+    read as work done for that long."""
+    jobs = [JobTiming("job-1", 1, "w2", 2, T0, T0 + 3.0, T0 + 3.5, "completed")]
+    history = [
+        Attempt("job-1", 1, "w1", T0 + 0.1, T0 + 3.0, "crashed", None, None),
+        Attempt("job-1", 2, "w2", T0 + 3.0, T0 + 3.5, "completed", None, None),
+    ]
+    picture = timeline.svg(RunResult([], jobs, T0, 0.1, False, ["w1", "w2"], history=history), "")
+    assert 'stroke-dasharray="3,2"><title>order 1: 0.100s to 3.000s, crashed' in picture
+    assert timeline.UNSEEN_WORDS in {w for _, _, w in _texts(picture)}
