@@ -247,6 +247,26 @@ def test_the_source_folds_failed_and_dead_attempts() -> None:
     ]
 
 
+def test_a_job_taken_before_the_first_beat_is_on_its_process_lane() -> None:
+    """A row starts its worker and fires at once: the first job_started came before any
+    heartbeat or worker_up was read, its bar had pid 0, and once that process was gone the
+    bar got a lane of its own: the lane label showed w2 twice."""
+
+    class Child:
+        name, kind, pid = "w2", "worker", 4242
+
+    class Lab:
+        def children(self) -> list[Child]:
+            return [Child()]
+
+    source = LiveSource(lab=Lab(), timeline_seconds=30.0)  # type: ignore[arg-type]
+    source._apply({"type": "job_started", "worker": "w2", "job": "job-1-1", "order": "1",
+                   "at": "2.0"})  # fmt: skip
+    source._apply({"type": "job_finished", "worker": "w2", "job": "job-1-1", "at": "2.5"})
+    bars = source._timeline((), now=6.0)
+    assert [(b.worker, b.pid, b.cut) for b in bars] == [("w2", 4242, False)]
+
+
 def test_next_in_cycles() -> None:
     assert [next_in(FAIL_RATES, r) for r in FAIL_RATES] == [0.1, 0.3, 0.5, 0.0]
     assert next_in(POISON_SHARES, 0.3) == 0.0 and next_in(POISON_SHARES, 0.77) == 0.0

@@ -202,6 +202,8 @@ class WorkersTable(DataTable[Text | str]):
         for name, width in self.COLUMNS.items():
             self.add_column(name, key=name, width=width)
         self.rows_shown: dict[str, WorkerRow] = {}
+        #: The live worker last seen under the cursor: when it dies, the cursor moves on.
+        self._followed: str | None = None
 
     def cells(self, row: WorkerRow) -> dict[str, Text | str]:
         state = Text(row.state, style=STATE_STYLES.get(row.state, ""))
@@ -217,7 +219,6 @@ class WorkersTable(DataTable[Text | str]):
     def show(self, rows: tuple[WorkerRow, ...]) -> None:
         """Add new workers, update changed cells, drop rows that left the frame."""
         wanted = {r.id: r for r in rows}
-        under = self.selected()
         with self.app.batch_update():
             for gone in [wid for wid in self.rows_shown if wid not in wanted]:
                 self.remove_row(gone)
@@ -235,20 +236,24 @@ class WorkersTable(DataTable[Text | str]):
                         if value != before[column]:
                             self.update_cell(wid, column, value)
                 self.rows_shown[wid] = row
-            if under is not None and under.state != WorkerState.DEAD:
-                self._off_the_dead(under.id)
+        self._follow_the_living()
 
-    def _off_the_dead(self, wid: str) -> None:
-        """The worker under the cursor has just died (`k`, `s`, a crash): the cursor moves on to
-        the first live worker of the lab's, so that `s` and `k` stay in the footer."""
-        row = self.rows_shown.get(wid)
-        if row is None or row.state != WorkerState.DEAD:
+    def _follow_the_living(self) -> None:
+        """The worker under the cursor died (`k`, `s`, a crash, an experiment's new pool): the
+        cursor moves on to the first live worker of the lab's, at once or as soon as there is
+        one, so that `s` and `k` stay in the footer. A dead row the cursor was moved to by
+        hand stays under it."""
+        under = self.selected()
+        if under is None or under.state != WorkerState.DEAD:
+            self._followed = None if under is None else under.id
             return
-        keys = [k.value for k in self.rows]
-        for index, key in enumerate(keys):
+        if under.id != self._followed:
+            return  # put there by hand
+        for index, key in enumerate(k.value for k in self.rows):
             other = self.rows_shown.get(key or "")
             if other is not None and other.ours and other.state != WorkerState.DEAD:
                 self.move_cursor(row=index)
+                self._followed = other.id
                 return
 
     def selected(self) -> WorkerRow | None:

@@ -269,11 +269,18 @@ class LiveSource:
                     bar.close(at, cut=True)
 
     def _pid_of(self, worker: str) -> int:
-        """The pid of the process that runs `worker` now (0 if not known)."""
+        """The pid of the process that runs `worker` now (0 if not known): its worker_up
+        event, its heartbeat, else the lab's child of that name. A worker that takes a job
+        before its first beat is sampled (an experiment's row starts it and fires at once)
+        had pid 0 here: its bar got a lane of its own once the process was gone, and the lane
+        showed its id twice."""
         if worker in self._pids:
             return self._pids[worker]
         info = self._infos.get(worker)
-        return info.pid if info is not None else 0
+        if info is not None:
+            return info.pid
+        child = next((c for c in self.lab.children() if c.name == worker), None)
+        return child.pid if child is not None and child.kind == "worker" else 0
 
     def _workers(self, now: float) -> tuple[WorkerRow, ...]:
         children = {c.name: c for c in self.lab.children() if c.kind == "worker"}
