@@ -15,11 +15,12 @@ from rich.text import Text
 
 from mqlab.experiments import ExperimentError, Suite, experiments_dir, load
 from mqlab.interrupts import sigterm_as_ctrl_c
+from mqlab.progress import Progress
 from mqlab.report import write
 from mqlab.results import SuiteResult, pass_words
 from mqlab.results_table import ledger_table
 from mqlab.results_table import table as table_rows
-from mqlab.runner import ForeignWorkers, Progress, Runner
+from mqlab.runner import ForeignWorkers, Runner
 from mqlab.scenarios import embedded_postgres
 from mqlab.services.manager import ServicesError
 from mqlab.stack import Stack

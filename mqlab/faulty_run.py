@@ -19,13 +19,13 @@ import redis.asyncio as aioredis
 from mqlab import db, dead_letters
 from mqlab.experiments import CRASH_PRODUCT, PLAIN_PRODUCT, POISON_PRODUCT, Row
 from mqlab.faults import Faults
-from mqlab.ledger import Attempt, Replay, build
+from mqlab.ledger import Attempt, Marks, Replay, build
 from mqlab.loadgen import Shot, fire, pace
 from mqlab.protocol import keys
 from mqlab.protocol.events import EventKind
 from mqlab.resetting import reset_all
 from mqlab.results import JobTiming, RunResult
-from mqlab.scenarios import EmbeddedPostgres, Marks, Scenario, skip_reason
+from mqlab.scenarios import EmbeddedPostgres, Scenario, skip_reason
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 

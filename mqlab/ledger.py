@@ -17,13 +17,34 @@ from typing import Any
 from mqlab.experiments import Row
 from mqlab.loadgen import Shot
 from mqlab.retry_policy import RetryPolicy
-from mqlab.scenarios import Marks
 from mqlab.stats import median
 
 #: Attempts that ended without the work's result being recorded: the work may run again.
 INTERRUPTED = ("crashed", "reclaimed", "handed_back")
 #: Slack allowed when a recorded delay is compared with the policy's [c/2, c] (clock rounding).
 DELAY_SLACK = 0.005
+
+
+@dataclass
+class Marks:
+    """What the lab did during a run, and when (epoch seconds)."""
+
+    kills: list[tuple[float, str]] = field(default_factory=list)  # (when, worker killed)
+    restarts: list[tuple[float, str]] = field(default_factory=list)  # (when, worker that died)
+    flushall_at: float | None = None
+    pg_stopped_at: float | None = None
+    pg_started_at: float | None = None
+    skipped: str = ""  # why a scenario could not run here (the row is skipped, not failed)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kills": [{"at": t, "worker": w} for t, w in self.kills],
+            "restarts": [{"at": t, "worker": w} for t, w in self.restarts],
+            "flushallAt": self.flushall_at,
+            "pgStoppedAt": self.pg_stopped_at,
+            "pgStartedAt": self.pg_started_at,
+            "skipped": self.skipped or None,
+        }
 
 
 @dataclass(frozen=True)

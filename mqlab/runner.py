@@ -23,6 +23,7 @@ from mqlab.faults import Faults
 from mqlab.faulty_run import run_faulty
 from mqlab.ledger import Attempt
 from mqlab.loadgen import fire
+from mqlab.progress import Progress, ProgressHandler
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids
 from mqlab.resetting import reset_all
@@ -37,26 +38,6 @@ MAX_CONCURRENCY = 100
 
 class ForeignWorkers(RuntimeError):
     """Workers this run did not start consume the queue: they would steal and skew its jobs."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What a front end shows while a row runs."""
-
-    suite: str
-    row: Row
-    row_index: int  # 1-based
-    rows: int
-    run: int  # 1-based
-    runs: int
-    phase: str  # workers | firing | waiting | done
-    done: int = 0
-    total: int = 0
-    elapsed: float = 0.0
-    queue_depth: int = 0
-
-
-ProgressHandler = Callable[[Progress], None]
 
 
 @dataclass

@@ -13,7 +13,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -21,6 +20,7 @@ import redis.asyncio as aioredis
 from mqlab import services
 from mqlab.environment import Servers
 from mqlab.experiments import Row
+from mqlab.ledger import Marks
 from mqlab.services import postgres_server
 from mqlab.supervisor import Supervisor
 
@@ -28,28 +28,6 @@ log = logging.getLogger("mqlab.scenarios")
 
 #: How often the lab looks for workers that died on their own (to restart them).
 WATCH_SECONDS = 0.2
-
-
-@dataclass
-class Marks:
-    """What the lab did during a run, and when (epoch seconds)."""
-
-    kills: list[tuple[float, str]] = field(default_factory=list)  # (when, worker killed)
-    restarts: list[tuple[float, str]] = field(default_factory=list)  # (when, worker that died)
-    flushall_at: float | None = None
-    pg_stopped_at: float | None = None
-    pg_started_at: float | None = None
-    skipped: str = ""  # why a scenario could not run here (the row is skipped, not failed)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "kills": [{"at": t, "worker": w} for t, w in self.kills],
-            "restarts": [{"at": t, "worker": w} for t, w in self.restarts],
-            "flushallAt": self.flushall_at,
-            "pgStoppedAt": self.pg_stopped_at,
-            "pgStartedAt": self.pg_started_at,
-            "skipped": self.skipped or None,
-        }
 
 
 class EmbeddedPostgres:

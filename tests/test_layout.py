@@ -104,3 +104,38 @@ def test_the_protocol_imports_nothing_else_of_mqlab() -> None:
     allowed.add("mqlab.backend_errors")
     for name in allowed:
         assert graph[name] <= allowed, f"{name} imports {sorted(graph[name] - allowed)}"
+
+
+#: The data and the figures: a run's results, its ledger, the report, the timelines, the
+#: tables and statistics, the progress a front end draws, and the TUI's frame of them.
+FIGURES = (
+    "mqlab.results", "mqlab.ledger", "mqlab.report", "mqlab.timeline", "mqlab.results_table",
+    "mqlab.stats", "mqlab.progress", "mqlab.tui.model",
+)  # fmt: skip
+#: What starts, signals or stops processes (and the servers they run).
+PROCESS_CONTROL = (
+    "mqlab.procs", "mqlab.supervisor", "mqlab.scenarios", "mqlab.stack", "mqlab.runner",
+    "mqlab.faulty_run", "mqlab.environment", "mqlab.services", "mqlab.worker", "mqlab.tui.lab",
+)  # fmt: skip
+
+
+def reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for name in graph[todo.pop()] - seen:
+            seen.add(name)
+            todo.append(name)
+    return seen
+
+
+def test_the_figures_import_nothing_that_starts_or_signals_processes() -> None:
+    """The ledger imported scenarios (for Marks) and the TUI's frame the runner (for its
+    progress type): the figures were a layer above process control, not beside it."""
+    graph = import_graph()
+    for name in FIGURES:
+        control = sorted(
+            m for m in reach(graph, name) if m.startswith(PROCESS_CONTROL) or m in PROCESS_CONTROL
+        )
+        assert not control, f"{name} reaches {control}"

@@ -13,10 +13,10 @@ from rich.console import Console
 from mqlab.experiment_cli import ProgressLine, summary_table
 from mqlab.experiments import load
 from mqlab.ledger import Attempt
+from mqlab.progress import Progress
 from mqlab.report import render_markdown, to_json
 from mqlab.results import SuiteResult, Verdict
 from mqlab.results_table import api_planned, ms, planned, row_cells, table
-from mqlab.runner import Progress
 from mqlab.stats import PERCENTILES, label
 from tests.results_data import T0, kata, row_result, serial_run, suite_result, waves_run
 

@@ -15,8 +15,9 @@ import psycopg
 import pytest
 
 from mqlab.experiments import load, parse
+from mqlab.progress import Progress
 from mqlab.report import write
-from mqlab.runner import Progress, Runner
+from mqlab.runner import Runner
 from mqlab.settings import Settings
 from mqlab.stats import PERCENTILES, label
 from mqlab.supervisor import Supervisor

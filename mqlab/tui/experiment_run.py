@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from mqlab.experiments import Row
+from mqlab.progress import Progress
 from mqlab.results import RowResult, SuiteResult
-from mqlab.runner import Progress
 from mqlab.tui.model import Lab
 
 

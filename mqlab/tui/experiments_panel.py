@@ -14,9 +14,9 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from mqlab.experiments import Row, Suite
+from mqlab.progress import Progress
 from mqlab.results import RowResult, SuiteResult
 from mqlab.results_table import TableRow, api_cells, api_planned, planned, row_cells
-from mqlab.runner import Progress
 from mqlab.tui.experiment_run import ExperimentRun, RowDone, RunEnded, RunProgress
 from mqlab.tui.model import Lab
 from mqlab.tui.panels import LogPanel

@@ -14,9 +14,9 @@ from dataclasses import replace
 
 from mqlab.experiments import Row, Suite
 from mqlab.loadgen import Shot
+from mqlab.progress import Progress, ProgressHandler
 from mqlab.protocol.events import WorkerState
 from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
-from mqlab.runner import Progress, ProgressHandler
 from mqlab.tui.model import (
     DeadLetterRow,
     Frame,

@@ -17,9 +17,10 @@ from mqlab import dead_letters
 from mqlab.experiments import Row, Suite
 from mqlab.faults import Faults
 from mqlab.loadgen import fire
+from mqlab.progress import ProgressHandler
 from mqlab.resetting import reset_all
 from mqlab.results import RowResult, SuiteResult
-from mqlab.runner import MAX_CONCURRENCY, ProgressHandler, Runner
+from mqlab.runner import MAX_CONCURRENCY, Runner
 from mqlab.scenarios import embedded_postgres
 from mqlab.settings import Settings
 from mqlab.stack import Stack

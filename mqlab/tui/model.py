@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mqlab.experiments import Row, Suite
+from mqlab.progress import ProgressHandler
 from mqlab.results import RowResult, SuiteResult
-from mqlab.runner import ProgressHandler
 
 #: (process name, line): a child's log line, or the lab's own ("lab").
 LineHandler = Callable[[str, str], None]
