@@ -21,7 +21,7 @@ from mqlab.results import SuiteResult, pass_words
 from mqlab.results_table import ledger_table
 from mqlab.results_table import table as table_rows
 from mqlab.runner import ForeignWorkers, Runner
-from mqlab.scenarios import embedded_postgres
+from mqlab.scenarios import owned_postgres
 from mqlab.services.manager import ServicesError
 from mqlab.stack import Stack
 from mqlab.supervisor import ChildFailed
@@ -136,7 +136,7 @@ def run(
                         display.update(progress)
                         live.refresh()
 
-                    pg = embedded_postgres(stack.servers)
+                    pg = owned_postgres(stack.servers)
                     runner = Runner(stack.settings, stack.sup, on_progress=show, pg=pg)
                     result = asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))
                 results.append(result)

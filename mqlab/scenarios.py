@@ -45,7 +45,7 @@ class EmbeddedPostgres:
         services.up(owned=True, base=self.base)
 
 
-def embedded_postgres(servers: Servers) -> EmbeddedPostgres | None:
+def owned_postgres(servers: Servers) -> EmbeddedPostgres | None:
     """Control of PostgreSQL when this run started it; None when it is the person's (a row
     that needs to stop it is then skipped: the lab does not stop servers it does not own)."""
     if postgres_server.NAME not in servers.started:

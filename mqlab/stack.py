@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from mqlab.environment import Opened, Servers
-from mqlab.scenarios import embedded_postgres
+from mqlab.scenarios import owned_postgres
 from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
 from mqlab.supervisor import LineHandler, Supervisor
@@ -64,7 +64,7 @@ class Stack(Opened["Stack"]):
 
     def postgres_stoppable(self) -> str | None:
         """None when stop_postgres can run; else why not, in words for the person."""
-        if embedded_postgres(self.servers) is not None:
+        if owned_postgres(self.servers) is not None:
             return None
         return (
             "PostgreSQL is not the embedded server this lab started (it was running already, "
@@ -78,7 +78,7 @@ class Stack(Opened["Stack"]):
         the same port and password (clients reconnect to the same URL), as kata4's row does
         (mqlab.scenarios.EmbeddedPostgres). `still_wanted()` is asked before the restart: a
         lab that closed meanwhile does not get a server back."""
-        pg = embedded_postgres(self.servers)
+        pg = owned_postgres(self.servers)
         if pg is None:
             raise NotOurServer(self.postgres_stoppable() or "")
         pg.stop()

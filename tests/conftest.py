@@ -124,7 +124,7 @@ def counts(pg: psycopg.Connection, rds: redis.Redis) -> dict[str, int]:
     }
 
 
-class Flaky:
+class StoppableServer:
     """A throwaway server of ours that a test can stop and start again on the same port."""
 
     def __init__(self, module: Any, base: Path) -> None:
@@ -150,18 +150,18 @@ class Flaky:
 
 
 @pytest.fixture
-def flaky_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
-    server = Flaky(valkey_server, tmp_path_factory.mktemp("r"))
+def stoppable_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoppableServer]:
+    server = StoppableServer(valkey_server, tmp_path_factory.mktemp("r"))
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def _flaky_pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky]:
+def _stoppable_pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoppableServer]:
     """One PostgreSQL for every test that takes one down: a cluster and its schema are made
     once, not per test."""
-    server = Flaky(postgres_server, tmp_path_factory.mktemp("p"))
+    server = StoppableServer(postgres_server, tmp_path_factory.mktemp("p"))
     server.start()
     apply_schema(server.url)
     yield server
@@ -170,10 +170,10 @@ def _flaky_pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flaky
 
 
 @pytest.fixture
-def flaky_pg(_flaky_pg_server: Flaky) -> Flaky:
+def stoppable_pg(_stoppable_pg_server: StoppableServer) -> StoppableServer:
     """The shared PostgreSQL above, running and empty (a test may have left it stopped)."""
-    if not _flaky_pg_server.running():
-        _flaky_pg_server.start()
-    with psycopg.connect(_flaky_pg_server.url, autocommit=True) as conn:
+    if not _stoppable_pg_server.running():
+        _stoppable_pg_server.start()
+    with psycopg.connect(_stoppable_pg_server.url, autocommit=True) as conn:
         reset_data(conn)
-    return _flaky_pg_server
+    return _stoppable_pg_server

@@ -15,7 +15,7 @@ from mqlab import db
 from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
-from tests.conftest import Flaky
+from tests.conftest import StoppableServer
 from tests.dead_helpers import make_dead
 from tests.helpers import eventually, insert_job, job, post_order
 from tests.test_cli import run
@@ -128,16 +128,16 @@ def test_a_replayed_job_is_completed_by_a_worker(
 
 
 def test_retry_with_redis_down_answers_503_and_changes_nothing(
-    settings: Settings, clean: None, flaky_redis: Flaky, pg: psycopg.Connection
+    settings: Settings, clean: None, stoppable_redis: StoppableServer, pg: psycopg.Connection
 ) -> None:
     """Slow by design: a Valkey and an API of their own, the Valkey stopped."""
-    own = redis.Redis.from_url(flaky_redis.url)
+    own = redis.Redis.from_url(stoppable_redis.url)
     dead, _ = make_dead(settings.database_url, own)
     own.close()
-    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as s:
+    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as s:
         s.start_api()
         with httpx.Client(base_url=s.api_url or "", timeout=10) as c:
-            flaky_redis.stop()
+            stoppable_redis.stop()
             res = c.post(f"/jobs/{dead}/retry")
             assert res.status_code == 503
             assert res.json() == {

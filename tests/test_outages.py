@@ -15,7 +15,7 @@ from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Supervisor
 from mqlab.worker import requeue_orphans
-from tests.conftest import Flaky, counts
+from tests.conftest import StoppableServer, counts
 from tests.helpers import eventually, insert_job, job_status
 
 ORDER = {"product": "Laptop", "quantity": 1, "price": 1200}
@@ -26,16 +26,16 @@ PG = {"backend": "PostgreSQL"}
 def test_api_with_redis_down_answers_503_and_writes_nothing(
     settings: Settings,
     clean: None,
-    flaky_redis: Flaky,
+    stoppable_redis: StoppableServer,
     pg: psycopg.Connection,
     rds: redis.Redis,
 ) -> None:
     """Slow by design: a Valkey and an API of their own, the Valkey stopped and restarted."""
-    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
+    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
         api = sup.start_api()
         with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
             assert c.post("/orders", json=ORDER).status_code == 202
-            flaky_redis.stop()
+            stoppable_redis.stop()
             health = c.get("/health")
             assert health.status_code == 503
             assert health.json() == {"error": "Redis unavailable", "details": [REDIS]}
@@ -45,30 +45,30 @@ def test_api_with_redis_down_answers_503_and_writes_nothing(
             assert res.json() == {"error": "Redis is unavailable", "details": [REDIS]}
             assert res.headers["retry-after"] == "1"
             eventually(lambda: "Redis is unavailable: " in api.tail(), timeout=5)
-            socket = urlsplit(flaky_redis.url).path  # the embedded Valkey's unix socket
+            socket = urlsplit(stoppable_redis.url).path  # the embedded Valkey's unix socket
             assert socket in api.tail()
             assert socket not in res.text + health.text
             # The accepted order stays; the refused one left no row behind.
             assert counts(pg, rds)["orders"] == 1
-            flaky_redis.start()
+            stoppable_redis.start()
             eventually(lambda: c.get("/health").status_code == 200, timeout=10)
             assert c.post("/orders", json=ORDER).status_code == 202
             assert counts(pg, rds)["orders"] == 2
             # The first order's message survived the restart (append-only file).
-            client = redis.Redis.from_url(flaky_redis.url)
+            client = redis.Redis.from_url(stoppable_redis.url)
             assert client.llen(keys.QUEUE) == 2
             client.close()
 
 
 def test_api_with_postgres_down_answers_503_and_enqueues_nothing(
-    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+    settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
     """Slow by design: an API of its own on a PostgreSQL that is stopped and restarted; the
     API's pool reconnects with a backoff."""
-    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
         api = sup.start_api()
         with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
-            flaky_pg.stop()
+            stoppable_pg.stop()
             health = c.get("/health")
             assert health.status_code == 503
             assert health.json() == {"error": "PostgreSQL unavailable", "details": [PG]}
@@ -79,7 +79,7 @@ def test_api_with_postgres_down_answers_503_and_enqueues_nothing(
                 assert c.get(path).json() == res.json(), path
             eventually(lambda: "PostgreSQL is unavailable: " in api.tail(), timeout=5)
             assert rds.llen(keys.QUEUE) == 0
-            flaky_pg.start()
+            stoppable_pg.start()
             eventually(lambda: c.post("/orders", json=ORDER).status_code == 202, timeout=15)
             assert rds.llen(keys.QUEUE) == 1
 
@@ -94,19 +94,19 @@ def test_api_starts_and_says_which_backend_is_missing(settings: Settings) -> Non
 
 
 def test_worker_waits_for_redis_and_reconnects(
-    settings: Settings, clean: None, flaky_redis: Flaky
+    settings: Settings, clean: None, stoppable_redis: StoppableServer
 ) -> None:
     """Slow by design: the worker's reconnect backoff doubles while Valkey is away (up to 5 s),
     and the job goes through only at its next attempt after the restart."""
-    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
+    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        flaky_redis.stop()
+        stoppable_redis.stop()
         # Several failed attempts, backing off, and still alive.
         eventually(lambda: child.tail().count("retrying") >= 3, timeout=10)
         assert child.alive(), child.tail()
-        flaky_redis.start()
+        stoppable_redis.start()
         message = insert_job(settings.database_url, "job-r-1")
-        client = redis.Redis.from_url(flaky_redis.url)
+        client = redis.Redis.from_url(stoppable_redis.url)
         client.lpush(keys.QUEUE, message)
         client.close()
         eventually(lambda: job_status(settings.database_url, "job-r-1") == "completed", timeout=15)
@@ -114,36 +114,36 @@ def test_worker_waits_for_redis_and_reconnects(
 
 
 def test_worker_waits_for_postgres_and_reconnects(
-    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+    settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
     """Slow by design: as above, with PostgreSQL stopped and restarted."""
-    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        message = insert_job(flaky_pg.url, "job-p-1")
-        flaky_pg.stop()
+        message = insert_job(stoppable_pg.url, "job-p-1")
+        stoppable_pg.stop()
         rds.lpush(keys.QUEUE, message)
         eventually(lambda: "retrying" in child.tail(), timeout=10)
         assert child.alive(), child.tail()
-        flaky_pg.start()
-        eventually(lambda: job_status(flaky_pg.url, "job-p-1") == "completed", timeout=20)
+        stoppable_pg.start()
+        eventually(lambda: job_status(stoppable_pg.url, "job-p-1") == "completed", timeout=20)
         assert child.alive()
         assert rds.llen(keys.DEAD) == 0
 
 
 async def test_the_reaper_judges_no_one_on_a_server_just_started_again(
-    flaky_redis: Flaky,
+    stoppable_redis: StoppableServer,
 ) -> None:
     """Valkey started again keeps the processing lists (its append-only file), while every
     heartbeat expired meanwhile: until the live workers have beaten again (a heartbeat TTL),
     a list with no heartbeat is no proof of a dead worker. (It used to be requeued at once:
     "requeued a job of dead worker w2" while w2 was alive.)"""
-    client = redis.Redis.from_url(flaky_redis.url)
+    client = redis.Redis.from_url(stoppable_redis.url)
     client.lpush(keys.processing_key("w2"), b"m1")
     client.close()
-    flaky_redis.stop()
-    flaky_redis.start()
+    stoppable_redis.stop()
+    stoppable_redis.start()
     started = time.monotonic()
-    reaper = aioredis.Redis.from_url(flaky_redis.url)
+    reaper = aioredis.Redis.from_url(stoppable_redis.url)
     try:
         assert await requeue_orphans(reaper) == 0
         assert await reaper.llen(keys.processing_key("w2")) == 1
@@ -156,19 +156,19 @@ async def test_the_reaper_judges_no_one_on_a_server_just_started_again(
 
 
 def test_the_first_order_after_postgres_restarts_is_accepted(
-    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+    settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
     """The pool's idle connections died with the server (SIGINT, as `mqlab services down`
     stops it): none of them is handed to a request once it is back. The old pool handed them
     out one by one, each a 503."""
-    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
         api = sup.start_api()
         with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
             # Several pooled connections, idle now (the pool hands them out in turn).
             for _ in range(8):
                 assert c.post("/orders", json=ORDER).status_code == 202
-            flaky_pg.stop()
-            flaky_pg.start()
+            stoppable_pg.stop()
+            stoppable_pg.start()
             res = c.post("/orders", json=ORDER)
             assert res.status_code == 202, (res.text, api.tail())
             assert c.get("/health").status_code == 200
@@ -177,55 +177,55 @@ def test_the_first_order_after_postgres_restarts_is_accepted(
 
 
 def test_orders_refused_during_a_postgres_outage_do_not_delay_the_first_one_after(
-    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+    settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
     """Slow by design: 10 s of refused orders. The old pool's reconnect attempts backed off
     (1, 2, 4, 8 s ...), so its next try came seconds after PostgreSQL was back."""
-    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
         api = sup.start_api()
         with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
-            flaky_pg.stop()
+            stoppable_pg.stop()
             end = time.monotonic() + 10
             while time.monotonic() < end:
                 assert c.post("/orders", json=ORDER).status_code == 503
-            flaky_pg.start()
+            stoppable_pg.start()
             res = c.post("/orders", json=ORDER)
             assert res.status_code == 202, (res.text, api.tail())
 
 
 def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
-    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+    settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
     """The worker's connection died with the server while it waited for a job: the next job
     runs on a new one, with no failed statement (and no backoff) first."""
-    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        rds.lpush(keys.QUEUE, insert_job(flaky_pg.url, "job-p-2"))
-        eventually(lambda: job_status(flaky_pg.url, "job-p-2") == "completed", timeout=10)
-        flaky_pg.stop()
-        flaky_pg.start()
+        rds.lpush(keys.QUEUE, insert_job(stoppable_pg.url, "job-p-2"))
+        eventually(lambda: job_status(stoppable_pg.url, "job-p-2") == "completed", timeout=10)
+        stoppable_pg.stop()
+        stoppable_pg.start()
         seen = len(child.tail().splitlines())
-        rds.lpush(keys.QUEUE, insert_job(flaky_pg.url, "job-p-3"))
-        eventually(lambda: job_status(flaky_pg.url, "job-p-3") == "completed", timeout=10)
+        rds.lpush(keys.QUEUE, insert_job(stoppable_pg.url, "job-p-3"))
+        eventually(lambda: job_status(stoppable_pg.url, "job-p-3") == "completed", timeout=10)
         after = child.tail().splitlines()[seen:]
         assert not [line for line in after if "failed" in line], after
 
 
 def test_the_first_order_after_valkey_restarts_is_accepted(
-    settings: Settings, clean: None, flaky_redis: Flaky, pg: psycopg.Connection
+    settings: Settings, clean: None, stoppable_redis: StoppableServer, pg: psycopg.Connection
 ) -> None:
     """Item 6's mistake looked for on the Redis side: the API's Redis connections died with
     the server. redis-py checks a pooled connection for an EOF before it hands it out, so the
     first order after the restart gets its 202 (a guard: it passed before issue 17 too)."""
-    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
+    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
         api = sup.start_api()
         with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
             for _ in range(8):
                 assert c.post("/orders", json=ORDER).status_code == 202
-            flaky_redis.stop()
+            stoppable_redis.stop()
             for _ in range(3):
                 assert c.post("/orders", json=ORDER).status_code == 503
-            flaky_redis.start()
+            stoppable_redis.start()
             for _ in range(3):
                 res = c.post("/orders", json=ORDER)
                 assert res.status_code == 202, (res.text, api.tail())

@@ -18,12 +18,7 @@ from mqlab.tui.experiments_panel import ExperimentsPanel
 from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
 from mqlab.tui.keys_bar import KeysBar
 from mqlab.tui.lab import split_batch
-from mqlab.tui.main import timeline_window
-from mqlab.tui.model import JobBar, WorkerRow
-from mqlab.tui.panels import ID_WIDTH, FailuresPanel, LogPanel, QueuePanel, short_id
-from mqlab.tui.screens import HELP, ConfirmScreen
-from mqlab.tui.source import LiveSource, depth_bins, redact, trend
-from mqlab.tui.timeline import (
+from mqlab.tui.lanes import (
     BACKOFF_MARK,
     CUT_MARK,
     DEAD_MARK,
@@ -33,6 +28,11 @@ from mqlab.tui.timeline import (
     lanes,
     render_lane,
 )
+from mqlab.tui.main import timeline_window
+from mqlab.tui.model import JobBar, WorkerRow
+from mqlab.tui.panels import ID_WIDTH, FailuresPanel, LogPanel, QueuePanel, short_id
+from mqlab.tui.screens import HELP, ConfirmScreen
+from mqlab.tui.source import LiveSource, depth_bins, redact, trend
 
 
 def test_short_job_and_redact() -> None:

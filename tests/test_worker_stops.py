@@ -15,7 +15,7 @@ from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.supervisor import Child, Supervisor
-from tests.conftest import Flaky
+from tests.conftest import StoppableServer
 from tests.helpers import eventually, insert_job, job_status
 
 #: What the issue asks: a worker that holds no job is gone this soon after the signal.
@@ -41,11 +41,11 @@ def assert_clean_exit(child: Child, code: int, took: float) -> None:
 
 
 def test_an_idle_worker_stops_at_once_while_redis_is_down(
-    settings: Settings, clean: None, flaky_redis: Flaky
+    settings: Settings, clean: None, stoppable_redis: StoppableServer
 ) -> None:
-    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
+    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        flaky_redis.stop()
+        stoppable_redis.stop()
         # Well into the backoff, where the first stop used to be ignored.
         eventually(lambda: "retrying in 0.8s" in child.tail())
         assert child.alive(), child.tail()
@@ -53,14 +53,14 @@ def test_an_idle_worker_stops_at_once_while_redis_is_down(
 
 
 def test_a_worker_waiting_on_postgres_with_a_message_stops_at_once_and_hands_it_back(
-    settings: Settings, clean: None, flaky_pg: Flaky, rds: redis.Redis
+    settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
     """The message is taken but not claimed (PostgreSQL is away): no job is in hand, so the
     first Ctrl-C stops the worker, and the message goes back to the queue."""
-    with Supervisor(Settings(settings.redis_url, flaky_pg.url)) as sup:
+    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
         child = sup.start_worker("w1", job_seconds=0)
-        message = insert_job(flaky_pg.url, "job-p-1")
-        flaky_pg.stop()
+        message = insert_job(stoppable_pg.url, "job-p-1")
+        stoppable_pg.stop()
         rds.lpush(keys.QUEUE, message)
         eventually(lambda: "PostgreSQL failed" in child.tail())
         assert rds.llen(keys.processing_key("w1")) == 1
@@ -87,7 +87,7 @@ def test_a_worker_still_connecting_at_start_stops_at_once(
 
 
 def test_a_job_that_ends_while_redis_is_down_exits_at_the_first_stop(
-    settings: Settings, clean: None, flaky_redis: Flaky, pg: psycopg.Connection
+    settings: Settings, clean: None, stoppable_redis: StoppableServer, pg: psycopg.Connection
 ) -> None:
     """The issue's attack: Valkey stopped while a job runs, then one SIGTERM. The job is
     still finished (its completion needs only PostgreSQL), and then the worker exits within a
@@ -97,22 +97,22 @@ def test_a_job_that_ends_while_redis_is_down_exits_at_the_first_stop(
 
     Slow by design: a 3 s job, long enough for Valkey to be stopped while it is in hand.
     """
-    with Supervisor(Settings(flaky_redis.url, settings.database_url)) as sup:
+    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
         child = sup.start_worker("w1", job_seconds=3)
         message = insert_job(settings.database_url, "job-r-2")
-        client = redis.Redis.from_url(flaky_redis.url)
+        client = redis.Redis.from_url(stoppable_redis.url)
         client.lpush(keys.QUEUE, message)
         client.close()
         eventually(lambda: job_status(settings.database_url, "job-r-2") == "processing")
-        flaky_redis.stop()
+        stoppable_redis.stop()
         code, took = stop(child)
         output = "\n".join(child.lines)
         assert code == 0, output
         assert took < 3 + 4, f"{took:.2f} s\n{output}"
         assert "Traceback" not in output, output
         assert job_status(settings.database_url, "job-r-2") == "completed"
-        flaky_redis.start()
-        client = redis.Redis.from_url(flaky_redis.url)
+        stoppable_redis.start()
+        client = redis.Redis.from_url(stoppable_redis.url)
         try:
             assert client.lrange(keys.processing_key("w1"), 0, -1) == [message]
             w2 = sup.start_worker("w2", job_seconds=0)

@@ -29,6 +29,7 @@ from mqlab.experiments import Row
 from mqlab.protocol import events, keys
 from mqlab.tui.experiments_panel import ExperimentsPanel, ExperimentsTable
 from mqlab.tui.keys_bar import KeysBar
+from mqlab.tui.lanes import Timeline
 from mqlab.tui.model import Frame, Lab, Source, WorkerRow
 from mqlab.tui.panels import (
     FailuresPanel,
@@ -39,7 +40,6 @@ from mqlab.tui.panels import (
     WorkersTable,
 )
 from mqlab.tui.screens import ConfirmScreen, HelpScreen, LogFilterScreen
-from mqlab.tui.timeline import Timeline
 
 #: Refresh period of the live panels: 5 times a second, as the issue asks, at the least.
 REFRESH_SECONDS = 0.2

@@ -21,7 +21,7 @@ from mqlab.progress import ProgressHandler
 from mqlab.resetting import reset_all
 from mqlab.results import RowResult, SuiteResult
 from mqlab.runner import MAX_CONCURRENCY, Runner
-from mqlab.scenarios import embedded_postgres
+from mqlab.scenarios import owned_postgres
 from mqlab.settings import Settings
 from mqlab.stack import Stack
 from mqlab.supervisor import Child, Supervisor
@@ -278,7 +278,7 @@ class LiveLab:
         assert self.settings is not None
         # The embedded PostgreSQL this lab started, if it did: kata4's PostgreSQL row stops it
         # (skipped, with its reason, when the servers are someone else's).
-        pg = embedded_postgres(self.stack.servers)
+        pg = owned_postgres(self.stack.servers)
         # Order ids keep counting from row to row: a lane spans rows, and would show #1 twice.
         runner = Runner(self.settings, sup, on_progress=on_progress, pg=pg, restart_ids=False)
         # Before our own workers are touched: a refusal leaves them as they were.

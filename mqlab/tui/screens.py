@@ -12,7 +12,7 @@ from textual.widgets import Button, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mqlab.protocol import keys
-from mqlab.tui.timeline import (
+from mqlab.tui.lanes import (
     BACKOFF_MARK,
     CUT_MARK,
     DEAD_MARK,
