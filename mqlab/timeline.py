@@ -38,11 +38,9 @@ MARKS = {
     "lost": "∅",
 }
 _MARK_COLORS = {"✗": "#c00", CRASHED: "#c00", "↩": "#555", "†": "#000", "∅": "#c00"}
-#: How an attempt ended, by its mark: the bar's tooltip, and the legend entry it needs.
+#: How an attempt ended, by its mark: the bar's tooltip, and the key of its legend entry.
 _ENDED = {"": "completed", "✗": "failed", CRASHED: "crashed", "↩": "handed back", "†": "dead",
           "∅": "lost"}  # fmt: skip
-_LEGEND_OF = {"": "job", "✗": "failed", CRASHED: "crashed", "↩": "back", "†": "dead",
-              "∅": "lost"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -162,14 +160,14 @@ def tick_label(t: float, step: float) -> str:
 UNSEEN_WORDS = "no end recorded: up to a kill, or to when it was found"
 #: The legend's entries, in this order; each is drawn only where the picture has one.
 _LEGEND = (
-    ("job", "an attempt that completed (colour: its order)"),
+    ("completed", "an attempt that completed (colour: its order)"),
     ("wait", "waiting in the queue"),
     ("retry", "waiting for its retry"),
     ("failed", "✗ failed"),
     ("backoff", "backoff"),
     ("dead", "† dead"),
     ("crashed", f"{CRASHED} its worker died"),
-    ("back", "↩ handed back"),
+    ("handed back", "↩ handed back"),
     ("killed", "kill -9"),
     ("lost", "lost"),
     ("unseen", UNSEEN_WORDS),
@@ -257,7 +255,7 @@ def _legend(drawn: set[str], top: float) -> tuple[list[str], int]:
 
 def _swatch(key: str, x: float, y: float) -> list[str]:
     """A 16x10 sample of what `key` looks like in the lanes."""
-    if key == "job":
+    if key == "completed":
         return [f'<rect x="{x}" y="{y}" width="16" height="10" fill="{_COLORS[0]}"/>']
     if key in ("wait", "retry"):
         dash = ' stroke="#c00" stroke-width="0.8"' if key == "retry" else ""
@@ -308,7 +306,7 @@ def _bar_svg(bar: _Bar, y: float, scale: float, waits: bool, drawn: set[str]) ->
         f"<title>order {bar.order}: {bar.started:.3f}s to {bar.finished:.3f}s, "
         f"{_ENDED[bar.mark]}</title>"
     )
-    drawn.add(_LEGEND_OF[bar.mark])
+    drawn.add(_ENDED[bar.mark])
     if bar.unseen:
         drawn.add("unseen")
         out.append(_outline(x0, y, x1 - x0, color, title))
