@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqlab.cli import app
+from mqlab.faces.cli import app
 
 if __name__ == "__main__":
     app(prog_name="mqlab")

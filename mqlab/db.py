@@ -509,7 +509,7 @@ def reset_data(conn: psycopg.Connection[Any], restart_ids: bool = True) -> None:
             conn.execute("SELECT setval(pg_get_serial_sequence('orders', 'id'), 1, false)")
 
 
-# -- dead letters and replay (mqlab.dead_letters: `mqlab dead`, GET /jobs?status=,
+# -- dead letters and replay (mqlab.system.dead_letters: `mqlab dead`, GET /jobs?status=,
 # GET /jobs/{id}'s history, POST /jobs/{id}/retry) -----------------------------------------
 
 # The jobs of one status, newest first, paged (GET /jobs?status=).
@@ -587,7 +587,7 @@ def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-# -- the reconciler (mqlab.reconciler): jobs PostgreSQL expects to run that Redis lost -------
+# -- the reconciler (mqlab.system.reconciler): jobs PostgreSQL expects to run that Redis lost
 
 # The jobs that should be somewhere in Redis, and have been in their state longer than the
 # grace (seconds): pending since enqueued, retrying since the attempt failed (finished_at;
@@ -648,7 +648,7 @@ SELECT id FROM j
 """
 
 
-# -- the Kata 4 lab's reads (mqlab.runner, mqlab.ledger): settled jobs and every attempt -----
+# -- the Kata 4 lab's reads (mqlab.lab.runner, mqlab.figures.ledger): settled jobs, every attempt
 
 # Jobs that will not move again on their own: completed, and dead (a row's wait ends on both).
 COUNT_SETTLED = """

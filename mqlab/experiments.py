@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mqlab.faults import FaultError, Faults
-from mqlab.retry_policy import PolicyError, RetryPolicy
-from mqlab.stats import ideal_seconds
-from mqlab.work import WORK_KINDS
+from mqlab.system.faults import FaultError, Faults
+from mqlab.system.retry_policy import PolicyError, RetryPolicy
+from mqlab.system.work import WORK_KINDS
 
 #: How a row's workers fetch (mqlab worker --fetch; kept here so loading a suite stays light).
 FETCH_KINDS = ("reliable", "blpop")
@@ -25,6 +25,15 @@ DEFAULT_CRASH_ON = "^crash"
 DEFAULT_TOLERANCE_SECONDS = 0.05
 #: ... or this fraction of it, whichever is larger.
 DEFAULT_TOLERANCE_FRACTION = 0.01
+
+
+def ideal_seconds(orders: int, workers: int, job_seconds: float) -> float:
+    """The makespan with zero overhead: ceil(N / W) waves of T seconds."""
+    if orders <= 0:
+        return 0.0
+    if workers <= 0:
+        raise ValueError("workers must be at least 1")
+    return math.ceil(orders / workers) * job_seconds
 
 
 class ExperimentError(ValueError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 #: The last component of a path is never followed (parents are checked by their owners:
-#: MQLAB_HOME's by mqlab.services.home, the runtime folder's by mqlab.services.runtime).
+#: MQLAB_HOME's by mqlab.lab.services.home, the runtime folder's by mqlab.lab.services.runtime).
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 

@@ -1,7 +1,7 @@
 """The two backends every part of mqlab talks to, as plain data.
 
 Where they come from (flags, the environment, embedded servers) is decided in one place,
-mqlab.environment; this module only reads (and writes, for children) REDIS_URL and
+mqlab.lab.environment; this module only reads (and writes, for children) REDIS_URL and
 DATABASE_URL.
 """
 

@@ -14,14 +14,14 @@ import pytest
 import redis
 
 from mqlab.db import apply_schema, reset_data
-from mqlab.environment import Servers
+from mqlab.lab.environment import Servers
+from mqlab.lab.services import postgres_server, valkey_server
+from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import free_port, pid_alive, terminate
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids_sync
-from mqlab.resetting import reset_all
-from mqlab.services import postgres_server, valkey_server
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
+from mqlab.system.resetting import reset_all
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

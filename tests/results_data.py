@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mqlab.experiments import Row, Suite, load
-from mqlab.loadgen import Shot
-from mqlab.results import JobTiming, RowResult, RunResult, SuiteResult
+from mqlab.figures.results import JobTiming, RowResult, RunResult, SuiteResult
+from mqlab.figures.shot import Shot
 
 #: Every run starts at this epoch second (the first request sent).
 T0 = 1000.0

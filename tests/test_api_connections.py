@@ -14,8 +14,8 @@ import httpx
 import orjson
 import pytest
 
+from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
 from tests.helpers import eventually
 
 MAX_CONNECTIONS = 4

@@ -75,6 +75,22 @@ def test_bad_paging_and_unknown_ids(client: httpx.Client) -> None:
     assert client.get("/orders/abc").status_code == 422
 
 
+def test_an_integer_in_the_url_is_decimal_digits(client: httpx.Client) -> None:
+    """pydantic's lax int reads "1.0", " 1", "+1" and "1_0": schemathesis found /orders/1.0
+    answered with order 1."""
+    order_id = client.post("/orders", json={"product": "P", "quantity": 1, "price": 1}).json()[
+        "orderId"
+    ]
+    assert client.get(f"/orders/{order_id}").status_code == 200
+    for text in (f"{order_id}.0", f"+{order_id}", f"%20{order_id}", f"{order_id}%20", "1_0"):
+        res = client.get(f"/orders/{text}")
+        assert res.status_code == 422, text
+        assert res.json()["error"] == "invalid request"
+    for value in ("1.0", "+1", " 1", "1_0"):
+        assert client.get("/orders", params={"limit": value}).status_code == 422, value
+        assert client.get("/jobs", params={"offset": value}).status_code == 422, value
+
+
 def test_paging_and_ids_beyond_the_database_range(client: httpx.Client) -> None:
     bigint_max = 2**63 - 1
     for path in ("/orders", "/jobs"):

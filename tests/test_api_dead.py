@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from mqlab import db
+from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
 from tests.conftest import StoppableServer
 from tests.dead_helpers import make_dead
 from tests.helpers import eventually, insert_job, job, post_order

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 import redis
 
-from mqlab.api.app import TEST_HOOKS_ENV
+from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
+from mqlab.system.api.app import TEST_HOOKS_ENV
 from tests.conftest import counts
 from tests.helpers import eventually
 

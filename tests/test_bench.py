@@ -15,7 +15,7 @@ import pytest
 import redis
 from rich.console import Console
 
-from mqlab.bench import phases, run
+from mqlab.lab.bench import phases, run
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.settings import Settings

@@ -17,11 +17,11 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from mqlab.cli import app
+from mqlab.faces.cli import app
+from mqlab.lab.services.view import masked
+from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys, messages
-from mqlab.services.view import masked
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, post_order
 
 
@@ -242,8 +242,8 @@ def test_status_never_cuts_an_id_at_80_columns() -> None:
 
     from rich.console import Console
 
-    from mqlab.observe import Snapshot, WorkerInfo
-    from mqlab.status_view import render
+    from mqlab.faces.status_view import render
+    from mqlab.system.observe import Snapshot, WorkerInfo
 
     now = time.time()
     job = "job-4-1796330055312"
@@ -272,8 +272,8 @@ def test_services_status_names_each_server_one_way_in_every_state(state: str, ve
 
     from rich.console import Console
 
-    from mqlab.services.manager import ServiceInfo
-    from mqlab.services.view import services_table
+    from mqlab.lab.services.manager import ServiceInfo
+    from mqlab.lab.services.view import services_table
 
     pg_version = "PostgreSQL 18.1" if version else ""
     infos = [

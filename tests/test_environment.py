@@ -9,10 +9,10 @@ from types import FrameType
 
 import pytest
 
-from mqlab.environment import Servers, find, given
-from mqlab.interrupts import sigterm_as_ctrl_c
-from mqlab.services import postgres_server
-from mqlab.services.manager import ServicesError, running_urls
+from mqlab.lab.environment import Servers, find, given
+from mqlab.lab.interrupts import sigterm_as_ctrl_c
+from mqlab.lab.services import postgres_server
+from mqlab.lab.services.manager import ServicesError, running_urls
 from mqlab.settings import Settings
 
 

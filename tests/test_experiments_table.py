@@ -8,10 +8,10 @@ import time
 from rich.text import Text
 
 from mqlab.experiments import load
-from mqlab.results_table import table
-from mqlab.tui.app import LabApp
-from mqlab.tui.experiments_panel import API_ROW, ExperimentsTable
-from mqlab.tui.fixed import FixedLab, FixedSource
+from mqlab.faces.tui.app import LabApp
+from mqlab.faces.tui.experiments_panel import API_ROW, ExperimentsTable
+from mqlab.faces.tui.fixed import FixedLab, FixedSource
+from mqlab.figures.results_table import table
 
 
 async def test_the_filled_table_fits_80_columns_with_the_models_cells() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from mqlab.cli import app
-from mqlab.faults import Dice, FaultError, FaultKind, Faults
+from mqlab.faces.cli import app
+from mqlab.system.faults import Dice, FaultError, FaultKind, Faults
 
 
 def sequence(dice: Dice, n: int = 200) -> list[tuple[str, float] | None]:

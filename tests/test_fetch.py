@@ -8,10 +8,10 @@ import httpx
 import redis
 from typer.testing import CliRunner
 
-from mqlab.cli import app
+from mqlab.faces.cli import app
+from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
 from mqlab.protocol.scans import processing_lists_sync
-from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, job, post_order
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from mqlab import services
+from mqlab.lab import services
+from mqlab.lab.services.home import identity
+from mqlab.lab.services.runtime import RUNTIME_ROOT, service_account
 from mqlab.procs import is_root
-from mqlab.services.home import identity
-from mqlab.services.runtime import RUNTIME_ROOT, service_account
 from tests.test_services import mqlab
 
 KNOWN = "known-to-the-attacker-0123456789"

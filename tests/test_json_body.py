@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mqlab.api import json_body
-from mqlab.api.validation import BadRequest, OrderIn, field_errors, parse_order
+from mqlab.system.api import json_body
+from mqlab.system.api.validation import BadRequest, OrderIn, field_errors, parse_order
 
 Reader = Callable[[bytes], Any]
 

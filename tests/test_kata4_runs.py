@@ -11,11 +11,11 @@ import orjson
 import pytest
 
 from mqlab.experiments import parse
-from mqlab.report import write
-from mqlab.results import Verdict
-from mqlab.runner import Runner
+from mqlab.figures.report import write
+from mqlab.figures.results import Verdict
+from mqlab.lab.runner import Runner
+from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
 
 SUITE = {
     "suite": {"name": "kata4-small", "job_seconds": 0.1},

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mqlab.experiments import ExperimentError, load
-from mqlab.faults import Faults
-from mqlab.retry_policy import RetryPolicy
+from mqlab.system.faults import Faults
+from mqlab.system.retry_policy import RetryPolicy
 
 
 def test_kata4_has_the_issues_seven_rows_each_judged_by_its_ledger() -> None:

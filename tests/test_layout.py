@@ -77,7 +77,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
-    assert "mqlab.protocol.keys" in graph["mqlab.worker"]  # the graph sees imports at all
+    assert "mqlab.protocol.keys" in graph["mqlab.system.worker"]  # the graph sees imports at all
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
@@ -108,14 +108,12 @@ def test_the_protocol_imports_nothing_else_of_mqlab() -> None:
 
 #: The data and the figures: a run's results, its ledger, the report, the timelines, the
 #: tables and statistics, the progress a front end draws, and the TUI's frame of them.
-FIGURES = (
-    "mqlab.results", "mqlab.ledger", "mqlab.report", "mqlab.timeline", "mqlab.results_table",
-    "mqlab.stats", "mqlab.progress", "mqlab.tui.model",
-)  # fmt: skip
+FIGURES = ("mqlab.figures", "mqlab.faces.tui.model")
 #: What starts, signals or stops processes (and the servers they run).
 PROCESS_CONTROL = (
-    "mqlab.procs", "mqlab.supervisor", "mqlab.scenarios", "mqlab.stack", "mqlab.runner",
-    "mqlab.faulty_run", "mqlab.environment", "mqlab.services", "mqlab.worker", "mqlab.tui.lab",
+    "mqlab.procs", "mqlab.lab.supervisor", "mqlab.lab.scenarios", "mqlab.lab.stack",
+    "mqlab.lab.runner", "mqlab.lab.faulty_run", "mqlab.lab.environment", "mqlab.lab.services",
+    "mqlab.system.worker", "mqlab.faces.tui.lab",
 )  # fmt: skip
 
 
@@ -130,12 +128,65 @@ def reach(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def test_the_figures_import_nothing_that_starts_or_signals_processes() -> None:
     """The ledger imported scenarios (for Marks) and the TUI's frame the runner (for its
     progress type): the figures were a layer above process control, not beside it."""
     graph = import_graph()
-    for name in FIGURES:
-        control = sorted(
-            m for m in reach(graph, name) if m.startswith(PROCESS_CONTROL) or m in PROCESS_CONTROL
-        )
+    for name in (m for m in graph if _under(m, FIGURES)):
+        control = sorted(m for m in reach(graph, name) if _under(m, PROCESS_CONTROL))
         assert not control, f"{name} reaches {control}"
+
+
+#: The layers, lowest first: a module imports its own layer and the ones below, never one
+#: above. The faces drive the lab, the lab reports through the figures, the figures read the
+#: experiments' definitions and the system's pure parts (the retry policy), and the system
+#: stands on what every part shares: settings, errors, the protocol, the database.
+LAYERS = (
+    ("shared", ("mqlab.settings", "mqlab.backend_errors", "mqlab.private_files", "mqlab.procs",
+                "mqlab.protocol", "mqlab.db")),
+    ("system", ("mqlab.system",)),
+    ("experiments", ("mqlab.experiments",)),
+    ("figures", ("mqlab.figures",)),
+    ("lab", ("mqlab.lab",)),
+    ("faces", ("mqlab.faces", "mqlab.__main__")),
+)  # fmt: skip
+
+
+def layer_of(name: str) -> int:
+    if name == "mqlab":  # the package itself: its version
+        return 0
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if _under(name, prefixes):
+            return index
+    raise AssertionError(f"{name} is in no layer: add it to LAYERS")
+
+
+def test_every_import_points_down_the_layers() -> None:
+    graph = import_graph()
+    upward = sorted(
+        f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for name, targets in graph.items()
+        for target in targets
+        if layer_of(target) > layer_of(name)
+    )
+    assert not upward, "\n".join(upward)
+
+
+def test_the_top_level_holds_the_parts_and_what_they_share() -> None:
+    """A newcomer sees the architecture in `ls mqlab`: four parts and a few shared modules."""
+    top = sorted(
+        p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()
+    )
+    assert {"system", "lab", "figures", "faces"} <= set(top)
+    assert len([t for t in top if not t.startswith("__")]) <= 12, top
+
+
+def test_layers_catch_an_upward_import() -> None:
+    assert (
+        layer_of("mqlab.system.worker") < layer_of("mqlab.lab.runner") < layer_of("mqlab.faces.cli")
+    )
+    assert layer_of("mqlab.db") == 0

@@ -10,10 +10,10 @@ import psycopg
 import redis
 
 from mqlab.experiments import load, parse
-from mqlab.results import Verdict
-from mqlab.runner import Runner
+from mqlab.figures.results import Verdict
+from mqlab.lab.runner import Runner
+from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
 from tests.conftest import counts
 from tests.helpers import insert_job, post_order
 from tests.results_data import serial_run, suite_result

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from mqlab.experiments import Row
-from mqlab.ledger import Attempt, Marks, Replay, build
-from mqlab.loadgen import Shot
-from mqlab.results import RowResult, RunResult, Verdict
+from mqlab.figures.ledger import Attempt, Marks, Replay, build
+from mqlab.figures.results import RowResult, RunResult, Verdict
+from mqlab.figures.shot import Shot
 
 T0 = 1_800_000_000.0
 

@@ -6,7 +6,7 @@ import time
 
 import psycopg
 
-from mqlab.loadgen import fire, pace
+from mqlab.lab.loadgen import fire, pace
 
 
 async def test_fire_sends_n_orders_over_c_connections(api_url: str, pg: psycopg.Connection) -> None:

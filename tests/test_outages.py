@@ -10,11 +10,11 @@ import psycopg
 import redis
 import redis.asyncio as aioredis
 
+from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
-from mqlab.worker import requeue_orphans
+from mqlab.system.worker import requeue_orphans
 from tests.conftest import StoppableServer, counts
 from tests.helpers import eventually, insert_job, job_status
 

@@ -18,21 +18,21 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from mqlab import reconciler as reconciler_module
+from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.protocol.events import EventKind
 from mqlab.protocol.messages import parse_message
-from mqlab.reconciler import (
+from mqlab.settings import Settings
+from mqlab.system import reconciler as reconciler_module
+from mqlab.system.reconciler import (
     LockBusy,
     ReconcileConfig,
     Reconciler,
     ReconcilerError,
     reconcile_now,
 )
-from mqlab.reconciler_record import parse_run
-from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
+from mqlab.system.reconciler_record import parse_run
 from tests.helpers import eventually, insert_job, job, post_order
 
 #: The reconciler's own keys, which the `clean` fixture does not know of.
@@ -316,7 +316,7 @@ async def test_tick_never_raises_when_a_backend_is_away(
     nowhere = f"postgresql://mqlab@127.0.0.1:{free_port()}/mqlab?connect_timeout=1"
     reconciler = Reconciler(ards, nowhere, "wt", grace=10, interval=5)
     try:
-        with caplog.at_level(logging.WARNING, "mqlab.reconciler"):
+        with caplog.at_level(logging.WARNING, "mqlab.system.reconciler"):
             assert await reconciler.tick() is None
         assert "reconciler run failed" in caplog.text
         assert await ards.get(keys.RECONCILER_LOCK) == b"rest:wt"  # released all the same

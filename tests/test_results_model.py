@@ -10,14 +10,14 @@ import orjson
 import pytest
 from rich.console import Console
 
-from mqlab.experiment_cli import ProgressLine, summary_table
 from mqlab.experiments import load
-from mqlab.ledger import Attempt
-from mqlab.progress import Progress
-from mqlab.report import render_markdown, to_json
-from mqlab.results import SuiteResult, Verdict
-from mqlab.results_table import api_planned, ms, planned, row_cells, table
-from mqlab.stats import PERCENTILES, label
+from mqlab.faces.experiment_cli import ProgressLine, summary_table
+from mqlab.figures.ledger import Attempt
+from mqlab.figures.progress import Progress
+from mqlab.figures.report import render_markdown, to_json
+from mqlab.figures.results import SuiteResult, Verdict
+from mqlab.figures.results_table import api_planned, ms, planned, row_cells, table
+from mqlab.figures.stats import PERCENTILES, label
 from tests.results_data import T0, kata, row_result, serial_run, suite_result, waves_run
 
 
@@ -146,7 +146,7 @@ def test_scaling_says_what_each_speedup_is_against_and_the_most_it_could_be() ->
 
 
 def test_a_kata4_report_has_no_scaling_table_and_its_pass_words_name_ledgers() -> None:
-    from mqlab.results import pass_words
+    from mqlab.figures.results import pass_words
 
     suite = load("kata4")
     result = SuiteResult(suite, 1, started_at=T0)

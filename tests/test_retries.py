@@ -16,12 +16,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from mqlab.faults import Faults
+from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import delayed, keys
 from mqlab.protocol.messages import read_dead_letter
-from mqlab.retry_policy import RetryPolicy
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
+from mqlab.system.faults import Faults
+from mqlab.system.retry_policy import RetryPolicy
 from tests.helpers import eventually, job, post_order
 
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from mqlab.retry_policy import PolicyError, RetryPolicy
+from mqlab.system.retry_policy import PolicyError, RetryPolicy
 
 
 def test_ceilings_double_from_the_base_up_to_the_cap() -> None:

@@ -15,12 +15,12 @@ import psycopg
 import pytest
 
 from mqlab.experiments import load, parse
-from mqlab.progress import Progress
-from mqlab.report import write
-from mqlab.runner import Runner
+from mqlab.figures.progress import Progress
+from mqlab.figures.report import write
+from mqlab.figures.stats import PERCENTILES, label
+from mqlab.lab.runner import Runner
+from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
-from mqlab.stats import PERCENTILES, label
-from mqlab.supervisor import Supervisor
 from tests.helpers import eventually
 
 

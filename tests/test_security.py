@@ -19,11 +19,11 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import services
+from mqlab.lab import services
+from mqlab.lab.services import postgres_server, valkey_server
+from mqlab.lab.services.home import identity, read_state
+from mqlab.lab.services.runtime import RUNTIME_ROOT, service_account
 from mqlab.procs import is_root
-from mqlab.services import postgres_server, valkey_server
-from mqlab.services.home import identity, read_state
-from mqlab.services.runtime import RUNTIME_ROOT, service_account
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="attacks as `nobody` need root")
 

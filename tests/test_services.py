@@ -14,12 +14,12 @@ import psutil
 import pytest
 import redis
 
-from mqlab import services
+from mqlab.lab import services
+from mqlab.lab.services.home import read_state
+from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import pid_alive
 from mqlab.protocol import keys
-from mqlab.services.home import read_state
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, post_order
 
 

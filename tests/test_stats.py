@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from mqlab.stats import (
+from mqlab.experiments import ideal_seconds
+from mqlab.figures.stats import (
     HEADLINE,
     PERCENTILES,
     efficiency,
-    ideal_seconds,
     label,
     median,
     percentile,

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from mqlab import timeline
-from mqlab.ledger import Attempt
-from mqlab.results import JobTiming, RunResult
+from mqlab.figures import timeline
+from mqlab.figures.ledger import Attempt
+from mqlab.figures.results import JobTiming, RunResult
 from tests.results_data import T0
 
 

@@ -10,15 +10,15 @@ import pytest
 from textual.pilot import Pilot
 from textual.worker import WorkerFailed
 
+from mqlab.faces.tui.app import LabApp
+from mqlab.faces.tui.experiments_panel import ExperimentsTable
+from mqlab.faces.tui.lab import LiveLab
+from mqlab.faces.tui.main import build
+from mqlab.faces.tui.model import Frame, WorkerRow
+from mqlab.faces.tui.panels import LogPanel, QueuePanel, WorkersTable
+from mqlab.faces.tui.screens import ConfirmScreen
+from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
-from mqlab.tui.app import LabApp
-from mqlab.tui.experiments_panel import ExperimentsTable
-from mqlab.tui.lab import LiveLab
-from mqlab.tui.main import build
-from mqlab.tui.model import Frame, WorkerRow
-from mqlab.tui.panels import LogPanel, QueuePanel, WorkersTable
-from mqlab.tui.screens import ConfirmScreen
 
 SIZE = (160, 48)
 

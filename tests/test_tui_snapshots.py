@@ -12,10 +12,10 @@ from collections.abc import Callable
 from textual.pilot import Pilot
 
 from mqlab.experiments import load
-from mqlab.tui.app import LabApp
-from mqlab.tui.experiments_panel import ExperimentsTable
-from mqlab.tui.fixed import FixedLab, FixedSource
-from mqlab.tui.panels import LogPanel
+from mqlab.faces.tui.app import LabApp
+from mqlab.faces.tui.experiments_panel import ExperimentsTable
+from mqlab.faces.tui.fixed import FixedLab, FixedSource
+from mqlab.faces.tui.panels import LogPanel
 
 SnapCompare = Callable[..., bool]
 

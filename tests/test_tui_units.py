@@ -10,15 +10,12 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from mqlab.experiments import load
-from mqlab.protocol.events import WorkerState
-from mqlab.protocol.ids import short_job_id, worker_sort_key
-from mqlab.stack import NotOurServer, Stack
-from mqlab.tui.app import FAIL_RATES, POISON_SHARES, LabApp, next_in
-from mqlab.tui.experiments_panel import ExperimentsPanel
-from mqlab.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
-from mqlab.tui.keys_bar import KeysBar
-from mqlab.tui.lab import split_batch
-from mqlab.tui.lanes import (
+from mqlab.faces.tui.app import FAIL_RATES, POISON_SHARES, LabApp, next_in
+from mqlab.faces.tui.experiments_panel import ExperimentsPanel
+from mqlab.faces.tui.fixed import NOW, FixedLab, FixedSource, fixed_frame
+from mqlab.faces.tui.keys_bar import KeysBar
+from mqlab.faces.tui.lab import split_batch
+from mqlab.faces.tui.lanes import (
     BACKOFF_MARK,
     CUT_MARK,
     DEAD_MARK,
@@ -28,11 +25,14 @@ from mqlab.tui.lanes import (
     lanes,
     render_lane,
 )
-from mqlab.tui.main import timeline_window
-from mqlab.tui.model import JobBar, WorkerRow
-from mqlab.tui.panels import ID_WIDTH, FailuresPanel, LogPanel, QueuePanel, short_id
-from mqlab.tui.screens import HELP, ConfirmScreen
-from mqlab.tui.source import LiveSource, depth_bins, redact, trend
+from mqlab.faces.tui.main import timeline_window
+from mqlab.faces.tui.model import JobBar, WorkerRow
+from mqlab.faces.tui.panels import ID_WIDTH, FailuresPanel, LogPanel, QueuePanel, short_id
+from mqlab.faces.tui.screens import HELP, ConfirmScreen
+from mqlab.faces.tui.source import LiveSource, depth_bins, redact, trend
+from mqlab.lab.stack import NotOurServer, Stack
+from mqlab.protocol.events import WorkerState
+from mqlab.protocol.ids import short_job_id, worker_sort_key
 
 
 def test_short_job_and_redact() -> None:
@@ -376,7 +376,7 @@ def test_postgresql_is_stopped_only_when_the_lab_started_it() -> None:
 
 def test_a_finished_runs_note_fits_the_top_bar_at_80_columns() -> None:
     """It listed every row with its verdict and was cut ("10 órdenes, 4 wor…")."""
-    from mqlab.tui.experiments_panel import verdict_note
+    from mqlab.faces.tui.experiments_panel import verdict_note
     from tests.results_data import kata
 
     passed = verdict_note(kata([2.01, 10.02, 6.02], [3.0] * 16))

@@ -17,12 +17,12 @@ import psycopg
 import pytest
 import redis
 
-from mqlab import services
+from mqlab.lab import services
+from mqlab.lab.services import postgres_server, valkey_server
+from mqlab.lab.services.home import read_state
+from mqlab.lab.services.runtime import give, popen_args, service_account
 from mqlab.procs import free_port, terminate
 from mqlab.protocol import keys
-from mqlab.services import postgres_server, valkey_server
-from mqlab.services.home import read_state
-from mqlab.services.runtime import give, popen_args, service_account
 
 FIXTURE = Path(__file__).parent / "data" / "redis-6.2-appendonly.aof"
 

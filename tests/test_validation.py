@@ -10,8 +10,8 @@ import jsonschema_rs
 import orjson
 import pytest
 
-from mqlab.api.json_body import MAX_DEPTH
-from mqlab.api.validation import (
+from mqlab.system.api.json_body import MAX_DEPTH
+from mqlab.system.api.validation import (
     MAX_PRICE,
     WHITESPACE,
     BadRequest,

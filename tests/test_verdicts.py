@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mqlab.experiments import load, parse
-from mqlab.results import SuiteResult, Verdict
+from mqlab.figures.results import SuiteResult, Verdict
 from tests.results_data import kata, row_result, serial_run, suite_result
 
 ON_TIME = [2.01, 10.05, 6.04]  # within 2.02, 10.07 and 6.06 s

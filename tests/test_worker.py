@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from mqlab import db
+from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys, messages
 from mqlab.settings import Settings
-from mqlab.supervisor import Supervisor
 from tests.helpers import eventually, insert_job, job, post_order
 
 

@@ -11,10 +11,10 @@ import psycopg
 import pytest
 import redis
 
+from mqlab.lab.supervisor import Child, Supervisor
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
-from mqlab.supervisor import Child, Supervisor
 from tests.conftest import StoppableServer
 from tests.helpers import eventually, insert_job, job_status
 

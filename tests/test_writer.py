@@ -7,12 +7,12 @@ import asyncio
 import psycopg
 import redis
 
-from mqlab.api.backends import Backends
-from mqlab.api.validation import OrderIn
-from mqlab.api.writer import OrderWriter
 from mqlab.protocol import keys
-from mqlab.resetting import reset_all
 from mqlab.settings import Settings
+from mqlab.system.api.backends import Backends
+from mqlab.system.api.validation import OrderIn
+from mqlab.system.api.writer import OrderWriter
+from mqlab.system.resetting import reset_all
 
 
 class CountingWriter(OrderWriter):

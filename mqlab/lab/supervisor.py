@@ -1,0 +1,257 @@
+"""The supervisor: owns every child process the lab starts (the API and the workers).
+
+Children run as `python -m mqlab ...` in their own process group, with a parent-death signal,
+so that none outlives the lab: not on a normal exit, not on Ctrl-C or SIGTERM (close() stops
+them), and not on SIGKILL of the lab itself (the kernel kills them).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import httpx
+import redis
+
+from mqlab.procs import free_port, spawn, wait_until
+from mqlab.protocol import keys
+from mqlab.protocol.events import WorkerState
+from mqlab.settings import Settings
+from mqlab.system.faults import Faults
+from mqlab.system.retry_policy import RetryPolicy
+
+log = logging.getLogger("mqlab.lab.supervisor")
+
+LineHandler = Callable[[str, str], None]  # (child name, line)
+
+
+class ChildFailed(RuntimeError):
+    """A child exited or did not become ready."""
+
+
+@dataclass
+class Child:
+    """One process of the lab."""
+
+    name: str
+    kind: str  # api | worker
+    proc: subprocess.Popen[bytes]
+    lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=500))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(list(self.lines)[-n:])
+
+
+class Supervisor:
+    """Start, stop and kill the API and the workers; close() leaves nothing running."""
+
+    def __init__(self, settings: Settings, on_line: LineHandler | None = None) -> None:
+        self.settings = settings
+        self.on_line = on_line
+        self.children: dict[str, Child] = {}
+        self.api_url: str | None = None
+        self._lock = threading.Lock()
+        self._worker_seq = 0
+        self._redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.settings.to_env())
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _spawn(self, name: str, kind: str, args: list[str]) -> Child:
+        if name in self.children and self.children[name].alive():
+            raise ValueError(f"a child named {name} is already running")
+        proc = spawn(
+            [sys.executable, "-m", "mqlab", *args],
+            owned=True,
+            env=self._env(),
+            stdout=subprocess.PIPE,
+        )
+        child = Child(name=name, kind=kind, proc=proc)
+        with self._lock:
+            self.children[name] = child
+        threading.Thread(target=self._pump, args=(child,), daemon=True).start()
+        return child
+
+    def _pump(self, child: Child) -> None:
+        assert child.proc.stdout is not None
+        with child.proc.stdout:
+            for raw in child.proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                child.lines.append(line)
+                if self.on_line is not None:
+                    self.on_line(child.name, line)
+
+    def start_api(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        require_healthy: bool = True,
+        options: Sequence[str] = (),
+    ) -> Child:
+        """Start the API and wait until /health answers 200 (any answer: require_healthy=False).
+
+        `options`: more of `mqlab api`'s options (e.g. ["--header-timeout", "1"])."""
+        port = port or free_port()
+        args = ["api", "--host", host, "--port", str(port), *options]
+        child = self._spawn("api", "api", args)
+        url = f"http://{host}:{port}"
+
+        def healthy() -> bool:
+            if not child.alive():
+                return True
+            with contextlib.suppress(httpx.HTTPError):
+                code = httpx.get(f"{url}/health", timeout=1).status_code
+                return code == 200 or not require_healthy
+            return False
+
+        wait_until(healthy, timeout=30, interval=0.1)
+        if not child.alive():
+            raise ChildFailed(f"the API exited at start:\n{child.tail()}")
+        self.api_url = url
+        return child
+
+    def next_worker_id(self) -> str:
+        while True:
+            self._worker_seq += 1
+            candidate = f"w{self._worker_seq}"
+            if candidate not in self.children or not self.children[candidate].alive():
+                return candidate
+
+    def start_worker(
+        self,
+        worker_id: str | None = None,
+        job_seconds: float = 2.0,
+        work: str = "sleep",
+        wait: bool = True,
+        *,
+        policy: RetryPolicy | None = None,
+        faults: Faults | None = None,
+        fetch: str = "reliable",
+    ) -> Child:
+        """Start a worker; with wait=True, return once its heartbeat says it consumes.
+
+        `policy` and `faults` go to it as flags; without them it follows the environment's
+        policy (MQLAB_MAX_ATTEMPTS, ...) and injects no failure.
+        """
+        worker_id = worker_id or self.next_worker_id()
+        args = ["worker", "--id", worker_id, "--job-seconds", str(job_seconds), "--work", work]
+        args += policy.args() if policy is not None else []
+        args += faults.args() if faults is not None else []
+        args += ["--fetch", fetch] if fetch != "reliable" else []
+        child = self._spawn(worker_id, "worker", args)
+        if wait:
+            self.wait_workers_ready([worker_id])
+        return child
+
+    def start_workers(
+        self,
+        n: int,
+        job_seconds: float = 2.0,
+        work: str = "sleep",
+        *,
+        policy: RetryPolicy | None = None,
+        faults: Faults | None = None,
+        fetch: str = "reliable",
+    ) -> list[Child]:
+        """Start n workers at once and wait until all are idle."""
+        children = [
+            self.start_worker(
+                None, job_seconds, work, wait=False, policy=policy, faults=faults, fetch=fetch
+            )
+            for _ in range(n)
+        ]
+        self.wait_workers_ready([c.name for c in children])
+        return children
+
+    def wait_workers_ready(self, ids: list[str], timeout: float = 30) -> None:
+        def ready() -> bool:
+            for wid in ids:
+                if not self.children[wid].alive():
+                    raise ChildFailed(f"worker {wid} exited at start:\n{self.children[wid].tail()}")
+                # busy counts: a worker may take a job before we look.
+                if self._redis.hget(keys.worker_key(wid), "state") not in (
+                    WorkerState.IDLE,
+                    WorkerState.BUSY,
+                ):
+                    return False
+            return True
+
+        if not wait_until(ready, timeout=timeout, interval=0.05):
+            raise ChildFailed(f"workers {ids} not ready within {timeout} s")
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def workers(self) -> list[Child]:
+        return [c for c in self.children.values() if c.kind == "worker" and c.alive()]
+
+    def stop(self, name: str, timeout: float = 30) -> int | None:
+        """SIGTERM (graceful: a worker finishes its job) and wait; SIGKILL after `timeout`."""
+        child = self.children[name]
+        with contextlib.suppress(ProcessLookupError):
+            child.proc.send_signal(signal.SIGTERM)
+        try:
+            return child.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return self.kill(name)
+
+    def kill(self, name: str) -> int | None:
+        """SIGKILL the child's whole process group: a crash, as the drills want it."""
+        child = self.children[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        return child.proc.wait(10)
+
+    def stop_many(self, names: list[str], timeout: float = 30) -> None:
+        """SIGTERM them all at once, wait up to `timeout`, SIGKILL what remains.
+
+        One SIGTERM each: a worker reads a second one as "hand the job back now".
+        """
+        alive = [self.children[n] for n in names if self.children[n].alive()]
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in alive:
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill(child.name)
+
+    def close(self, timeout: float = 10) -> None:
+        """Stop every child (see stop_many) and let go of Redis."""
+        self.stop_many(list(self.children), timeout)
+        with contextlib.suppress(redis.RedisError):
+            self._redis.close()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
