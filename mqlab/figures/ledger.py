@@ -16,7 +16,7 @@ from typing import Any
 
 from mqlab.experiments import Row
 from mqlab.figures.shot import Shot
-from mqlab.figures.stats import median
+from mqlab.figures.stats import json_number, median
 from mqlab.system.retry_policy import RetryPolicy
 
 #: Attempts that ended without the work's result being recorded: the work may run again.
@@ -105,7 +105,6 @@ class Ledger:
         return max(self.recovery) if self.recovery else math.nan
 
     def to_json(self) -> dict[str, Any]:
-        nan = math.isnan
         return {
             "accepted": self.accepted,
             "refused": self.refused,
@@ -117,8 +116,8 @@ class Ledger:
             "completedTwice": self.completed_twice,
             "recoveryKind": self.recovery_kind or None,
             "recoverySeconds": self.recovery,
-            "recoveryP50Seconds": None if nan(self.recovery_p50) else self.recovery_p50,
-            "recoveryMaxSeconds": None if nan(self.recovery_max) else self.recovery_max,
+            "recoveryP50Seconds": json_number(self.recovery_p50),
+            "recoveryMaxSeconds": json_number(self.recovery_max),
             "attemptsHistogram": {str(k): v for k, v in self.attempts_histogram.items()},
             "backoffSeconds": self.backoff_seconds,
             "delaysChecked": self.delays_checked,
