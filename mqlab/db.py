@@ -133,15 +133,16 @@ INSERT INTO jobs (id, order_id, enqueued_at) SELECT 'warm-up', id, created_at FR
 DELETE_ORDERS = "DELETE FROM orders WHERE id = ANY(%s)"
 
 # A worker claims a job: from pending, or from retrying (its backoff is over). attempts counts
-# claims. The RETURNING row is the proof that the claim happened, with the try number the
-# retry policy counts (attempts since the last replay) and the order's product (what the
-# poison pattern is matched against). A job found processing (its worker died on it, and the
-# reaper put it back on the queue) is not claimed here but taken over (TAKE_OVER_JOB), after
-# a look at it: the hot path stays the one statement it was before Kata 4. %(instance)s names
-# this run of the worker (its heartbeat's `instance`), so that a duplicate delivery can tell a
-# claim whose worker still runs from one a dead run left. Nothing is claimed for a message
-# whose order id is not its job's, nor for a job whose order row is gone (its foreign key
-# bypassed): the worker looks at those and dead-letters them, counting no attempt.
+# claims. The RETURNING row is the proof that the claim happened, with the attempt's number
+# (attempts: among all of the job's attempts; since_replay: among those since its last replay,
+# what the retry policy counts) and the order's product (what the poison pattern is matched
+# against). A job found processing (its worker died on it, and the reaper put it back on the
+# queue) is not claimed here but taken over (TAKE_OVER_JOB), after a look at it: the hot path
+# stays the one statement it was before Kata 4. %(instance)s names this run of the worker (its
+# heartbeat's `instance`), so that a duplicate delivery can tell a claim whose worker still
+# runs from one a dead run left. Nothing is claimed for a message whose order id is not its
+# job's, nor for a job whose order row is gone (its foreign key bypassed): the worker looks at
+# those and dead-letters them, counting no attempt.
 #
 # The claim commits asynchronously (synchronous_commit off for this one transaction, set from
 # inside the statement so that it stays one round trip): it does not wait for its WAL flush,
@@ -156,13 +157,13 @@ WITH j AS (
                     started_at = clock_timestamp(), finished_at = NULL, next_attempt_at = NULL
     WHERE id = %(job)s AND order_id = %(order)s AND status IN ('pending', 'retrying')
       AND EXISTS (SELECT FROM orders WHERE orders.id = jobs.order_id)
-    RETURNING id, order_id, attempts, attempts - replay_base AS try, started_at
+    RETURNING id, order_id, attempts, attempts - replay_base AS since_replay, started_at
 ), o AS (
     UPDATE orders SET status = 'processing', updated_at = j.started_at FROM j
     WHERE orders.id = j.order_id
     RETURNING orders.product
 )
-SELECT j.id, j.order_id, j.attempts, j.try, o.product
+SELECT j.id, j.order_id, j.attempts, j.since_replay, o.product
 FROM j, o, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 """
 
@@ -181,7 +182,7 @@ WITH j AS (
       AND worker_id IS NOT DISTINCT FROM %(was_worker)s
       AND worker_instance IS NOT DISTINCT FROM %(was_instance)s
       AND EXISTS (SELECT FROM orders WHERE orders.id = jobs.order_id)
-    RETURNING id, order_id, attempts, attempts - replay_base AS try, started_at
+    RETURNING id, order_id, attempts, attempts - replay_base AS since_replay, started_at
 ), crashed AS (
     INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
     SELECT id, %(was_attempt)s, %(was_worker)s, %(was_started)s, started_at, 'crashed' FROM j
@@ -193,7 +194,7 @@ WITH j AS (
     WHERE orders.id = j.order_id
     RETURNING orders.product
 )
-SELECT j.id, j.order_id, j.attempts, j.try, o.product FROM j, o
+SELECT j.id, j.order_id, j.attempts, j.since_replay, o.product FROM j, o
 """
 
 # The row an attempt leaves in job_attempts when it ends (%(outcome)s, %(error)s; `j` is the
@@ -279,15 +280,15 @@ SELECT order_id FROM j
 # A job as a worker looks at it when its claim matched nothing (JobLook's fields): also which
 # run of its worker holds it, its order id, and whether that order's row exists.
 JOB_STATUS = """
-SELECT j.status, j.worker_id, j.attempts, j.attempts - j.replay_base, j.started_at,
-       j.worker_instance, j.order_id, o.id IS NOT NULL
+SELECT j.status, j.worker_id, j.attempts, j.attempts - j.replay_base AS since_replay,
+       j.started_at, j.worker_instance, j.order_id, o.id IS NOT NULL
 FROM jobs j LEFT JOIN orders o ON o.id = j.order_id WHERE j.id = %s
 """
 
 # A claim of this run of the worker, as CLAIM_JOB returns one: its reply was lost (PostgreSQL
 # went away after the commit) and the message came back to the same run.
 OWN_CLAIM = """
-SELECT j.id, j.order_id, j.attempts, j.attempts - j.replay_base, o.product
+SELECT j.id, j.order_id, j.attempts, j.attempts - j.replay_base AS since_replay, o.product
 FROM jobs j JOIN orders o ON o.id = j.order_id
 WHERE j.id = %(job)s AND j.status = 'processing' AND j.worker_instance = %(instance)s
 """
@@ -369,7 +370,8 @@ LIST_ORDERS = f"{SELECT_ORDERS} ORDER BY o.id DESC LIMIT %s OFFSET %s"
 ORDER_BY_ID = f"{SELECT_ORDERS} WHERE o.id = %s"
 LIST_JOBS = f"{SELECT_JOBS} ORDER BY enqueued_at DESC, id DESC LIMIT %s OFFSET %s"
 JOB_BY_ID = f"{SELECT_JOBS} WHERE id = %s"
-# The same, and the attempts before its last replay (`mqlab dead show` numbers the tries).
+# The same, and the attempts before its last replay (`mqlab dead show` numbers the attempts
+# since it).
 JOB_AND_REPLAY_BY_ID = f"SELECT {JOB_COLUMNS}, replay_base FROM jobs WHERE id = %s"
 
 #: The health check's question: does PostgreSQL answer at all?
@@ -538,10 +540,11 @@ FROM job_history WHERE job_id = %(job)s ORDER BY attempt
 
 # Replay: dead jobs are pending again, in one guarded UPDATE (only rows still dead, so two
 # replays at once queue a job once: the second finds it pending and returns nothing). The
-# retry policy counts attempts - replay_base, so a replayed job gets its full attempts again;
-# attempts itself keeps counting claims. last_error stays, for the record; started_at goes,
-# as a hand-back's does (a pending job has not started). %(ids)s NULL: every dead job.
-# Returns what the queue message needs: id, order id, and enqueued_at as the API writes it.
+# retry policy counts since_replay = attempts - replay_base, so a replayed job gets its full
+# attempts again; attempts itself keeps counting claims. last_error stays, for the record;
+# started_at goes, as a hand-back's does (a pending job has not started). %(ids)s NULL: every
+# dead job. Returns what the queue message needs: id, order id, and enqueued_at as the API
+# writes it.
 REPLAY_JOBS = """
 WITH j AS (
     UPDATE jobs SET status = 'pending', replay_base = attempts, worker_id = NULL,

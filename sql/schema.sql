@@ -22,8 +22,9 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 
 -- One job per order; the reports are computed from these timestamps and from job_attempts.
--- attempts counts claims (deliveries), replayed or not; replay_base is its value when the
--- job was last replayed from the dead letters, so the retry policy counts attempts - replay_base.
+-- attempts counts claims (deliveries), replayed or not: an attempt's number is its value after
+-- the claim. replay_base is its value when the job was last replayed from the dead letters;
+-- since_replay = attempts - replay_base (the queries' alias) is what the retry policy counts.
 CREATE TABLE IF NOT EXISTS jobs (
     id              text        PRIMARY KEY,
     order_id        bigint      NOT NULL REFERENCES orders (id) ON DELETE CASCADE,

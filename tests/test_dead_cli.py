@@ -204,7 +204,7 @@ def test_show_says_what_a_crash_and_a_replay_did(
     settings: Settings, raw: redis.Redis, pg: psycopg.Connection
 ) -> None:
     """Attempt 1: w1 died 1 s in, and w2 found it 11 s after it started and took it over;
-    attempt 2 failed, the job was replayed, and attempt 3 (its first try since) failed too.
+    attempt 2 failed, the job was replayed, and attempt 3 (its first since the replay) failed too.
     Before: the crash "took 11.0s", with no error, and attempt 3 was just "3"."""
     job_id, _ = make_dead(settings.database_url, raw, attempts=3, error="kaput")
     t0 = "2026-01-01 12:00:00+00"
@@ -236,7 +236,7 @@ def test_show_says_what_a_crash_and_a_replay_did(
         "no end recorded: worker w1 did not finish it (died, or was presumed dead); found "
         "unfinished at 12:00:11 by w2, who took it over"
     ) in said, text
-    assert [r[1].strip() for r in rows if r[1].strip()][-1] == "3 (try 1)", text
+    assert [r[1].strip() for r in rows if r[1].strip()][-1] == "3 (1)", text
     assert "replayed after attempt 2" in text
 
 

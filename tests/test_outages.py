@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -10,7 +12,7 @@ import psycopg
 import redis
 import redis.asyncio as aioredis
 
-from mqlab.lab.supervisor import Supervisor
+from mqlab.lab.supervisor import Child, Supervisor
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
@@ -19,8 +21,28 @@ from tests.conftest import StoppableServer, counts
 from tests.helpers import eventually, insert_job, job_status
 
 ORDER = {"product": "Laptop", "quantity": 1, "price": 1200}
-REDIS = {"backend": "Redis"}
-PG = {"backend": "PostgreSQL"}
+
+
+@contextlib.contextmanager
+def api_client(settings: Settings) -> Iterator[tuple[Child, httpx.Client]]:
+    """An API of its own on these servers (the test stops one), and a client of it."""
+    with Supervisor(settings) as sup:
+        api = sup.start_api()
+        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
+            yield api, c
+
+
+def answers_503(c: httpx.Client, backend: str) -> tuple[httpx.Response, httpx.Response]:
+    """GET /health and POST /orders with `backend` away: 503, each naming it (the name only:
+    its address and the driver's words go to the log). Returns both answers."""
+    details = [{"backend": backend}]
+    health = c.get("/health")
+    assert health.status_code == 503
+    assert health.json() == {"error": f"{backend} unavailable", "details": details}
+    res = c.post("/orders", json=ORDER)
+    assert res.status_code == 503
+    assert res.json() == {"error": f"{backend} is unavailable", "details": details}
+    return health, res
 
 
 def test_api_with_redis_down_answers_503_and_writes_nothing(
@@ -31,33 +53,25 @@ def test_api_with_redis_down_answers_503_and_writes_nothing(
     rds: redis.Redis,
 ) -> None:
     """Slow by design: a Valkey and an API of their own, the Valkey stopped and restarted."""
-    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
-        api = sup.start_api()
-        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
-            assert c.post("/orders", json=ORDER).status_code == 202
-            stoppable_redis.stop()
-            health = c.get("/health")
-            assert health.status_code == 503
-            assert health.json() == {"error": "Redis unavailable", "details": [REDIS]}
-            res = c.post("/orders", json=ORDER)
-            assert res.status_code == 503
-            # The backend's name only: its address and the driver's words go to the log.
-            assert res.json() == {"error": "Redis is unavailable", "details": [REDIS]}
-            assert res.headers["retry-after"] == "1"
-            eventually(lambda: "Redis is unavailable: " in api.tail(), timeout=5)
-            socket = urlsplit(stoppable_redis.url).path  # the embedded Valkey's unix socket
-            assert socket in api.tail()
-            assert socket not in res.text + health.text
-            # The accepted order stays; the refused one left no row behind.
-            assert counts(pg, rds)["orders"] == 1
-            stoppable_redis.start()
-            eventually(lambda: c.get("/health").status_code == 200, timeout=10)
-            assert c.post("/orders", json=ORDER).status_code == 202
-            assert counts(pg, rds)["orders"] == 2
-            # The first order's message survived the restart (append-only file).
-            client = redis.Redis.from_url(stoppable_redis.url)
-            assert client.llen(keys.QUEUE) == 2
-            client.close()
+    with api_client(Settings(stoppable_redis.url, settings.database_url)) as (api, c):
+        assert c.post("/orders", json=ORDER).status_code == 202
+        stoppable_redis.stop()
+        health, res = answers_503(c, "Redis")
+        assert res.headers["retry-after"] == "1"
+        eventually(lambda: "Redis is unavailable: " in api.tail(), timeout=5)
+        socket = urlsplit(stoppable_redis.url).path  # the embedded Valkey's unix socket
+        assert socket in api.tail()
+        assert socket not in res.text + health.text
+        # The accepted order stays; the refused one left no row behind.
+        assert counts(pg, rds)["orders"] == 1
+        stoppable_redis.start()
+        eventually(lambda: c.get("/health").status_code == 200, timeout=10)
+        assert c.post("/orders", json=ORDER).status_code == 202
+        assert counts(pg, rds)["orders"] == 2
+        # The first order's message survived the restart (append-only file).
+        client = redis.Redis.from_url(stoppable_redis.url)
+        assert client.llen(keys.QUEUE) == 2
+        client.close()
 
 
 def test_api_with_postgres_down_answers_503_and_enqueues_nothing(
@@ -65,23 +79,16 @@ def test_api_with_postgres_down_answers_503_and_enqueues_nothing(
 ) -> None:
     """Slow by design: an API of its own on a PostgreSQL that is stopped and restarted; the
     API's pool reconnects with a backoff."""
-    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
-        api = sup.start_api()
-        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
-            stoppable_pg.stop()
-            health = c.get("/health")
-            assert health.status_code == 503
-            assert health.json() == {"error": "PostgreSQL unavailable", "details": [PG]}
-            res = c.post("/orders", json=ORDER)
-            assert res.status_code == 503
-            assert res.json() == {"error": "PostgreSQL is unavailable", "details": [PG]}
-            for path in ("/orders", "/jobs/x", "/stats"):
-                assert c.get(path).json() == res.json(), path
-            eventually(lambda: "PostgreSQL is unavailable: " in api.tail(), timeout=5)
-            assert rds.llen(keys.QUEUE) == 0
-            stoppable_pg.start()
-            eventually(lambda: c.post("/orders", json=ORDER).status_code == 202, timeout=15)
-            assert rds.llen(keys.QUEUE) == 1
+    with api_client(Settings(settings.redis_url, stoppable_pg.url)) as (api, c):
+        stoppable_pg.stop()
+        _, res = answers_503(c, "PostgreSQL")
+        for path in ("/orders", "/jobs/x", "/stats"):
+            assert c.get(path).json() == res.json(), path
+        eventually(lambda: "PostgreSQL is unavailable: " in api.tail(), timeout=5)
+        assert rds.llen(keys.QUEUE) == 0
+        stoppable_pg.start()
+        eventually(lambda: c.post("/orders", json=ORDER).status_code == 202, timeout=15)
+        assert rds.llen(keys.QUEUE) == 1
 
 
 def test_api_starts_and_says_which_backend_is_missing(settings: Settings) -> None:
@@ -161,19 +168,17 @@ def test_the_first_order_after_postgres_restarts_is_accepted(
     """The pool's idle connections died with the server (SIGINT, as `mqlab services down`
     stops it): none of them is handed to a request once it is back. The old pool handed them
     out one by one, each a 503."""
-    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
-        api = sup.start_api()
-        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
-            # Several pooled connections, idle now (the pool hands them out in turn).
-            for _ in range(8):
-                assert c.post("/orders", json=ORDER).status_code == 202
-            stoppable_pg.stop()
-            stoppable_pg.start()
-            res = c.post("/orders", json=ORDER)
-            assert res.status_code == 202, (res.text, api.tail())
-            assert c.get("/health").status_code == 200
-            assert c.get("/orders").status_code == 200
-            assert rds.llen(keys.QUEUE) == 9
+    with api_client(Settings(settings.redis_url, stoppable_pg.url)) as (api, c):
+        # Several pooled connections, idle now (the pool hands them out in turn).
+        for _ in range(8):
+            assert c.post("/orders", json=ORDER).status_code == 202
+        stoppable_pg.stop()
+        stoppable_pg.start()
+        res = c.post("/orders", json=ORDER)
+        assert res.status_code == 202, (res.text, api.tail())
+        assert c.get("/health").status_code == 200
+        assert c.get("/orders").status_code == 200
+        assert rds.llen(keys.QUEUE) == 9
 
 
 def test_orders_refused_during_a_postgres_outage_do_not_delay_the_first_one_after(
@@ -181,16 +186,14 @@ def test_orders_refused_during_a_postgres_outage_do_not_delay_the_first_one_afte
 ) -> None:
     """Slow by design: 10 s of refused orders. The old pool's reconnect attempts backed off
     (1, 2, 4, 8 s ...), so its next try came seconds after PostgreSQL was back."""
-    with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
-        api = sup.start_api()
-        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
-            stoppable_pg.stop()
-            end = time.monotonic() + 10
-            while time.monotonic() < end:
-                assert c.post("/orders", json=ORDER).status_code == 503
-            stoppable_pg.start()
-            res = c.post("/orders", json=ORDER)
-            assert res.status_code == 202, (res.text, api.tail())
+    with api_client(Settings(settings.redis_url, stoppable_pg.url)) as (api, c):
+        stoppable_pg.stop()
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            assert c.post("/orders", json=ORDER).status_code == 503
+        stoppable_pg.start()
+        res = c.post("/orders", json=ORDER)
+        assert res.status_code == 202, (res.text, api.tail())
 
 
 def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
@@ -217,16 +220,14 @@ def test_the_first_order_after_valkey_restarts_is_accepted(
     """Item 6's mistake looked for on the Redis side: the API's Redis connections died with
     the server. redis-py checks a pooled connection for an EOF before it hands it out, so the
     first order after the restart gets its 202 (a guard: it passed before issue 17 too)."""
-    with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
-        api = sup.start_api()
-        with httpx.Client(base_url=sup.api_url or "", timeout=10) as c:
-            for _ in range(8):
-                assert c.post("/orders", json=ORDER).status_code == 202
-            stoppable_redis.stop()
-            for _ in range(3):
-                assert c.post("/orders", json=ORDER).status_code == 503
-            stoppable_redis.start()
-            for _ in range(3):
-                res = c.post("/orders", json=ORDER)
-                assert res.status_code == 202, (res.text, api.tail())
-            assert c.get("/health").status_code == 200
+    with api_client(Settings(stoppable_redis.url, settings.database_url)) as (api, c):
+        for _ in range(8):
+            assert c.post("/orders", json=ORDER).status_code == 202
+        stoppable_redis.stop()
+        for _ in range(3):
+            assert c.post("/orders", json=ORDER).status_code == 503
+        stoppable_redis.start()
+        for _ in range(3):
+            res = c.post("/orders", json=ORDER)
+            assert res.status_code == 202, (res.text, api.tail())
+        assert c.get("/health").status_code == 200

@@ -130,7 +130,7 @@ def test_tui_in_a_terminal(
 
 def test_tui_faults_in_a_terminal(settings: Settings, clean: None, tmux: Tmux) -> None:
     """Kata 4 in a real terminal: set a failure rate (the workers restart with it) and a poison
-    share, fire, and see failed tries on screen and the poison order dead with its reason."""
+    share, fire, and see failed attempts on screen and the poison order dead with its reason."""
     env = shlex.join([f"REDIS_URL={settings.redis_url}", f"DATABASE_URL={settings.database_url}"])
     tmux.start(f"exec env {env} {MQLAB} tui --workers 2 --job-seconds 0.2", 100, 30)
     tmux.wait_for(lambda s: "API up" in s and idle_workers(s) == {"w1", "w2"}, 60)
@@ -149,7 +149,7 @@ def test_tui_faults_in_a_terminal(settings: Settings, clean: None, tmux: Tmux) -
     # reads: under load one screen had the count and not yet the letter.
     tmux.wait_for(
         lambda s: (
-            re.search(r"failed tries\s+[1-9]", s)
+            re.search(r"failed\s+attempts\s+[1-9]", s)
             and re.search(r"\bdead 1\b", s)
             and "poison order: product 'poison #0'" in s
         ),  # the dead letter, with its reason

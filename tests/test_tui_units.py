@@ -189,7 +189,7 @@ def test_the_source_gives_each_process_its_bars_and_cuts_what_a_kill_left_open()
 
 
 async def test_the_counts_line_adds_the_attempts_that_did_not_simply_complete() -> None:
-    """Read from job_attempts: failed tries, crashes and reclaims show once there are any."""
+    """Read from job_attempts: failed attempts, crashes and reclaims show once there are any."""
     frame = replace(
         fixed_frame(),
         orders={"pending": 1, "processing": 0, "retrying": 2, "completed": 7, "failed": 1},
@@ -201,7 +201,7 @@ async def test_the_counts_line_adds_the_attempts_that_did_not_simply_complete() 
         panel = app.query_one(QueuePanel)
         text = panel._shown["counts"].plain
         assert "retrying 2" in text and "failed 1" in text
-        assert "failed tries 5" in text and "crashed 1" in text and "reclaimed" not in text
+        assert "failed attempts 5" in text and "crashed 1" in text and "reclaimed" not in text
 
 
 def test_failure_marks_on_a_lane() -> None:

@@ -29,6 +29,9 @@ from mqlab.system.retry_policy import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mqlab.lab.services import ServiceInfo
     from mqlab.system.reconciler import ReconcileConfig
 
 app = typer.Typer(
@@ -111,44 +114,42 @@ def _stop_before_start(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _services(call: Callable[[], list[ServiceInfo]]) -> list[ServiceInfo]:
+    """The servers as `call` (services.up, down or status) left them; its error, a clean exit."""
+    try:
+        return call()
+    except ServicesError as exc:
+        raise fail(str(exc)) from None
+
+
+def _print_services(infos: list[ServiceInfo]) -> None:
+    from mqlab.lab.services.view import services_table
+
+    console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
+
+
 @services_app.command("up", short_help="Start the servers (or reuse them); apply the schema.")
 def services_up() -> None:
     """Start the embedded Valkey and PostgreSQL (or reuse them if they run) and apply the schema."""
-    from mqlab.lab.services.view import services_table
-
-    try:
-        infos = services.up(owned=False)
-    except ServicesError as exc:
-        raise fail(str(exc)) from None
-    console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
+    _print_services(_services(lambda: services.up(owned=False)))
     console.print("Stop them with [bold]mqlab services down[/].")
 
 
 @services_app.command("down")
 def services_down() -> None:
     """Stop the embedded servers."""
-    from mqlab.lab.services.view import services_table
-
-    try:
-        infos = services.down()
-    except ServicesError as exc:
-        raise fail(str(exc)) from None
+    infos = _services(services.down)
     if not infos:
         console.print("No embedded servers were running.")
         return
-    console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
+    _print_services(infos)
 
 
 @services_app.command("status")
 def services_status() -> None:
     """Each embedded server's state, URL, pid, version and health."""
-    from mqlab.lab.services.view import services_table
-
-    try:
-        infos = services.status()
-    except ServicesError as exc:
-        raise fail(str(exc)) from None
-    console.print(services_table(infos), crop=False)  # URLs whole: see UrlLines
+    infos = _services(services.status)
+    _print_services(infos)
     if any(i.state == "stale" for i in infos):
         console.print("A stale record (its server had died) was cleaned.")
 
@@ -165,10 +166,7 @@ def services_env() -> None:
 
     The URLs carry the servers' passwords (kept in MQLAB_HOME/home.json, 0600).
     """
-    try:
-        infos = {i.name: i for i in services.status() if i.state == "running"}
-    except ServicesError as exc:
-        raise fail(str(exc)) from None
+    infos = {i.name: i for i in _services(services.status) if i.state == "running"}
     if set(infos) != {"redis", "postgres"}:
         raise fail("the embedded servers are not running: `mqlab services up` starts them")
     print(f"export REDIS_URL={infos['redis'].tcp_url}")

@@ -35,10 +35,11 @@ def _columns(
     flexible: dict[str, list[Text]],
 ) -> None:
     """Add the fixed columns at the width their header and cells need, then the flexible
-    ones in what is left of `width`: each but the last at most a third of it (or what it
-    needs, if less), the last (the error, what a person reads) all the rest. Flexible cells
-    wrap onto more lines rather than lose their end (an id, a product, an error is read
-    whole), and every cell is one line of text before that (messages.one_line).
+    ones in what is left of `width`: each but the last at most a third of it, or its longest
+    word if that is more (up to half; or what it needs, if less), the last (the error, what a
+    person reads) all the rest. Flexible cells wrap onto more lines rather than lose their
+    end (an id, a product, an error is read whole), and every cell is one line of text before
+    that (messages.one_line).
 
     Measured rather than left to Rich: once a table is too wide, Rich shrinks every no-wrap
     column alike, the short ones (a job id, an age) too.
@@ -55,7 +56,10 @@ def _columns(
     left = max(8 * len(flexible), width - used)
     *first, last = flexible
     for name in first:
-        size = max(len(name), min(needed(name, flexible[name]), left // 3))
+        # At least its longest word (up to half of what is left), so that a word is not cut.
+        word = max((len(w) for c in flexible[name] for w in str(c).split()), default=0)
+        share = max(left // 3, min(word, left // 2))
+        size = max(len(name), min(needed(name, flexible[name]), share))
         left -= size
         table.add_column(name, overflow="fold", max_width=size)
     table.add_column(last, overflow="fold", max_width=max(8, left))
@@ -71,7 +75,7 @@ def dead_jobs_table(dead: DeadList, width: int, now: float) -> Table:
     fixed = {
         "job": [one_line(j.job_id, 40) for j in jobs],
         "order": [str(j.order_id) for j in jobs],
-        "tries": [str(j.attempts) for j in jobs],
+        "attempts": [str(j.attempts) for j in jobs],
         "buried": [age(j.finished_at.timestamp() if j.finished_at else None, now) for j in jobs],
     }
     flexible = {
@@ -179,11 +183,11 @@ def _clock(iso: str | None) -> str:
 
 
 def _number(attempt: int, replayed_after: int) -> str:
-    """An attempt's number, and, after a replay, its number among the replay's tries (the
-    ones a worker's --max-attempts counts)."""
+    """An attempt's number among all of the job's attempts, and, after a replay, its number
+    since the replay (since_replay: what a worker's --max-attempts counts)."""
     if not replayed_after or attempt <= replayed_after:
         return str(attempt)
-    return f"{attempt} (try {attempt - replayed_after})"
+    return f"{attempt} ({attempt - replayed_after})"
 
 
 def _attempts_table(
@@ -192,8 +196,8 @@ def _attempts_table(
     title = "attempts (UTC)"
     if replayed_after:
         title += (
-            f"; replayed after attempt {replayed_after}: the tries that a worker's "
-            "--max-attempts counts start again from 1 there"
+            f"; replayed after attempt {replayed_after}: (n) is an attempt's number since "
+            "the replay, which a worker's --max-attempts counts"
         )
     table = Table(title=title, title_justify="left")
     following = [*attempts[1:], None]

@@ -16,7 +16,7 @@ from typing import Any
 
 from mqlab.experiments import Row
 from mqlab.figures.shot import Shot
-from mqlab.figures.stats import median
+from mqlab.figures.stats import json_number, median
 from mqlab.system.retry_policy import RetryPolicy
 
 #: Attempts that ended without the work's result being recorded: the work may run again.
@@ -105,7 +105,6 @@ class Ledger:
         return max(self.recovery) if self.recovery else math.nan
 
     def to_json(self) -> dict[str, Any]:
-        nan = math.isnan
         return {
             "accepted": self.accepted,
             "refused": self.refused,
@@ -117,8 +116,8 @@ class Ledger:
             "completedTwice": self.completed_twice,
             "recoveryKind": self.recovery_kind or None,
             "recoverySeconds": self.recovery,
-            "recoveryP50Seconds": None if nan(self.recovery_p50) else self.recovery_p50,
-            "recoveryMaxSeconds": None if nan(self.recovery_max) else self.recovery_max,
+            "recoveryP50Seconds": json_number(self.recovery_p50),
+            "recoveryMaxSeconds": json_number(self.recovery_max),
             "attemptsHistogram": {str(k): v for k, v in self.attempts_histogram.items()},
             "backoffSeconds": self.backoff_seconds,
             "delaysChecked": self.delays_checked,
@@ -140,7 +139,9 @@ def by_job(attempts: list[Attempt]) -> dict[str, list[Attempt]]:
 
 def work_twice(history: dict[str, list[Attempt]]) -> int:
     """Jobs with an interrupted attempt (crashed, reclaimed, handed back) before another one."""
-    return sum(1 for tries in history.values() if any(a.outcome in INTERRUPTED for a in tries[:-1]))
+    return sum(
+        1 for attempts in history.values() if any(a.outcome in INTERRUPTED for a in attempts[:-1])
+    )
 
 
 def kill_recoveries(
@@ -149,8 +150,8 @@ def kill_recoveries(
     """Kill -> the next start of each job the killed worker had in hand."""
     out = []
     for at, worker in kills:
-        for tries in history.values():
-            for a, after in itertools.pairwise(tries):
+        for attempts in history.values():
+            for a, after in itertools.pairwise(attempts):
                 held = a.worker_id == worker and a.started_at is not None and a.started_at <= at
                 if held and a.outcome in INTERRUPTED and after.started_at is not None:
                     out.append(after.started_at - at)
@@ -162,8 +163,8 @@ def flush_recovery(history: dict[str, list[Attempt]], flushed_at: float) -> list
     start again only once the reconciler has queued them (its grace, then its next pass)."""
     starts = [
         a.started_at
-        for tries in history.values()
-        for a in tries
+        for attempts in history.values()
+        for a in attempts
         if a.started_at is not None and a.started_at >= flushed_at
     ]
     return [max(starts) - flushed_at] if starts else []
@@ -179,8 +180,8 @@ def backoff(history: dict[str, list[Attempt]], policy: RetryPolicy) -> tuple[flo
     """(seconds between failed attempts and their retries, delays checked, delays within the
     policy's [c/2, c]): each recorded delay (next_attempt_at - end) against attempt n's c."""
     waited, checked, within = 0.0, 0, 0
-    for tries in history.values():
-        for a, after in itertools.pairwise(tries):
+    for attempts in history.values():
+        for a, after in itertools.pairwise(attempts):
             if a.outcome != "failed" or a.finished_at is None:
                 continue
             if after.started_at is not None:

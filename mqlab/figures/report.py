@@ -20,7 +20,7 @@ import mqlab
 from mqlab.figures import timeline
 from mqlab.figures.results import RowResult, SuiteResult
 from mqlab.figures.results_table import ledger_table, ms, seconds, table
-from mqlab.figures.stats import PERCENTILES, label, most_speedup, samples_for
+from mqlab.figures.stats import PERCENTILES, json_number, label, most_speedup, samples_for
 
 
 @dataclass(frozen=True)
@@ -256,12 +256,12 @@ def row_json(r: RowResult) -> dict[str, Any]:
         "expectedSeconds": row.expected_seconds,
         "toleranceSeconds": row.tolerance if row.expected_seconds is not None else None,
         "idealSeconds": ideal,
-        "makespanSeconds": _num(r.makespan),
+        "makespanSeconds": json_number(r.makespan),
         "runs": [
             {
-                "makespanSeconds": _num(run.makespan),
+                "makespanSeconds": json_number(run.makespan),
                 "firstSentAt": run.first_sent,
-                "lastFinishedAt": _num(run.last_finished),
+                "lastFinishedAt": json_number(run.last_finished),
                 "startupSeconds": run.startup_seconds,
                 "timedOut": run.timed_out,
                 "perWorker": run.per_worker(),
@@ -270,18 +270,18 @@ def row_json(r: RowResult) -> dict[str, Any]:
             }
             for run in r.runs
         ],
-        "makespanMinSeconds": _num(min(r.makespans)),
-        "makespanMaxSeconds": _num(max(r.makespans)),
-        "overheadSeconds": _num(r.overhead),
-        "overheadPercent": _num(100 * r.overhead / ideal) if ideal else None,
-        "speedup": _num(r.speedup),
-        "efficiency": _num(r.efficiency),
+        "makespanMinSeconds": json_number(min(r.makespans)),
+        "makespanMaxSeconds": json_number(max(r.makespans)),
+        "overheadSeconds": json_number(r.overhead),
+        "overheadPercent": json_number(100 * r.overhead / ideal) if ideal else None,
+        "speedup": json_number(r.speedup),
+        "efficiency": json_number(r.efficiency),
         "speedupBaseline": r.speedup_baseline,
-        "mostSpeedup": _num(most_speedup(row.orders, row.workers)),
+        "mostSpeedup": json_number(most_speedup(row.orders, row.workers)),
         "apiLatencyMs": r.api_latency_ms(),
         "queueWaitMs": r.queue_wait_ms(),
         "perWorker": r.representative.per_worker(),
-        "startupSeconds": _num(r.startup_seconds()),
+        "startupSeconds": json_number(r.startup_seconds()),
         "verdict": r.verdict,
         "reason": r.reason,
         "ledger": None if r.ledger is None else r.ledger.to_json(),
@@ -302,11 +302,6 @@ def row_json(r: RowResult) -> dict[str, Any]:
             for s in run.shots
         ],
     }
-
-
-def _num(value: float) -> float | None:
-    """NaN is not JSON: None instead."""
-    return None if value is None or math.isnan(value) else value
 
 
 def to_json(result: SuiteResult, info: dict[str, Any], command: str) -> dict[str, Any]:

@@ -17,6 +17,11 @@ def label(p: int) -> str:
     return f"p{p}"
 
 
+def json_number(value: float | None) -> float | None:
+    """A figure as the JSON reports hold it: NaN (nothing measured) is not JSON, so None."""
+    return None if value is None or math.isnan(value) else value
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """The p-th percentile with linear interpolation between closest ranks (numpy's default).
 

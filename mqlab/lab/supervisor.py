@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import httpx
 import redis
 
+from mqlab.lab.environment import Opened
 from mqlab.procs import free_port, spawn, wait_until
 from mqlab.protocol import keys
 from mqlab.protocol.events import WorkerState
@@ -59,7 +59,7 @@ class Child:
         return "\n".join(list(self.lines)[-n:])
 
 
-class Supervisor:
+class Supervisor(Opened["Supervisor"]):
     """Start, stop and kill the API and the workers; close() leaves nothing running."""
 
     def __init__(self, settings: Settings, on_line: LineHandler | None = None) -> None:
@@ -245,13 +245,6 @@ class Supervisor:
         with contextlib.suppress(redis.RedisError):
             self._redis.close()
 
-    def __enter__(self) -> Supervisor:
+    def open(self) -> Supervisor:
+        """`with Supervisor(...) as sup:` nothing to open (children start when asked)."""
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -245,6 +245,18 @@ async def _push(client: aioredis.Redis, found: list[_Candidate]) -> None:
         await client.eval(PUSH, 2, keys.QUEUE, keys.DELAYED, *args)  # type: ignore[misc]
 
 
+async def _still(
+    conn: psycopg.AsyncConnection[Any], query: str, found: list[_Candidate], **more: list[Any]
+) -> set[str]:
+    """The ids `query` returns for `found` (passed as arrays: ids, attempts, and `more`): the
+    candidates PostgreSQL still has as they were read. No statement for none."""
+    if not found:
+        return set()
+    params = {"ids": [c.id for c in found], "attempts": [c.attempts for c in found], **more}
+    cur = await conn.execute(query, params)
+    return {row[0] for row in await cur.fetchall()}
+
+
 async def reconcile(
     client: aioredis.Redis, conn: psycopg.AsyncConnection[Any], owner: str, grace: float
 ) -> Result:
@@ -264,29 +276,10 @@ async def reconcile(
         await asyncio.sleep(keys.HEARTBEAT_TTL)
         running = await running_job_ids(client)
         taken = [c for c in taken if c.id not in running]
-    still: set[str] = set()
-    if waiting:
-        cur = await conn.execute(
-            db.RECHECK_WAITING,
-            {
-                "ids": [c.id for c in waiting],
-                "statuses": [c.status for c in waiting],
-                "attempts": [c.attempts for c in waiting],
-            },
-        )
-        still.update(row[0] for row in await cur.fetchall())
-    if taken:
-        # Reclaimed in PostgreSQL before the push: should the push fail, the job is pending
-        # there with an old enqueued_at, and the next run queues it.
-        cur = await conn.execute(
-            db.RECLAIM_JOBS,
-            {
-                "ids": [c.id for c in taken],
-                "workers": [c.worker for c in taken],
-                "attempts": [c.attempts for c in taken],
-            },
-        )
-        still.update(row[0] for row in await cur.fetchall())
+    still = await _still(conn, db.RECHECK_WAITING, waiting, statuses=[c.status for c in waiting])
+    # Reclaimed in PostgreSQL before the push: should the push fail, the job is pending there
+    # with an old enqueued_at, and the next run queues it.
+    still |= await _still(conn, db.RECLAIM_JOBS, taken, workers=[c.worker for c in taken])
     chosen = [c for c in missing if c.id in still]  # oldest first, as the query sorted them
     await _push(client, chosen)
     requeued = tuple(c.id for c in chosen)

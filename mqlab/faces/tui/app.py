@@ -339,6 +339,15 @@ class LabApp(App[None]):
 
         self.run_worker(run, name=what, group="controls", thread=True)
 
+    def _confirmed(self, question: str, what: str, work: Callable[[], object]) -> None:
+        """Ask `question`; on yes, run `work` in a thread (as _in_thread)."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._in_thread(what, work)
+
+        self.push_screen(ConfirmScreen(question), answered)
+
     async def action_fire(self) -> None:
         n = self.batch
         try:
@@ -368,25 +377,16 @@ class LabApp(App[None]):
         worker = self.selected_worker()
         if worker is None:
             return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._in_thread(f"kill {worker.id}", lambda: self.lab.kill_worker(worker.id))
-
         question = (
             f"Kill {worker.id} (pid {worker.pid}) with SIGKILL?\n\n"
             "It dies at once, mid-job; the job goes back to the queue when its heartbeat "
             f"expires ({keys.HEARTBEAT_TTL} s) and another worker runs it again."
         )
-        self.push_screen(ConfirmScreen(question), answered)
+        self._confirmed(question, f"kill {worker.id}", lambda: self.lab.kill_worker(worker.id))
 
     def action_reset(self) -> None:
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._in_thread("reset", self.lab.reset)
-
         question = "Delete every order and job, and empty the queue?"
-        self.push_screen(ConfirmScreen(question), answered)
+        self._confirmed(question, "reset", self.lab.reset)
 
     # -- Kata 4: failures on purpose ----------------------------------------------------------
 
@@ -416,31 +416,24 @@ class LabApp(App[None]):
         self._show_faults()
 
     def action_flush_redis(self) -> None:
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._in_thread("flush Redis", self.lab.flush_redis)
-
         question = (
             "FLUSHALL: Redis loses every key (the queue, retries waiting, jobs in hand, dead "
             "letters, heartbeats)?\n\nPostgreSQL keeps every job: the workers' reconciler "
             "queues again the ones it still expects to run."
         )
-        self.push_screen(ConfirmScreen(question), answered)
+        self._confirmed(question, "flush Redis", self.lab.flush_redis)
 
     def action_stop_postgres(self) -> None:
         if (why := self.lab.postgres_stoppable()) is not None:
             self.notify(f"stop PostgreSQL: {why}", severity="warning", timeout=8)
             return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._in_thread("stop PostgreSQL", lambda: self.lab.stop_postgres(PG_DOWN_SECONDS))
-
         question = (
             f"Stop PostgreSQL for {PG_DOWN_SECONDS:g} s?\n\nThe API answers 503 meanwhile "
             "(never 500); the workers wait for it and go on; no accepted order is lost."
         )
-        self.push_screen(ConfirmScreen(question), answered)
+        self._confirmed(
+            question, "stop PostgreSQL", lambda: self.lab.stop_postgres(PG_DOWN_SECONDS)
+        )
 
     async def action_replay(self) -> None:
         try:

@@ -54,7 +54,7 @@ def service_text(service: Service, with_url: bool = True) -> Text:
 
 
 #: The attempt outcomes the counts line adds when they occur, and what it calls them.
-RETRY_OUTCOMES = (("failed", "failed tries"), ("crashed", "crashed"), ("reclaimed", "reclaimed"))
+RETRY_OUTCOMES = (("failed", "failed attempts"), ("crashed", "crashed"), ("reclaimed", "reclaimed"))
 
 
 class StackBar(Widget):

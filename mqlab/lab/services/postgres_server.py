@@ -32,9 +32,9 @@ from mqlab.lab.services.runtime import (
     reachable,
     server_dir,
     service_account,
+    start_server,
 )
 from mqlab.private_files import private_dir, write_private
-from mqlab.procs import keep, spawn, wait_until
 
 NAME = "postgres"
 DATABASE = "mqlab"
@@ -146,16 +146,11 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
         "-c", "max_connections=300",
         "-c", "logging_collector=off",
     ]  # fmt: skip
-    drop = popen_args(account)
-    proc = spawn(argv, owned=owned, log_path=log, drop=drop)
-    keep(proc)
     admin = {"url": _urls(run, port, "postgres", SUPERUSER, passwords["postgres"])[0]}
     admin_db = _urls(run, port, DATABASE, SUPERUSER, passwords["postgres"])[0]
-    if not wait_until(lambda: probe(admin)[0] or proc.poll() is not None, timeout=30):
-        proc.kill()
-        raise RuntimeError(f"postgres did not answer within 30 s; see {log}")
-    if proc.poll() is not None:
-        raise RuntimeError(f"postgres exited at start; see {log}")
+    proc = start_server(
+        argv, account, owned=owned, log=log, answers=lambda: probe(admin)[0], timeout=30
+    )
     _create_app(admin["url"], admin_db, passwords["app"])
     url, tcp_url = _urls(run, port, DATABASE, APP_ROLE, passwords["app"])
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}

@@ -20,7 +20,7 @@ import pwd
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from mqlab.private_files import (
     read_json,
     write_private,
 )
-from mqlab.procs import is_root
+from mqlab.procs import is_root, keep, spawn, wait_until
 
 RUNTIME_ROOT = Path("/var/lib/mqlab")
 #: The root-owned file beside each home's runtime folder naming the MQLAB_HOME it serves.
@@ -54,6 +54,29 @@ def popen_args(account: Account | None) -> dict[str, object]:
     if account is None:
         return {"umask": 0o077}
     return {"user": account.uid, "group": account.gid, "extra_groups": [], "umask": 0o077}
+
+
+def start_server(
+    argv: Sequence[str],
+    account: Account | None,
+    *,
+    owned: bool,
+    log: Path,
+    answers: Callable[[], bool],
+    timeout: float,
+) -> subprocess.Popen[bytes]:
+    """Start a server as `account` (kept until procs.terminate()) and wait until `answers()`;
+    RuntimeError, naming its log, when it exits first or does not answer within `timeout` s
+    (then it is killed)."""
+    what = Path(argv[0]).name
+    proc = spawn(argv, owned=owned, log_path=log, drop=popen_args(account))
+    keep(proc)
+    if not wait_until(lambda: answers() or proc.poll() is not None, timeout=timeout):
+        proc.kill()
+        raise RuntimeError(f"{what} did not answer within {timeout:g} s; see {log}")
+    if proc.poll() is not None:
+        raise RuntimeError(f"{what} exited at start; see {log}")
+    return proc
 
 
 def service_account() -> Account | None:

@@ -34,13 +34,12 @@ from mqlab.lab.services.runtime import (
     Account,
     data_root,
     give,
-    popen_args,
     reachable,
     server_dir,
     service_account,
+    start_server,
 )
 from mqlab.private_files import private_dir, write_private
-from mqlab.procs import keep, spawn, wait_until
 
 #: The role: the Redis-protocol server that holds the queue.
 NAME = "redis"
@@ -143,19 +142,15 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     give(conf, account)
     exe = executable()
     binary = reachable(exe.parent, [exe.name], account) / exe.name
-    drop = popen_args(account)
-    proc = spawn([str(binary), str(conf)], owned=owned, log_path=log, drop=drop)
-    keep(proc)
     secret = quote(password, safe="")
     # `default:` spelled out: redis-cli 7 sends an empty user name for `redis://:pw@`.
     tcp_url = f"redis://default:{secret}@127.0.0.1:{port}/0"
     url = f"unix://default:{secret}@{sock}?db=0" if use_socket else tcp_url
+    argv = [str(binary), str(conf)]
+    proc = start_server(
+        argv, account, owned=owned, log=log, answers=lambda: probe({"url": url})[0], timeout=15
+    )
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}
-    if not wait_until(lambda: probe(record)[0] or proc.poll() is not None, timeout=15):
-        proc.kill()
-        raise RuntimeError(f"valkey-server did not answer within 15 s; see {log}")
-    if proc.poll() is not None:
-        raise RuntimeError(f"valkey-server exited at start; see {log}")
     record["version"] = probe(record)[1]
     return record
 
