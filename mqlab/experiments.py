@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mqlab.system.faults import FaultError, Faults
-from mqlab.system.retry_policy import PolicyError, RetryPolicy
-from mqlab.system.work import WORK_KINDS
+from mqlab.system.spec import SpecError, WorkerSpec, kinds
+from mqlab.system.spec import options as spec_options
 
-#: How a row's workers fetch (mqlab worker --fetch; kept here so loading a suite stays light).
-FETCH_KINDS = ("reliable", "blpop")
 #: Products of a faulty row's orders: plain ones, the poison ones and the crash-loop ones.
 PLAIN_PRODUCT = "order #"
 POISON_PRODUCT = "poison #"
@@ -42,26 +41,19 @@ class ExperimentError(ValueError):
 
 @dataclass(frozen=True)
 class Row:
-    """One line of an experiment table."""
+    """One line of an experiment table: its orders, its workers (each as `spec` says) and,
+    for Kata 4, what the lab does while it runs. A suite's row keys are these fields' names
+    and the spec's (Row.make sorts them)."""
 
     name: str
     orders: int
     workers: int
-    job_seconds: float
-    work: str = "sleep"
+    spec: WorkerSpec = field(default_factory=WorkerSpec)
     expected_seconds: float | None = None
     tolerance_seconds: float | None = None
     # -- Kata 4: failures on purpose, and what the lab does to the system while a row runs.
-    fail_rate: float = 0.0
-    crash_rate: float = 0.0
-    seed: int | None = None
     poison_orders: int = 0  # that many orders get a product containing "poison"
     crash_orders: int = 0  # that many orders get a product matching crash_on
-    crash_on: str = ""
-    max_attempts: int | None = None
-    backoff_base: float | None = None
-    backoff_max: float | None = None
-    fetch: str = "reliable"
     kill_every: float | None = None  # SIGKILL a random worker this often, and replace it
     flushall_after: float | None = None  # FLUSHALL this long after the first order
     pg_stop_after: float | None = None  # stop PostgreSQL this long after the first order ...
@@ -72,14 +64,24 @@ class Row:
     expect_loss: bool = False
     timeout_seconds: float | None = None
 
+    @classmethod
+    def make(cls, **keys: Any) -> Row:
+        """A row from its keys as a suite names them: WorkerSpec's go to its spec (raising
+        SpecError when they cannot run), the others are the row's."""
+        spec = {k: keys.pop(k) for k in SPEC_KEYS & set(keys)}
+        if keys.get("crash_orders") and not spec.get("crash_on"):
+            spec["crash_on"] = DEFAULT_CRASH_ON
+        return cls(spec=WorkerSpec(**spec), **keys)
+
     @property
     def faulty(self) -> bool:
         """A Kata 4 row: judged by its ledger (nothing lost, nothing twice), not by a time."""
+        spec = self.spec
         return any((
-            self.fail_rate, self.crash_rate, self.poison_orders, self.crash_orders,
-            self.fetch != "reliable", self.kill_every, self.flushall_after,
+            spec.fail_rate, spec.crash_rate, self.poison_orders, self.crash_orders,
+            spec.fetch != "reliable", self.kill_every, self.flushall_after,
             self.pg_stop_after is not None, self.restart_crashed, self.expect_loss,
-            self.max_attempts, self.fire_seconds,
+            spec.max_attempts, self.fire_seconds,
         ))  # fmt: skip
 
     @property
@@ -88,32 +90,7 @@ class Row:
         margin (wider for a faulty row: backoffs and recoveries)."""
         if self.timeout_seconds:
             return self.timeout_seconds
-        return self.orders * self.job_seconds * 1.5 + (60 if self.faulty else 30)
-
-    def policy(self) -> RetryPolicy | None:
-        """The retry policy its workers get (None: the environment's, as kata3's rows)."""
-        if (self.max_attempts, self.backoff_base, self.backoff_max) == (None, None, None):
-            return None
-        default = RetryPolicy()
-        base = default.base if self.backoff_base is None else self.backoff_base
-        return RetryPolicy(
-            max_attempts=default.max_attempts if self.max_attempts is None else self.max_attempts,
-            base=base,
-            cap=max(base, default.cap) if self.backoff_max is None else self.backoff_max,
-        )
-
-    def faults(self) -> Faults | None:
-        """The failures its workers inject (None: none, and the worker's own flags)."""
-        if not (
-            self.fail_rate
-            or self.crash_rate
-            or self.crash_orders
-            or self.crash_on
-            or self.seed is not None
-        ):
-            return None
-        crash_on = self.crash_on or (DEFAULT_CRASH_ON if self.crash_orders else "")
-        return Faults(self.fail_rate, self.crash_rate, seed=self.seed, crash_on=crash_on)
+        return self.orders * self.spec.job_seconds * 1.5 + (60 if self.faulty else 30)
 
     @property
     def plain_orders(self) -> int:
@@ -121,7 +98,7 @@ class Row:
 
     @property
     def ideal_seconds(self) -> float:
-        return ideal_seconds(self.orders, self.workers, self.job_seconds)
+        return ideal_seconds(self.orders, self.workers, self.spec.job_seconds)
 
     @property
     def tolerance(self) -> float:
@@ -133,15 +110,14 @@ class Row:
     def with_job_seconds(self, seconds: float, tolerance: float | None = None) -> Row:
         """The same row at another job time; the expected time scales with it, and the
         tolerance becomes `tolerance` when given (the fixed costs it allows for do not)."""
-        if seconds == self.job_seconds:
+        if seconds == self.spec.job_seconds:
             return self
         expected = self.expected_seconds
-        if expected is not None and self.job_seconds > 0:
-            expected = expected * seconds / self.job_seconds
+        if expected is not None and self.spec.job_seconds > 0:
+            expected = expected * seconds / self.spec.job_seconds
         tolerance = self.tolerance_seconds if tolerance is None else tolerance
-        return replace(
-            self, job_seconds=seconds, expected_seconds=expected, tolerance_seconds=tolerance
-        )
+        spec = replace(self.spec, job_seconds=seconds)
+        return replace(self, spec=spec, expected_seconds=expected, tolerance_seconds=tolerance)
 
 
 @dataclass(frozen=True)
@@ -169,7 +145,7 @@ class Suite:
 
     def api_bar_ms(self) -> float:
         """Every answer must come faster than this: the suite's bar, or the shortest job."""
-        shortest_job_ms = min(r.job_seconds for r in self.rows) * 1000
+        shortest_job_ms = min(r.spec.job_seconds for r in self.rows) * 1000
         return min(self.api.max_latency_ms, shortest_job_ms)
 
     def with_job_seconds(self, seconds: float) -> Suite:
@@ -270,32 +246,21 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
     )
 
 
-_ROW_KEYS = {
-    "name",
-    "orders",
-    "workers",
-    "job_seconds",
-    "work",
-    "expected_seconds",
-    "tolerance_seconds",
-}
-#: Kata 4's keys, by kind: numbers >= 0 (seconds, rates), whole numbers >= 0, flags.
-_FAULT_NUMBERS = {
-    "fail_rate", "crash_rate", "backoff_base", "backoff_max", "kill_every", "flushall_after",
-    "pg_stop_after", "pg_stop_seconds", "fire_seconds", "timeout_seconds",
-}  # fmt: skip
-_FAULT_WHOLE = {"seed", "poison_orders", "crash_orders", "max_attempts"}
-_FAULT_FLAGS = {"replay_without_poison", "restart_crashed", "expect_loss"}
-_FAULT_TEXT = {"crash_on", "fetch"}
-_ALL_ROW_KEYS = _ROW_KEYS | _FAULT_NUMBERS | _FAULT_WHOLE | _FAULT_FLAGS | _FAULT_TEXT
+#: A row's keys: its workers' options (WorkerSpec's fields a row may set) and its own fields.
+SPEC_KEYS = frozenset(f.name for f in spec_options() if f.metadata["flag"].row)
+ROW_KEYS = SPEC_KEYS | {f.name for f in dataclasses.fields(Row) if f.name != "spec"}
+#: The rest of a row's keys by the kind of their value, checked alone (numbers >= 0, ...).
+_KINDS = {k: v for k, v in {**kinds(WorkerSpec), **kinds(Row)}.items() if k in ROW_KEYS}
+#: The keys _row checks itself (their bounds are the lab's, or a suite gives their default).
+_CHECKED = {"name", "orders", "workers", "job_seconds", "work"}
 
 
 def _row(raw: dict[str, Any], index: int, where: str, default_t: float, default_work: str) -> Row:
     at = f"{where} row {index}"
-    unknown = set(raw) - _ALL_ROW_KEYS
+    unknown = set(raw) - ROW_KEYS
     if unknown:
         raise ExperimentError(
-            f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ALL_ROW_KEYS)}"
+            f"{at}: unknown key(s) {sorted(unknown)}; allowed: {sorted(ROW_KEYS)}"
         )
     orders = _get(raw, "orders", int, at)
     workers = _get(raw, "workers", int, at)
@@ -307,49 +272,42 @@ def _row(raw: dict[str, Any], index: int, where: str, default_t: float, default_
     job_seconds = default_t if job_seconds is None else float(job_seconds)
     if not 0 <= job_seconds <= 600:
         raise ExperimentError(f"{at}: job_seconds must be within 0..600")
-    work = _get(raw, "work", str, at) or default_work
-    if work not in WORK_KINDS:
-        raise ExperimentError(f"{at}: work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
-    expected = _get(raw, "expected_seconds", (int, float), at)
-    tolerance = _get(raw, "tolerance_seconds", (int, float), at)
-    if expected is not None and expected < 0:
-        raise ExperimentError(f"{at}: expected_seconds must be >= 0")
-    if tolerance is not None and tolerance < 0:
-        raise ExperimentError(f"{at}: tolerance_seconds must be >= 0")
-    row = Row(
-        name=_get(raw, "name", str, at) or f"{orders} orders, {workers} workers",
-        orders=orders,
-        workers=workers,
-        job_seconds=job_seconds,
-        work=work,
-        expected_seconds=None if expected is None else float(expected),
-        tolerance_seconds=None if tolerance is None else float(tolerance),
-    )
-    return _fault_fields(row, raw, at)
+    keys = {
+        "name": _get(raw, "name", str, at) or f"{orders} orders, {workers} workers",
+        "orders": orders,
+        "workers": workers,
+        "job_seconds": job_seconds,
+        "work": _get(raw, "work", str, at) or default_work,
+    }
+    for key in sorted(set(raw) - _CHECKED):
+        keys[key] = _value(raw, key, at)
+    try:
+        row = Row.make(**keys)
+    except SpecError as exc:
+        # The spec's text names the worker's flags; the suite's keys are what the person wrote.
+        message = re.sub(r"--([a-z-]+)", lambda m: m[1].replace("-", "_"), str(exc))
+        raise ExperimentError(f"{at}: {message}") from None
+    return _checked_together(row, at)
 
 
-def _fault_fields(row: Row, raw: dict[str, Any], at: str) -> Row:
-    """Kata 4's keys on top of a row: each checked alone, then together."""
-    fields: dict[str, Any] = {}
-    for key in sorted(_FAULT_NUMBERS & set(raw)):
-        value = _get(raw, key, (int, float), at)
-        if value < 0:
-            raise ExperimentError(f"{at}: {key} must be >= 0, not {value!r}")
-        fields[key] = float(value)
-    for key in sorted(_FAULT_WHOLE & set(raw)):
-        value = _get(raw, key, int, at)
-        if value < 0:
-            raise ExperimentError(f"{at}: {key} must be a whole number >= 0, not {value!r}")
-        fields[key] = value
-    for key in sorted(_FAULT_FLAGS & set(raw)):
+def _value(raw: dict[str, Any], key: str, at: str) -> Any:
+    """One key's value, checked alone by its kind: numbers and whole numbers >= 0, flags."""
+    kind = _KINDS[key]
+    if kind is bool:
         if not isinstance(raw[key], bool):
             raise ExperimentError(f"{at}: {key} must be true or false, not {raw[key]!r}")
-        fields[key] = raw[key]
-    for key in sorted(_FAULT_TEXT & set(raw)):
-        fields[key] = _get(raw, key, str, at)
-    row = replace(row, **fields)
-    if row.fetch not in FETCH_KINDS:
-        raise ExperimentError(f"{at}: fetch must be one of {', '.join(FETCH_KINDS)}")
+        return raw[key]
+    if kind is str:
+        return _get(raw, key, str, at)
+    value = _get(raw, key, (int, float) if kind is float else kind, at)
+    if value < 0:
+        whole = " a whole number" if kind is int else ""
+        raise ExperimentError(f"{at}: {key} must be{whole} >= 0, not {value!r}")
+    return float(value) if kind is float else value
+
+
+def _checked_together(row: Row, at: str) -> Row:
+    """A row's keys that must agree with each other (the spec checked its own)."""
     if row.poison_orders + row.crash_orders > row.orders:
         raise ExperimentError(
             f"{at}: poison_orders + crash_orders ({row.poison_orders + row.crash_orders}) "
@@ -359,15 +317,8 @@ def _fault_fields(row: Row, raw: dict[str, Any], at: str) -> Row:
         raise ExperimentError(f"{at}: replay_without_poison needs poison_orders > 0")
     if row.kill_every is not None and row.kill_every <= 0:
         raise ExperimentError(f"{at}: kill_every must be > 0 seconds")
-    if row.expect_loss and row.fetch != "blpop":
+    if row.expect_loss and row.spec.fetch != "blpop":
         raise ExperimentError(
             f'{at}: expect_loss is for fetch = "blpop" (the reliable fetch loses nothing)'
         )
-    try:
-        row.policy()
-        row.faults()
-    except (PolicyError, FaultError) as exc:
-        # The worker's flags name the values; the suite's keys are what the person wrote.
-        message = str(exc).replace("--", "").replace("-", "_")
-        raise ExperimentError(f"{at}: {message}") from None
     return row

@@ -64,7 +64,7 @@ def waves_run(row: Row, last_overrun: float) -> RunResult:
     """`row` on its workers in waves, as a good lab records it: each worker's first job
     starts 12 ms after the first request, each job runs 1 ms over T (`last_overrun` for the
     very last one), and the next job starts 3 ms after the previous one finished."""
-    t = row.job_seconds
+    t = row.spec.job_seconds
     shots = [Shot(i, 202, T0, 0.003, i + 1, f"job-{i + 1}-1", None) for i in range(row.orders)]
     jobs = []
     for i in range(row.orders):

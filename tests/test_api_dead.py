@@ -15,6 +15,7 @@ from mqlab import db
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
 from mqlab.settings import Settings
+from mqlab.system.spec import WorkerSpec
 from tests.conftest import StoppableServer
 from tests.dead_helpers import make_dead
 from tests.helpers import eventually, insert_job, job, post_order
@@ -115,7 +116,7 @@ def test_a_replayed_job_is_completed_by_a_worker(
 ) -> None:
     dead, _ = make_dead(settings.database_url, raw, attempts=2)
     assert client.post(f"/jobs/{dead}/retry").status_code == 202
-    sup.start_worker("w9", job_seconds=0)
+    sup.start_worker(WorkerSpec(worker_id="w9", job_seconds=0))
     done = eventually(lambda: (j := job(client, dead))["status"] == "completed" and j, timeout=30)
     assert done["attempts"] == 3 and done["workerId"] == "w9"
     history = done["history"]

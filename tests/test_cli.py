@@ -22,6 +22,7 @@ from mqlab.lab.services.view import masked
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys, messages
 from mqlab.settings import Settings
+from mqlab.system.spec import WorkerSpec
 from tests.helpers import eventually, post_order
 
 
@@ -44,7 +45,7 @@ def test_status_shows_queue_workers_and_counts(
 ) -> None:
     for i in range(3):
         post_order(client, f"Item{i}")
-    sup.start_worker("w7", job_seconds=30)
+    sup.start_worker(WorkerSpec(worker_id="w7", job_seconds=30))
     eventually(lambda: client.get("/stats").json()["jobs"]["processing"] == 1)
     out = run(settings, "status")
     assert out.returncode == 0, out.stderr

@@ -11,7 +11,7 @@ from mqlab.experiments import ExperimentError, load
 
 def test_kata3_is_the_katas_table() -> None:
     suite = load("kata3")
-    table = [(r.orders, r.workers, r.job_seconds, r.expected_seconds) for r in suite.rows]
+    table = [(r.orders, r.workers, r.spec.job_seconds, r.expected_seconds) for r in suite.rows]
     assert table == [(1, 1, 2.0, 2.0), (5, 1, 2.0, 10.0), (10, 4, 2.0, 6.0)]
     assert [r.ideal_seconds for r in suite.rows] == [2.0, 10.0, 6.0]
     assert suite.api.max_latency_ms == 50
@@ -35,10 +35,10 @@ def test_job_seconds_override_scales_the_expected_times() -> None:
 def test_scaling_covers_sleep_and_cpu_over_1_to_16_workers() -> None:
     suite = load("scaling")
     for work in ("sleep", "cpu"):
-        rows = [r for r in suite.rows if r.work == work]
+        rows = [r for r in suite.rows if r.spec.work == work]
         assert [r.workers for r in rows] == [1, 2, 4, 8, 16]
         assert {r.orders for r in rows} == {40}
-    assert all(r.expected_seconds is None for r in suite.rows if r.work == "cpu")
+    assert all(r.expected_seconds is None for r in suite.rows if r.spec.work == "cpu")
 
 
 @pytest.mark.parametrize(

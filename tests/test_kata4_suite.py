@@ -16,16 +16,20 @@ def test_kata4_has_the_issues_seven_rows_each_judged_by_its_ledger() -> None:
     rows = {r.name: r for r in suite.rows}
     assert len(rows) == 7 and all(r.faulty for r in suite.rows)
     retries = rows["retries"]
-    assert (retries.orders, retries.workers, retries.fail_rate) == (100, 4, 0.3)
-    assert retries.policy() == RetryPolicy(max_attempts=10, base=0.2, cap=2.0)
+    assert (retries.orders, retries.workers, retries.spec.fail_rate) == (100, 4, 0.3)
+    assert retries.spec.policy == RetryPolicy(max_attempts=10, base=0.2, cap=2.0)
     poison = rows["poison, then replay"]
     assert (poison.orders, poison.poison_orders, poison.replay_without_poison) == (50, 3, True)
     crash = rows["crash loop"]
-    faults = crash.faults()
-    assert crash.restart_crashed and isinstance(faults, Faults) and faults.crash_on
+    assert crash.restart_crashed and crash.spec.faults.crash_on
     kill, blpop = rows["kill -9"], rows["the kata's BLPOP"]
-    assert (kill.orders, kill.workers, kill.kill_every, kill.fetch) == (500, 4, 1.0, "reliable")
-    assert (blpop.fetch, blpop.expect_loss, blpop.kill_every) == ("blpop", True, 1.0)
+    assert (kill.orders, kill.workers, kill.kill_every, kill.spec.fetch) == (
+        500,
+        4,
+        1.0,
+        "reliable",
+    )
+    assert (blpop.spec.fetch, blpop.expect_loss, blpop.kill_every) == ("blpop", True, 1.0)
     assert rows["Redis loses its data"].flushall_after is not None
     pg = rows["PostgreSQL restarts"]
     assert pg.pg_stop_after is not None and pg.pg_stop_seconds == 3 and pg.fire_seconds
@@ -34,7 +38,7 @@ def test_kata4_has_the_issues_seven_rows_each_judged_by_its_ledger() -> None:
 def test_kata3_and_scaling_rows_stay_plain() -> None:
     for name in ("kata3", "scaling"):
         for r in load(name).rows:
-            assert not r.faulty and r.policy() is None and r.faults() is None
+            assert not r.faulty and r.spec.policy is None and r.spec.faults == Faults()
 
 
 HEAD = '[suite]\nname = "x"\n[[row]]\norders = 10\nworkers = 2\n'

@@ -23,7 +23,7 @@ def done(job: str, n: int = 1, worker: str = "w1", at: float = T0) -> Attempt:
 
 
 def row(**fields: object) -> Row:
-    return Row(name="r", orders=3, workers=2, job_seconds=0.1, **fields)  # type: ignore[arg-type]
+    return Row.make(name="r", orders=3, workers=2, job_seconds=0.1, **fields)
 
 
 def verdict(r: Row, ledger_run: RunResult) -> RowResult:

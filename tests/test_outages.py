@@ -16,6 +16,7 @@ from mqlab.lab.supervisor import Child, Supervisor
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
+from mqlab.system.spec import WorkerSpec
 from mqlab.system.worker import requeue_orphans
 from tests.conftest import StoppableServer, counts
 from tests.helpers import eventually, insert_job, job_status
@@ -106,7 +107,7 @@ def test_worker_waits_for_redis_and_reconnects(
     """Slow by design: the worker's reconnect backoff doubles while Valkey is away (up to 5 s),
     and the job goes through only at its next attempt after the restart."""
     with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
-        child = sup.start_worker("w1", job_seconds=0)
+        child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
         stoppable_redis.stop()
         # Several failed attempts, backing off, and still alive.
         eventually(lambda: child.tail().count("retrying") >= 3, timeout=10)
@@ -125,7 +126,7 @@ def test_worker_waits_for_postgres_and_reconnects(
 ) -> None:
     """Slow by design: as above, with PostgreSQL stopped and restarted."""
     with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
-        child = sup.start_worker("w1", job_seconds=0)
+        child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
         message = insert_job(stoppable_pg.url, "job-p-1")
         stoppable_pg.stop()
         rds.lpush(keys.QUEUE, message)
@@ -202,7 +203,7 @@ def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
     """The worker's connection died with the server while it waited for a job: the next job
     runs on a new one, with no failed statement (and no backoff) first."""
     with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
-        child = sup.start_worker("w1", job_seconds=0)
+        child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
         rds.lpush(keys.QUEUE, insert_job(stoppable_pg.url, "job-p-2"))
         eventually(lambda: job_status(stoppable_pg.url, "job-p-2") == "completed", timeout=10)
         stoppable_pg.stop()

@@ -33,6 +33,7 @@ from mqlab.system.reconciler import (
     reconcile_now,
 )
 from mqlab.system.reconciler_record import parse_run
+from mqlab.system.spec import WorkerSpec
 from tests.helpers import eventually, insert_job, job, post_order
 
 #: The reconciler's own keys, which the `clean` fixture does not know of.
@@ -434,7 +435,7 @@ def test_workers_requeue_a_lost_job_and_complete_it(
     reconciler queues them again and workers complete them; the reclaimed attempt says so."""
     make_job(settings, "job-lost")
     make_job(settings, "job-orphan", "processing", worker="wgone")
-    sup.start_worker("w1", job_seconds=0.05)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0.05))
 
     def done() -> bool:
         rows = pg.execute("SELECT status FROM jobs").fetchall()
@@ -477,7 +478,7 @@ def test_after_flushall_every_queued_order_completes(
     monkeypatch.setenv("MQLAB_RECONCILE_GRACE", "2")
     monkeypatch.setenv("MQLAB_RECONCILE_INTERVAL", "1")
     lost_at = time.monotonic()
-    sup.start_workers(4, job_seconds=0.01)
+    sup.start_workers(4, WorkerSpec(job_seconds=0.01))
     eventually(lambda: db_count(pg, "completed") == orders, timeout=60, interval=0.2)
     took = time.monotonic() - lost_at
     assert took < 30, took
@@ -505,7 +506,7 @@ async def test_a_job_a_live_worker_runs_is_not_reclaimed_while_its_beat_is_missi
     """Redis lost its keys (what FLUSHALL leaves: no processing list, no heartbeat until the
     worker's next beat): the run waits for the live workers' beats before it reclaims, so
     the job w1 runs is neither queued again nor run twice (it was reclaimed at once)."""
-    sup.start_worker("w1", job_seconds=5)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=5))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     time.sleep(1.5)  # older than the grace below

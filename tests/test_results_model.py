@@ -24,20 +24,20 @@ from tests.results_data import T0, kata, row_result, serial_run, suite_result, w
 def test_the_overhead_breakdown_adds_up_on_the_last_lane() -> None:
     row = load("kata3").rows[2]  # 10 orders, 4 workers: w1 and w2 run three jobs each
     run = waves_run(row, last_overrun=0.005)  # job 10, on w2, finishes last
-    b = run.breakdown(row.job_seconds)
+    b = run.breakdown(row.spec.job_seconds)
     assert b is not None
     assert b.jobs == 3
     assert b.to_first_start == pytest.approx(0.012)
     assert b.job_overrun == pytest.approx(0.001 + 0.001 + 0.005)
     assert b.gaps == pytest.approx(2 * 0.003)
     # The parts are the lane's makespan beyond its three jobs' nominal time.
-    assert b.total == pytest.approx(run.makespan - 3 * row.job_seconds)
+    assert b.total == pytest.approx(run.makespan - 3 * row.spec.job_seconds)
     assert run.makespan == pytest.approx(6.025)
 
 
 def test_no_finished_job_no_breakdown() -> None:
     row = load("kata3").rows[0]
-    assert serial_run(row, 2.0, [1.0], completed=0).breakdown(row.job_seconds) is None
+    assert serial_run(row, 2.0, [1.0], completed=0).breakdown(row.spec.job_seconds) is None
 
 
 def test_a_rows_cells() -> None:

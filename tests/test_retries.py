@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -20,8 +21,7 @@ from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import delayed, keys
 from mqlab.protocol.messages import read_dead_letter
 from mqlab.settings import Settings
-from mqlab.system.faults import Faults
-from mqlab.system.retry_policy import RetryPolicy
+from mqlab.system.spec import WorkerSpec
 from tests.helpers import eventually, job, post_order
 
 
@@ -58,8 +58,11 @@ def test_transient_failures_back_off_within_the_policy_and_end_dead(
 ) -> None:
     """Every attempt fails: 4 attempts, each wait inside [ceiling/2, ceiling] (plus the
     promotion's lag) and longer than the one before; then dead, its order failed."""
-    policy = RetryPolicy(max_attempts=4, base=0.4, cap=10)
-    sup.start_worker("w1", job_seconds=0.1, policy=policy, faults=Faults(fail_rate=1, seed=1))
+    spec = WorkerSpec(worker_id="w1", job_seconds=0.1, max_attempts=4, backoff_base=0.4,
+                      backoff_max=10, fail_rate=1, seed=1)  # fmt: skip
+    sup.start_worker(spec)
+    policy = spec.policy
+    assert policy is not None
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "dead", timeout=20)
     rows = attempts_of(pg, created["jobId"])
@@ -90,9 +93,9 @@ def test_transient_failures_are_retried_until_completed(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
     """Half the attempts fail: every order completes all the same, some after retries."""
-    policy = RetryPolicy(max_attempts=25, base=0.05, cap=0.2)
-    faults = Faults(fail_rate=0.5, seed=7)
-    sup.start_workers(2, job_seconds=0.02, policy=policy, faults=faults)
+    spec = WorkerSpec(job_seconds=0.02, max_attempts=25, backoff_base=0.05, backoff_max=0.2,
+                      fail_rate=0.5, seed=7)  # fmt: skip
+    sup.start_workers(2, spec)
     created = [post_order(client, f"item {n}") for n in range(20)]
     eventually(
         lambda: all(job(client, c["jobId"])["status"] == "completed" for c in created),
@@ -110,7 +113,7 @@ def test_transient_failures_are_retried_until_completed(
 def test_a_poison_order_is_dead_after_one_attempt_and_the_worker_goes_on(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
-    w1 = sup.start_worker("w1", job_seconds=0.05)
+    w1 = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0.05))
     poison = post_order(client, "a poison pill")
     eventually(lambda: job(client, poison["jobId"])["status"] == "dead")
     rows = attempts_of(pg, poison["jobId"])
@@ -130,7 +133,7 @@ def test_a_poison_order_is_dead_after_one_attempt_and_the_worker_goes_on(
 def test_the_poison_pattern_is_configurable(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection
 ) -> None:
-    sup.start_worker("w1", job_seconds=0, faults=Faults(poison=r"^bad\b"))
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0, poison=r"^bad\b"))
     fine = post_order(client, "poison, but not by this pattern")
     bad = post_order(client, "bad apple")
     eventually(lambda: job(client, bad["jobId"])["status"] == "dead")
@@ -143,17 +146,17 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
     """Attempts are counted at the claim: the job that crashes every worker that takes it is
     dead after the policy's attempts, instead of crashing workers for ever. The same worker
     id is restarted each time: at start it takes back what its previous life held."""
-    policy = RetryPolicy(max_attempts=3, base=0.1, cap=1)
+    spec = WorkerSpec(
+        worker_id="w1", job_seconds=0.2, max_attempts=3, backoff_base=0.1, backoff_max=1
+    )
     created = post_order(client)
     for life in range(3):
         # Not waited for as ready: it may take the job and die before it is seen idle.
-        child = sup.start_worker(
-            "w1", job_seconds=0.2, wait=False, policy=policy, faults=Faults(crash_rate=1)
-        )
+        child = sup.start_worker(replace(spec, crash_rate=1), wait=False)
         eventually(lambda c=child: not c.alive(), timeout=15)  # type: ignore[misc]
         assert child.proc.returncode == 70, (life, child.tail())
     # The fourth claim finds the third never ended, and no attempt left.
-    sup.start_worker("w1", job_seconds=0.2, policy=policy)
+    sup.start_worker(spec)
     eventually(lambda: job(client, created["jobId"])["status"] == "dead", timeout=15)
     rows = attempts_of(pg, created["jobId"])
     assert [(r[0], r[2]) for r in rows] == [(1, "crashed"), (2, "crashed"), (3, "crashed")]
@@ -168,7 +171,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
 def test_a_duplicate_delivery_of_a_completed_job_is_dropped_unworked(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, raw_rds: redis.Redis
 ) -> None:
-    sup.start_worker("w1", job_seconds=0.05)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0.05))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     message = orjson.dumps({"jobId": created["jobId"], "orderId": created["orderId"]})
@@ -224,8 +227,8 @@ def test_retries_wait_in_the_delayed_set_while_no_worker_is_alive(
     """A retry due while no worker runs stays in the delayed set (PostgreSQL says retrying,
     and when) and is taken by the next worker to start."""
     # A first wait of 2-4 s: longer than the stop below takes, so w1 cannot retry it.
-    policy = RetryPolicy(max_attempts=3, base=4, cap=4)
-    w1 = sup.start_worker("w1", job_seconds=0.05, policy=policy, faults=Faults(fail_rate=1))
+    spec = WorkerSpec(job_seconds=0.05, max_attempts=3, backoff_base=4, backoff_max=4)
+    w1 = sup.start_worker(replace(spec, worker_id="w1", fail_rate=1))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "retrying")
     sup.stop("w1")
@@ -234,7 +237,7 @@ def test_retries_wait_in_the_delayed_set_while_no_worker_is_alive(
     retrying = job(client, created["jobId"])
     assert retrying["nextAttemptAt"] is not None
     assert order_status(pg, created["orderId"]) == "retrying"
-    sup.start_worker("w2", job_seconds=0.05, policy=policy)
+    sup.start_worker(replace(spec, worker_id="w2"))
     eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=15)
     assert rds.zcard(keys.DELAYED) == 0
     assert [r[2] for r in attempts_of(pg, created["jobId"])] == ["failed", "completed"]
@@ -246,7 +249,8 @@ def test_a_poison_order_replayed_with_the_pattern_off_completes(
     """The whole way round, through the API: dead after one attempt, replayed (202; a second
     replay is 409 and queues nothing more), completed by a worker that poisons nothing, with
     both attempts in its history and a fresh attempt budget."""
-    sup.start_worker("w1", job_seconds=0.05, policy=RetryPolicy(max_attempts=1))
+    spec = WorkerSpec(job_seconds=0.05, max_attempts=1)
+    sup.start_worker(replace(spec, worker_id="w1"))
     created = post_order(client, "a poison pill")
     eventually(lambda: job(client, created["jobId"])["status"] == "dead")
     sup.stop("w1")
@@ -255,8 +259,7 @@ def test_a_poison_order_replayed_with_the_pattern_off_completes(
     again = client.post(f"/jobs/{created['jobId']}/retry")
     assert again.status_code == 409 and "pending" in again.json()["error"]
     assert rds.llen(keys.QUEUE) == 1 and rds.llen(keys.DEAD) == 0
-    sup.start_worker("w2", job_seconds=0.05, policy=RetryPolicy(max_attempts=1),
-                     faults=Faults(poison=""))  # fmt: skip
+    sup.start_worker(replace(spec, worker_id="w2", poison=""))
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     history = job(client, created["jobId"])["history"]
     assert [(h["attempt"], h["workerId"], h["outcome"]) for h in history] == [  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import pid_alive
 from mqlab.protocol import keys
 from mqlab.settings import Settings
+from mqlab.system.spec import WorkerSpec
 from tests.helpers import eventually, post_order
 
 
@@ -124,7 +125,7 @@ def test_down_then_up_keeps_the_urls_and_the_api_and_worker_reconnect(
         settings = Settings(first["redis"]["url"], first["postgres"]["url"])
         with Supervisor(settings) as sup, httpx.Client(timeout=5) as client:
             sup.start_api()
-            sup.start_worker(job_seconds=0.05)
+            sup.start_worker(WorkerSpec(job_seconds=0.05))
             url = f"{sup.api_url}/orders"
             with httpx.Client(base_url=sup.api_url or "", timeout=5) as api:
                 job = post_order(api)["jobId"]

@@ -98,7 +98,9 @@ def test_every_label_of_a_kata_run_is_inside_the_picture() -> None:
     from mqlab.experiments import Row
     from tests.results_data import waves_run
 
-    run = waves_run(Row(name="10 órdenes, 4 workers", orders=10, workers=4, job_seconds=2.0), 0.04)
+    run = waves_run(
+        Row.make(name="10 órdenes, 4 workers", orders=10, workers=4, job_seconds=2.0), 0.04
+    )
     picture = timeline.svg(run, "10 órdenes, 4 workers")
     _inside(picture)
     labels = [w for _, anchor, w in _texts(picture) if anchor == "middle" and w[:1].isdigit()]

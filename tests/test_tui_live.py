@@ -19,6 +19,7 @@ from mqlab.faces.tui.panels import LogPanel, QueuePanel, WorkersTable
 from mqlab.faces.tui.screens import ConfirmScreen
 from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
+from mqlab.system.spec import WorkerSpec
 
 SIZE = (160, 48)
 
@@ -220,7 +221,8 @@ async def test_run_with_a_foreign_worker_refuses_before_stopping_ours(
         await started(pilot, lab)
         ours = {c.name: c.pid for c in lab.children() if c.kind == "worker"}
         pids |= set(ours.values())
-        sup.start_worker("elsewhere", job_seconds=0.3)  # another terminal's worker
+        # another terminal's worker
+        sup.start_worker(WorkerSpec(worker_id="elsewhere", job_seconds=0.3))
         await until(pilot, lambda: "elsewhere" in rows(app))
         assert not rows(app)["elsewhere"].ours
         await pilot.press("R")

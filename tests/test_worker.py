@@ -19,6 +19,7 @@ from mqlab import db
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys, messages
 from mqlab.settings import Settings
+from mqlab.system.spec import WorkerSpec
 from tests.helpers import eventually, insert_job, job, post_order
 
 
@@ -33,7 +34,7 @@ def raw_rds(settings: Settings) -> Iterator[redis.Redis]:
 def test_one_order_one_worker_completes_in_about_the_job_time(
     sup: Supervisor, client: httpx.Client
 ) -> None:
-    sup.start_worker("w1", job_seconds=0.5)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0.5))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
     j = job(client, created["jobId"])
@@ -55,7 +56,7 @@ def at(stamp: object) -> dt.datetime:
 
 
 def test_jobs_are_spread_over_workers(sup: Supervisor, client: httpx.Client) -> None:
-    sup.start_workers(2, job_seconds=0.3)
+    sup.start_workers(2, WorkerSpec(job_seconds=0.3))
     for i in range(6):
         post_order(client, f"Item{i}")
     eventually(lambda: client.get("/stats").json()["jobs"]["completed"] == 6, timeout=15)
@@ -73,7 +74,7 @@ def test_500_orders_from_10_clients_at_4_idle_workers_all_complete(
 
     Slow by design: 500 real orders through the API, PostgreSQL and the workers.
     """
-    sup.start_workers(4, job_seconds=0)
+    sup.start_workers(4, WorkerSpec(job_seconds=0))
 
     def fire(n: int) -> list[int]:
         with httpx.Client(base_url=api_url, timeout=10) as c:
@@ -106,11 +107,11 @@ def test_kill_9_mid_job_is_recovered_by_another_worker_exactly_once(
 ) -> None:
     """Slow by design: the killed worker's job comes back only once its heartbeat has expired
     (keys.HEARTBEAT_TTL), and w1's 3 s job must still be running when it is killed."""
-    sup.start_worker("w1", job_seconds=3)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=3))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     # A second worker, idle, so the recovered job has somewhere to go.
-    sup.start_worker("w2", job_seconds=0.5)
+    sup.start_worker(WorkerSpec(worker_id="w2", job_seconds=0.5))
     assert job(client, created["jobId"])["workerId"] == "w1"
     killed_at = time.monotonic()
     sup.kill("w1")
@@ -138,7 +139,7 @@ def test_kill_9_mid_job_is_recovered_by_another_worker_exactly_once(
 def test_sigterm_finishes_the_current_job_then_exits_0(
     sup: Supervisor, client: httpx.Client
 ) -> None:
-    sup.start_worker("w1", job_seconds=1)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=1))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     assert sup.stop("w1") == 0
@@ -150,7 +151,7 @@ def test_sigterm_finishes_the_current_job_then_exits_0(
 def test_second_sigterm_hands_the_job_back(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
-    child = sup.start_worker("w1", job_seconds=30)
+    child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=30))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     os.kill(child.pid, signal.SIGTERM)
@@ -164,7 +165,7 @@ def test_second_sigterm_hands_the_job_back(
     handed = job(client, created["jobId"])
     assert (handed["status"], handed["workerId"], handed["attempts"]) == ("pending", None, 1)
     assert client.get(f"/orders/{created['orderId']}").json()["status"] == "pending"
-    sup.start_worker("w2", job_seconds=0)
+    sup.start_worker(WorkerSpec(worker_id="w2", job_seconds=0))
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     assert job(client, created["jobId"])["attempts"] == 2
 
@@ -172,7 +173,7 @@ def test_second_sigterm_hands_the_job_back(
 def test_invalid_messages_go_to_the_dead_letter_list_and_the_worker_goes_on(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
-    sup.start_worker("w1", job_seconds=0)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
     bad = [
         "not json",
         "[1, 2]",
@@ -200,7 +201,7 @@ def test_a_duplicate_delivery_is_not_completed_twice(
     message = rds.lindex(keys.QUEUE, 0)
     assert message is not None
     rds.lpush(keys.QUEUE, message)  # the same job, delivered twice
-    child = sup.start_worker("w1", job_seconds=0.2)
+    child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0.2))
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     # The second delivery has been seen for what it is, and acked.
     eventually(lambda: "is already completed" in child.tail())
@@ -216,7 +217,7 @@ def test_heartbeat_shows_state_and_expires_after_a_kill(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
     """Slow by design: it waits for the heartbeat's TTL (keys.HEARTBEAT_TTL) to run out."""
-    sup.start_worker("w1", job_seconds=2)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=2))
     beat = rds.hgetall(keys.worker_key("w1"))
     assert beat["state"] == "idle"
     assert int(beat["pid"]) == sup.children["w1"].pid
@@ -233,7 +234,7 @@ def test_a_lost_claim_is_handed_back_and_completed_once(
 ) -> None:
     """The claim commits asynchronously: if PostgreSQL loses it in a crash, the completion
     finds the job pending again, and the worker hands the message back instead of dropping it."""
-    sup.start_worker("w1", job_seconds=1)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=1))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     # What a crash that lost the asynchronous claim leaves behind.
@@ -265,7 +266,7 @@ def test_no_queue_entry_whatever_its_bytes_stops_a_worker(
     pg.execute("UPDATE jobs SET attempts = 2147483647 WHERE id = %s", [maxed["jobId"]])
     maxed_message = raw_rds.lindex(keys.QUEUE, 0)
     assert maxed_message is not None
-    workers = sup.start_workers(2, job_seconds=0)
+    workers = sup.start_workers(2, WorkerSpec(job_seconds=0))
     bad: dict[bytes, str] = {  # entry -> what its dead letter's reason says
         b'{"jobId":"a\\u0000b","orderId":1}': "unprintable",  # redis-cli's '\u0000'
         b'\xff\xfe{"x":1}': "not UTF-8 (byte 0xff at 0)",
@@ -324,7 +325,7 @@ def test_a_claim_lost_to_an_older_one_is_handed_back_pending(
     # As if the worker of a first delivery had died (its message came back to the queue).
     gone = "UPDATE jobs SET status = 'processing', worker_id = 'w-gone', attempts = 1 WHERE id = %s"
     pg.execute(gone, [jid])
-    child = sup.start_worker("w1", job_seconds=1)
+    child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=1))
     eventually(lambda: job(client, jid)["workerId"] == "w1")
     assert job(client, jid)["attempts"] == 2
     pg.execute(gone, [jid])  # PostgreSQL restarted and lost w1's asynchronous claim
@@ -336,7 +337,7 @@ def test_a_claim_lost_to_an_older_one_is_handed_back_pending(
     kinds = [f["type"] for _, f in rds.xrange(keys.EVENTS) if f.get("job") == jid]
     assert "job_requeued" in kinds
     assert "job_lost" not in kinds
-    sup.start_worker("w2", job_seconds=0)
+    sup.start_worker(WorkerSpec(worker_id="w2", job_seconds=0))
     eventually(lambda: job(client, jid)["status"] == "completed")
     final = job(client, jid)
     assert (final["workerId"], final["attempts"]) == ("w2", 2)
@@ -384,7 +385,7 @@ def test_a_missing_table_is_waited_for_not_dead_lettered(
 ) -> None:
     """PostgreSQL refusing every claim alike (no such table) is not the message's fault:
     dead-lettering would empty the whole queue into orders:dead. The worker waits."""
-    child = sup.start_worker("w1", job_seconds=0)
+    child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "completed")
     # A second job, written as the API writes it; its message is pushed by hand below.
@@ -417,7 +418,7 @@ def test_duplicates_of_a_job_a_live_worker_runs_are_dropped_not_taken_over(
     """The issue's attack: two workers, a job running, its message pushed again 50 times.
     Its worker is alive, so every duplicate is dropped unworked: one attempt, completed, no
     crash (it used to end dead, "its worker died during each of its 5 attempts")."""
-    sup.start_workers(2, job_seconds=1)
+    sup.start_workers(2, WorkerSpec(job_seconds=1))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     owner = job(client, created["jobId"])["workerId"]
@@ -450,14 +451,14 @@ def test_a_worker_restarted_with_its_id_takes_its_job_back_while_its_old_beat_li
     """kill -9 mid-job, the same id started again at once: the heartbeat key still exists
     (now the new run's), but it names another run than the claim's, so the job is taken
     back and the dead run's attempt recorded as crashed."""
-    sup.start_worker("w1", job_seconds=5)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=5))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     old = rds.hget(keys.worker_key("w1"), keys.INSTANCE_FIELD)
     sup.kill("w1")
     assert rds.exists(keys.worker_key("w1"))  # the dead run's beat has not expired yet
     # Not waited for as ready: the dead run's beat says busy already.
-    sup.start_worker("w1", job_seconds=0.2, wait=False)
+    sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0.2), wait=False)
     eventually(lambda: rds.hget(keys.worker_key("w1"), keys.INSTANCE_FIELD) not in (None, old))
     eventually(lambda: job(client, created["jobId"])["status"] == "completed", timeout=10)
     assert history(pg, created["jobId"]) == [(1, "w1", "crashed"), (2, "w1", "completed")]
@@ -490,7 +491,7 @@ def test_a_message_whose_job_or_order_is_not_in_postgresql_is_dead_at_first_sigh
     pg.execute(f'ALTER TABLE jobs DROP CONSTRAINT "{fk[0]}"')
     try:
         pg.execute("DELETE FROM orders WHERE id = %s", [orphan["orderId"]])
-        sup.start_worker("w1", job_seconds=0)
+        sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
         eventually(lambda: rds.llen(keys.DEAD) == 3 and rds.llen(keys.QUEUE) == 0)
         eventually(lambda: job(client, real["jobId"])["status"] == "completed")
         assert job(client, real["jobId"])["attempts"] == 1
@@ -538,11 +539,11 @@ def test_a_second_worker_with_a_live_workers_id_refuses_to_start(
     """At start a worker takes back what its id's previous run left in its processing list:
     with that run alive (the same id given twice), it would take a job in hand, which then
     looked abandoned and ran twice. It refuses instead, and the live worker goes on."""
-    first = sup.start_worker("w1", job_seconds=3)
+    first = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=3))
     created = post_order(client)
     eventually(lambda: job(client, created["jobId"])["status"] == "processing")
     with Supervisor(settings) as other:  # a supervisor runs one child per name
-        second = other.start_worker("w1", job_seconds=0, wait=False)
+        second = other.start_worker(WorkerSpec(worker_id="w1", job_seconds=0), wait=False)
         assert second.proc.wait(20) == 1
         eventually(lambda: "is in use by pid" in second.tail())
     assert first.alive()

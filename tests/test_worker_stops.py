@@ -15,6 +15,7 @@ from mqlab.lab.supervisor import Child, Supervisor
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
+from mqlab.system.spec import WorkerSpec
 from tests.conftest import StoppableServer
 from tests.helpers import eventually, insert_job, job_status
 
@@ -44,7 +45,7 @@ def test_an_idle_worker_stops_at_once_while_redis_is_down(
     settings: Settings, clean: None, stoppable_redis: StoppableServer
 ) -> None:
     with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
-        child = sup.start_worker("w1", job_seconds=0)
+        child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
         stoppable_redis.stop()
         # Well into the backoff, where the first stop used to be ignored.
         eventually(lambda: "retrying in 0.8s" in child.tail())
@@ -58,7 +59,7 @@ def test_a_worker_waiting_on_postgres_with_a_message_stops_at_once_and_hands_it_
     """The message is taken but not claimed (PostgreSQL is away): no job is in hand, so the
     first Ctrl-C stops the worker, and the message goes back to the queue."""
     with Supervisor(Settings(settings.redis_url, stoppable_pg.url)) as sup:
-        child = sup.start_worker("w1", job_seconds=0)
+        child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0))
         message = insert_job(stoppable_pg.url, "job-p-1")
         stoppable_pg.stop()
         rds.lpush(keys.QUEUE, message)
@@ -80,7 +81,7 @@ def test_a_worker_still_connecting_at_start_stops_at_once(
     else:
         database_url = f"postgresql://postgres@127.0.0.1:{nowhere}/mqlab"
     with Supervisor(Settings(redis_url, database_url)) as sup:
-        child = sup.start_worker("w1", job_seconds=0, wait=False)
+        child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0), wait=False)
         eventually(lambda: "retrying in 0.4s" in child.tail())
         assert child.alive(), child.tail()
         assert_clean_exit(child, *stop(child, sig))
@@ -98,7 +99,7 @@ def test_a_job_that_ends_while_redis_is_down_exits_at_the_first_stop(
     Slow by design: a 3 s job, long enough for Valkey to be stopped while it is in hand.
     """
     with Supervisor(Settings(stoppable_redis.url, settings.database_url)) as sup:
-        child = sup.start_worker("w1", job_seconds=3)
+        child = sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=3))
         message = insert_job(settings.database_url, "job-r-2")
         client = redis.Redis.from_url(stoppable_redis.url)
         client.lpush(keys.QUEUE, message)
@@ -115,7 +116,7 @@ def test_a_job_that_ends_while_redis_is_down_exits_at_the_first_stop(
         client = redis.Redis.from_url(stoppable_redis.url)
         try:
             assert client.lrange(keys.processing_key("w1"), 0, -1) == [message]
-            w2 = sup.start_worker("w2", job_seconds=0)
+            w2 = sup.start_worker(WorkerSpec(worker_id="w2", job_seconds=0))
             eventually(lambda: "is already completed" in w2.tail(), timeout=15)
             eventually(lambda: client.llen(keys.QUEUE) == 0)
             assert client.llen(keys.processing_key("w1")) == 0

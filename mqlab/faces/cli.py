@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import sys
@@ -19,14 +20,10 @@ from mqlab.faces.dead_cli import dead_app
 from mqlab.lab import services
 from mqlab.lab.services.manager import ServicesError
 from mqlab.procs import port_free
-from mqlab.system.faults import DEFAULT_POISON
 from mqlab.system.reconciler import DEFAULT_GRACE, ENV_GRACE
-from mqlab.system.retry_policy import (
-    ENV_BACKOFF_BASE,
-    ENV_BACKOFF_MAX,
-    ENV_MAX_ATTEMPTS,
-    RetryPolicy,
-)
+from mqlab.system.spec import WorkerSpec, flag_of
+from mqlab.system.spec import kinds as spec_kinds
+from mqlab.system.spec import options as spec_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,9 +46,6 @@ services_app = typer.Typer(
 )
 app.add_typer(services_app, name="services")
 app.add_typer(dead_app, name="dead")
-
-#: The retry policy with no flag and no variable set: what the worker's help names.
-DEFAULT_POLICY = RetryPolicy()
 
 
 def suites_said() -> str:
@@ -269,119 +263,17 @@ def api(
     )
 
 
-@app.command()
-def worker(
-    id: Annotated[
-        str | None,
-        typer.Option("--id", metavar="ID", help="Worker id.", show_default="host-pid"),
-    ] = None,
-    job_seconds: Annotated[
-        float,
-        typer.Option(
-            metavar="SECONDS",
-            help="How long each job works (the kata: 2 s).",
-            callback=job_seconds_option,
-        ),
-    ] = 2.0,
-    work: Annotated[
-        str,
-        typer.Option(
-            metavar="KIND", help="sleep (I/O-bound, as in the kata) or cpu (spins the CPU)."
-        ),
-    ] = "sleep",
-    max_attempts: Annotated[
-        int | None,
-        typer.Option(
-            metavar="N",
-            help="Attempts a job gets before it is dead."
-            + env_default(ENV_MAX_ATTEMPTS, DEFAULT_POLICY.max_attempts),
-        ),
-    ] = None,
-    backoff_base: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            help="The first retry's wait; each next one doubles, with jitter."
-            + env_default(ENV_BACKOFF_BASE, f"{DEFAULT_POLICY.base:g}"),
-        ),
-    ] = None,
-    backoff_max: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            help="The longest wait between attempts."
-            + env_default(ENV_BACKOFF_MAX, f"{DEFAULT_POLICY.cap:g}"),
-        ),
-    ] = None,
-    fail_rate: Annotated[
-        float,
-        typer.Option(
-            metavar="P",
-            help="Each attempt fails part-way, transiently, with probability P (0-1).",
-        ),
-    ] = 0.0,
-    crash_rate: Annotated[
-        float,
-        typer.Option(
-            metavar="P",
-            help="Each attempt kills this worker part-way (os._exit) with probability P.",
-        ),
-    ] = 0.0,
-    poison: Annotated[
-        str,
-        typer.Option(
-            metavar="REGEX",
-            help="Orders whose product matches fail permanently ('' for none).",
-        ),
-    ] = DEFAULT_POISON,
-    crash_on: Annotated[
-        str,
-        typer.Option(
-            metavar="REGEX",
-            help="Orders whose product matches kill this worker on every attempt (a crash "
-            "loop; '' for none).",
-            show_default="'': none",
-        ),
-    ] = "",
-    seed: Annotated[
-        int | None,
-        typer.Option(metavar="N", help="Seed the failures (and the jitter): reproducible runs."),
-    ] = None,
-    fetch: Annotated[
-        str,
-        typer.Option(
-            metavar="HOW",
-            help="reliable (BLMOVE into a processing list, recovered if this worker dies) or "
-            "blpop (the kata's: a worker killed mid-job loses that job; for comparison).",
-        ),
-    ] = "reliable",
-    redis_url: RedisUrl = None,
-    database_url: DatabaseUrl = None,
-) -> None:
+def worker(redis_url: RedisUrl = None, database_url: DatabaseUrl = None, **options: object) -> None:
     """Run one worker (a consumer). Ctrl-C once: finish the job and exit; twice: hand it back."""
     import uvloop
 
     from mqlab.db import apply_schema
-    from mqlab.system.faults import FaultError, Faults
-    from mqlab.system.retry_policy import PolicyError
-    from mqlab.system.work import WORK_KINDS
-    from mqlab.system.worker import FETCH_KINDS, serve
+    from mqlab.system.spec import SpecError, WorkerSpec
+    from mqlab.system.worker import serve
 
-    if work not in WORK_KINDS:
-        raise fail(f"--work must be one of {', '.join(WORK_KINDS)}, not {work!r}")
-    if fetch not in FETCH_KINDS:
-        raise fail(f"--fetch must be one of {', '.join(FETCH_KINDS)}, not {fetch!r}")
     try:
-        env = RetryPolicy.from_env()
-        policy = RetryPolicy(
-            max_attempts=env.max_attempts if max_attempts is None else max_attempts,
-            base=env.base if backoff_base is None else backoff_base,
-            cap=env.cap if backoff_max is None else backoff_max,
-        )
-        faults = Faults(
-            fail_rate=fail_rate, crash_rate=crash_rate, poison=poison, seed=seed, crash_on=crash_on
-        )
-    except (PolicyError, FaultError) as exc:
+        spec = WorkerSpec.from_options(options)
+    except SpecError as exc:
         raise fail(str(exc)) from None
     _reconcile_config()  # a bad MQLAB_RECONCILE_* is said here, not as a traceback later
     # Until serve() hands them to the worker's loop: applying the schema can wait on a
@@ -394,7 +286,43 @@ def worker(
         apply_schema(settings.database_url)
     except Exception as exc:  # the worker waits and reconnects until PostgreSQL is back
         logging.getLogger("mqlab.system.worker").warning("could not apply the schema: %s", exc)
-    raise typer.Exit(uvloop.run(serve(settings, id, job_seconds, work, policy, faults, fetch)))
+    raise typer.Exit(uvloop.run(serve(settings, spec)))
+
+
+def _worker_parameters() -> inspect.Signature:
+    """`mqlab worker`'s options: one per WorkerSpec field (mqlab.system.spec), as its metadata
+    describes it, then the servers' URLs."""
+    kinds = spec_kinds(WorkerSpec)
+    params = []
+    for f in spec_options():
+        flag = f.metadata["flag"]
+        kind = kinds[f.name]
+        option = typer.Option(
+            flag_of(f),
+            metavar=flag.metavar,
+            help=flag.help + (env_default(flag.env, flag.env_default) if flag.env else ""),
+            show_default=flag.show_default,
+            # typer's own "Invalid value" for a job time, as the other commands' --job-seconds.
+            callback=job_seconds_option if f.name == "job_seconds" else None,
+        )
+        annotation = Annotated[kind | None if f.default is None else kind, option]  # type: ignore[valid-type]
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=annotation
+            )
+        )
+    for name, annotation in (("redis_url", RedisUrl), ("database_url", DatabaseUrl)):
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+            )
+        )
+    return inspect.Signature(params)
+
+
+# typer reads a command's options from its signature: this one's from the spec's fields.
+worker.__signature__ = _worker_parameters()  # type: ignore[attr-defined]
+app.command()(worker)
 
 
 @app.command()

@@ -238,7 +238,7 @@ def build(
     elif marks.pg_started_at is not None:
         ledger.recovery_kind = "PostgreSQL back -> first 202"
         ledger.recovery = pg_recovery(shots, marks.pg_started_at)
-    policy = row.policy() or RetryPolicy()
+    policy = row.spec.policy or RetryPolicy()
     ledger.backoff_seconds, ledger.delays_checked, ledger.delays_in_policy = backoff(
         history, policy
     )
@@ -272,7 +272,7 @@ def judge(row: Row, ledger: Ledger, timed_out: bool) -> list[str]:
             f"{ledger.delays_checked - ledger.delays_in_policy} of {ledger.delays_checked} "
             "backoff delays outside the policy's [c/2, c]"
         )
-    crashes_expected = row.crash_rate or row.crash_orders or row.kill_every
+    crashes_expected = row.spec.crash_rate or row.crash_orders or row.kill_every
     if row.poison_orders and not crashes_expected and ledger.crashed_workers:
         out.append(f"{ledger.crashed_workers} worker(s) died on poison orders")
     return out

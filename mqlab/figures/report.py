@@ -176,7 +176,7 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
     suite = result.suite
     when = dt.datetime.fromtimestamp(result.started_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     verdict = "PASS" if result.passed else "FAIL"
-    job_times = sorted({f"{r.row.job_seconds:g} s ({r.row.work})" for r in result.rows})
+    job_times = sorted({f"{r.row.spec.job_seconds:g} s ({r.row.spec.work})" for r in result.rows})
     out = [
         f"# {suite.title}: {when}",
         "",
@@ -251,8 +251,8 @@ def row_json(r: RowResult) -> dict[str, Any]:
         "name": row.name,
         "orders": row.orders,
         "workers": row.workers,
-        "jobSeconds": row.job_seconds,
-        "work": row.work,
+        "jobSeconds": row.spec.job_seconds,
+        "work": row.spec.work,
         "expectedSeconds": row.expected_seconds,
         "toleranceSeconds": row.tolerance if row.expected_seconds is not None else None,
         "idealSeconds": ideal,

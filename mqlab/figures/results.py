@@ -201,7 +201,7 @@ class RowResult:
 
     def breakdown(self) -> Overhead | None:
         """The overhead breakdown of the representative run."""
-        return self.representative.breakdown(self.row.job_seconds)
+        return self.representative.breakdown(self.row.spec.job_seconds)
 
     def startup_seconds(self) -> float:
         """Worker start-up before the row (only its first run starts workers, if any)."""
@@ -322,13 +322,13 @@ class SuiteResult:
             r
             for r in self.rows
             if r.row.workers == 1
-            and (r.row.orders, r.row.job_seconds, r.row.work)
-            == (row.orders, row.job_seconds, row.work)
+            and (r.row.orders, r.row.spec.job_seconds, r.row.spec.work)
+            == (row.orders, row.spec.job_seconds, row.spec.work)
         ]
         if same and not math.isnan(same[0].makespan):
             base, result.speedup_baseline = same[0].makespan, f"measured: {same[0].row.name}"
         else:
-            base = row.orders * row.job_seconds
+            base = row.orders * row.spec.job_seconds
             result.speedup_baseline = "ideal serial time (N x T): no 1-worker row of this batch"
         result.speedup = speedup(base, result.makespan)
         result.efficiency = efficiency(result.speedup, row.workers)

@@ -1,17 +1,17 @@
-"""One run of a Kata 4 row: its workers with their failures, the orders (plain, poison,
-crash-loop; one burst or paced), the lab's actions beside them (mqlab.lab.scenarios), a wait that
-survives the outages it causes, the replay after a poison row, and the ledger
-(mqlab.figures.ledger).
+"""One run of a Kata 4 row, as steps of mqlab.lab.runner's skeleton (FaultyRun): its workers
+with their failures, the orders (plain, poison, crash-loop; one burst or paced), the lab's
+actions beside them (mqlab.lab.scenarios), a wait that survives the outages it causes, the
+replay after a poison row, and the ledger (mqlab.figures.ledger).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Protocol
 
 import psycopg
 import redis
@@ -22,61 +22,17 @@ from mqlab.experiments import CRASH_PRODUCT, PLAIN_PRODUCT, POISON_PRODUCT, Row
 from mqlab.figures.ledger import Attempt, Marks, Replay, build
 from mqlab.figures.results import JobTiming, RunResult
 from mqlab.figures.shot import Shot
-from mqlab.lab.loadgen import fire, pace
+from mqlab.lab.row_run import Pool, Report, Restart, fire_products, run_result
 from mqlab.lab.scenarios import EmbeddedPostgres, Scenario, skip_reason
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
 from mqlab.protocol.events import EventKind
 from mqlab.settings import Settings
 from mqlab.system import dead_letters
-from mqlab.system.faults import Faults
-from mqlab.system.resetting import reset_all
 
-
-class Runner(Protocol):
-    """What a faulty row needs of mqlab.lab.runner.Runner (which calls run_faulty, so this
-    module may not import it): the servers, the supervisor, the embedded PostgreSQL it may
-    stop, and its pool of workers."""
-
-    settings: Settings
-    sup: Supervisor
-    pg: EmbeddedPostgres | None
-    restart_ids: bool
-
-    @property
-    def pool(self) -> PoolLike: ...
-
-    async def ensure_workers(self, row: Row) -> float: ...
-
-
-class PoolLike(Protocol):
-    ids: list[str]
-
-
-#: At most this many connections fire a burst, split over its kinds of order.
-MAX_CONCURRENCY = 100
 #: The BLPOP row's wait ends when the queue is empty and nothing moved for this long.
 STALL_SECONDS = 3.0
 POLL_SECONDS = 0.1
-
-
-async def fire_orders(api_url: str, row: Row) -> list[Shot]:
-    """The row's orders: plain, poison and crash-loop products, at once or paced."""
-    batches = [
-        (n, product)
-        for n, product in (
-            (row.plain_orders, PLAIN_PRODUCT),
-            (row.poison_orders, POISON_PRODUCT),
-            (row.crash_orders, CRASH_PRODUCT),
-        )
-        if n
-    ]
-    if row.fire_seconds:
-        sent = [pace(api_url, n, row.fire_seconds / n, product=p) for n, p in batches]
-    else:
-        share = min(row.orders, MAX_CONCURRENCY) / row.orders
-        sent = [fire(api_url, n, max(1, round(n * share)), product=p) for n, p in batches]
-    return [s for shots in await asyncio.gather(*sent) for s in shots]
 
 
 async def wait_settled(
@@ -124,98 +80,124 @@ async def finished_events(client: aioredis.Redis) -> dict[str, int]:
     return dict(counts)
 
 
-async def run_faulty(runner: Runner, row: Row, report: Callable[..., None]) -> RunResult:
-    """One run of a Kata 4 row, its ledger included."""
-    skipped = skip_reason(row, runner.pg)
-    if skipped:
-        ledger = build(row, [], {}, [], {}, Marks(skipped=skipped))
-        report("done", total=row.orders)
+class FaultyRun:
+    """The steps of one run of a Kata 4 row (see mqlab.lab.row_run.PlainRun for the plain
+    row's): the orders of each kind, the row's scenario beside them, the wait until each is
+    completed or dead, the replay, and the ledger."""
+
+    def __init__(
+        self,
+        row: Row,
+        pool: Pool,
+        settings: Settings,
+        sup: Supervisor,
+        client: aioredis.Redis,
+        pg: EmbeddedPostgres | None,
+    ) -> None:
+        self.row = row
+        self.pool = pool
+        self.settings = settings
+        self.sup = sup
+        self.client = client
+        self.pg = pg
+        #: Its own connection, which a PostgreSQL restart (the row's) does not end.
+        self.dbc = db.LazyConnection(settings.database_url)
+        self.scenario: Scenario | None = None
+        self.actions: asyncio.Task[None] | None = None
+        self.crashed = 0
+        self.replay: Replay | None = None
+
+    def skipped(self) -> RunResult | None:
+        skipped = skip_reason(self.row, self.pg)
+        if not skipped:
+            return None
+        ledger = build(self.row, [], {}, [], {}, Marks(skipped=skipped))
         return RunResult([], [], time.time(), 0.0, False, [], ledger=ledger)
-    settings, sup = runner.settings, runner.sup
-    assert sup.api_url is not None
-    report("workers", total=row.orders)
-    startup = await runner.ensure_workers(row)
-    await asyncio.to_thread(reset_all, settings, runner.restart_ids)
-    policy, faults = row.policy(), row.faults()
 
-    def start_worker() -> str:
-        child = sup.start_worker(
-            None, row.job_seconds, row.work, False, policy=policy, faults=faults, fetch=row.fetch
+    @contextlib.asynccontextmanager
+    async def beside(self, first_sent: float) -> AsyncIterator[None]:
+        """The row's scenario (kills, restarts, FLUSHALL, a PostgreSQL outage), from the first
+        order on; its failure fails the run (a row whose actions did not happen means nothing)."""
+        row, sup, pool = self.row, self.sup, self.pool
+
+        def start_worker() -> str:
+            return sup.start_worker(row.spec, wait=False).name
+
+        self.scenario = Scenario(
+            row, sup, pool.ids, start_worker, self.settings.redis_url, self.pg, row.spec.seed
         )
-        return child.name
+        self.actions = asyncio.create_task(self.scenario.run(first_sent))
+        try:
+            yield
+        finally:
+            self.actions.cancel()
+            outcome = (await asyncio.gather(self.actions, return_exceptions=True))[0]
+            pool.ids[:] = [w for w in pool.ids if sup.children[w].alive()]
+        if isinstance(outcome, Exception):
+            raise outcome
 
-    pool = runner.pool
-    scenario = Scenario(row, sup, pool.ids, start_worker, settings.redis_url, runner.pg, row.seed)
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    dbc = db.LazyConnection(settings.database_url)
-    replay: Replay | None = None
-    report("firing", total=row.orders)
-    first_sent = time.time()
-    actions = asyncio.create_task(scenario.run(first_sent))
-    try:
-        shots = await fire_orders(sup.api_url, row)
-        accepted = sum(1 for s in shots if s.status == 202)
-        timed_out = await wait_settled(row, accepted, dbc, client, report)
-        actions.cancel()
-        await asyncio.gather(actions, return_exceptions=True)
-        # Before the replay, which stops these workers on purpose.
-        crashed = len(scenario.marks.restarts) + len(scenario.died_on_their_own())
-        if row.replay_without_poison and not timed_out:
-            replay, timed_out = await _replay(runner, row, accepted, dbc, client, report)
-    finally:
-        actions.cancel()
-        outcome = (await asyncio.gather(actions, return_exceptions=True))[0]
-        pool.ids[:] = [w for w in pool.ids if sup.children[w].alive()]
-    if isinstance(outcome, Exception):
-        raise outcome  # a scenario that could not do its part: the row means nothing
-    try:
-        conn = await dbc.get()
-        jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
-        attempts = [Attempt.from_row(r) for r in await db.attempt_times(conn)]
-        events = await finished_events(client)
-    finally:
-        await dbc.drop()
-        await client.aclose()
-    ledger = build(
-        row,
-        shots,
-        {j.job_id: j.status for j in jobs},
-        attempts,
-        events,
-        scenario.marks,
-        timed_out=timed_out,
-        crashed_workers=crashed,
-        replay=replay,
-    )
-    report("done", done=ledger.completed, total=row.orders)
-    return RunResult(
-        shots=shots,
-        jobs=jobs,
-        first_sent=min((s.sent_at for s in shots), default=first_sent),
-        startup_seconds=startup,
-        timed_out=timed_out,
-        worker_ids=list(scenario.ids),
-        history=attempts,
-        kills=list(scenario.marks.kills),
-        ledger=ledger,
-    )
+    async def fire(self, api_url: str) -> list[Shot]:
+        """The row's orders: plain, poison and crash-loop products, at once or paced."""
+        row = self.row
+        batches = [
+            (row.plain_orders, PLAIN_PRODUCT),
+            (row.poison_orders, POISON_PRODUCT),
+            (row.crash_orders, CRASH_PRODUCT),
+        ]
+        return await fire_products(api_url, batches, row.fire_seconds)
 
+    async def wait(self, accepted: asyncio.Future[int], report: Report) -> bool:
+        return await wait_settled(self.row, await accepted, self.dbc, self.client, report)
 
-async def _replay(
-    runner: Runner,
-    row: Row,
-    accepted: int,
-    dbc: db.LazyConnection,
-    client: aioredis.Redis,
-    report: Callable[..., None],
-) -> tuple[Replay, bool]:
-    """Workers with the poison pattern switched off, every dead job queued again, and the
-    wait until they are all completed."""
-    _, dead_before = await db.count_settled(await dbc.get())
-    report("replay", total=accepted)
-    clean = replace(row.faults() or Faults(), poison="")
-    await runner.ensure_workers(row, faults=clean)
-    replayed = await dead_letters.replay(client, await dbc.get(), None)
-    timed_out = await wait_settled(row, accepted, dbc, client, report)
-    completed, _ = await db.count_settled(await dbc.get())
-    return Replay(dead_before, len(replayed), completed), timed_out
+    async def after_wait(
+        self, timed_out: bool, accepted: int, report: Report, restart: Restart
+    ) -> bool:
+        """The scenario stopped and the workers that crashed counted (before the replay, which
+        stops them on purpose); then the replay, if the row asks for one."""
+        assert self.actions is not None and self.scenario is not None
+        self.actions.cancel()
+        await asyncio.gather(self.actions, return_exceptions=True)
+        self.crashed = len(self.scenario.marks.restarts) + len(self.scenario.died_on_their_own())
+        if self.row.replay_without_poison and not timed_out:
+            self.replay, timed_out = await self._replay(accepted, report, restart)
+        return timed_out
+
+    async def _replay(self, accepted: int, report: Report, restart: Restart) -> tuple[Replay, bool]:
+        """Workers with the poison pattern switched off, every dead job queued again, and the
+        wait until they are all completed."""
+        dbc = self.dbc
+        _, dead_before = await db.count_settled(await dbc.get())
+        report("replay", total=accepted)
+        await restart(replace(self.row.spec, poison=""))
+        replayed = await dead_letters.replay(self.client, await dbc.get(), None)
+        timed_out = await wait_settled(self.row, accepted, dbc, self.client, report)
+        completed, _ = await db.count_settled(await dbc.get())
+        return Replay(dead_before, len(replayed), completed), timed_out
+
+    async def result(
+        self, shots: list[Shot], first_sent: float, startup: float, timed_out: bool, report: Report
+    ) -> RunResult:
+        """Every job's times and outcome read back, and the ledger they make."""
+        assert self.scenario is not None
+        try:
+            conn = await self.dbc.get()
+            jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
+            attempts = [Attempt.from_row(r) for r in await db.attempt_times(conn)]
+            events = await finished_events(self.client)
+        finally:
+            await self.dbc.drop()
+        ledger = build(
+            self.row,
+            shots,
+            {j.job_id: j.status for j in jobs},
+            attempts,
+            events,
+            self.scenario.marks,
+            timed_out=timed_out,
+            crashed_workers=self.crashed,
+            replay=self.replay,
+        )
+        report("done", done=ledger.completed, total=self.row.orders)
+        scenario = self.scenario
+        return run_result(shots, first_sent, startup, timed_out, jobs, attempts, scenario.ids,
+                          kills=list(scenario.marks.kills), ledger=ledger)  # fmt: skip

@@ -100,7 +100,7 @@ class Scenario:
         actions = []
         if row.kill_every:
             actions.append(self._kills(row.kill_every))
-        if row.restart_crashed or row.kill_every or row.crash_rate:
+        if row.restart_crashed or row.kill_every or row.spec.crash_rate:
             actions.append(self._restarts())
         if row.flushall_after is not None:
             actions.append(self._flushall(first_sent + row.flushall_after))

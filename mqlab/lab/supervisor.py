@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 import redis
@@ -27,8 +27,7 @@ from mqlab.procs import free_port, spawn, wait_until
 from mqlab.protocol import keys
 from mqlab.protocol.events import WorkerState
 from mqlab.settings import Settings
-from mqlab.system.faults import Faults
-from mqlab.system.retry_policy import RetryPolicy
+from mqlab.system.spec import WorkerSpec
 
 log = logging.getLogger("mqlab.lab.supervisor")
 
@@ -139,49 +138,21 @@ class Supervisor(Opened["Supervisor"]):
             if candidate not in self.children or not self.children[candidate].alive():
                 return candidate
 
-    def start_worker(
-        self,
-        worker_id: str | None = None,
-        job_seconds: float = 2.0,
-        work: str = "sleep",
-        wait: bool = True,
-        *,
-        policy: RetryPolicy | None = None,
-        faults: Faults | None = None,
-        fetch: str = "reliable",
-    ) -> Child:
-        """Start a worker; with wait=True, return once its heartbeat says it consumes.
-
-        `policy` and `faults` go to it as flags; without them it follows the environment's
-        policy (MQLAB_MAX_ATTEMPTS, ...) and injects no failure.
-        """
-        worker_id = worker_id or self.next_worker_id()
-        args = ["worker", "--id", worker_id, "--job-seconds", str(job_seconds), "--work", work]
-        args += policy.args() if policy is not None else []
-        args += faults.args() if faults is not None else []
-        args += ["--fetch", fetch] if fetch != "reliable" else []
+    def start_worker(self, spec: WorkerSpec = WorkerSpec(), wait: bool = True) -> Child:
+        """Start a worker as `spec` says (named by next_worker_id() when it names none); with
+        wait=True, return once its heartbeat says it consumes. Options left unset in the spec
+        (the policy, ...) the worker takes from the environment (MQLAB_MAX_ATTEMPTS, ...)."""
+        worker_id = spec.worker_id or self.next_worker_id()
+        args = ["worker", *replace(spec, worker_id=worker_id).to_args()]
         child = self._spawn(worker_id, "worker", args)
         if wait:
             self.wait_workers_ready([worker_id])
         return child
 
-    def start_workers(
-        self,
-        n: int,
-        job_seconds: float = 2.0,
-        work: str = "sleep",
-        *,
-        policy: RetryPolicy | None = None,
-        faults: Faults | None = None,
-        fetch: str = "reliable",
-    ) -> list[Child]:
-        """Start n workers at once and wait until all are idle."""
-        children = [
-            self.start_worker(
-                None, job_seconds, work, wait=False, policy=policy, faults=faults, fetch=fetch
-            )
-            for _ in range(n)
-        ]
+    def start_workers(self, n: int, spec: WorkerSpec = WorkerSpec()) -> list[Child]:
+        """Start n workers as `spec` says (each named by next_worker_id()) at once and wait
+        until all are idle."""
+        children = [self.start_worker(spec, wait=False) for _ in range(n)]
         self.wait_workers_ready([c.name for c in children])
         return children
 

@@ -52,9 +52,10 @@ from mqlab.protocol.messages import (
 from mqlab.protocol.messages import preview as message_preview
 from mqlab.protocol.scans import heartbeat_of, processing_lists, runs, worker_of
 from mqlab.settings import Settings
-from mqlab.system.faults import Fault, FaultKind, Faults, JobFailed
+from mqlab.system.faults import Fault, FaultKind, JobFailed
 from mqlab.system.reconciler import ReconcileConfig, Reconciler
 from mqlab.system.retry_policy import RetryPolicy
+from mqlab.system.spec import WorkerSpec
 from mqlab.system.work import do_work
 
 log = logging.getLogger("mqlab.system.worker")
@@ -86,12 +87,6 @@ LATE_PASS = 2.0
 SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
 #: The exit status of a worker that crashes on purpose (--crash-rate): what a supervisor sees.
 CRASH_EXIT = 70
-#: How a worker takes a message. `reliable`: BLMOVE into its own processing list, acked only
-#: once PostgreSQL has the outcome, and recovered by the reaper and the reconciler if it dies.
-#: `blpop`: the kata's way, for comparison (Kata 4's lab): the pop removes the message, and a
-#: worker that dies with it in hand loses it (its job stays `processing` for good). A blpop
-#: worker reaps no one and does not reconcile: it is the lab's lesson, not a mode to run.
-FETCH_KINDS = ("reliable", "blpop")
 
 
 #: A happening for the event stream: (type, fields).
@@ -152,29 +147,18 @@ def _forget(task: asyncio.Task[Any]) -> None:
 class Worker:
     """One consumer process. `run()` until stopped; `request_stop()` from a signal handler."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        worker_id: str | None = None,
-        job_seconds: float = 2.0,
-        work: str = "sleep",
-        policy: RetryPolicy | None = None,
-        faults: Faults | None = None,
-        fetch: str = "reliable",
-    ) -> None:
-        if fetch not in FETCH_KINDS:
-            raise ValueError(f"fetch must be one of {', '.join(FETCH_KINDS)}, not {fetch!r}")
+    def __init__(self, settings: Settings, spec: WorkerSpec) -> None:
         self.settings = settings
-        self.reliable = fetch == "reliable"
+        self.reliable = spec.fetch == "reliable"
         # Looked up once: they are in every beat, and a beat goes out with every job.
         self.pid, self.host = os.getpid(), socket.gethostname()
-        self.id = worker_id or f"{self.host}-{self.pid}"
+        self.id = spec.worker_id or f"{self.host}-{self.pid}"
         #: This run of the worker: in every beat, and in each claim it makes (see _not_claimed).
         self.instance = f"{self.pid}-{secrets.token_hex(6)}"
-        self.job_seconds = job_seconds
-        self.work = work
-        self.policy = policy or RetryPolicy()
-        self.faults = faults or Faults()
+        self.job_seconds = spec.job_seconds
+        self.work = spec.work
+        self.policy = spec.policy or RetryPolicy()
+        self.faults = spec.faults
         self.dice = self.faults.dice(self.id)
         # The backoff's jitter: seeded apart from the dice, so that the delays drawn do not
         # change which attempts fail.
@@ -967,17 +951,9 @@ async def _up_for(client: aioredis.Redis) -> float:
     return float(info.get("uptime_in_seconds", float("inf")))
 
 
-async def serve(
-    settings: Settings,
-    worker_id: str | None,
-    job_seconds: float,
-    work: str,
-    policy: RetryPolicy | None = None,
-    faults: Faults | None = None,
-    fetch: str = "reliable",
-) -> int:
+async def serve(settings: Settings, spec: WorkerSpec) -> int:
     """Run one worker with SIGTERM / SIGINT wired to its graceful stop."""
-    worker = Worker(settings, worker_id, job_seconds, work, policy, faults, fetch)
+    worker = Worker(settings, spec)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)

@@ -131,7 +131,7 @@ class ExperimentsPanel(Vertical):
         self.running: list[Row] | None = None  # the rows of the run under way
         self.progress: Progress | None = None
         self._run: ExperimentRun | None = None
-        times = sorted({r.job_seconds for r in self.suite.rows})
+        times = sorted({r.spec.job_seconds for r in self.suite.rows})
         shown = ", ".join(f"{t:g}" for t in times)
         self.border_title = f"experiments: {self.suite.name} (job {shown} s)"
         self.border_subtitle = "r runs the row, R all"

@@ -124,7 +124,7 @@ def simulated_run(row: Row, t0: float = NOW) -> RunResult:
     jobs = []
     for i in range(row.orders):
         wave = i // row.workers
-        started = t0 + 0.012 + wave * (row.job_seconds + 0.004)
+        started = t0 + 0.012 + wave * (row.spec.job_seconds + 0.004)
         jobs.append(
             JobTiming(
                 f"job-{i + 1}",
@@ -133,7 +133,7 @@ def simulated_run(row: Row, t0: float = NOW) -> RunResult:
                 1,
                 t0 + 0.003,
                 started,
-                started + row.job_seconds,
+                started + row.spec.job_seconds,
                 "completed",
             )
         )

@@ -13,27 +13,23 @@ import psycopg
 import redis
 import redis.asyncio as aioredis
 
-from mqlab.experiments import Row, Suite
+from mqlab.experiments import POISON_PRODUCT, Row, Suite
 from mqlab.faces.tui.model import LineHandler, RowHandler
 from mqlab.figures.progress import ProgressHandler
 from mqlab.figures.results import RowResult, SuiteResult
-from mqlab.lab.loadgen import fire
-from mqlab.lab.runner import MAX_CONCURRENCY, Runner
+from mqlab.lab.row_run import fire_products
+from mqlab.lab.runner import Runner
 from mqlab.lab.scenarios import owned_postgres
 from mqlab.lab.stack import Stack
 from mqlab.lab.supervisor import Child, Supervisor
 from mqlab.settings import Settings
 from mqlab.system import dead_letters
-from mqlab.system.faults import Faults
 from mqlab.system.resetting import reset_all
+from mqlab.system.spec import WorkerSpec
 
 
 class LabClosed(RuntimeError):
     """The lab is closing or closed: no new process may start."""
-
-
-#: Products of the poison share of a batch: the workers' default poison pattern matches them.
-POISON_PRODUCT = "poison #"
 
 
 def split_batch(orders: int, poison_share: float) -> tuple[int, int]:
@@ -122,9 +118,7 @@ class LiveLab:
                 self.say(f"started embedded {' and '.join(self.stack.started_services)}")
             self.say(f"API on {sup.api_url}")
             if self.initial_workers and not self._closing:
-                started = sup.start_workers(
-                    self.initial_workers, self.job_seconds, faults=self.faults()
-                )
+                started = sup.start_workers(self.initial_workers, self.spec())
                 self.say(f"workers {', '.join(c.name for c in started)} ready")
             with self._state_lock:
                 if not self._closing:
@@ -161,13 +155,15 @@ class LiveLab:
 
     # -- controls ----------------------------------------------------------------------------
 
-    def faults(self) -> Faults:
-        """What the lab's workers inject: the failure rate set by the keys (poison orders
-        fail by the workers' default pattern, whatever the rate)."""
-        return Faults(fail_rate=self.fail_rate)
+    def spec(self, worker_id: str | None = None) -> WorkerSpec:
+        """What the lab's workers are: its job time and the failure rate set by the keys
+        (poison orders fail by the workers' default pattern, whatever the rate)."""
+        return WorkerSpec(
+            worker_id=worker_id, job_seconds=self.job_seconds, fail_rate=self.fail_rate
+        )
 
     def add_worker(self) -> str:
-        child = self._require_up().start_worker(job_seconds=self.job_seconds, faults=self.faults())
+        child = self._require_up().start_worker(self.spec())
         self.say(f"started {child.name} (pid {child.pid})")
         return child.name
 
@@ -189,7 +185,7 @@ class LiveLab:
         """Restart the live workers of this lab with the new rate (a worker reads its faults
         at its start); each finishes its job first. Workers added later get it too."""
         sup = self._require_up()
-        faults = Faults(fail_rate=rate)  # raises FaultError on a rate out of 0..1
+        WorkerSpec(fail_rate=rate)  # raises SpecError on a rate out of 0..1
         self.fail_rate = rate
         live = [c.name for c in sup.workers()]
         self.say(f"failure rate {rate:.0%}: restarting {', '.join(live) or 'no worker'}")
@@ -197,7 +193,7 @@ class LiveLab:
             sup.stop_many(live)
             # Their ids again: the lanes and the table keep their names.
             for name in live:
-                sup.start_worker(name, self.job_seconds, wait=False, faults=faults)
+                sup.start_worker(self.spec(name), wait=False)
             sup.wait_workers_ready(live)
         self.say(f"workers run with a failure rate of {rate:.0%}")
 
@@ -255,10 +251,7 @@ class LiveLab:
         sup = self._require_up()
         assert sup.api_url is not None
         plain, poison = split_batch(orders, self.poison_share)
-        shots = await fire(sup.api_url, plain, min(plain, MAX_CONCURRENCY), product="tui #")
-        if poison:
-            shots += await fire(sup.api_url, poison, min(poison, MAX_CONCURRENCY),
-                                product=POISON_PRODUCT)  # fmt: skip
+        shots = await fire_products(sup.api_url, [(plain, "tui #"), (poison, POISON_PRODUCT)])
         statuses = dict(Counter(s.status for s in shots))
         said = f" ({poison} poison)" if poison else ""
         self.say(f"fired {orders} orders{said}: {statuses}")

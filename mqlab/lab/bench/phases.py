@@ -26,6 +26,7 @@ from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.settings import Settings
 from mqlab.system.resetting import reset_all
+from mqlab.system.spec import WorkerSpec
 
 T = TypeVar("T")
 
@@ -132,7 +133,7 @@ def drain_phase(
     try:
         # Parked while the workers start, so their start-up is not part of the drain rate.
         client.rename(keys.QUEUE, STAGING)
-        children = sup.start_workers(workers, job_seconds=0)
+        children = sup.start_workers(workers, WorkerSpec(job_seconds=0))
         try:
             client.rename(STAGING, keys.QUEUE)  # wakes the blocked BLMOVEs
             done = wait_completed(settings, accepted, timeout=max(60.0, accepted / 20))
@@ -156,7 +157,7 @@ def drain_phase(
 def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) -> dict[str, Any]:
     """Idle workers waiting; orders one at a time; started_at - enqueued_at from PostgreSQL."""
     reset_all(settings)
-    children = sup.start_workers(workers, job_seconds=0)
+    children = sup.start_workers(workers, WorkerSpec(job_seconds=0))
     try:
         shots = run_async(lambda: pace(url, DISPATCH_ORDERS, DISPATCH_INTERVAL, product="Ping"))
         accepted = sum(1 for s in shots if s.status == 202)
@@ -184,7 +185,7 @@ def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) 
 def burst_phase(settings: Settings, sup: Supervisor, url: str) -> dict[str, Any]:
     """BURSTS bursts of BURST_SIZE orders at once, each after a pause; API latency of each."""
     reset_all(settings)
-    children = sup.start_workers(BURST_WORKERS, job_seconds=0.05)
+    children = sup.start_workers(BURST_WORKERS, WorkerSpec(job_seconds=0.05))
     shots: list[Shot] = []
     try:
         for n in range(1, BURSTS + 1):

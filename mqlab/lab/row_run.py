@@ -1,0 +1,143 @@
+"""The steps of one run of a plain (Kata 3) row, which mqlab.lab.runner's skeleton takes in
+order (workers, reset, fire, wait, collect, report); mqlab.lab.faulty_run.FaultyRun adds a
+faulty row's parts to them. Here too: the pool of workers the runner keeps between rows, and
+the firing of a row's orders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+
+from mqlab import db
+from mqlab.experiments import Row
+from mqlab.figures.ledger import Attempt
+from mqlab.figures.results import JobTiming, RunResult
+from mqlab.figures.shot import Shot
+from mqlab.lab.completion import wait_completed
+from mqlab.lab.loadgen import fire, pace
+from mqlab.protocol import keys
+from mqlab.system.spec import WorkerSpec
+
+#: At most this many connections fire a burst (split over its kinds of order).
+MAX_CONCURRENCY = 100
+
+#: report(phase, **fields): a row's progress, for the front end.
+Report = Callable[..., None]
+#: Make the pool match a spec; returns the seconds it took (Runner.ensure_workers).
+Restart = Callable[[WorkerSpec], Awaitable[float]]
+
+
+@dataclass
+class Pool:
+    """The workers the runner keeps between rows, and the spec they were started with."""
+
+    spec: WorkerSpec | None = None
+    ids: list[str] = field(default_factory=list)
+
+
+async def fire_products(
+    api_url: str, batches: Sequence[tuple[int, str]], over_seconds: float | None = None
+) -> list[Shot]:
+    """Orders of each (count, product) at once, in one burst of at most MAX_CONCURRENCY
+    connections shared by the products in proportion; or each paced over `over_seconds`."""
+    batches = [(n, product) for n, product in batches if n]
+    if over_seconds:
+        sent = [pace(api_url, n, over_seconds / n, product=p) for n, p in batches]
+    else:
+        orders = sum(n for n, _ in batches)
+        share = min(orders, MAX_CONCURRENCY) / orders if orders else 0
+        sent = [fire(api_url, n, max(1, round(n * share)), product=p) for n, p in batches]
+    return [s for shots in await asyncio.gather(*sent) for s in shots]
+
+
+class PlainRun:
+    """One run of a plain row: one burst of its orders, a wait for each to be completed, and
+    every job's times read back."""
+
+    def __init__(
+        self,
+        row: Row,
+        pool: Pool,
+        conn: psycopg.AsyncConnection[Any],
+        client: aioredis.Redis,
+    ) -> None:
+        self.row = row
+        self.pool = pool
+        self.conn = conn
+        self.client = client
+
+    def skipped(self) -> RunResult | None:
+        """The run's result when the row cannot run here (None: it can)."""
+        return None
+
+    @contextlib.asynccontextmanager
+    async def beside(self, first_sent: float) -> AsyncIterator[None]:
+        """What the lab does while the orders are fired and waited for: nothing here."""
+        yield
+
+    async def fire(self, api_url: str) -> list[Shot]:
+        return await fire_products(api_url, [(self.row.orders, f"{self.row.name} #")])
+
+    async def wait(self, accepted: asyncio.Future[int], report: Report) -> bool:
+        """Poll until every accepted job is completed (False) or the row times out (True).
+
+        It starts polling once the burst has been answered: polls running in the same loop
+        while the load generator waits for answers delay its reads and inflate the API
+        latency it records (measured: p50 7 ms against 3 ms for a single order).
+        """
+        start = time.monotonic()
+        await accepted
+        row = self.row
+
+        async def show(done: int) -> None:
+            depth = int(await self.client.llen(keys.QUEUE))
+            elapsed = time.monotonic() - start
+            report("waiting", done=done, total=row.orders, elapsed=elapsed, queue_depth=depth)
+
+        left = start + row.timeout - time.monotonic()
+        return not await wait_completed(self.conn, accepted.result(), left, on_count=show)
+
+    async def after_wait(
+        self, timed_out: bool, accepted: int, report: Report, restart: Restart
+    ) -> bool:
+        """What follows the wait (a faulty row's replay); whether the row timed out."""
+        return timed_out
+
+    async def result(
+        self, shots: list[Shot], first_sent: float, startup: float, timed_out: bool, report: Report
+    ) -> RunResult:
+        """Every job's times read back, the row's end reported."""
+        jobs = [JobTiming.from_row(r) for r in await db.job_timings(self.conn)]
+        history = [Attempt.from_row(r) for r in await db.attempt_times(self.conn)]
+        report("done", done=sum(1 for j in jobs if j.status == "completed"), total=self.row.orders)
+        return run_result(shots, first_sent, startup, timed_out, jobs, history, self.pool.ids)
+
+
+def run_result(
+    shots: list[Shot],
+    first_sent: float,
+    startup: float,
+    timed_out: bool,
+    jobs: list[JobTiming],
+    history: list[Attempt],
+    worker_ids: list[str],
+    **more: Any,
+) -> RunResult:
+    """A run's result: its first order's time is the first shot's (`first_sent` if none)."""
+    return RunResult(
+        shots=shots,
+        jobs=jobs,
+        first_sent=min((s.sent_at for s in shots), default=first_sent),
+        startup_seconds=startup,
+        timed_out=timed_out,
+        worker_ids=list(worker_ids),
+        history=history,
+        **more,
+    )
