@@ -17,7 +17,7 @@ from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.system.spec import WorkerSpec
-from mqlab.system.worker import requeue_orphans
+from mqlab.system.upkeep import requeue_orphans
 from tests.conftest import StoppableServer, counts
 from tests.helpers import eventually, insert_job, job_status
 

@@ -27,7 +27,7 @@ from mqlab.protocol.scans import (
     worker_of,
 )
 from mqlab.settings import Settings
-from mqlab.system.worker import requeue_orphans
+from mqlab.system.upkeep import requeue_orphans
 
 
 def test_postgres_makes_the_job_ids_python_reads(pg: psycopg.Connection) -> None:

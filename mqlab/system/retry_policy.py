@@ -63,12 +63,13 @@ class RetryPolicy:
     def __str__(self) -> str:
         return f"at most {self.max_attempts} attempts, backoff {self.base:g}-{self.cap:g} s"
 
-    def attempt(self, attempt: int, tries: int) -> str:
+    def attempt(self, attempt: int, since_replay: int) -> str:
         """An attempt as a log line names it: `attempt` counts every claim of the job,
-        `tries` those since its last replay (jobs.replay_base), which max_attempts limits.
-        After a replay they differ, and "attempt 6" on a worker allowing 5 read as a bug."""
-        text = f"attempt {tries} of {self.max_attempts}"
-        return text if tries == attempt else f"{text} after a replay, {attempt} in all"
+        `since_replay` those since its last replay (jobs.replay_base), which max_attempts
+        limits. After a replay they differ, and "attempt 6" on a worker allowing 5 read as a
+        bug."""
+        text = f"attempt {since_replay} of {self.max_attempts}"
+        return text if since_replay == attempt else f"{text} after a replay, {attempt} in all"
 
     def args(self) -> list[str]:
         """The `mqlab worker` flags that set this policy (for the lab's supervisor)."""

@@ -15,6 +15,10 @@ A job whose worker dies on it every time ends dead too: its claims count its att
 No queue entry stops a worker: one that is not a job (see mqlab.protocol.messages) or whose
 claim PostgreSQL refuses is dead-lettered, and the worker goes on. A stop request is obeyed
 at once when no job is in hand, also while a backend is away.
+
+This module is the job path: take, claim, work, record, ack. What the worker does besides
+(its start, the heartbeat and the reaper, the promotion of due retries, the reconciler's
+turn, its stop) is mqlab.system.upkeep's; its calls through outages, mqlab.system.outages'.
 """
 
 from __future__ import annotations
@@ -28,18 +32,15 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-import psycopg
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from mqlab import db
 from mqlab.backend_errors import BACKEND_DOWN
-from mqlab.procs import pid_alive
 from mqlab.protocol import dead, delayed, events, keys
 from mqlab.protocol.events import EventKind, WorkerState
 from mqlab.protocol.messages import (
@@ -50,17 +51,17 @@ from mqlab.protocol.messages import (
     parse_message,
 )
 from mqlab.protocol.messages import preview as message_preview
-from mqlab.protocol.scans import heartbeat_of, processing_lists, runs, worker_of
+from mqlab.protocol.scans import runs
 from mqlab.settings import Settings
 from mqlab.system.faults import Fault, FaultKind, JobFailed
+from mqlab.system.outages import Outages, Rejected, Stopped, forget
 from mqlab.system.reconciler import ReconcileConfig, Reconciler
 from mqlab.system.retry_policy import RetryPolicy
 from mqlab.system.spec import WorkerSpec
+from mqlab.system.upkeep import STOP_STEP_SECONDS, IdInUse, Upkeep
 from mqlab.system.work import do_work
 
 log = logging.getLogger("mqlab.system.worker")
-
-T = TypeVar("T")
 
 #: BLMOVE blocks at most this long, so that a stop request is seen within it when idle.
 POP_TIMEOUT = 1.0
@@ -68,23 +69,6 @@ POP_TIMEOUT = 1.0
 #: with its ack, in the same round trip as the "finished" ones, and it logs one line, not two.
 #: Nobody could have watched it busy anyway (the lab refreshes about once a second).
 SHORT_JOB = 0.05
-#: Reconnect backoff: doubles from the first to the last, with jitter.
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
-#: At a stop, each clean-up step (a held job marked pending in PostgreSQL; messages handed
-#: back and the heartbeat removed on Redis) gets this long, so that a backend that is away
-#: does not hold the exit. What Redis did not take back stays in our processing list and goes
-#: back to the queue once our heartbeat has expired.
-STOP_STEP_SECONDS = 0.75
-
-#: A heartbeat pass this long after the one before (its interval is HEARTBEAT_INTERVAL) came
-#: late: this process or Redis stalled, and the reaper holds off as after an outage.
-LATE_PASS = 2.0
-
-#: SQLSTATE classes that say the database is not what the worker's statements need (0A not
-#: supported, 28 authorization, 3D/3F no such database or schema, 42 no such table or column,
-#: no privilege). A claim's parameters cannot cause them, and every claim would fail alike:
-#: the worker waits, as for an outage, rather than dead-letter the whole queue.
-SETUP_SQLSTATE_CLASSES = ("0A", "28", "3D", "3F", "42")
 #: The exit status of a worker that crashes on purpose (--crash-rate): what a supervisor sees.
 CRASH_EXIT = 70
 
@@ -99,49 +83,11 @@ class JobLook(NamedTuple):
     status: str
     owner: str | None  # the worker of its last claim
     attempts: int
-    tries: int  # attempts since the last replay (what the retry policy counts)
+    since_replay: int  # attempts since the last replay (what the retry policy counts)
     started: Any  # a datetime, or None
     instance: str | None  # the run of `owner` that made that claim
     order_id: int
     order_exists: bool
-
-
-class Stopped(Exception):
-    """A stop request ended a wait on a backend (raised by Worker._retry, caught by run)."""
-
-
-class IdInUse(Exception):
-    """A live process on this host already runs as this worker id (its heartbeat says so)."""
-
-
-class NotReady(Exception):
-    """PostgreSQL refuses every statement alike (a missing table, a revoked grant)."""
-
-
-class Rejected(Exception):
-    """PostgreSQL refused a statement about one message (its data, or its row's)."""
-
-
-#: What _retry waits out.
-RETRYABLE: tuple[type[BaseException], ...] = (*BACKEND_DOWN, NotReady)
-
-
-def refusal(exc: psycopg.Error, what: str) -> NotReady | Rejected:
-    """What a psycopg error that is not a connection problem means for the message at hand."""
-    state = exc.sqlstate or ""
-    if state[:2] in SETUP_SQLSTATE_CLASSES or (
-        not state and isinstance(exc, psycopg.ProgrammingError)  # our statement, not the data
-    ):
-        return NotReady(f"PostgreSQL refused the {what}: {exc}")
-    code = f" ({state})" if state else ""
-    return Rejected(f"PostgreSQL refused the {what}: {exc}{code}")
-
-
-def _forget(task: asyncio.Task[Any]) -> None:
-    """Done-callback of an abandoned task: its outcome is of no interest (and is retrieved,
-    so that asyncio does not log it as never retrieved)."""
-    if not task.cancelled():
-        task.exception()
 
 
 class Worker:
@@ -172,23 +118,10 @@ class Worker:
         self.job_started = 0.0
         self.started = time.time()
         self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
-        #: time.monotonic() when this worker last lost sight of Redis (a call failed, or a
-        #: heartbeat pass came late). The reaper judges no one for a heartbeat TTL after it:
-        #: whatever kept us from Redis kept the others from beating too.
-        self.lost_sight = -float(keys.HEARTBEAT_TTL)
-        self._last_pass = 0.0  # time.monotonic() of the heartbeat loop's last pass
         #: (job, attempt) of the job claimed and not yet acked: what a stop hands back.
         self.claim: tuple[str, int] | None = None
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
-        #: Cleared when the consuming ends: the heartbeat loop checks it as well as being
-        #: cancelled, because redis-py's asyncio client can swallow a cancellation that comes
-        #: mid-command (seen with redis 8.1: about one in three), which kept the loop, and so
-        #: the process, alive after a SIGTERM.
-        self._consuming = True
-        #: False when another live process runs as this id: what Redis holds under the id
-        #: (its heartbeat, its processing list) is that process's, and the stop leaves it be.
-        self._owns_id = True
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
             # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
@@ -196,7 +129,7 @@ class Worker:
             decode_responses=False,
             socket_timeout=POP_TIMEOUT + 5,
             socket_connect_timeout=2,
-            # No retries inside redis-py: _retry does them, watching for stop requests and
+            # No retries inside redis-py: self.outages does them, watching for stop requests and
             # knowing what a lost reply means (redis-py re-sends a whole pipeline, whose
             # BLMOVE may then move a second message unseen); redis-py's own 10, backing off
             # up to 1 s, also held each call for seconds while Redis was away.
@@ -205,10 +138,12 @@ class Worker:
         # Prepared from the first use: a worker runs the same three statements all its life,
         # and planning them unprepared costs PostgreSQL CPU the API needs in a burst.
         self.pg = db.LazyConnection(settings.database_url, connect_timeout=3, prepare_threshold=0)
+        self.outages = Outages(self.id, self.pg, self._stop_for_now)
         config = ReconcileConfig.from_env()
         self.reconciler = Reconciler(
             self.redis, settings.database_url, self.id, config.grace, config.interval
         )
+        self.upkeep = Upkeep(self)
 
     def __repr__(self) -> str:
         return (
@@ -226,88 +161,13 @@ class Worker:
             self.state = WorkerState.STOPPING
             self._stop.set()
 
-    # -- connections ---------------------------------------------------------------------
-
-    async def _db(self) -> psycopg.AsyncConnection[Any]:
-        return await self.pg.get()
-
-    async def _drop_pg(self) -> None:
-        await self.pg.drop()
-
     def _stop_for_now(self) -> asyncio.Event:
         """The stop request that ends a wait on a backend: the first one when no job is in
         hand (there is nothing to finish), the second one when a job is (it is finished first,
         which needs the backends)."""
         return self._cold_stop if self.claim is not None else self._stop
 
-    async def _retry(self, what: str, op: Callable[[], Awaitable[T]], *, race: bool = False) -> T:
-        """Run `op()` until the backends answer, backing off; Stopped on a stop request.
-
-        The first attempt runs op() as it is: on the hot path, no task and no waiter per call.
-        Later attempts, and the first with race=True, are dropped the moment the stop comes
-        (a connection attempt to a server that is away can take seconds), and so is the wait
-        between them.
-        """
-        delay = BACKOFF_FIRST
-        while True:
-            try:
-                return await (self._unless_stopped(op) if race else op())
-            except RETRYABLE as exc:
-                if isinstance(exc, psycopg.Error):
-                    await self._drop_pg()
-                elif not isinstance(exc, NotReady):
-                    self.lost_sight = time.monotonic()
-                log.warning("%s: %s failed (%s); retrying in %.1fs", self.id, what, exc, delay)
-                await self._pause(delay * (0.5 + random.random()))
-                delay = min(delay * 2, BACKOFF_MAX)
-                race = True
-
-    async def _unless_stopped(self, op: Callable[[], Awaitable[T]]) -> T:
-        """op(), unless a stop request (see _stop_for_now) comes first: then Stopped."""
-        stop = self._stop_for_now()
-        if stop.is_set():
-            raise Stopped
-        task = asyncio.ensure_future(op())
-        waiter = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            abandoned = not task.done()
-            if abandoned:  # the stop came first (or our caller was cancelled)
-                task.cancel()
-                task.add_done_callback(_forget)
-        if abandoned:
-            raise Stopped
-        return task.result()
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait between two attempts; Stopped as soon as a stop request ends the wait."""
-        stop = self._stop_for_now()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-        if stop.is_set():
-            raise Stopped
-
-    async def _sql(self, sql: str, params: Any, what: str) -> tuple[Any, ...] | None:
-        """One statement's row (or None), retried through outages.
-
-        Rejected when PostgreSQL refuses this statement for its data: the caller dead-letters
-        the message rather than retry it for ever (or, as before, crash on it).
-        """
-
-        async def op() -> tuple[Any, ...] | None:
-            conn = await self._db()
-            try:
-                return await (await conn.execute(sql, params)).fetchone()
-            except BACKEND_DOWN:
-                raise
-            except psycopg.Error as exc:
-                raise refusal(exc, what) from exc
-
-        return await self._retry("PostgreSQL", op)
-
-    # -- heartbeat and recovery ------------------------------------------------------------
+    # -- beats and events ------------------------------------------------------------------
 
     def _beat_fields(self) -> dict[str, str | int | float]:
         return {
@@ -360,51 +220,12 @@ class Worker:
                 await pipe.execute()
 
         if move is not None:
-            await self._retry("Redis", op)
+            await self.outages.retry("Redis", op)
         else:
             with contextlib.suppress(*BACKEND_DOWN):
                 await op()
 
-    async def _heartbeat_loop(self) -> None:
-        # Sleep first: run() has just beaten. A beat sent now would race the first job's
-        # "busy" beat on a second, still connecting, connection and could land after it,
-        # showing the worker idle for a second while it works.
-        while self._consuming:
-            await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
-            now = time.monotonic()
-            if self._last_pass and now - self._last_pass > LATE_PASS:
-                self.lost_sight = now  # we, or Redis, stalled: the others may have too
-            self._last_pass = now
-            try:
-                # Jobs beat as they start and finish: no need to add one when they did lately.
-                if now - self.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
-                    await self.beat()
-                if self.reliable and now - self.lost_sight >= keys.HEARTBEAT_TTL:
-                    await requeue_orphans(self.redis, exclude=self.id)
-            except BACKEND_DOWN:
-                self.lost_sight = time.monotonic()
-
-    async def _reconcile_loop(self) -> None:
-        """Offer to run the reconciler once a second (it runs when its interval has passed
-        and no other worker holds its lock). A task of its own, not a step of the heartbeat
-        loop: a long run (a queue of 100,000 to scan) must not delay our beats past their
-        TTL, or the job in our hands would be taken for a dead worker's."""
-        while self._consuming:
-            await asyncio.sleep(keys.HEARTBEAT_INTERVAL)
-            await self.reconciler.tick()  # raises nothing for a backend that is away
-
-    async def _promote_loop(self) -> None:
-        """Move due retries from the delayed set to the queue, every PROMOTE_INTERVAL (every
-        live worker does: the script runs alone on the server, so none is moved twice)."""
-        while self._consuming:
-            await asyncio.sleep(delayed.PROMOTE_INTERVAL)
-            with contextlib.suppress(*BACKEND_DOWN):
-                moved, _ = await delayed.promote(self.redis)
-                if moved:
-                    log.info("%s: %d retr%s due: back on the queue", self.id, moved,
-                             "y" if moved == 1 else "ies")  # fmt: skip
-
-    async def _hand_back_own(self) -> int:
+    async def hand_back_own(self) -> int:
         """Move whatever sits in our own processing list back to the queue's front."""
         moved = 0
         while await self.redis.lmove(self.processing, keys.QUEUE, "RIGHT", "RIGHT") is not None:
@@ -418,62 +239,32 @@ class Worker:
         came while a backend was away."""
         # One waiter for the whole run, not one per job: jobs can be thousands a second.
         cold = asyncio.create_task(self._cold_stop.wait())
-        heart: asyncio.Task[None] | None = None
-        promoter: asyncio.Task[None] | None = None
-        reconciling: asyncio.Task[None] | None = None
+        loops: list[asyncio.Task[None]] = []
         try:
             await self._start()
-            heart = asyncio.create_task(self._heartbeat_loop())
-            promoter = asyncio.create_task(self._promote_loop())
-            if self.reliable:
-                reconciling = asyncio.create_task(self._reconcile_loop())
+            loops = self.upkeep.loops()
             await self._consume(cold)
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         except IdInUse as exc:
             log.error("%s", exc)
-            self._owns_id = False
+            self.upkeep.owns_id = False
         finally:
-            self._consuming = False
-            helpers = [t for t in (cold, heart, promoter, reconciling) if t is not None]
+            self.upkeep.consuming = False
+            helpers = [cold, *loops]
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self._shutdown()
+            await self.upkeep.shutdown()
         log.info("%s: stopped after %d job(s)", self.id, self.jobs_done)
-        return 0 if self._owns_id else 1
+        return 0 if self.upkeep.owns_id else 1
 
     async def _start(self) -> None:
-        """Say we are here, take back what a previous life of this id left, connect."""
-        # race=True throughout: a stop while a backend is still away must not wait for it.
-        await self._retry("Redis", self._check_id, race=True)
-        await self._retry("Redis", self.beat, race=True)
-        moved = await self._retry("Redis", self._hand_back_own, race=True)
-        if moved:
-            log.info("%s: handed %d job(s) of a previous run back to the queue", self.id, moved)
-        await self._retry("PostgreSQL", self._db, race=True)
-        self.state = WorkerState.IDLE
-        await self._retry("Redis", self.beat, race=True)
-        await events.emit(self.redis, EventKind.WORKER_UP, worker=self.id, pid=self.pid)
+        """Say we are here (Upkeep.start), then what we are."""
+        await self.upkeep.start()
         fetch = "" if self.reliable else "; fetch blpop: no processing list, no recovery"
         log.info("%s: ready (pid %d, job %.3gs %s; %s%s%s)", self.id, self.pid,
                  self.job_seconds, self.work, self.policy, self._faults_said(), fetch)  # fmt: skip
-
-    async def _check_id(self) -> None:
-        """IdInUse when a live process on this host beats as this id: the processing list of
-        the id is then that process's, not a previous life's to take back (taking it would
-        make its jobs look abandoned, and run them twice). Another host's process cannot be
-        checked: ids are unique per deployment."""
-        beat = await self.redis.hgetall(keys.worker_key(self.id))
-        pid, host = beat.get(b"pid", b""), beat.get(b"host", b"")
-        if host.decode(errors="replace") != self.host or not pid.isdigit():
-            return
-        other = int(pid)
-        if other != self.pid and pid_alive(other, "worker"):
-            raise IdInUse(
-                f"{self.id}: worker id {self.id!r} is in use by pid {other} on this host; "
-                "give this worker another --id"
-            )
 
     def _faults_said(self) -> str:
         f = self.faults
@@ -489,65 +280,22 @@ class Worker:
         while not self._stop.is_set():
             if raw is None:
                 # Not raced: BLMOVE returns within POP_TIMEOUT by itself, and a stop is seen
-                # then; _retry races the attempts that follow a failure.
-                raw = await self._retry("Redis", self._pop)
+                # then; Outages.retry races the attempts that follow a failure.
+                raw = await self.outages.retry("Redis", self._pop)
                 if raw is None:
                     continue
             job = asyncio.create_task(self.handle(raw))
             await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
             if not job.done():
-                # A second stop: leave the job where it is; _shutdown hands it back. A query
+                # A second stop: leave the job where it is; Upkeep.shutdown hands it back. A query
                 # cancelled mid-flight is cancelled in PostgreSQL too, which can take a while
                 # when PostgreSQL is away: not waited for beyond a step.
                 job.cancel()
-                job.add_done_callback(_forget)
+                job.add_done_callback(forget)
                 await asyncio.wait({job}, timeout=STOP_STEP_SECONDS)
                 return
             # The next message, when it came with this one's ack (see _finish).
             raw = job.result()
-
-    async def _shutdown(self) -> None:
-        """Leave nothing behind: a job in hand pending again in PostgreSQL and, like a message
-        taken but not worked, back on the queue; our heartbeat gone. Each step is bounded
-        (STOP_STEP_SECONDS), so that a backend that is away does not hold the exit."""
-        self.state = WorkerState.STOPPING
-        if not self._owns_id:
-            await self._close()
-            return
-        if self.claim is not None:
-            job_id, attempt = self.claim
-            # Before the message is back on the queue: a job there is never shown as ours.
-            try:
-                async with asyncio.timeout(STOP_STEP_SECONDS):
-                    conn = await self._db()
-                    await conn.execute(
-                        db.RELEASE_JOB,
-                        {"job": job_id, "status": "processing", "worker": self.id,
-                         "attempt": attempt},
-                    )  # fmt: skip
-            except (TimeoutError, psycopg.Error) as exc:
-                log.warning("%s: could not mark %s pending again (%s); the next worker to "
-                            "take it claims it all the same", self.id, job_id, exc)  # fmt: skip
-        try:
-            async with asyncio.timeout(STOP_STEP_SECONDS):
-                # The heartbeat first: a message handed back while it still named this run
-                # would be dropped by the worker that took it, as a live worker's duplicate.
-                await self.redis.delete(keys.worker_key(self.id))
-                moved = await self._hand_back_own()
-                if moved:
-                    log.info("%s: handed %d unfinished job(s) back to the queue", self.id, moved)
-                await events.emit(self.redis, EventKind.WORKER_DOWN, worker=self.id)
-        except (TimeoutError, *BACKEND_DOWN) as exc:
-            log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
-                        "to the queue once our heartbeat has expired", self.id, exc,
-                        self.processing)  # fmt: skip
-        await self._close()
-
-    async def _close(self) -> None:
-        await self.reconciler.aclose()
-        with contextlib.suppress(*BACKEND_DOWN):
-            await self.redis.aclose()
-        await self.pg.drop()
 
     async def _pop(self) -> bytes | None:
         if not self.reliable:
@@ -567,7 +315,7 @@ class Worker:
         return pipe.lpush(keys.DEAD, entry)
 
     async def _ack(self, raw: bytes) -> None:
-        await self._retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
+        await self.outages.retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
 
     async def _dead_letter(self, raw: bytes, reason: str) -> None:
         """Move a message that cannot be worked to `orders:dead`, with the reason (both cut
@@ -575,7 +323,7 @@ class Worker:
         reason = one_line(reason, REASON_CHARS)
         entry = dead_letter(raw, reason, self.id, time.time())
 
-        await self._retry("Redis", lambda: self._bury_message(self.redis, raw, entry))
+        await self.outages.retry("Redis", lambda: self._bury_message(self.redis, raw, entry))
         self.jobs_failed += 1
         log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
                   message_preview(raw))  # fmt: skip
@@ -606,7 +354,7 @@ class Worker:
             return None
 
     async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
-        claim = await self._sql(
+        claim = await self.outages.sql(
             db.CLAIM_JOB,
             {"worker": self.id, "instance": self.instance, "job": job_id, "order": order_id},
             "claim",
@@ -615,12 +363,12 @@ class Worker:
             claim = await self._not_claimed(raw, job_id, order_id)
             if claim is None:
                 return None
-        _, _, attempt, tries, product = claim
+        _, _, attempt, since_replay, product = claim
         self.claim = (job_id, attempt)
         self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
         fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
         started: Event = (EventKind.JOB_STARTED, fields)
-        again = f" ({self.policy.attempt(attempt, tries)})" if attempt > 1 else ""
+        again = f" ({self.policy.attempt(attempt, since_replay)})" if attempt > 1 else ""
         short = self.job_seconds < SHORT_JOB
         if not short:
             await self._publish(started[0], **started[1])
@@ -628,9 +376,11 @@ class Worker:
         try:
             await self._work(product)
         except JobFailed as exc:
-            await self._failed(raw, job_id, order_id, (attempt, tries), exc, [started] * short)
+            await self._failed(
+                raw, job_id, order_id, (attempt, since_replay), exc, [started] * short
+            )
             return None
-        done = await self._sql(
+        done = await self.outages.sql(
             db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}, "completion"
         )
         self._end_job()
@@ -664,7 +414,7 @@ class Worker:
         - Processing by a run that is gone (a crash, or this id's previous run): taken over
           (the claim returned), or dead when its attempts are spent.
         - Otherwise (completed, dead, claimed meanwhile): a duplicate delivery, dropped."""
-        found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
+        found = await self.outages.sql(db.JOB_STATUS, [job_id], "lookup")
         if found is None:
             await self._dead_letter(raw, await self._no_job(job_id, order_id))
             return None
@@ -687,7 +437,7 @@ class Worker:
             await self._bury(raw, job_id, order_id, reason, bury, [], db.BURY_ORPHAN)
             return None
         if mine:
-            claim = await self._sql(
+            claim = await self.outages.sql(
                 db.OWN_CLAIM, {"job": job_id, "instance": self.instance}, "claim"
             )
             if claim is not None:
@@ -710,14 +460,14 @@ class Worker:
     ) -> tuple[Any, ...] | None:
         """A job whose claim a run that is gone never ended: ours (that claim `crashed`), or
         dead when its attempts are spent."""
-        if self.policy.exhausted(look.tries):
+        if self.policy.exhausted(look.since_replay):
             # Its last claim never ended: its worker died on it, as on every one before.
-            reason = f"its worker died during each of its {look.tries} attempts"
+            reason = f"its worker died during each of its {look.since_replay} attempts"
             bury = {"job": job_id, "worker": look.owner, "attempt": look.attempts,
                     "outcome": "crashed"}  # fmt: skip
             await self._bury(raw, job_id, order_id, reason, bury, [])
             return None
-        claim = await self._sql(
+        claim = await self.outages.sql(
             db.TAKE_OVER_JOB,
             {"worker": self.id, "instance": self.instance, "job": job_id,
              "was_worker": look.owner, "was_instance": look.instance,
@@ -735,11 +485,11 @@ class Worker:
 
     async def _runs(self, worker: str | None, instance: str | None) -> bool:
         """Is that run of that worker alive (its heartbeat names it)? Asked of Redis."""
-        return await self._retry("Redis", lambda: runs(self.redis, worker, instance))
+        return await self.outages.retry("Redis", lambda: runs(self.redis, worker, instance))
 
     async def _no_job(self, job_id: str, order_id: int) -> str:
         """Why a message naming no job is dead: and whether the order it names exists."""
-        found = await self._sql(db.ORDER_EXISTS, [order_id], "lookup")
+        found = await self.outages.sql(db.ORDER_EXISTS, [order_id], "lookup")
         order = "exists" if found is not None and found[0] else "does not exist either"
         return f"no job {job_id} in PostgreSQL (order {order_id} {order})"
 
@@ -779,26 +529,28 @@ class Worker:
         """Record a failed attempt: retrying after a backoff, or dead (permanent, or no
         attempts left). PostgreSQL first, then Redis: a crash between the two leaves the
         message in our processing list, and the job is redelivered (early) when we are gone."""
-        attempt, tries = claim
+        attempt, since_replay = claim
         error = one_line(str(exc), REASON_CHARS)
         self.jobs_failed += 1
         guard = {"job": job_id, "worker": self.id, "attempt": attempt}
-        if exc.permanent or self.policy.exhausted(tries):
+        if exc.permanent or self.policy.exhausted(since_replay):
             reason = error if exc.permanent else (
-                f"{error}; attempt {tries} of {self.policy.max_attempts}: no attempts left"
+                f"{error}; attempt {since_replay} of {self.policy.max_attempts}: no attempts left"
             )  # fmt: skip
             bury = {**guard, "outcome": "failed"}
             await self._bury(raw, job_id, order_id, reason, bury, happened)
             return
-        delay = self.policy.delay(tries, self.jitter)
-        row = await self._sql(db.RETRY_JOB, {**guard, "error": error, "delay": delay}, "retry")
+        delay = self.policy.delay(since_replay, self.jitter)
+        row = await self.outages.sql(
+            db.RETRY_JOB, {**guard, "error": error, "delay": delay}, "retry"
+        )
         self._end_job()
         self.claim = None  # ended in PostgreSQL: see _handle_job
         if row is None:
             await self._not_completed(raw, job_id, order_id, attempt)
             return
         log.warning("%s: %s (order %d) failed on %s: %s; retrying in %.2fs", self.id,
-                    job_id, order_id, self.policy.attempt(attempt, tries), error,
+                    job_id, order_id, self.policy.attempt(attempt, since_replay), error,
                     delay)  # fmt: skip
         failed: Event = (
             EventKind.JOB_FAILED,
@@ -823,7 +575,7 @@ class Worker:
         """The job dead in PostgreSQL (its order failed), then its message a dead letter.
         `statement`: BURY_JOB (its `bury` parameters), or BURY_ORPHAN (its order is gone)."""
         reason = one_line(reason, REASON_CHARS)
-        row = await self._sql(statement, {**bury, "error": reason}, "dead end")
+        row = await self.outages.sql(statement, {**bury, "error": reason}, "dead end")
         self._end_job()
         self.claim = None
         if row is None:  # someone else's claim came between: theirs owns the outcome
@@ -855,8 +607,10 @@ class Worker:
         # The reply was lost: the ack may or may not have happened, and a message may have
         # been moved into our processing list that we never saw. Ack again (LREM of a message
         # no longer there is a no-op), then hand back whatever else the list holds.
-        await self._retry("Redis", lambda: self._finish_once(raw, happened, pop=False), race=True)
-        await self._retry("Redis", self._hand_back_own, race=True)
+        await self.outages.retry(
+            "Redis", lambda: self._finish_once(raw, happened, pop=False), race=True
+        )
+        await self.outages.retry("Redis", self.hand_back_own, race=True)
         return None
 
     async def _finish_once(self, raw: bytes, happened: list[Event], pop: bool) -> bytes | None:
@@ -879,7 +633,7 @@ class Worker:
 
     async def _not_completed(self, raw: bytes, job_id: str, order_id: int, attempt: int) -> None:
         """Our completion matched no claim: our claim was lost, or the job was taken over."""
-        found = await self._sql(db.JOB_STATUS, [job_id], "lookup")
+        found = await self.outages.sql(db.JOB_STATUS, [job_id], "lookup")
         if found is not None and (
             found[0] == "pending" or (found[0] == "processing" and found[2] < attempt)
         ):
@@ -892,14 +646,14 @@ class Worker:
             log.warning("%s: the claim of %s was lost (PostgreSQL restarted?); handing it back",
                         self.id, job_id)  # fmt: skip
             if status != "pending" or owner is not None:
-                await self._sql(
+                await self.outages.sql(
                     db.RELEASE_JOB,
                     {"job": job_id, "status": status, "worker": owner, "attempt": attempts},
                     "release",
                 )
             # Only `raw` is there (the next message is taken with the ack): move it back. LMOVE,
             # unlike LREM + RPUSH, cannot queue it twice when a retry follows a lost reply.
-            await self._retry("Redis", self._hand_back_own)
+            await self.outages.retry("Redis", self.hand_back_own)
             await self._publish(EventKind.JOB_REQUEUED, job=job_id, order=order_id)
             return
         if found is None:
@@ -911,44 +665,6 @@ class Worker:
         log.warning("%s: %s was taken over by another worker; not completing it",
                     self.id, job_id)  # fmt: skip
         await self._publish(EventKind.JOB_LOST, ack=raw, job=job_id, order=order_id)
-
-
-async def requeue_orphans(client: aioredis.Redis, exclude: str | None = None) -> int:
-    """Move the jobs of workers whose heartbeat expired back to the queue. Returns how many.
-
-    Nothing while the server has been up for less than a heartbeat TTL: started again (its
-    append-only file keeps the processing lists, while the heartbeats expired meanwhile),
-    it has not heard from every live worker yet. A worker also holds off for a TTL after it
-    lost sight of Redis itself (Worker.lost_sight). `client` answers bytes (no
-    decode_responses): a key is handled whatever its name. LMOVE moves one element
-    atomically, so two workers reaping at once never duplicate one.
-    """
-    mine = keys.processing_key(exclude).encode() if exclude is not None else None
-    orphans = [
-        key
-        for key in await processing_lists(client)
-        if key != mine and not await client.exists(heartbeat_of(key))
-    ]
-    if not orphans or await _up_for(client) < keys.HEARTBEAT_TTL:
-        return 0
-    moved = 0
-    for key in orphans:
-        while await client.lmove(key, keys.QUEUE, "RIGHT", "RIGHT") is not None:
-            moved += 1
-            owner = worker_of(key)
-            if isinstance(owner, bytes):
-                owner = owner.decode(errors="backslashreplace")
-            log.warning("requeued a job of dead worker %s", one_line(owner, 80))
-    return moved
-
-
-async def _up_for(client: aioredis.Redis) -> float:
-    """How long the Redis server has been up (seconds); infinite when INFO is refused."""
-    try:
-        info = await client.info("server")
-    except redis.exceptions.ResponseError:  # an ACL without INFO: judged without it
-        return float("inf")
-    return float(info.get("uptime_in_seconds", float("inf")))
 
 
 async def serve(settings: Settings, spec: WorkerSpec) -> int:
