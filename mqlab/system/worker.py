@@ -307,32 +307,6 @@ class Worker:
         )
         return raw
 
-    def _bury_message(self, pipe: Any, raw: bytes, entry: bytes) -> Any:
-        """The message onto the dead letters: out of our processing list, or (blpop: it is in
-        no list any more) pushed as it is."""
-        if self.reliable:
-            return dead.bury(pipe, self.processing, raw, entry)
-        return pipe.lpush(keys.DEAD, entry)
-
-    async def _ack(self, raw: bytes) -> None:
-        await self.outages.retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
-
-    async def _dead_letter(self, raw: bytes, reason: str) -> None:
-        """Move a message that cannot be worked to `orders:dead`, with the reason (both cut
-        to a size: see mqlab.protocol.messages), and say so in the log and the event stream."""
-        reason = one_line(reason, REASON_CHARS)
-        entry = dead_letter(raw, reason, self.id, time.time())
-
-        await self.outages.retry("Redis", lambda: self._bury_message(self.redis, raw, entry))
-        self.jobs_failed += 1
-        log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
-                  message_preview(raw))  # fmt: skip
-        await events.emit(self.redis, EventKind.JOB_DEAD, worker=self.id, reason=reason)
-
-    def _end_job(self) -> None:
-        self.current_job, self.job_started = "", 0.0
-        self.state = WorkerState.STOPPING if self._stop.is_set() else WorkerState.IDLE
-
     async def handle(self, raw: bytes) -> bytes | None:
         """One delivery: claim, work, record, ack; or dead-letter it, whatever its bytes.
 
@@ -399,6 +373,78 @@ class Worker:
                  again if short else "")  # fmt: skip
         finished: Event = (EventKind.JOB_FINISHED, {"job": job_id, "order": order_id})
         return await self._finish(raw, job_id, [started, finished] if short else [finished])
+
+    async def _work(self, product: str) -> None:
+        """The job's work, with the faults this worker injects (mqlab.system.faults)."""
+        if self.dice.poisoned(product):
+            raise JobFailed(
+                f"poison order: product {one_line(product, 60)!r} matches /{self.faults.poison}/",
+                permanent=True,
+            )
+        fault = self.dice.roll()
+        if self.dice.crashes_on(product):
+            fault = Fault(FaultKind.CRASH, fault.at if fault else 0.5)
+        if fault is None:
+            await do_work(self.work, self.job_seconds)
+            return
+        await do_work(self.work, self.job_seconds * fault.at)
+        if fault.kind is FaultKind.CRASH:
+            log.critical("%s: crashing on purpose at %.0f%% of %s (--crash-rate/--crash-on)",
+                         self.id, fault.at * 100, self.current_job)  # fmt: skip
+            logging.shutdown()  # flush the line above: os._exit skips it
+            os._exit(CRASH_EXIT)
+        raise JobFailed(
+            f"injected transient failure at {fault.at:.0%} of the work (--fail-rate)",
+            permanent=False,
+        )
+
+    async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
+        """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
+        queued behind them) unless a stop was asked for: one round trip less per job.
+
+        Returns that next message (None when the queue stayed empty for POP_TIMEOUT).
+        """
+        pop = not self._stop.is_set()
+        try:
+            return await self._finish_once(raw, happened, pop)
+        except BACKEND_DOWN as exc:
+            log.warning("%s: ack of %s failed (%s); retrying", self.id, job_id, exc)
+        # The reply was lost: the ack may or may not have happened, and a message may have
+        # been moved into our processing list that we never saw. Ack again (LREM of a message
+        # no longer there is a no-op), then hand back whatever else the list holds.
+        await self.outages.retry(
+            "Redis", lambda: self._finish_once(raw, happened, pop=False), race=True
+        )
+        await self.outages.retry("Redis", self.hand_back_own, race=True)
+        return None
+
+    async def _finish_once(self, raw: bytes, happened: list[Event], pop: bool) -> bytes | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrem(self.processing, 1, raw)
+            self._queue_beat(pipe)
+            for kind, fields in happened:
+                events.queue(pipe, kind, worker=self.id, **fields)
+            if pop:
+                if self.reliable:
+                    pipe.blmove(keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT")
+                else:
+                    pipe.brpop([keys.QUEUE], POP_TIMEOUT)
+            results = await pipe.execute()
+        if not pop:
+            return None
+        if self.reliable:
+            return results[-1]  # type: ignore[no-any-return]
+        return None if results[-1] is None else results[-1][1]  # type: ignore[no-any-return]
+
+    async def _ack(self, raw: bytes) -> None:
+        await self.outages.retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
+
+    def _end_job(self) -> None:
+        self.current_job, self.job_started = "", 0.0
+        self.state = WorkerState.STOPPING if self._stop.is_set() else WorkerState.IDLE
+
+    # -- when a delivery does not go as planned: a claim that matched nothing, a job that
+    # failed, a completion PostgreSQL did not take, a message that cannot be worked.
 
     async def _not_claimed(self, raw: bytes, job_id: str, order_id: int) -> tuple[Any, ...] | None:
         """The claim matched nothing; a look at the job says why, and what to do.
@@ -493,30 +539,6 @@ class Worker:
         order = "exists" if found is not None and found[0] else "does not exist either"
         return f"no job {job_id} in PostgreSQL (order {order_id} {order})"
 
-    async def _work(self, product: str) -> None:
-        """The job's work, with the faults this worker injects (mqlab.system.faults)."""
-        if self.dice.poisoned(product):
-            raise JobFailed(
-                f"poison order: product {one_line(product, 60)!r} matches /{self.faults.poison}/",
-                permanent=True,
-            )
-        fault = self.dice.roll()
-        if self.dice.crashes_on(product):
-            fault = Fault(FaultKind.CRASH, fault.at if fault else 0.5)
-        if fault is None:
-            await do_work(self.work, self.job_seconds)
-            return
-        await do_work(self.work, self.job_seconds * fault.at)
-        if fault.kind is FaultKind.CRASH:
-            log.critical("%s: crashing on purpose at %.0f%% of %s (--crash-rate/--crash-on)",
-                         self.id, fault.at * 100, self.current_job)  # fmt: skip
-            logging.shutdown()  # flush the line above: os._exit skips it
-            os._exit(CRASH_EXIT)
-        raise JobFailed(
-            f"injected transient failure at {fault.at:.0%} of the work (--fail-rate)",
-            permanent=False,
-        )
-
     async def _failed(
         self,
         raw: bytes,
@@ -593,44 +615,6 @@ class Worker:
 
         await self._announce([*happened, died], lambda pipe: self._bury_message(pipe, raw, entry))
 
-    async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
-        """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
-        queued behind them) unless a stop was asked for: one round trip less per job.
-
-        Returns that next message (None when the queue stayed empty for POP_TIMEOUT).
-        """
-        pop = not self._stop.is_set()
-        try:
-            return await self._finish_once(raw, happened, pop)
-        except BACKEND_DOWN as exc:
-            log.warning("%s: ack of %s failed (%s); retrying", self.id, job_id, exc)
-        # The reply was lost: the ack may or may not have happened, and a message may have
-        # been moved into our processing list that we never saw. Ack again (LREM of a message
-        # no longer there is a no-op), then hand back whatever else the list holds.
-        await self.outages.retry(
-            "Redis", lambda: self._finish_once(raw, happened, pop=False), race=True
-        )
-        await self.outages.retry("Redis", self.hand_back_own, race=True)
-        return None
-
-    async def _finish_once(self, raw: bytes, happened: list[Event], pop: bool) -> bytes | None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrem(self.processing, 1, raw)
-            self._queue_beat(pipe)
-            for kind, fields in happened:
-                events.queue(pipe, kind, worker=self.id, **fields)
-            if pop:
-                if self.reliable:
-                    pipe.blmove(keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT")
-                else:
-                    pipe.brpop([keys.QUEUE], POP_TIMEOUT)
-            results = await pipe.execute()
-        if not pop:
-            return None
-        if self.reliable:
-            return results[-1]  # type: ignore[no-any-return]
-        return None if results[-1] is None else results[-1][1]  # type: ignore[no-any-return]
-
     async def _not_completed(self, raw: bytes, job_id: str, order_id: int, attempt: int) -> None:
         """Our completion matched no claim: our claim was lost, or the job was taken over."""
         found = await self.outages.sql(db.JOB_STATUS, [job_id], "lookup")
@@ -665,6 +649,25 @@ class Worker:
         log.warning("%s: %s was taken over by another worker; not completing it",
                     self.id, job_id)  # fmt: skip
         await self._publish(EventKind.JOB_LOST, ack=raw, job=job_id, order=order_id)
+
+    async def _dead_letter(self, raw: bytes, reason: str) -> None:
+        """Move a message that cannot be worked to `orders:dead`, with the reason (both cut
+        to a size: see mqlab.protocol.messages), and say so in the log and the event stream."""
+        reason = one_line(reason, REASON_CHARS)
+        entry = dead_letter(raw, reason, self.id, time.time())
+
+        await self.outages.retry("Redis", lambda: self._bury_message(self.redis, raw, entry))
+        self.jobs_failed += 1
+        log.error("%s: dead-lettered a message (%s): %s", self.id, reason,
+                  message_preview(raw))  # fmt: skip
+        await events.emit(self.redis, EventKind.JOB_DEAD, worker=self.id, reason=reason)
+
+    def _bury_message(self, pipe: Any, raw: bytes, entry: bytes) -> Any:
+        """The message onto the dead letters: out of our processing list, or (blpop: it is in
+        no list any more) pushed as it is."""
+        if self.reliable:
+            return dead.bury(pipe, self.processing, raw, entry)
+        return pipe.lpush(keys.DEAD, entry)
 
 
 async def serve(settings: Settings, spec: WorkerSpec) -> int:
