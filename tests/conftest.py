@@ -27,14 +27,22 @@ from mqlab.system.resetting import reset_all
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """How many test processes `-n auto` (pyproject's addopts) starts.
 
-    Two, each with embedded servers of its own: the suite mostly waits (on workers' jobs,
-    servers' starts and stops), so two halve its time even on one core. None (0: one
-    process) when REDIS_URL / DATABASE_URL name servers: the tests empty their tables and
-    keys, and two processes sharing one database would empty each other's.
+    Four, each with embedded servers of its own: the suite mostly waits (on workers' jobs,
+    servers' starts and stops), so on a 2-core machine four took 158-161 s where two took
+    211 s. None (0: one process) when REDIS_URL / DATABASE_URL name servers: the tests empty
+    their tables and keys, and two processes sharing one database would empty each other's.
     """
     if os.environ.get("REDIS_URL") or os.environ.get("DATABASE_URL"):
         return 0
-    return 2
+    return 4
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `servers` every test that uses the run's Redis and PostgreSQL (the `settings`
+    fixture, directly or through another): the ones worth a pass against other servers."""
+    for item in items:
+        if "settings" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.servers)
 
 
 @pytest.fixture(scope="session")

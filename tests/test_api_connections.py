@@ -66,6 +66,7 @@ def answer(data: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
     return int(status_line.split()[1]), headers, orjson.loads(body)
 
 
+@pytest.mark.slow
 def test_an_idle_connection_is_closed(address: tuple[str, int]) -> None:
     with connect(address) as sock:
         data, seconds = until_closed(sock)
@@ -132,6 +133,7 @@ def test_a_413_ends_the_connection_however_long_the_upload(address: tuple[str, i
     assert headers["connection"] == "close"
 
 
+@pytest.mark.slow
 def test_connections_beyond_the_cap_get_503_saying_why(
     address: tuple[str, int], clean: None
 ) -> None:

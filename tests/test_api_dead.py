@@ -111,6 +111,7 @@ def test_two_retries_at_once_queue_the_job_once(
     assert raw.llen(keys.DEAD) == 0
 
 
+@pytest.mark.slow
 def test_a_replayed_job_is_completed_by_a_worker(
     settings: Settings, sup: Supervisor, client: httpx.Client, raw: redis.Redis
 ) -> None:
@@ -128,6 +129,7 @@ def test_a_replayed_job_is_completed_by_a_worker(
     assert client.get("/stats").json()["jobs"]["dead"] == 0
 
 
+@pytest.mark.slow
 def test_retry_with_redis_down_answers_503_and_changes_nothing(
     settings: Settings, clean: None, stoppable_redis: StoppableServer, pg: psycopg.Connection
 ) -> None:
@@ -149,6 +151,7 @@ def test_retry_with_redis_down_answers_503_and_changes_nothing(
     assert row == ("dead",)
 
 
+@pytest.mark.slow
 def test_stats_and_status_show_retrying_delayed_and_dead(
     settings: Settings, client: httpx.Client, raw: redis.Redis, pg: psycopg.Connection
 ) -> None:

@@ -66,6 +66,7 @@ def tracebacks(lines: list[str]) -> int:
     return sum(line.startswith("Traceback (most recent call last)") for line in lines)
 
 
+@pytest.mark.slow
 def test_an_unexpected_exception_is_a_json_500_logged_once(hooked: str, log: Log) -> None:
     start = len(log.lines)
     res = httpx.get(f"{hooked}/_test/fail", timeout=10)

@@ -100,6 +100,7 @@ def raw_client(api_url: str) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "body", "headers", "status", "word"), CASES, ids=[c[0] for c in CASES]
 )

@@ -32,6 +32,7 @@ def _mqlab_children() -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_short_bench_measures_every_figure(
     settings: Settings, rds: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,6 +87,7 @@ def test_the_bench_refuses_given_servers_without_yes(settings: Settings, tmp_pat
     assert "--yes" in (tmp_path / "out.txt").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_mid_bench_stops_everything_it_started(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

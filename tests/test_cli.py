@@ -40,6 +40,7 @@ def run(settings: Settings, *args: str, columns: int = 160) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_status_shows_queue_workers_and_counts(
     settings: Settings, sup: Supervisor, client: httpx.Client
 ) -> None:
@@ -126,6 +127,7 @@ def test_worker_refuses_a_job_time_that_is_not_a_sane_number_of_seconds(
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_reset_empties_everything(
     settings: Settings, client: httpx.Client, pg: psycopg.Connection
 ) -> None:
@@ -149,6 +151,7 @@ def test_api_refuses_a_taken_port_clearly(settings: Settings) -> None:
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_worker_rejects_an_unknown_work_kind(settings: Settings) -> None:
     out = run(settings, "worker", "--work", "dance")
     assert out.returncode == 1
@@ -201,12 +204,14 @@ def test_help_fits_80_columns_without_type_names(command: tuple[str, ...]) -> No
     assert not any(line.endswith("...") for line in commands), text
 
 
+@pytest.mark.slow
 def test_version() -> None:
     out = at_80_columns("--version")
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"mqlab {version('mqlab')}\n"
 
 
+@pytest.mark.slow
 def test_services_urls_are_never_split_at_80_columns(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

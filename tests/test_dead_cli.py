@@ -78,6 +78,7 @@ def test_replay_twice_queues_once(
     assert dead_entries(raw) == [None]
 
 
+@pytest.mark.slow
 def test_replay_all_and_its_errors(
     settings: Settings, raw: redis.Redis, pg: psycopg.Connection
 ) -> None:
@@ -107,6 +108,7 @@ def test_replay_all_and_its_errors(
     assert raw.llen(keys.QUEUE) == 3
 
 
+@pytest.mark.slow
 def test_purge_asks_then_forgets_the_dead(
     settings: Settings, raw: redis.Redis, pg: psycopg.Connection
 ) -> None:

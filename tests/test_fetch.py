@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 import redis
 from typer.testing import CliRunner
 
@@ -16,6 +17,7 @@ from mqlab.system.spec import WorkerSpec
 from tests.helpers import eventually, job, post_order
 
 
+@pytest.mark.slow
 def test_a_blpop_worker_does_the_work(sup: Supervisor, client: httpx.Client) -> None:
     sup.start_worker(WorkerSpec(worker_id="w1", job_seconds=0.05, fetch="blpop"))
     created = [post_order(client, f"item {n}") for n in range(5)]
@@ -23,6 +25,7 @@ def test_a_blpop_worker_does_the_work(sup: Supervisor, client: httpx.Client) -> 
     assert [job(client, c["jobId"])["attempts"] for c in created] == [1] * 5
 
 
+@pytest.mark.slow
 def test_a_blpop_worker_killed_mid_job_loses_that_job(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:

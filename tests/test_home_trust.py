@@ -68,6 +68,7 @@ def outside() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 @needs_root
 def test_a_home_another_user_made_is_refused_and_nothing_changes(outside: Path) -> None:
     """The issue's attack: `nobody` makes a home under /tmp with a traversal id, passwords it
@@ -105,6 +106,7 @@ def test_a_home_another_user_made_is_refused_and_nothing_changes(outside: Path) 
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_an_id_that_is_not_the_hex_mqlab_makes_is_refused(
     tmp_path_factory: pytest.TempPathFactory, outside: Path
 ) -> None:
@@ -120,6 +122,7 @@ def test_an_id_that_is_not_the_hex_mqlab_makes_is_refused(
     assert "is not 16 hex digits" in seen.stderr and "Traceback" not in seen.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("link", ["log/valkey.log", "services.json", "log"])
 def test_a_link_in_a_home_is_refused_not_followed(
     tmp_path_factory: pytest.TempPathFactory, outside: Path, link: str
@@ -140,6 +143,7 @@ def test_a_link_in_a_home_is_refused_not_followed(
         assert f"{home / link} is a symbolic link" in seen.stderr, seen.stderr
 
 
+@pytest.mark.slow
 @needs_root
 def test_the_service_account_cannot_make_root_write_through_a_link(
     tmp_path_factory: pytest.TempPathFactory, outside: Path

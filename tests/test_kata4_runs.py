@@ -31,6 +31,7 @@ SUITE = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_kata4_scenarios_keep_their_ledgers(
     settings: Settings, sup: Supervisor, tmp_path: Path

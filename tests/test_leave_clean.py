@@ -7,6 +7,7 @@ import asyncio
 
 import httpx
 import psycopg
+import pytest
 import redis
 
 from mqlab.experiments import load, parse
@@ -19,6 +20,7 @@ from tests.helpers import insert_job, post_order
 from tests.results_data import serial_run, suite_result
 
 
+@pytest.mark.slow
 def test_a_run_that_leaves_clean_keeps_its_figures_and_nothing_else(
     settings: Settings, sup: Supervisor, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:

@@ -31,6 +31,7 @@ def api_schema(api_url: str) -> OpenApiSchema:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
@@ -51,6 +52,7 @@ def test_every_answer_is_documented(case: Case, pg: psycopg.Connection, rds: red
     assert counts(pg, rds) == {k: v + grew for k, v in before.items()}, response.text
 
 
+@pytest.mark.slow
 def test_stateful_sequences(api_schema: OpenApiSchema) -> None:
     """Orders posted, then read back through the document's links (order, then job).
 

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -46,6 +47,7 @@ def answers_503(c: httpx.Client, backend: str) -> tuple[httpx.Response, httpx.Re
     return health, res
 
 
+@pytest.mark.slow
 def test_api_with_redis_down_answers_503_and_writes_nothing(
     settings: Settings,
     clean: None,
@@ -75,6 +77,7 @@ def test_api_with_redis_down_answers_503_and_writes_nothing(
         client.close()
 
 
+@pytest.mark.slow
 def test_api_with_postgres_down_answers_503_and_enqueues_nothing(
     settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
@@ -101,6 +104,7 @@ def test_api_starts_and_says_which_backend_is_missing(settings: Settings) -> Non
         assert [d["backend"] for d in res.json()["details"]] == ["Redis"]
 
 
+@pytest.mark.slow
 def test_worker_waits_for_redis_and_reconnects(
     settings: Settings, clean: None, stoppable_redis: StoppableServer
 ) -> None:
@@ -121,6 +125,7 @@ def test_worker_waits_for_redis_and_reconnects(
         assert child.alive()
 
 
+@pytest.mark.slow
 def test_worker_waits_for_postgres_and_reconnects(
     settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
@@ -138,6 +143,7 @@ def test_worker_waits_for_postgres_and_reconnects(
         assert rds.llen(keys.DEAD) == 0
 
 
+@pytest.mark.slow
 async def test_the_reaper_judges_no_one_on_a_server_just_started_again(
     stoppable_redis: StoppableServer,
 ) -> None:
@@ -182,6 +188,7 @@ def test_the_first_order_after_postgres_restarts_is_accepted(
         assert rds.llen(keys.QUEUE) == 9
 
 
+@pytest.mark.slow
 def test_orders_refused_during_a_postgres_outage_do_not_delay_the_first_one_after(
     settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
@@ -197,6 +204,7 @@ def test_orders_refused_during_a_postgres_outage_do_not_delay_the_first_one_afte
         assert res.status_code == 202, (res.text, api.tail())
 
 
+@pytest.mark.slow
 def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
     settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
@@ -215,6 +223,7 @@ def test_a_worker_uses_no_dead_connection_after_postgres_restarts(
         assert not [line for line in after if "failed" in line], after
 
 
+@pytest.mark.slow
 def test_the_first_order_after_valkey_restarts_is_accepted(
     settings: Settings, clean: None, stoppable_redis: StoppableServer, pg: psycopg.Connection
 ) -> None:

@@ -111,6 +111,7 @@ def row(pg: psycopg.Connection, sql: str, *args: object) -> tuple:
 # -- one run, on the real servers, without workers -------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["queue", "delayed", "processing", "live worker"])
 async def test_a_job_redis_holds_is_left_alone_and_a_lost_one_is_requeued(
     settings: Settings, ards: aioredis.Redis, rds: redis.Redis, raw_rds: redis.Redis, where: str
@@ -179,6 +180,7 @@ async def test_a_retrying_job_goes_back_to_the_delayed_set_at_its_due_time(
     assert 25 < members[0][1] - redis_now <= 30
 
 
+@pytest.mark.slow
 async def test_a_processing_job_of_a_dead_worker_is_reclaimed(
     settings: Settings, ards: aioredis.Redis, rds: redis.Redis, pg: psycopg.Connection
 ) -> None:
@@ -202,6 +204,7 @@ async def test_a_processing_job_of_a_dead_worker_is_reclaimed(
     assert attempt == ("reclaimed", True)
 
 
+@pytest.mark.slow
 async def test_a_job_that_moved_on_since_the_query_is_not_requeued(
     settings: Settings,
     ards: aioredis.Redis,
@@ -368,6 +371,7 @@ def mqlab(settings: Settings, *args: str, **env: str) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow
 def test_mqlab_reconcile_requeues_and_lists_what_it_requeued(
     settings: Settings, fresh: None, rds: redis.Redis, client: httpx.Client
 ) -> None:
@@ -403,6 +407,7 @@ def test_mqlab_reconcile_requeues_and_lists_what_it_requeued(
     assert re.search(line, status.stdout), status.stdout
 
 
+@pytest.mark.slow
 def test_mqlab_reconcile_says_clearly_what_is_wrong(settings: Settings) -> None:
     port = free_port()
     down = mqlab(
@@ -428,6 +433,7 @@ def test_mqlab_reconcile_says_clearly_what_is_wrong(settings: Settings) -> None:
 # -- with workers ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_workers_requeue_a_lost_job_and_complete_it(
     settings: Settings, sup: Supervisor, fresh: None, pg: psycopg.Connection
 ) -> None:
@@ -452,6 +458,7 @@ def test_workers_requeue_a_lost_job_and_complete_it(
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     bool(os.environ.get("REDIS_URL")),
     reason="FLUSHALL only on the tests' own embedded Redis, never on a REDIS_URL server",
@@ -495,6 +502,7 @@ def db_count(pg: psycopg.Connection, status: str) -> int:
     return int(row(pg, "SELECT count(*) FROM jobs WHERE status = %s", status)[0])
 
 
+@pytest.mark.slow
 async def test_a_job_a_live_worker_runs_is_not_reclaimed_while_its_beat_is_missing(
     settings: Settings,
     sup: Supervisor,

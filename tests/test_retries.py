@@ -53,6 +53,7 @@ def events_of(rds: redis.Redis, job_id: object) -> list[str]:
     return [f["type"] for _, f in rds.xrange(keys.EVENTS) if f.get("job") == job_id]
 
 
+@pytest.mark.slow
 def test_transient_failures_back_off_within_the_policy_and_end_dead(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -89,6 +90,7 @@ def test_transient_failures_back_off_within_the_policy_and_end_dead(
     assert kinds.count("job_failed") == 3 and kinds.count("job_dead") == 1
 
 
+@pytest.mark.slow
 def test_transient_failures_are_retried_until_completed(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -110,6 +112,7 @@ def test_transient_failures_are_retried_until_completed(
     assert rds.llen(keys.DEAD) == 0 and rds.zcard(keys.DELAYED) == 0
 
 
+@pytest.mark.slow
 def test_a_poison_order_is_dead_after_one_attempt_and_the_worker_goes_on(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -130,6 +133,7 @@ def test_a_poison_order_is_dead_after_one_attempt_and_the_worker_goes_on(
     assert rds.llen(keys.processing_key("w1")) == 0
 
 
+@pytest.mark.slow
 def test_the_poison_pattern_is_configurable(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection
 ) -> None:
@@ -140,6 +144,7 @@ def test_the_poison_pattern_is_configurable(
     eventually(lambda: job(client, fine["jobId"])["status"] == "completed")
 
 
+@pytest.mark.slow
 def test_a_job_that_kills_its_worker_every_time_ends_dead(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -168,6 +173,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(
     assert rds.llen(keys.QUEUE) == 0 and rds.llen(keys.processing_key("w1")) == 0
 
 
+@pytest.mark.slow
 def test_a_duplicate_delivery_of_a_completed_job_is_dropped_unworked(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, raw_rds: redis.Redis
 ) -> None:
@@ -221,6 +227,7 @@ def test_many_promoting_at_once_move_each_due_job_once(
     assert raw_rds.zrange(keys.DELAYED, 0, -1) == [b"later"]
 
 
+@pytest.mark.slow
 def test_retries_wait_in_the_delayed_set_while_no_worker_is_alive(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -243,6 +250,7 @@ def test_retries_wait_in_the_delayed_set_while_no_worker_is_alive(
     assert [r[2] for r in attempts_of(pg, created["jobId"])] == ["failed", "completed"]
 
 
+@pytest.mark.slow
 def test_a_poison_order_replayed_with_the_pattern_off_completes(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:

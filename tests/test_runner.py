@@ -24,6 +24,7 @@ from mqlab.settings import Settings
 from tests.helpers import eventually
 
 
+@pytest.mark.slow
 def test_a_short_kata_run_reports_what_the_database_holds(
     settings: Settings, sup: Supervisor, pg: psycopg.Connection, tmp_path: Path
 ) -> None:
@@ -71,6 +72,7 @@ def test_a_short_kata_run_reports_what_the_database_holds(
         assert svg.read_text().startswith("<svg")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restart_ids", [True, False])
 def test_order_ids_restart_per_row_in_reports_and_keep_counting_in_the_tui(
     settings: Settings, sup: Supervisor, restart_ids: bool
@@ -84,6 +86,7 @@ def test_order_ids_restart_per_row_in_reports_and_keep_counting_in_the_tui(
     assert ids == ([[1, 2], [1, 2]] if restart_ids else [[1, 2], [3, 4]])
 
 
+@pytest.mark.slow
 def test_repeat_reports_median_min_and_max(
     settings: Settings, sup: Supervisor, tmp_path: Path
 ) -> None:
@@ -118,6 +121,7 @@ def runner_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # SIGKILL last: the runs before it stop cleanly, so that each finds the home as a run leaves it.
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_killing_the_runner_mid_run_leaves_no_process(
     runner_home: Path, sig: signal.Signals

@@ -55,6 +55,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
         services.down(base=base)
 
 
+@pytest.mark.slow
 def test_valkey_refuses_other_users_and_admin_commands(locked: tuple[Path, dict]) -> None:
     """Another local user (nobody) can neither use Valkey without the password nor see its
     socket.

@@ -40,6 +40,7 @@ def state(home: Path) -> dict:
     return json.loads((home / "services.json").read_text())
 
 
+@pytest.mark.slow
 def test_up_is_idempotent_status_reports_and_down_leaves_nothing(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -77,6 +78,7 @@ def test_up_is_idempotent_status_reports_and_down_leaves_nothing(
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_a_crashed_server_is_detected_as_stale_and_restarted(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -98,6 +100,7 @@ def test_a_crashed_server_is_detected_as_stale_and_restarted(
         mqlab(home, "services", "down")
 
 
+@pytest.mark.slow
 def test_commands_say_how_to_get_servers_when_none_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -110,6 +113,7 @@ def test_commands_say_how_to_get_servers_when_none_run(
         assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_down_then_up_keeps_the_urls_and_the_api_and_worker_reconnect(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

@@ -98,6 +98,7 @@ async def started(pilot: Pilot[None], lab: LiveLab, workers: int = 2) -> None:
     await until(pilot, ready, timeout=60)
 
 
+@pytest.mark.slow
 async def test_fire_ten_orders_depth_rises_and_falls(
     lab_app: tuple[LabApp, LiveLab, set[int]],
 ) -> None:
@@ -134,6 +135,7 @@ async def test_fire_ten_orders_depth_rises_and_falls(
         assert any(name == "w1" and "completed job-" in line for name, line in log.lines)
 
 
+@pytest.mark.slow
 async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
     """a adds a worker, k kills the selected one (after asking), s stops another.
 
@@ -178,6 +180,7 @@ async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int
         assert app.check_action("kill_worker", ()) is False
 
 
+@pytest.mark.slow
 async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
     """R runs the kata's rows: the experiments table fills with measured times and verdicts.
 
@@ -209,6 +212,7 @@ async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> 
         assert {"w1", "w2"} <= {r.id for r in rows(app).values() if r.state == "dead"}
 
 
+@pytest.mark.slow
 async def test_run_with_a_foreign_worker_refuses_before_stopping_ours(
     lab_app: tuple[LabApp, LiveLab, set[int]], sup: Supervisor
 ) -> None:
@@ -233,6 +237,7 @@ async def test_run_with_a_foreign_worker_refuses_before_stopping_ours(
         assert not lab_said(app, "stopping")
 
 
+@pytest.mark.slow
 async def test_a_job_deleted_by_a_reset_is_logged_as_such(settings: Settings, clean: None) -> None:
     """Slow by design (about 4 s): the job must still be running when the reset comes."""
     app, lab = build(workers=1, job_seconds=4, redis_url=settings.redis_url,
@@ -261,6 +266,7 @@ def worker_said(app: LabApp, process: str, text: str) -> str:
     return "\n".join(line for name, line in lines if name == process and text in line)
 
 
+@pytest.mark.slow
 async def test_quit_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
     """q stops the API and every worker the lab started.
 
@@ -290,6 +296,7 @@ class _Crashing:
         await self.inner.close()  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_a_crash_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
     """A failure inside the app ends it, and the lab's API and workers with it.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from textual.pilot import Pilot
 
 from mqlab.experiments import load
@@ -56,10 +57,12 @@ def test_main_screen_160x48(snap_compare: SnapCompare) -> None:
     assert snap_compare(fixed_app(), terminal_size=(160, 48), run_before=settled)
 
 
+@pytest.mark.slow
 def test_experiments_filled_160x48(snap_compare: SnapCompare) -> None:
     assert snap_compare(fixed_app(), terminal_size=(160, 48), run_before=table_filled)
 
 
+@pytest.mark.slow
 def test_help_80x24(snap_compare: SnapCompare) -> None:
     assert snap_compare(fixed_app(), terminal_size=(80, 24), press=["question_mark"],
                         run_before=settled)  # fmt: skip

@@ -85,6 +85,7 @@ def tmux(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tmux]:
     session.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("size", "way_out"), [((100, 30), "q"), ((80, 24), "C-c"), ((160, 48), "SIGTERM")]
 )
@@ -128,6 +129,7 @@ def test_tui_in_a_terminal(
     assert not [pid for pid in family if running(pid)], "processes left running"
 
 
+@pytest.mark.slow
 def test_tui_faults_in_a_terminal(settings: Settings, clean: None, tmux: Tmux) -> None:
     """Kata 4 in a real terminal: set a failure rate (the workers restart with it) and a poison
     share, fire, and see failed attempts on screen and the poison order dead with its reason."""

@@ -293,6 +293,7 @@ async def test_at_80x24_the_experiments_panel_starts_in_view_with_its_rows() -> 
         assert panel.region.y + 6 <= 23, panel.region  # its border, header and three rows
 
 
+@pytest.mark.slow
 async def test_the_footer_shows_what_works_during_a_run_and_the_cursor_leaves_a_killed_worker() -> (
     None
 ):

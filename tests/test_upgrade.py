@@ -70,6 +70,7 @@ def test_valkey_keeps_the_queue_of_a_redis_62_home(
         terminate(record["pid"])
 
 
+@pytest.mark.slow
 def test_a_trust_cluster_of_an_older_mqlab_gets_passwords_and_keeps_its_orders(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

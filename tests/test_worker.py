@@ -31,6 +31,7 @@ def raw_rds(settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.mark.slow
 def test_one_order_one_worker_completes_in_about_the_job_time(
     sup: Supervisor, client: httpx.Client
 ) -> None:
@@ -55,6 +56,7 @@ def at(stamp: object) -> dt.datetime:
     return dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
 
 
+@pytest.mark.slow
 def test_jobs_are_spread_over_workers(sup: Supervisor, client: httpx.Client) -> None:
     sup.start_workers(2, WorkerSpec(job_seconds=0.3))
     for i in range(6):
@@ -67,6 +69,7 @@ def test_jobs_are_spread_over_workers(sup: Supervisor, client: httpx.Client) -> 
     assert min(by_worker.values()) >= 2
 
 
+@pytest.mark.slow
 def test_500_orders_from_10_clients_at_4_idle_workers_all_complete(
     sup: Supervisor, api_url: str, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -102,6 +105,7 @@ def test_500_orders_from_10_clients_at_4_idle_workers_all_complete(
     assert attempts == (1, 1)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_job_is_recovered_by_another_worker_exactly_once(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
@@ -136,6 +140,7 @@ def test_kill_9_mid_job_is_recovered_by_another_worker_exactly_once(
     assert rds.llen(keys.processing_key("w1")) == 0
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_current_job_then_exits_0(
     sup: Supervisor, client: httpx.Client
 ) -> None:
@@ -148,6 +153,7 @@ def test_sigterm_finishes_the_current_job_then_exits_0(
     assert j["attempts"] == 1
 
 
+@pytest.mark.slow
 def test_second_sigterm_hands_the_job_back(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
@@ -170,6 +176,7 @@ def test_second_sigterm_hands_the_job_back(
     assert job(client, created["jobId"])["attempts"] == 2
 
 
+@pytest.mark.slow
 def test_invalid_messages_go_to_the_dead_letter_list_and_the_worker_goes_on(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
@@ -194,6 +201,7 @@ def test_invalid_messages_go_to_the_dead_letter_list_and_the_worker_goes_on(
     assert rds.llen(keys.processing_key("w1")) == 0
 
 
+@pytest.mark.slow
 def test_a_duplicate_delivery_is_not_completed_twice(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
@@ -213,6 +221,7 @@ def test_a_duplicate_delivery_is_not_completed_twice(
     assert rds.llen(keys.DEAD) == 0
 
 
+@pytest.mark.slow
 def test_heartbeat_shows_state_and_expires_after_a_kill(
     sup: Supervisor, client: httpx.Client, rds: redis.Redis
 ) -> None:
@@ -229,6 +238,7 @@ def test_heartbeat_shows_state_and_expires_after_a_kill(
     eventually(lambda: not rds.exists(keys.worker_key("w1")), timeout=keys.HEARTBEAT_TTL + 2)
 
 
+@pytest.mark.slow
 def test_a_lost_claim_is_handed_back_and_completed_once(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -252,6 +262,7 @@ def test_a_lost_claim_is_handed_back_and_completed_once(
     assert rds.llen(keys.DEAD) == 0
 
 
+@pytest.mark.slow
 def test_no_queue_entry_whatever_its_bytes_stops_a_worker(
     sup: Supervisor,
     client: httpx.Client,
@@ -312,6 +323,7 @@ def test_no_queue_entry_whatever_its_bytes_stops_a_worker(
     assert job(client, maxed["jobId"])["status"] == "pending"
 
 
+@pytest.mark.slow
 def test_a_claim_lost_to_an_older_one_is_handed_back_pending(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -376,6 +388,7 @@ def test_a_release_never_clobbers_a_claim_made_since(
     assert client.get(f"/orders/{created['orderId']}").json()["status"] == "pending"
 
 
+@pytest.mark.slow
 def test_a_missing_table_is_waited_for_not_dead_lettered(
     settings: Settings,
     sup: Supervisor,
@@ -412,6 +425,7 @@ def history(pg: psycopg.Connection, job_id: object) -> list[tuple[object, ...]]:
     ).fetchall()
 
 
+@pytest.mark.slow
 def test_duplicates_of_a_job_a_live_worker_runs_are_dropped_not_taken_over(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -445,6 +459,7 @@ def test_duplicates_of_a_job_a_live_worker_runs_are_dropped_not_taken_over(
     assert "took over" not in tails
 
 
+@pytest.mark.slow
 def test_a_worker_restarted_with_its_id_takes_its_job_back_while_its_old_beat_lives(
     sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
 ) -> None:
@@ -464,6 +479,7 @@ def test_a_worker_restarted_with_its_id_takes_its_job_back_while_its_old_beat_li
     assert history(pg, created["jobId"]) == [(1, "w1", "crashed"), (2, "w1", "completed")]
 
 
+@pytest.mark.slow
 def test_a_message_whose_job_or_order_is_not_in_postgresql_is_dead_at_first_sight(
     settings: Settings,
     sup: Supervisor,
@@ -529,6 +545,7 @@ def test_a_message_whose_job_or_order_is_not_in_postgresql_is_dead_at_first_sigh
         )
 
 
+@pytest.mark.slow
 def test_a_second_worker_with_a_live_workers_id_refuses_to_start(
     settings: Settings,
     sup: Supervisor,

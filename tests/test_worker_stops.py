@@ -41,6 +41,7 @@ def assert_clean_exit(child: Child, code: int, took: float) -> None:
     assert "Traceback" not in output, output
 
 
+@pytest.mark.slow
 def test_an_idle_worker_stops_at_once_while_redis_is_down(
     settings: Settings, clean: None, stoppable_redis: StoppableServer
 ) -> None:
@@ -53,6 +54,7 @@ def test_an_idle_worker_stops_at_once_while_redis_is_down(
         assert_clean_exit(child, *stop(child))
 
 
+@pytest.mark.slow
 def test_a_worker_waiting_on_postgres_with_a_message_stops_at_once_and_hands_it_back(
     settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:
@@ -87,6 +89,7 @@ def test_a_worker_still_connecting_at_start_stops_at_once(
         assert_clean_exit(child, *stop(child, sig))
 
 
+@pytest.mark.slow
 def test_a_job_that_ends_while_redis_is_down_exits_at_the_first_stop(
     settings: Settings, clean: None, stoppable_redis: StoppableServer, pg: psycopg.Connection
 ) -> None:
