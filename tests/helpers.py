@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, overload
 
 import httpx
 import psycopg
@@ -14,16 +16,52 @@ from mqlab.protocol.messages import encode_message
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T], timeout: float = 10, interval: float = 0.05) -> T:
-    """Return check()'s first truthy value, or fail after `timeout` seconds."""
+def eventually(
+    check: Callable[[], T], timeout: float = 10, interval: float = 0.05, what: str = ""
+) -> T:
+    """Return check()'s first truthy value, or fail after `timeout` seconds saying `what`
+    did not happen (the check's name when `what` is not given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {check}")
+            raise _not_within(timeout, what or _name(check), value)
         time.sleep(interval)
+
+
+@overload
+async def eventually_async(
+    check: Callable[[], Awaitable[T]], timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+@overload
+async def eventually_async(
+    check: Callable[[], T], timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+async def eventually_async(
+    check: Callable[[], object], timeout: float = 10, interval: float = 0.05, what: str = ""
+) -> object:
+    """eventually() for async tests: check may return an awaitable (awaited), and the wait
+    between checks is an asyncio.sleep, so the running loop (a Textual app's) goes on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise _not_within(timeout, what or _name(check), value)
+        await asyncio.sleep(interval)
+
+
+def _name(check: Callable[..., object]) -> str:
+    return getattr(check, "__qualname__", repr(check))
+
+
+def _not_within(timeout: float, what: str, value: object) -> AssertionError:
+    return AssertionError(f"did not happen within {timeout:g} s: {what}; last value: {value!r}")
 
 
 def post_order(client: httpx.Client, product: str = "Laptop") -> dict[str, object]:

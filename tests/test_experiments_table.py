@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 
 from mqlab.experiments import load
@@ -12,21 +10,21 @@ from mqlab.faces.tui.app import LabApp
 from mqlab.faces.tui.experiments_panel import API_ROW, ExperimentsTable
 from mqlab.faces.tui.fixed import FixedLab, FixedSource
 from mqlab.figures.results_table import table
+from tests.helpers import eventually_async
 
 
 async def test_the_filled_table_fits_80_columns_with_the_models_cells() -> None:
     lab = FixedLab(load("kata3"))
     app = LabApp(FixedSource(), lab)
     async with app.run_test(size=(80, 24)) as pilot:
-        deadline = time.monotonic() + 10
-        while app.frame is None:  # the first sample drawn: the app is up
-            assert time.monotonic() < deadline, "the fixed app did not start"
-            await pilot.pause(0.05)
+        # The first sample drawn: the app is up.
+        await eventually_async(lambda: app.frame is not None, what="the fixed app's first frame")
         grid = app.query_one(ExperimentsTable)
         await pilot.press("R")
-        while "run 3" not in lab.calls or app.running is not None:
-            assert time.monotonic() < deadline, "the simulated run did not finish"
-            await pilot.pause(0.05)
+        await eventually_async(
+            lambda: "run 3" in lab.calls and app.running is None,
+            what="the end of the simulated run",
+        )
         await pilot.pause()
         # Every column within the table's width: nothing to scroll sideways, nothing cut.
         widths = [c.get_render_width(grid) for c in grid.columns.values()]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -20,20 +20,12 @@ from mqlab.faces.tui.screens import ConfirmScreen
 from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
 from mqlab.system.spec import WorkerSpec
+from tests.helpers import eventually_async
 
 SIZE = (160, 48)
 
 
-async def until(pilot: Pilot[None], check: Callable[[], object], timeout: float = 30) -> None:
-    """Let the app run until check() is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {check.__name__}")
-        await pilot.pause(0.05)
-
-
-async def select(pilot: Pilot[None], table: WorkersTable, worker_id: str, pid: int) -> None:
+async def select(table: WorkersTable, worker_id: str, pid: int) -> None:
     """Put the cursor on our worker's row, and see it there (the table refreshes 5 times a
     second; a key pressed on another row, or on a foreign worker of the same id, would act on
     that one)."""
@@ -43,7 +35,7 @@ async def select(pilot: Pilot[None], table: WorkersTable, worker_id: str, pid: i
         row = table.selected()
         return row is not None and row.id == worker_id and row.pid == pid and row.ours
 
-    await until(pilot, on_it, timeout=10)
+    await eventually_async(on_it, timeout=10)
 
 
 def rows(app: LabApp) -> dict[str, WorkerRow]:
@@ -95,7 +87,7 @@ async def started(pilot: Pilot[None], lab: LiveLab, workers: int = 2) -> None:
         shown = rows(pilot.app)  # type: ignore[arg-type]
         return lab.state == "up" and sum(r.state == "idle" for r in shown.values()) == workers
 
-    await until(pilot, ready, timeout=60)
+    await eventually_async(ready, timeout=60)
 
 
 @pytest.mark.slow
@@ -123,11 +115,11 @@ async def test_fire_ten_orders_depth_rises_and_falls(
             return max(depths) > 0 and depths[-1] == 0 and done == 10
 
         await pilot.press("f")
-        await until(pilot, drained, timeout=30)
+        await eventually_async(drained, timeout=30)
         assert max(depths) >= 2, f"the queue never filled: {depths}"
         counts = [int(shown(app, w, "done")) for w in ("w1", "w2")]
         assert sum(counts) == 10 and min(counts) >= 1, counts
-        await until(pilot, lambda: frame(app).orders.get("completed") == 10, timeout=10)
+        await eventually_async(lambda: frame(app).orders.get("completed") == 10, timeout=10)
         # The timeline drew the ten jobs, on both workers.
         bars = frame(app).bars
         assert len(bars) == 10 and {b.worker for b in bars} == {"w1", "w2"}
@@ -145,8 +137,10 @@ async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, lab)
         await pilot.press("a")
-        await until(
-            pilot, lambda: shown(app, "w3", "state") == "idle" if "w3" in rows(app) else False
+        await eventually_async(
+            lambda: shown(app, "w3", "state") == "idle" if "w3" in rows(app) else False,
+            timeout=30,
+            what="the added worker w3 idle",
         )
         w3 = lab.sup.children["w3"]  # type: ignore[union-attr]
         pids.add(w3.pid)
@@ -154,29 +148,29 @@ async def test_add_stop_and_kill_workers(lab_app: tuple[LabApp, LiveLab, set[int
 
         table = app.query_one(WorkersTable)
         table.focus()
-        await select(pilot, table, "w3", w3.pid)
+        await select(table, "w3", w3.pid)
         await pilot.press("k")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await eventually_async(lambda: isinstance(app.screen, ConfirmScreen), timeout=30)
         await pilot.press("y")
-        await until(pilot, lambda: shown(app, "w3", "state") == "dead", timeout=15)
+        await eventually_async(lambda: shown(app, "w3", "state") == "dead", timeout=15)
         assert shown(app, "w3", "job") == "SIGKILL"
         assert not w3.alive() and w3.proc.returncode == -9
 
         w1 = lab.sup.children["w1"]  # type: ignore[union-attr]
-        await select(pilot, table, "w1", w1.pid)
-        await until(pilot, lambda: app.check_action("stop_worker", ()))
+        await select(table, "w1", w1.pid)
+        await eventually_async(lambda: app.check_action("stop_worker", ()), timeout=30)
         await pilot.press("s")
-        await until(pilot, lambda: shown(app, "w1", "state") == "dead", timeout=15)
+        await eventually_async(lambda: shown(app, "w1", "state") == "dead", timeout=15)
         assert shown(app, "w1", "job") == "exit 0"
         assert shown(app, "w2", "state") == "idle"
         # The cursor has left the worker that died for a live one, so `s` and `k` stay
         # offered; on a dead worker they are not (those keys leave the footer).
-        await until(pilot, lambda: getattr(table.selected(), "id", "w1") != "w1")
+        await eventually_async(lambda: getattr(table.selected(), "id", "w1") != "w1", timeout=30)
         selected = table.selected()
         assert selected is not None and selected.state != "dead" and selected.ours
         assert app.check_action("kill_worker", ()) is True
         table.move_cursor(row=table.get_row_index("w1"))
-        await until(pilot, lambda: getattr(table.selected(), "id", None) == "w1")
+        await eventually_async(lambda: getattr(table.selected(), "id", None) == "w1", timeout=30)
         assert app.check_action("kill_worker", ()) is False
 
 
@@ -191,14 +185,14 @@ async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> 
         pids |= {c.pid for c in lab.children()}
         table = app.query_one(ExperimentsTable)
         await pilot.press("R")
-        await until(pilot, lambda: app.running is not None)
+        await eventually_async(lambda: app.running is not None, timeout=30)
         assert app.check_action("fire", ()) is False  # no stray orders during a measurement
 
         def finished() -> bool:
             pids.update(c.pid for c in lab.children())
             return app.running is None
 
-        await until(pilot, finished, timeout=90)
+        await eventually_async(finished, timeout=90)
         verdicts = table.verdicts()
         assert list(verdicts) == [r.name for r in lab.suite.rows]
         # ok or slow (a loaded machine): every order completed, none failed.
@@ -208,7 +202,9 @@ async def test_run_the_kata_table(lab_app: tuple[LabApp, LiveLab, set[int]]) -> 
             assert measured.endswith(" s") and float(measured[:-2]) >= row.ideal_seconds
         assert str(table.get_cell("api", "verdict")) in ("ok", "slow")
         # The manual workers were stopped; the runner's pool of the last row (4) stays up.
-        await until(pilot, lambda: sum(r.state == "idle" for r in rows(app).values()) == 4)
+        await eventually_async(
+            lambda: sum(r.state == "idle" for r in rows(app).values()) == 4, timeout=30
+        )
         assert {"w1", "w2"} <= {r.id for r in rows(app).values() if r.state == "dead"}
 
 
@@ -227,10 +223,12 @@ async def test_run_with_a_foreign_worker_refuses_before_stopping_ours(
         pids |= set(ours.values())
         # another terminal's worker
         sup.start_worker(WorkerSpec(worker_id="elsewhere", job_seconds=0.3))
-        await until(pilot, lambda: "elsewhere" in rows(app))
+        await eventually_async(lambda: "elsewhere" in rows(app), timeout=30)
         assert not rows(app)["elsewhere"].ours
         await pilot.press("R")
-        await until(pilot, lambda: app.running is None and lab_said(app, "experiment:"))
+        await eventually_async(
+            lambda: app.running is None and lab_said(app, "experiment:"), timeout=30
+        )
         assert "elsewhere" in lab_said(app, "experiment:")
         # Our workers were left as they were: same processes, alive, never told to stop.
         assert {c.name: c.pid for c in lab.sup.workers()} == ours  # type: ignore[union-attr]
@@ -246,11 +244,13 @@ async def test_a_job_deleted_by_a_reset_is_logged_as_such(settings: Settings, cl
         async with app.run_test(size=SIZE) as pilot:
             await started(pilot, lab, workers=1)
             await pilot.press("f")
-            await until(pilot, lambda: rows(app).get("w1") and rows(app)["w1"].state == "busy")
+            await eventually_async(
+                lambda: rows(app).get("w1") and rows(app)["w1"].state == "busy", timeout=30
+            )
             await pilot.press("X")
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await eventually_async(lambda: isinstance(app.screen, ConfirmScreen), timeout=30)
             await pilot.press("y")
-            await until(pilot, lambda: worker_said(app, "w1", "was deleted"), timeout=20)
+            await eventually_async(lambda: worker_said(app, "w1", "was deleted"), timeout=20)
             assert not worker_said(app, "w1", "taken over")
     finally:
         lab.close()
@@ -277,7 +277,7 @@ async def test_quit_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int]])
         pids |= {c.pid for c in lab.children()}
         assert len(pids) == 3  # the API and two workers
         await pilot.press("q")
-        await until(pilot, lambda: lab.state == "closed", timeout=30)
+        await eventually_async(lambda: lab.state == "closed", timeout=30)
     assert all(not c.alive() for c in lab.children())
 
 
@@ -304,10 +304,10 @@ async def test_a_crash_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int
     app, lab, pids = lab_app
     app.source = _Crashing(app.source, lab)
     with pytest.raises(WorkerFailed, match="boom"):
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: lab.state != "starting", timeout=60)
+        async with app.run_test(size=SIZE):
+            await eventually_async(lambda: lab.state != "starting", timeout=60)
             # The failed sample ends the app (its unmount closes the lab, checked below).
-            await until(pilot, lambda: app.shutting_down, timeout=30)
+            await eventually_async(lambda: app.shutting_down, timeout=30)
     assert lab.state == "closed"
     children = lab.children()
     pids |= {c.pid for c in children}
@@ -318,10 +318,10 @@ async def test_quit_while_starting(lab_app: tuple[LabApp, LiveLab, set[int]]) ->
     app, lab, _ = lab_app
     began = time.monotonic()
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: bool(lab.children()), timeout=30)  # the API is starting
+        await eventually_async(lambda: bool(lab.children()), timeout=30)  # the API is starting
         assert lab.state == "starting"
         await pilot.press("q")
-        await until(pilot, lambda: lab.state == "closed", timeout=30)
+        await eventually_async(lambda: lab.state == "closed", timeout=30)
     # Not held up by the start it interrupted (the API's health wait alone is up to 30 s).
     assert time.monotonic() - began < 20
     assert lab.error == "" and all(not c.alive() for c in lab.children())

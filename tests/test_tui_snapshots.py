@@ -6,7 +6,6 @@ then look at the new SVGs in tests/__snapshots__/ before committing them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +16,7 @@ from mqlab.faces.tui.app import LabApp
 from mqlab.faces.tui.experiments_panel import ExperimentsTable
 from mqlab.faces.tui.fixed import FixedLab, FixedSource
 from mqlab.faces.tui.panels import LogPanel
+from tests.helpers import eventually_async
 
 SnapCompare = Callable[..., bool]
 
@@ -29,10 +29,10 @@ async def settled(pilot: Pilot[None]) -> None:
     """Wait for what arrives from threads (the lab's first log lines) and a first frame."""
     app = pilot.app
     assert isinstance(app, LabApp)
-    deadline = time.monotonic() + 10
-    while len(app.query_one(LogPanel).lines) < 3 or app.frame is None:
-        assert time.monotonic() < deadline, "the fixed app did not settle"
-        await pilot.pause(0.05)
+    await eventually_async(
+        lambda: len(app.query_one(LogPanel).lines) >= 3 and app.frame is not None,
+        what="the fixed app's first log lines and frame",
+    )
     await pilot.pause()
 
 
@@ -41,10 +41,12 @@ async def table_filled(pilot: Pilot[None]) -> None:
     await pilot.press("R")
     app = pilot.app
     assert isinstance(app, LabApp)
-    deadline = time.monotonic() + 10
-    while app.running is not None or "" in app.query_one(ExperimentsTable).verdicts().values():
-        assert time.monotonic() < deadline, "the simulated run did not finish"
-        await pilot.pause(0.05)
+    await eventually_async(
+        lambda: (
+            app.running is None and "" not in app.query_one(ExperimentsTable).verdicts().values()
+        ),
+        what="the end of the simulated run, every verdict shown",
+    )
     app.clear_notifications()  # a toast fades on a timer: not part of a stable picture
     await pilot.pause()
 

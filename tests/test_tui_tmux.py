@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import psutil
 import pytest
 
 from mqlab.settings import Settings
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)"
@@ -53,14 +53,20 @@ class Tmux:
         return int(self("display-message", "-p", "-t", "lab", "#{pane_pid}").strip())
 
     def wait_for(self, check: Callable[[str], object], timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        screen = ""
-        while time.monotonic() < deadline:
-            screen = self.screen()
-            if check(screen):
-                return screen
-            time.sleep(0.1)
-        raise AssertionError(f"the screen never showed it within {timeout} s:\n{screen}")
+        """The screen once check(screen) is true; fails after `timeout` s with the last one."""
+        last = ""
+
+        def showing() -> str:
+            nonlocal last
+            last = self.screen()
+            return last if check(last) else ""
+
+        try:
+            return eventually(
+                showing, timeout, interval=0.1, what="the screen showing it (the last screen below)"
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{last}") from None
 
     def close(self) -> None:
         subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], capture_output=True)
@@ -122,10 +128,7 @@ def test_tui_in_a_terminal(
     else:
         os.kill(tui.pid, signal.SIGTERM)
 
-    deadline = time.monotonic() + 30
-    while running(tui.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not running(tui.pid), f"the TUI did not leave on {way_out}"
+    eventually(lambda: not running(tui.pid), 30, interval=0.1, what=f"the TUI leaving on {way_out}")
     assert not [pid for pid in family if running(pid)], "processes left running"
 
 
@@ -159,8 +162,5 @@ def test_tui_faults_in_a_terminal(settings: Settings, clean: None, tmux: Tmux) -
     )
     family |= {p.pid for p in tui.children(recursive=True)}
     tmux.keys("q")
-    deadline = time.monotonic() + 30
-    while running(tui.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not running(tui.pid), "the TUI did not leave on q"
+    eventually(lambda: not running(tui.pid), 30, interval=0.1, what="the TUI leaving on q")
     assert not [pid for pid in family if running(pid)], "processes left running"
