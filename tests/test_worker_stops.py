@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -17,7 +19,7 @@ from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.system.spec import WorkerSpec
 from tests.conftest import StoppableServer
-from tests.helpers import eventually, insert_job, job_status
+from tests.helpers import eventually, insert_job, job_status, post_order
 
 #: What the issue asks: a worker that holds no job is gone this soon after the signal.
 STOP_WITHIN = 2.0
@@ -128,3 +130,43 @@ def test_a_job_that_ends_while_redis_is_down_exits_at_the_first_stop(
             client.close()
     assert pg.execute("SELECT attempts FROM jobs WHERE id = 'job-r-2'").fetchone() == (1,)
     assert pg.execute("SELECT count(*) FROM job_attempts").fetchone() == (0,)
+
+
+@pytest.mark.slow
+def test_idle_workers_stopped_while_orders_arrive_lose_none(
+    sup: Supervisor, client: httpx.Client, pg: psycopg.Connection, rds: redis.Redis
+) -> None:
+    """An idle worker's stop cuts its blocking pop short (it no longer waits out
+    POP_TIMEOUT): one that took a message as it stopped hands it back, and every order
+    completes once. Workers are started and stopped while orders keep arriving.
+
+    Slow by design (about 6 s): a few worker starts, and 120 orders 20 ms apart."""
+    total = 120
+
+    def fire() -> None:
+        for _ in range(total):
+            post_order(client)
+            time.sleep(0.02)
+
+    firing = threading.Thread(target=fire)
+    firing.start()
+    stops = 0
+    while firing.is_alive():
+        child = sup.start_worker(WorkerSpec(job_seconds=0))
+        time.sleep(0.1)
+        code, _ = stop(child)
+        assert code == 0, child.tail()
+        stops += 1
+    firing.join()
+    sup.start_worker(WorkerSpec(job_seconds=0))
+    eventually(
+        lambda: (
+            pg.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()
+            == (total,)
+        ),
+        timeout=20,
+        what=f"all {total} jobs completed",
+    )
+    assert stops >= 2
+    assert pg.execute("SELECT count(*), max(attempts) FROM jobs").fetchone() == (total, 1)
+    assert rds.llen(keys.QUEUE) == 0

@@ -279,8 +279,8 @@ class Worker:
         raw: bytes | None = None
         while not self._stop.is_set():
             if raw is None:
-                # Not raced: BLMOVE returns within POP_TIMEOUT by itself, and a stop is seen
-                # then; Outages.retry races the attempts that follow a failure.
+                # _pop returns None at a stop; Outages.retry races the attempts that follow a
+                # failure.
                 raw = await self.outages.retry("Redis", self._pop)
                 if raw is None:
                     continue
@@ -298,10 +298,24 @@ class Worker:
             raw = job.result()
 
     async def _pop(self) -> bytes | None:
+        """The next message, or None when none came within POP_TIMEOUT or a stop came."""
         if not self.reliable:
             # The kata's BLPOP; our API LPUSHes, so the oldest message is at the other end.
+            # Not raced against a stop: a BLPOP cut short may have popped a message whose
+            # reply is lost, and the message with it. A stop is seen within POP_TIMEOUT.
             popped = await self.redis.brpop([keys.QUEUE], POP_TIMEOUT)
             return None if popped is None else popped[1]  # type: ignore[no-any-return]
+        # Raced against a stop, so that an idle worker stops at once rather than when
+        # POP_TIMEOUT runs out. A BLMOVE cut short closes its connection (redis-py's way with
+        # a cancelled read); a message it did move is in our processing list, which
+        # Upkeep.shutdown hands back to the queue (or, moved after that, the reaper does, as
+        # for a worker killed).
+        try:
+            return await self.outages.unless_stopped(self._blmove)
+        except Stopped:
+            return None
+
+    async def _blmove(self) -> bytes | None:
         raw: bytes | None = await self.redis.blmove(
             keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT"
         )
