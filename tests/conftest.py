@@ -29,14 +29,17 @@ from mqlab.system.resetting import reset_all
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """How many test processes `-n auto` (pyproject's addopts) starts.
 
-    Four, each with embedded servers of its own: the suite mostly waits (on workers' jobs,
-    servers' starts and stops), so on a 2-core machine four took 158-161 s where two took
-    211 s. None (0: one process) when REDIS_URL / DATABASE_URL name servers: the tests empty
-    their tables and keys, and two processes sharing one database would empty each other's.
+    The whole suite: four, each with embedded servers of its own. It mostly waits (on workers'
+    jobs, servers' starts and stops), so on a 2-core machine four took 144-153 s where two
+    took 211 s. The inner loop (`-m "not slow"`): two. Its tests are short, and a test
+    process's own start (plugins, collection, servers: about 6 s of CPU) costs more than its
+    waits save: 19 s with two, 28 s with four. None (0: one process) when REDIS_URL /
+    DATABASE_URL name servers: the tests empty their tables and keys, and two processes
+    sharing one database would empty each other's.
     """
     if os.environ.get("REDIS_URL") or os.environ.get("DATABASE_URL"):
         return 0
-    return 4
+    return 2 if "not slow" in (config.getoption("markexpr") or "") else 4
 
 
 #: How long each test file took (seconds), written by `pytest --store-file-seconds`. The files

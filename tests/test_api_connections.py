@@ -74,6 +74,7 @@ def test_an_idle_connection_is_closed(address: tuple[str, int]) -> None:
     assert seconds < ENDED_WITHIN
 
 
+@pytest.mark.slow
 def test_half_sent_headers_get_408_and_the_connection_closed(address: tuple[str, int]) -> None:
     with connect(address) as sock:
         sock.sendall(b"POST /orders HTTP/1.1\r\nHost: t\r\nContent-Ty")
@@ -84,6 +85,7 @@ def test_half_sent_headers_get_408_and_the_connection_closed(address: tuple[str,
     assert body["details"] == [{"waitingFor": "headers", "timeoutSeconds": 1.0}]
 
 
+@pytest.mark.slow
 def test_a_body_shorter_than_its_length_gets_408_and_the_connection_closed(
     address: tuple[str, int], clean: None
 ) -> None:
@@ -95,6 +97,7 @@ def test_a_body_shorter_than_its_length_gets_408_and_the_connection_closed(
     assert body["details"] == [{"waitingFor": "body", "timeoutSeconds": 1.0}]
 
 
+@pytest.mark.slow
 def test_a_kept_alive_connection_gets_the_same_header_timeout(address: tuple[str, int]) -> None:
     with connect(address) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -79,6 +79,7 @@ def test_an_unexpected_exception_is_a_json_500_logged_once(hooked: str, log: Log
     assert httpx.get(f"{hooked}/health", timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_row_the_api_cannot_read_is_a_json_500(
     hooked: str, log: Log, clean: None, pg: psycopg.Connection
 ) -> None:

@@ -116,6 +116,7 @@ def test_status_lists_the_latest_dead_letters_with_their_reasons_in_80_columns(
     assert '{"jobId": 7}' in oldest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e9"])
 def test_worker_refuses_a_job_time_that_is_not_a_sane_number_of_seconds(
     settings: Settings, value: str

@@ -175,6 +175,7 @@ def test_list_with_nothing_dead(settings: Settings, raw: redis.Redis) -> None:
     assert f"No other dead letters on {keys.DEAD}." in out.stdout
 
 
+@pytest.mark.slow
 def test_show_tells_a_jobs_story(settings: Settings, raw: redis.Redis) -> None:
     job_id, order_id = make_dead(settings.database_url, raw, attempts=2, error="kaput")
     out = run(settings, "dead", "show", job_id, columns=80)
@@ -202,6 +203,7 @@ def test_a_server_that_does_not_answer_is_a_clear_error(settings: Settings) -> N
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_show_says_what_a_crash_and_a_replay_did(
     settings: Settings, raw: redis.Redis, pg: psycopg.Connection
 ) -> None:
@@ -248,6 +250,7 @@ def _column(text: str, index: int) -> list[str]:
     return " ".join(r[index].strip() for r in rows if len(r) > index).split()
 
 
+@pytest.mark.slow
 def test_list_and_show_never_cut_a_product_an_error_or_a_worker_id_at_80_columns(
     settings: Settings, raw: redis.Redis
 ) -> None:

@@ -95,6 +95,7 @@ def test_api_with_postgres_down_answers_503_and_enqueues_nothing(
         assert rds.llen(keys.QUEUE) == 1
 
 
+@pytest.mark.slow
 def test_api_starts_and_says_which_backend_is_missing(settings: Settings) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     with Supervisor(Settings(dead_redis, settings.database_url)) as sup:
@@ -169,6 +170,7 @@ async def test_the_reaper_judges_no_one_on_a_server_just_started_again(
         await reaper.aclose()
 
 
+@pytest.mark.slow
 def test_the_first_order_after_postgres_restarts_is_accepted(
     settings: Settings, clean: None, stoppable_pg: StoppableServer, rds: redis.Redis
 ) -> None:

@@ -314,6 +314,7 @@ async def test_a_crash_stops_every_child(lab_app: tuple[LabApp, LiveLab, set[int
     assert len(children) == 3 and all(not c.alive() for c in children)
 
 
+@pytest.mark.slow
 async def test_quit_while_starting(lab_app: tuple[LabApp, LiveLab, set[int]]) -> None:
     app, lab, _ = lab_app
     began = time.monotonic()

@@ -132,6 +132,7 @@ def test_timeline_window_follows_the_job_time() -> None:
     assert timeline_window(30.0) == 60.0
 
 
+@pytest.mark.slow
 async def test_keys_fit_one_line_help_and_quit_always() -> None:
     app = LabApp(FixedSource(), FixedLab(load("kata3"), step_seconds=0.5))
     async with app.run_test(size=(80, 24)) as pilot:

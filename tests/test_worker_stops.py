@@ -74,6 +74,7 @@ def test_a_worker_waiting_on_postgres_with_a_message_stops_at_once_and_hands_it_
     assert rds.llen(keys.processing_key("w1")) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("away", "sig"), [("redis", signal.SIGTERM), ("postgres", signal.SIGINT)])
 def test_a_worker_still_connecting_at_start_stops_at_once(
     settings: Settings, clean: None, away: str, sig: signal.Signals
