@@ -142,6 +142,12 @@ def terminate(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> boo
     return not pid_alive(pid)
 
 
+#: How many free ports a server is started on before giving up: a port is free when chosen,
+#: and another process (a client's outgoing connection, another test process) may take it
+#: before the server binds it.
+PORT_TRIES = 3
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A free TCP port from the kernel's ephemeral range (never 6379, 5432 or 3000)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
