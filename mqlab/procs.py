@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import signal
 import socket
@@ -14,11 +15,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from mqlab.private_files import open_private
+
+log = logging.getLogger("mqlab.procs")
+
+T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
 #: Loaded once here: dlopen() in a forked child of a threaded process can deadlock.
@@ -142,17 +147,40 @@ def terminate(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> boo
     return not pid_alive(pid)
 
 
-#: How many free ports a server is started on before giving up: a port is free when chosen,
-#: and another process (a client's outgoing connection, another test process) may take it
-#: before the server binds it.
-PORT_TRIES = 3
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A free TCP port from the kernel's ephemeral range (never 6379, 5432 or 3000)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+#: How many ports on_a_free_port tries before giving up.
+PORT_TRIES = 3
+
+
+def on_a_free_port(
+    start: Callable[[int], T],
+    port: int | None,
+    failed: type[Exception] | tuple[type[Exception], ...],
+    host: str = "127.0.0.1",
+) -> T:
+    """start(port): on `port`, or on a free one when it is None or taken.
+
+    A free port is only free when it is found: another process (a client's outgoing
+    connection, another test process) may take it before the server binds it. So when start
+    raises `failed` and its port is no longer free, another free one, PORT_TRIES in all; any
+    other failure is start's own, raised as it is.
+    """
+    for tries_left in reversed(range(PORT_TRIES)):
+        if port is None or not port_free(port, host):
+            port = free_port(host)
+        try:
+            return start(port)
+        except failed:
+            if not tries_left or port_free(port, host):
+                raise
+            log.warning("port %d was taken before it was bound: another one", port)
+    raise AssertionError("unreachable")  # the last try returns or raises
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -78,7 +78,8 @@ _took: dict[str, float] = {}
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Add up each file's time (setup, call and teardown), for --store-file-seconds."""
-    _took[_file_of(report)] = _took.get(_file_of(report), 0.0) + report.duration
+    file = _file_of(report)
+    _took[file] = _took.get(file, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -64,8 +64,12 @@ def _not_within(timeout: float, what: str, value: object) -> AssertionError:
     return AssertionError(f"did not happen within {timeout:g} s: {what}; last value: {value!r}")
 
 
+#: The order the tests post unless they say otherwise.
+ORDER = {"product": "Laptop", "quantity": 1, "price": 10}
+
+
 def post_order(client: httpx.Client, product: str = "Laptop") -> dict[str, object]:
-    res = client.post("/orders", json={"product": product, "quantity": 1, "price": 10})
+    res = client.post("/orders", json={**ORDER, "product": product})
     assert res.status_code == 202, res.text
     body: dict[str, object] = res.json()
     return body

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mqlab.lab import supervisor
+from mqlab import procs
 from mqlab.lab.services import manager
 from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import free_port
@@ -26,22 +26,22 @@ def taken() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def first_taken(monkeypatch: pytest.MonkeyPatch, module: object, port: int) -> list[int]:
-    """module.free_port answers `port` first, then free ones; returns what it answered."""
+def first_taken(monkeypatch: pytest.MonkeyPatch, port: int) -> list[int]:
+    """procs.free_port answers `port` first, then free ones; returns what it answered."""
     answered: list[int] = []
 
-    def fake() -> int:
-        answered.append(port if not answered else free_port())
+    def fake(host: str = "127.0.0.1") -> int:
+        answered.append(port if not answered else free_port(host))
         return answered[-1]
 
-    monkeypatch.setattr(module, "free_port", fake)
+    monkeypatch.setattr(procs, "free_port", fake)
     return answered
 
 
 def test_the_api_starts_on_another_port_when_its_own_was_taken(
     settings: Settings, taken: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    answered = first_taken(monkeypatch, supervisor, taken)
+    answered = first_taken(monkeypatch, taken)
     with Supervisor(settings) as sup:
         sup.start_api()
         assert answered[0] == taken and len(answered) == 2
@@ -54,7 +54,7 @@ def test_embedded_servers_start_on_another_port_when_theirs_was_taken(
     tmp_path_factory: pytest.TempPathFactory, taken: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Slow by design: embedded servers of a home of their own."""
-    answered = first_taken(monkeypatch, manager, taken)
+    answered = first_taken(monkeypatch, taken)
     base: Path = tmp_path_factory.mktemp("ports")
     try:
         infos = manager.up(owned=True, base=base)

@@ -19,7 +19,7 @@ from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.system.spec import WorkerSpec
 from tests.conftest import StoppableServer
-from tests.helpers import eventually, insert_job, job_status
+from tests.helpers import ORDER, eventually, insert_job, job_status
 
 #: What the issue asks: a worker that holds no job is gone this soon after the signal.
 STOP_WITHIN = 2.0
@@ -147,7 +147,7 @@ def test_idle_workers_stopped_while_orders_arrive_lose_none(
     def fire() -> None:
         accepted = 0
         while accepted < total:
-            res = client.post("/orders", json={"product": "Laptop", "quantity": 1, "price": 10})
+            res = client.post("/orders", json=ORDER)
             # A 503 is the API's answer to a backend slow to answer (a loaded machine's test
             # run saw one): nothing was written, and a client tries again, as here.
             assert res.status_code in (202, 503), res.text

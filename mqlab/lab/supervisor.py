@@ -23,7 +23,7 @@ import httpx
 import redis
 
 from mqlab.lab.environment import Opened
-from mqlab.procs import PORT_TRIES, free_port, port_free, spawn, wait_until
+from mqlab.procs import on_a_free_port, spawn, wait_until
 from mqlab.protocol import keys
 from mqlab.protocol.events import WorkerState
 from mqlab.settings import Settings
@@ -113,16 +113,15 @@ class Supervisor(Opened["Supervisor"]):
 
         `options`: more of `mqlab api`'s options (e.g. ["--header-timeout", "1"]). Without a
         `port`, a free one; if another process takes it before the API binds it (it is free
-        when chosen, and the API binds it a second later), another one, twice more at most."""
-        for tries_left in reversed(range(PORT_TRIES if port is None else 1)):
-            chosen = port or free_port()
-            try:
-                return self._start_api(chosen, host, require_healthy, options)
-            except ChildFailed:
-                if not tries_left or port_free(chosen, host):
-                    raise
-                log.warning("port %d was taken before the API bound it: another one", chosen)
-        raise AssertionError("unreachable")  # the loop returns or raises
+        when chosen, and the API binds it a second later), another one (procs.on_a_free_port)."""
+        if port is not None:
+            return self._start_api(port, host, require_healthy, options)
+        return on_a_free_port(
+            lambda free: self._start_api(free, host, require_healthy, options),
+            None,
+            ChildFailed,
+            host,
+        )
 
     def _start_api(
         self, port: int, host: str, require_healthy: bool, options: Sequence[str]

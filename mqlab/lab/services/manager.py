@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import signal
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from mqlab.lab.services.home import (
     write_state,
 )
 from mqlab.private_files import UnsafePath, open_private
-from mqlab.procs import PORT_TRIES, free_port, pid_alive, port_free, terminate
+from mqlab.procs import on_a_free_port, pid_alive, terminate
 
 _SERVERS = {valkey_server.NAME: valkey_server, postgres_server.NAME: postgres_server}
 #: What each server's command line contains; tells a live server from a reused pid.
@@ -102,19 +103,15 @@ def up(*, owned: bool = False, base: Path | None = None) -> list[ServiceInfo]:
             # The port is chosen once per home and kept, so that `down` then `up` gives the
             # same URLs and a running API and its workers reconnect on their own.
             ident = identity(root)
-            port = ident["ports"].get(name) or (record.get("port") if record else None)
-            for tries_left in reversed(range(PORT_TRIES)):
-                if not port or not port_free(port):
-                    port = free_port()
-                    ident["ports"][name] = port
-                    save_identity(root, ident)
-                try:
-                    new = module.start(root, port, owned=owned)
-                    break
-                except (OSError, RuntimeError) as exc:
-                    # Taken by another process since it was found free: another port.
-                    if not tries_left or port_free(port):
-                        raise ServicesError(f"could not start the embedded {name}: {exc}") from exc
+            kept = ident["ports"].get(name) or (record.get("port") if record else None)
+            try:
+                start = functools.partial(module.start, root, owned=owned)
+                new = on_a_free_port(start, kept, (OSError, RuntimeError))
+            except (OSError, RuntimeError) as exc:
+                raise ServicesError(f"could not start the embedded {name}: {exc}") from exc
+            if new["port"] != ident["ports"].get(name):
+                ident["ports"][name] = new["port"]
+                save_identity(root, ident)
             new["owned"] = owned
             state[name] = new
             write_state(state, root)
