@@ -12,6 +12,8 @@ import os
 import pwd
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +143,28 @@ def test_state_is_private_and_nothing_outside_changes_mode(locked: tuple[Path, d
         seen = as_nobody(f"cat {path}")
         assert seen.returncode != 0 and "ermission denied" in seen.stderr, path
     assert os.stat(data.parent).st_uid == 0
+
+
+def test_processes_that_make_the_service_user_at_once_agree_on_its_uid(tmp_path: Path) -> None:
+    """Four processes that find no service user make it at once (the suite's test processes
+    on a fresh machine): each must get the uid that stays. useradd does not lock against
+    itself here, so without mqlab's lock each of the four succeeded and the last uid won."""
+    name = f"mqlabt{os.getpid() % 100000}"
+    go = tmp_path / "go"
+    make = (
+        "import time\nfrom pathlib import Path\n"
+        "from mqlab.lab.services.runtime import system_user\n"
+        f"while not Path({str(go)!r}).exists(): time.sleep(0.001)\n"
+        f"print(system_user({name!r}, Path('/nonexistent')).pw_uid)"
+    )
+    try:
+        makers = [
+            subprocess.Popen([sys.executable, "-c", make], stdout=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        time.sleep(1)  # all four imported and waiting: they start together
+        go.touch()
+        uids = {int(maker.communicate(timeout=60)[0]) for maker in makers}
+        assert uids == {pwd.getpwnam(name).pw_uid}
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)

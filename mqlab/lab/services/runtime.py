@@ -14,6 +14,7 @@ MQLAB_HOME itself.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import pwd
@@ -83,18 +84,33 @@ def service_account() -> Account | None:
     """The account the servers run as: None when we are not root (they run as us)."""
     if not is_root():
         return None
-    try:
-        entry = pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home",
-             "--home-dir", str(RUNTIME_ROOT), "--shell", "/usr/sbin/nologin", SERVICE_USER],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        entry = pwd.getpwnam(SERVICE_USER)
+    entry = system_user(SERVICE_USER, RUNTIME_ROOT)
     if entry.pw_uid == 0 or entry.pw_gid == 0:
         raise RuntimeError(f"the user {SERVICE_USER!r} is root or in group root: refusing")
     return Account(SERVICE_USER, entry.pw_uid, entry.pw_gid)
+
+
+def system_user(name: str, home_dir: Path) -> pwd.struct_passwd:
+    """The system user `name`, in a group of its own, made if missing (root only).
+
+    One maker at a time, under a lock in the runtime folder: useradd does not lock against
+    itself here, and four at once each succeed, the last one's uid winning, so that what
+    the first ones gave to "their" user belongs to a uid nobody has (seen on a fresh
+    machine: the suite's four test processes)."""
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(name)
+    _shared_dir(RUNTIME_ROOT, 0o711)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(RUNTIME_ROOT / ".users.lock", flags, 0o600), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)  # made by whoever held the lock before us
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home",
+             "--home-dir", str(home_dir), "--shell", "/usr/sbin/nologin", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return pwd.getpwnam(name)
 
 
 def give(path: Path, account: Account | None, *, deep: bool = False) -> Path:
