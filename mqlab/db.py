@@ -167,6 +167,32 @@ SELECT j.id, j.order_id, j.attempts, j.since_replay, o.product
 FROM j, o, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 """
 
+# CLAIM_JOB for a batch: each (job, order) of the arrays that is claimable is claimed, as by
+# CLAIM_JOB, in one statement; rows come back for those claimed (in no set order). A job named
+# twice in the arrays (a duplicate delivery in one batch) is claimed once.
+CLAIM_JOBS = """
+WITH want AS (
+    SELECT DISTINCT ON (job) job, ord
+    FROM unnest(%(jobs)s::text[], %(orders)s::int8[]) AS w(job, ord)
+), j AS (
+    UPDATE jobs SET status = 'processing', worker_id = %(worker)s, attempts = attempts + 1,
+                    worker_instance = %(instance)s,
+                    started_at = clock_timestamp(), finished_at = NULL, next_attempt_at = NULL
+    FROM want
+    WHERE jobs.id = want.job AND jobs.order_id = want.ord
+      AND jobs.status IN ('pending', 'retrying')
+      AND EXISTS (SELECT FROM orders WHERE orders.id = jobs.order_id)
+    RETURNING jobs.id, jobs.order_id, jobs.attempts,
+              jobs.attempts - jobs.replay_base AS since_replay, jobs.started_at
+), o AS (
+    UPDATE orders SET status = 'processing', updated_at = j.started_at FROM j
+    WHERE orders.id = j.order_id
+    RETURNING orders.id, orders.product
+)
+SELECT j.id, j.order_id, j.attempts, j.since_replay, o.product
+FROM j JOIN o ON o.id = j.order_id, (SELECT set_config('synchronous_commit', 'off', true)) AS c
+"""
+
 # A redelivery of a job that is processing by a run of a worker that is gone (its heartbeat
 # expired, or names another run: the caller looks first; a delivery of a job whose worker is
 # alive is dropped). The claim it never ended is recorded as crashed, and the job is this
@@ -233,6 +259,23 @@ WITH j AS (
     FROM j WHERE orders.id = j.order_id
 )
 SELECT order_id, extract(epoch FROM finished_at - started_at)::float8 AS took FROM j
+"""
+
+# COMPLETE_JOB for a batch: each (job, attempt) of the arrays, guarded as COMPLETE_JOB is, in
+# one statement (one commit for the batch); rows come back for those completed.
+COMPLETE_JOBS = """
+WITH j AS (
+    UPDATE jobs SET status = 'completed', finished_at = clock_timestamp()
+    FROM unnest(%(jobs)s::text[], %(attempts)s::int4[]) AS w(job, attempt)
+    WHERE jobs.id = w.job AND jobs.status = 'processing' AND jobs.worker_id = %(worker)s
+      AND jobs.attempts = w.attempt
+    RETURNING jobs.id, jobs.order_id, jobs.started_at, jobs.finished_at
+), o AS (
+    UPDATE orders SET status = 'completed', completed_at = j.finished_at,
+                      updated_at = j.finished_at
+    FROM j WHERE orders.id = j.order_id
+)
+SELECT id, extract(epoch FROM finished_at - started_at)::float8 AS took FROM j
 """
 
 # A failed attempt that will be tried again: the job is retrying until %(delay)s seconds from

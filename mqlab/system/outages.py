@@ -143,11 +143,22 @@ class Outages:
         Rejected when PostgreSQL refuses this statement for its data: the caller dead-letters
         the message rather than retry it for ever (or, as before, crash on it).
         """
+        found = await self._run(sql, params, what, every=False)
+        return found[0] if found else None
 
-        async def op() -> tuple[Any, ...] | None:
+    async def rows(self, sql: str, params: Any, what: str) -> list[tuple[Any, ...]]:
+        """One statement's rows, as sql() runs it (a batch's claim or completion)."""
+        return await self._run(sql, params, what, every=True)
+
+    async def _run(self, sql: str, params: Any, what: str, *, every: bool) -> list[tuple[Any, ...]]:
+        async def op() -> list[tuple[Any, ...]]:
             conn = await self.pg.get()
             try:
-                return await (await conn.execute(sql, params)).fetchone()
+                cursor = await conn.execute(sql, params)
+                if every:
+                    return await cursor.fetchall()
+                row = await cursor.fetchone()
+                return [] if row is None else [row]
             except BACKEND_DOWN:
                 raise
             except psycopg.Error as exc:

@@ -35,6 +35,13 @@ from mqlab.system.work import WORK_KINDS, check_job_seconds
 #: worker reaps no one and does not reconcile: it is the lab's lesson, not a mode to run.
 FETCH_KINDS = ("reliable", "blpop")
 
+#: The most messages a worker takes at once by default (--batch), and at all.
+DEFAULT_BATCH = 32
+MAX_BATCH = 1000
+#: A worker takes no more than it starts within this many seconds (at its --job-seconds): a
+#: message it holds is one no other worker can start (the prefetch trap).
+BATCH_HORIZON = 0.05
+
 #: The retry policy when no option and no variable says otherwise.
 DEFAULT_POLICY = RetryPolicy()
 
@@ -110,6 +117,13 @@ class WorkerSpec:
         "kata's: a worker killed mid-job loses that job; for comparison).",
     )  # fmt: skip
 
+    batch: int = _option(
+        DEFAULT_BATCH, "K",
+        "The most messages taken at once while the queue is deep (a fair share of it among "
+        "the live workers, and no more than this worker starts within "
+        f"{BATCH_HORIZON:g} s at its --job-seconds); 1: one at a time.",
+    )  # fmt: skip
+
     #: The retry policy (None: the worker's environment's); the failures it injects.
     policy: RetryPolicy | None = field(init=False, repr=False, compare=False)
     faults: Faults = field(init=False, repr=False, compare=False)
@@ -121,6 +135,8 @@ class WorkerSpec:
             raise SpecError(f"--job-seconds {exc}") from None
         if self.work not in WORK_KINDS:
             raise SpecError(f"--work must be one of {', '.join(WORK_KINDS)}, not {self.work!r}")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise SpecError(f"--batch must be 1 to {MAX_BATCH}, not {self.batch}")
         if self.fetch not in FETCH_KINDS:
             raise SpecError(f"--fetch must be one of {', '.join(FETCH_KINDS)}, not {self.fetch!r}")
         try:
@@ -150,6 +166,15 @@ class WorkerSpec:
         self._set("backoff_base", policy.base)
         self._set("backoff_max", policy.cap)
         return policy
+
+    def most_taken(self) -> int:
+        """The most messages this worker takes at once: --batch, cut so that it starts them
+        all within BATCH_HORIZON; 1 for the kata's BLPOP (it has no processing list)."""
+        if self.fetch != "reliable":
+            return 1
+        if self.job_seconds <= 0:
+            return self.batch
+        return max(1, min(self.batch, int(BATCH_HORIZON / self.job_seconds)))
 
     def to_args(self) -> list[str]:
         """The `mqlab worker` flags that give a worker this spec: those of the options that

@@ -27,7 +27,7 @@ from mqlab.procs import pid_alive
 from mqlab.protocol import delayed, events, keys
 from mqlab.protocol.events import EventKind, WorkerState
 from mqlab.protocol.messages import one_line
-from mqlab.protocol.scans import heartbeat_of, processing_lists, worker_of
+from mqlab.protocol.scans import heartbeat_of, live_worker_ids, processing_lists, worker_of
 from mqlab.system.outages import Outages
 from mqlab.system.reconciler import Reconciler
 
@@ -59,8 +59,11 @@ class KeptWorker(Protocol):
     reliable: bool
     processing: str
     state: WorkerState
-    #: (job, attempt) of the job claimed and not yet acked: what a stop hands back.
-    claim: tuple[str, int] | None
+    #: job -> attempt of the jobs claimed whose claim has not ended: what a stop hands back.
+    claims: dict[str, int]
+    #: The most messages it takes at once, and the live workers it shares the queue with.
+    most: int
+    peers: int
     last_beat_sent: float
     redis: aioredis.Redis
     pg: db.LazyConnection
@@ -145,6 +148,8 @@ class Upkeep:
                 # Jobs beat as they start and finish: no need to add one when they did lately.
                 if now - w.last_beat_sent >= keys.HEARTBEAT_INTERVAL / 2:
                     await w.beat()
+                if w.most > 1:  # a batch is a fair share of the queue among the live
+                    w.peers = len(await live_worker_ids(w.redis)) or 1
                 if w.reliable and now - outages.lost_sight >= keys.HEARTBEAT_TTL:
                     await requeue_orphans(w.redis, exclude=w.id)
             except BACKEND_DOWN:
@@ -180,20 +185,22 @@ class Upkeep:
         if not self.owns_id:
             await self._close()
             return
-        if w.claim is not None:
-            job_id, attempt = w.claim
-            # Before the message is back on the queue: a job there is never shown as ours.
-            try:
-                async with asyncio.timeout(STOP_STEP_SECONDS):
+        # Before the messages are back on the queue: a job there is never shown as ours.
+        # One step for them all (a batch's), each released on its own guard.
+        try:
+            async with asyncio.timeout(STOP_STEP_SECONDS):
+                for job_id, attempt in list(w.claims.items()):
                     conn = await w.pg.get()
                     await conn.execute(
                         db.RELEASE_JOB,
                         {"job": job_id, "status": "processing", "worker": w.id,
                          "attempt": attempt},
                     )  # fmt: skip
-            except (TimeoutError, psycopg.Error) as exc:
-                log.warning("%s: could not mark %s pending again (%s); the next worker to "
-                            "take it claims it all the same", w.id, job_id, exc)  # fmt: skip
+                    del w.claims[job_id]
+        except (TimeoutError, psycopg.Error) as exc:
+            log.warning("%s: could not mark %s pending again (%s); the next worker to take "
+                        "them claims them all the same", w.id, ", ".join(w.claims),
+                        exc)  # fmt: skip
         try:
             async with asyncio.timeout(STOP_STEP_SECONDS):
                 # The heartbeat first: a message handed back while it still named this run

@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 
 from mqlab import db
 from mqlab.backend_errors import BACKEND_DOWN
-from mqlab.protocol import dead, delayed, events, keys
+from mqlab.protocol import batch, dead, delayed, events, keys
 from mqlab.protocol.events import EventKind, WorkerState
 from mqlab.protocol.messages import (
     REASON_CHARS,
@@ -118,8 +118,13 @@ class Worker:
         self.job_started = 0.0
         self.started = time.time()
         self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
-        #: (job, attempt) of the job claimed and not yet acked: what a stop hands back.
-        self.claim: tuple[str, int] | None = None
+        #: job -> attempt of the jobs claimed whose claim has not ended: what a stop hands
+        #: back. One job, or the jobs of a batch.
+        self.claims: dict[str, int] = {}
+        #: The most messages taken at once (1: one at a time, BLMOVE; see _finish_once), and
+        #: the live workers at the last heartbeat pass (a batch is a fair share of the queue).
+        self.most = spec.most_taken()
+        self.peers = 1
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -165,7 +170,7 @@ class Worker:
         """The stop request that ends a wait on a backend: the first one when no job is in
         hand (there is nothing to finish), the second one when a job is (it is finished first,
         which needs the backends)."""
-        return self._cold_stop if self.claim is not None else self._stop
+        return self._cold_stop if self.claims else self._stop
 
     # -- beats and events ------------------------------------------------------------------
 
@@ -276,15 +281,18 @@ class Worker:
         return "; " + ", ".join(said) if said else ""
 
     async def _consume(self, cold: asyncio.Task[Any]) -> None:
-        raw: bytes | None = None
+        taken: list[bytes] = []
         while not self._stop.is_set():
-            if raw is None:
+            if not taken:
                 # _pop returns None at a stop; Outages.retry races the attempts that follow a
                 # failure.
                 raw = await self.outages.retry("Redis", self._pop)
                 if raw is None:
                     continue
-            job = asyncio.create_task(self.handle(raw))
+                taken = [raw]
+            job = asyncio.create_task(
+                self.handle(taken[0]) if len(taken) == 1 else self.handle_batch(taken)
+            )
             await asyncio.wait({job, cold}, return_when=asyncio.FIRST_COMPLETED)
             if not job.done():
                 # A second stop: leave the job where it is; Upkeep.shutdown hands it back. A query
@@ -294,8 +302,8 @@ class Worker:
                 job.add_done_callback(forget)
                 await asyncio.wait({job}, timeout=STOP_STEP_SECONDS)
                 return
-            # The next message, when it came with this one's ack (see _finish).
-            raw = job.result()
+            # The next messages, when they came with this one's ack (see _finish).
+            taken = job.result()
 
     async def _pop(self) -> bytes | None:
         """The next message, or None when none came within POP_TIMEOUT or a stop came."""
@@ -321,27 +329,28 @@ class Worker:
         )
         return raw
 
-    async def handle(self, raw: bytes) -> bytes | None:
+    async def handle(self, raw: bytes, *, take: bool = True) -> list[bytes]:
         """One delivery: claim, work, record, ack; or dead-letter it, whatever its bytes.
 
-        Returns the next message when it was taken in the same round trip as the ack.
+        Returns the next messages when they were taken in the same round trip as the ack
+        (take=False: none are).
         """
         try:
             job_id, order_id = parse_message(raw)
         except InvalidMessage as exc:
             await self._dead_letter(raw, str(exc))
-            return None
+            return []
         try:
-            return await self._handle_job(raw, job_id, order_id)
+            return await self._handle_job(raw, job_id, order_id, take)
         except Rejected as exc:
             # This message, or its row, is what PostgreSQL refuses (a value out of range, a
             # trigger's veto): it would be refused again on every delivery.
-            self.claim = None
+            self.claims.pop(job_id, None)
             self._end_job()
             await self._dead_letter(raw, str(exc))
-            return None
+            return []
 
-    async def _handle_job(self, raw: bytes, job_id: str, order_id: int) -> bytes | None:
+    async def _handle_job(self, raw: bytes, job_id: str, order_id: int, take: bool) -> list[bytes]:
         claim = await self.outages.sql(
             db.CLAIM_JOB,
             {"worker": self.id, "instance": self.instance, "job": job_id, "order": order_id},
@@ -350,9 +359,9 @@ class Worker:
         if claim is None:
             claim = await self._not_claimed(raw, job_id, order_id)
             if claim is None:
-                return None
+                return []
         _, _, attempt, since_replay, product = claim
-        self.claim = (job_id, attempt)
+        self.claims[job_id] = attempt
         self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
         fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
         started: Event = (EventKind.JOB_STARTED, fields)
@@ -367,7 +376,7 @@ class Worker:
             await self._failed(
                 raw, job_id, order_id, (attempt, since_replay), exc, [started] * short
             )
-            return None
+            return []
         done = await self.outages.sql(
             db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}, "completion"
         )
@@ -376,17 +385,97 @@ class Worker:
         # for a stop to hand back, so a first stop no longer waits on Redis for the ack. If
         # Redis is away, the message stays in our processing list, and the worker that gets
         # it after the reaper finds the job completed and drops it.
-        self.claim = None
+        self.claims.pop(job_id, None)
         if done is None:
             await self._not_completed(raw, job_id, order_id, attempt)
-            return None
+            return []
         self.jobs_done += 1
         took = float(done[1])
         # Logged before the ack: _finish may then wait up to POP_TIMEOUT for the next message.
         log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
                  again if short else "")  # fmt: skip
         finished: Event = (EventKind.JOB_FINISHED, {"job": job_id, "order": order_id})
-        return await self._finish(raw, job_id, [started, finished] if short else [finished])
+        happened = [started, finished] if short else [finished]
+        return await self._finish([raw], job_id, happened, take)
+
+    async def handle_batch(self, raws: list[bytes]) -> list[bytes]:
+        """Several deliveries taken at once (a deep queue): claimed in one statement, worked
+        one after another, completed in one statement and acked in one round trip, which
+        takes the next batch. A message that is not a job, or whose job the batch's claim did
+        not get (a second copy of a job in the batch, too), goes the single way (handle) after
+        the others. A failed job's outcome is recorded on its own, as handle does. A worker
+        killed in the middle leaves the batch in its processing list: each message is
+        redelivered, and its guarded claim tells what is left to do."""
+        parsed: list[tuple[bytes, str, int]] = []
+        alone: list[bytes] = []
+        for raw in raws:
+            try:
+                parsed.append((raw, *parse_message(raw)))
+            except InvalidMessage:
+                alone.append(raw)
+        params = {"worker": self.id, "instance": self.instance,
+                  "jobs": [p[1] for p in parsed], "orders": [p[2] for p in parsed]}  # fmt: skip
+        try:
+            rows = await self.outages.rows(db.CLAIM_JOBS, params, "claim") if parsed else []
+        except Rejected:
+            rows = []  # one of them is refused for its data: each on its own finds which
+        claimed = {row[0]: row for row in rows}
+        work: list[tuple[bytes, str, int, tuple[Any, ...]]] = []
+        for raw, job_id, order_id in parsed:
+            row = claimed.pop(job_id, None)
+            if row is None:
+                alone.append(raw)
+            else:
+                self.claims[job_id] = row[2]
+                work.append((raw, job_id, order_id, row))
+        done: list[tuple[bytes, str, int, int]] = []
+        happened: list[Event] = []
+        for raw, job_id, order_id, (_, _, attempt, since_replay, product) in work:
+            self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
+            fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
+            started: Event = (EventKind.JOB_STARTED, fields)
+            try:
+                await self._work(product)
+            except JobFailed as exc:
+                await self._failed(raw, job_id, order_id, (attempt, since_replay), exc, [started])
+                continue
+            done.append((raw, job_id, order_id, attempt))
+            happened.append(started)
+        acks = await self._complete_batch(done, happened)
+        for raw in alone:
+            await self.handle(raw, take=False)
+        return await self._finish(acks, f"a batch of {len(acks)}", happened)
+
+    async def _complete_batch(
+        self, done: list[tuple[bytes, str, int, int]], happened: list[Event]
+    ) -> list[bytes]:
+        """The batch's worked jobs completed in one statement; returns the messages to ack
+        (and adds their events to `happened`). One the completion did not take goes the way
+        handle's does (_not_completed); one PostgreSQL refuses, as handle's, a dead letter."""
+        params = {"worker": self.id, "jobs": [d[1] for d in done],
+                  "attempts": [d[3] for d in done]}  # fmt: skip
+        refused: str | None = None
+        try:
+            rows = await self.outages.rows(db.COMPLETE_JOBS, params, "completion") if done else []
+        except Rejected as exc:
+            rows, refused = [], str(exc)
+        self._end_job()
+        for _, job_id, _, _ in done:
+            self.claims.pop(job_id, None)  # ended in PostgreSQL: see _handle_job
+        took = {row[0]: float(row[1]) for row in rows}
+        acks: list[bytes] = []
+        for raw, job_id, order_id, attempt in done:
+            if refused is not None:
+                await self._dead_letter(raw, refused)
+            elif job_id not in took:
+                await self._not_completed(raw, job_id, order_id, attempt)
+            else:
+                self.jobs_done += 1
+                log.info("%s: completed %s (order %d) in %.3fs", self.id, job_id, order_id,
+                         took[job_id])  # fmt: skip
+                acks.append(raw)
+                happened.append((EventKind.JOB_FINISHED, {"job": job_id, "order": order_id}))
+        return acks
 
     async def _work(self, product: str) -> None:
         """The job's work, with the faults this worker injects (mqlab.system.faults)."""
@@ -412,43 +501,56 @@ class Worker:
             permanent=False,
         )
 
-    async def _finish(self, raw: bytes, job_id: str, happened: list[Event]) -> bytes | None:
-        """Ack, beat and events in one round trip, which also takes the next message (BLMOVE
-        queued behind them) unless a stop was asked for: one round trip less per job.
+    async def _finish(
+        self, acks: list[bytes], job_id: str, happened: list[Event], take: bool = True
+    ) -> list[bytes]:
+        """Acks, beat and events in one round trip, which also takes the next messages (queued
+        behind them) unless a stop was asked for, or take=False: one round trip less per job.
+        `job_id` names what is acked in a warning.
 
-        Returns that next message (None when the queue stayed empty for POP_TIMEOUT).
+        Returns those next messages (none when the queue stayed empty).
         """
-        pop = not self._stop.is_set()
+        take = take and not self._stop.is_set()
         try:
-            return await self._finish_once(raw, happened, pop)
+            return await self._finish_once(acks, happened, take)
         except BACKEND_DOWN as exc:
             log.warning("%s: ack of %s failed (%s); retrying", self.id, job_id, exc)
-        # The reply was lost: the ack may or may not have happened, and a message may have
+        # The reply was lost: the acks may or may not have happened, and messages may have
         # been moved into our processing list that we never saw. Ack again (LREM of a message
         # no longer there is a no-op), then hand back whatever else the list holds.
         await self.outages.retry(
-            "Redis", lambda: self._finish_once(raw, happened, pop=False), race=True
+            "Redis", lambda: self._finish_once(acks, happened, take=False), race=True
         )
-        await self.outages.retry("Redis", self.hand_back_own, race=True)
-        return None
+        if take:
+            await self.outages.retry("Redis", self.hand_back_own, race=True)
+        return []
 
-    async def _finish_once(self, raw: bytes, happened: list[Event], pop: bool) -> bytes | None:
+    async def _finish_once(
+        self, acks: list[bytes], happened: list[Event], take: bool
+    ) -> list[bytes]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrem(self.processing, 1, raw)
+            for raw in acks:
+                pipe.lrem(self.processing, 1, raw)
             self._queue_beat(pipe)
             for kind, fields in happened:
                 events.queue(pipe, kind, worker=self.id, **fields)
-            if pop:
-                if self.reliable:
+            if take:
+                if self.most > 1:
+                    # Whatever waits, up to a batch; none: the next _pop waits for one.
+                    batch.take(pipe, self.processing, self.most, self.peers)
+                elif self.reliable:
                     pipe.blmove(keys.QUEUE, self.processing, POP_TIMEOUT, "RIGHT", "LEFT")
                 else:
                     pipe.brpop([keys.QUEUE], POP_TIMEOUT)
             results = await pipe.execute()
-        if not pop:
-            return None
+        if not take:
+            return []
+        last = results[-1]
+        if self.most > 1:
+            return list(last)
         if self.reliable:
-            return results[-1]  # type: ignore[no-any-return]
-        return None if results[-1] is None else results[-1][1]  # type: ignore[no-any-return]
+            return [] if last is None else [last]
+        return [] if last is None else [last[1]]
 
     async def _ack(self, raw: bytes) -> None:
         await self.outages.retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
@@ -581,7 +683,7 @@ class Worker:
             db.RETRY_JOB, {**guard, "error": error, "delay": delay}, "retry"
         )
         self._end_job()
-        self.claim = None  # ended in PostgreSQL: see _handle_job
+        self.claims.pop(job_id, None)  # ended in PostgreSQL: see _handle_job
         if row is None:
             await self._not_completed(raw, job_id, order_id, attempt)
             return
@@ -613,7 +715,7 @@ class Worker:
         reason = one_line(reason, REASON_CHARS)
         row = await self.outages.sql(statement, {**bury, "error": reason}, "dead end")
         self._end_job()
-        self.claim = None
+        self.claims.pop(job_id, None)
         if row is None:  # someone else's claim came between: theirs owns the outcome
             log.warning("%s: %s changed hands before it could be marked dead; dropping this "
                         "delivery", self.id, job_id)  # fmt: skip
