@@ -1,0 +1,55 @@
+"""Batches (a worker takes up to --batch messages at once while the queue is deep): kill -9
+in the middle of batches loses nothing and completes nothing twice, the Kata 4 ledger's way;
+and a worker takes no more than it starts soon."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mqlab.experiments import parse
+from mqlab.lab.runner import Runner
+from mqlab.lab.supervisor import Supervisor
+from mqlab.settings import Settings
+from mqlab.system.spec import BATCH_HORIZON, DEFAULT_BATCH, SpecError, WorkerSpec
+
+SUITE = {
+    "suite": {"name": "batches-small", "job_seconds": 0.005},
+    "api": {"max_latency_ms": 1000},
+    "row": [
+        {"name": "kill -9 mid-batch", "orders": 600, "workers": 3, "kill_every": 0.3,
+         "seed": 3, "fire_seconds": 1.5},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_kill_9_in_the_middle_of_batches_loses_nothing_and_completes_nothing_twice(
+    settings: Settings, sup: Supervisor
+) -> None:
+    """Jobs of 5 ms: each worker takes batches of up to 10 (its 50 ms), and a kill every
+    0.3 s lands in the middle of one; the reaper hands the batch back and the guarded claims
+    sort out which of its jobs were done."""
+    sup.start_api()
+    result = asyncio.run(Runner(settings, sup).run_suite(parse(SUITE)))
+    (row,) = result.rows
+    ledger = row.ledger
+    assert ledger is not None and ledger.kills >= 2, ledger
+    # Kills landed in the middle of batches: jobs whose attempt was cut off ran again.
+    assert ledger.work_twice >= 1, ledger
+    # Every order answered 202 is completed, once. (A few may be refused with 503 while the
+    # workers are killed and started again on 2 cores: refused, not lost.)
+    assert ledger.accepted >= 500 and ledger.accepted + ledger.refused == 600, ledger
+    assert (ledger.completed, ledger.lost, ledger.completed_twice) == (ledger.accepted, 0, 0)
+
+
+def test_a_worker_takes_no_more_than_it_starts_within_the_horizon() -> None:
+    assert WorkerSpec(job_seconds=0).most_taken() == DEFAULT_BATCH
+    assert WorkerSpec(job_seconds=2.0).most_taken() == 1  # the kata's jobs: one at a time
+    assert WorkerSpec(job_seconds=BATCH_HORIZON / 4).most_taken() == 4
+    assert WorkerSpec(job_seconds=0, batch=1).most_taken() == 1
+    assert WorkerSpec(job_seconds=0, fetch="blpop").most_taken() == 1  # no processing list
+    with pytest.raises(SpecError, match="--batch must be 1 to"):
+        WorkerSpec(batch=0)
