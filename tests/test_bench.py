@@ -62,12 +62,13 @@ def test_a_short_bench_measures_every_figure(
     assert code == 0, (tmp_path / "bench.txt").read_text()
     figures = json.loads(out.read_text())["figures"]
     details = json.loads(out.read_text())["details"]
-    for key in ("api_c1_rate", "api_c10_rate", "drain_w1_rate", "drain_w4_rate"):
+    for key in ("api_c1_rate", "api_c10_rate", "drain_w1_rate", "drain_w4_rate",
+                "drain_w1_single_rate", "drain_w4_single_rate"):  # fmt: skip
         assert figures[key]["value"] > 0, key
     for key in ("api_c1_p50_ms", "api_c10_p50_ms", "dispatch_w1_p50_ms", "dispatch_w4_p50_ms",
                 "burst_p50_ms", "burst_max_ms"):  # fmt: skip
         assert 0 < figures[key]["value"] < 5000, key
-    for phase in ("drain_w1", "drain_w4"):
+    for phase in ("drain_w1", "drain_w4", "drain_w1_single", "drain_w4_single"):
         assert details[phase]["completed"] == details[phase]["jobs"] == 40
     for phase in ("dispatch_w1", "dispatch_w4"):
         assert details[phase]["orders"] == 20 and details[phase]["all_completed"]

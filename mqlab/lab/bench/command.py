@@ -29,6 +29,7 @@ from mqlab.lab.interrupts import sigterm_as_ctrl_c
 from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
 from mqlab.system.resetting import reset_all
+from mqlab.system.spec import DEFAULT_BATCH
 
 
 def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Console) -> Results:
@@ -57,16 +58,21 @@ def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Cons
             results.add(f"api_c{clients}_p50_ms", "  latency p50", r["p50_ms"], "ms")
             results.add(f"api_c{clients}_p99_ms", "  latency p99", r["p99_ms"], "ms")
             results.add(f"api_c{clients}_cpu", "  CPU per order (µs)", None, "", cpu)
+        # Alternated, batches on (the default) then one at a time, so that the machine's noise
+        # falls on both alike.
         for workers in (1, 4):
-            say.print(f"[dim]drain {jobs} jobs of 0 s with {workers} worker(s) ...[/]")
-            r = drain_phase(settings, sup, url, workers, jobs)
-            results.details[f"drain_w{workers}"] = r
-            note = f"{r['completed']}/{r['jobs']} jobs in {r['seconds']:.2f} s"
-            if r["redelivered"]:
-                note += f", {r['redelivered']} redelivered"
-            who = f"{workers} worker{'s' if workers > 1 else ''}"
-            results.add(f"drain_w{workers}_rate", f"Drain 0 s jobs, {who}", r["rate"], "jobs/s",
-                        note)  # fmt: skip
+            for batch, key in ((DEFAULT_BATCH, ""), (1, "_single")):
+                how = f"batches of up to {batch}" if batch > 1 else "one at a time"
+                say.print(f"[dim]drain {jobs} jobs of 0 s with {workers} worker(s), {how} ...[/]")
+                r = drain_phase(settings, sup, url, workers, jobs, batch)
+                results.details[f"drain_w{workers}{key}"] = r
+                note = f"{r['completed']}/{r['jobs']} jobs in {r['seconds']:.2f} s"
+                if r["redelivered"]:
+                    note += f", {r['redelivered']} redelivered"
+                who = f"{workers} worker{'s' if workers > 1 else ''}"
+                label = f"Drain 0 s jobs, {who}" if batch > 1 else "  one at a time (--batch 1)"
+                results.add(f"drain_w{workers}{key}_rate", label, r["rate"], "jobs/s",
+                            note)  # fmt: skip
         for workers in (1, 4):
             say.print(f"[dim]dispatch, {DISPATCH_ORDERS} orders to {workers} idle worker(s) ...[/]")
             r = dispatch_phase(settings, sup, url, workers)

@@ -35,8 +35,12 @@ TARGETS: dict[str, Target] = {
     "api_c1_p50_ms": Target(1.2, False),
     "api_c10_rate": Target(2108, True),
     "api_c10_p50_ms": Target(4.5, False),
-    "drain_w1_rate": Target(376, True),
-    "drain_w4_rate": Target(810, True),
+    # Issue 20's: ahead of the best Python peer measured here (Dramatiq, 8 threads a process:
+    # 1,832 and 4,564 jobs/s); one at a time, the targets from before batches.
+    "drain_w1_rate": Target(1850, True),
+    "drain_w4_rate": Target(4600, True),
+    "drain_w1_single_rate": Target(376, True),
+    "drain_w4_single_rate": Target(810, True),
     "dispatch_w1_p50_ms": Target(1.0, False, strict=True),
     "dispatch_w4_p50_ms": Target(1.0, False, strict=True),
     # The kata suite's verdict judges the slowest answer (< 50 ms); the burst's median is
