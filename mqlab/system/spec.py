@@ -42,6 +42,10 @@ MAX_BATCH = 1000
 #: message it holds is one no other worker can start (the prefetch trap).
 BATCH_HORIZON = 0.05
 
+#: The most jobs one worker works at once (--concurrency): each waits in a BLMOVE of its own,
+#: on a connection of its own.
+MAX_SLOTS = 100
+
 #: The retry policy when no option and no variable says otherwise.
 DEFAULT_POLICY = RetryPolicy()
 
@@ -123,6 +127,11 @@ class WorkerSpec:
         "the live workers, and no more than this worker starts within "
         f"{BATCH_HORIZON:g} s at its --job-seconds); 1: one at a time.",
     )  # fmt: skip
+    concurrency: int = _option(
+        1, "N",
+        "Jobs this worker works at once (asyncio), for sleep-bound work; CPU-bound work gains "
+        "nothing (the process runs Python on one core at a time).",
+    )  # fmt: skip
 
     #: The retry policy (None: the worker's environment's); the failures it injects.
     policy: RetryPolicy | None = field(init=False, repr=False, compare=False)
@@ -137,6 +146,8 @@ class WorkerSpec:
             raise SpecError(f"--work must be one of {', '.join(WORK_KINDS)}, not {self.work!r}")
         if not 1 <= self.batch <= MAX_BATCH:
             raise SpecError(f"--batch must be 1 to {MAX_BATCH}, not {self.batch}")
+        if not 1 <= self.concurrency <= MAX_SLOTS:
+            raise SpecError(f"--concurrency must be 1 to {MAX_SLOTS}, not {self.concurrency}")
         if self.fetch not in FETCH_KINDS:
             raise SpecError(f"--fetch must be one of {', '.join(FETCH_KINDS)}, not {self.fetch!r}")
         try:

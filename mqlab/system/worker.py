@@ -114,8 +114,10 @@ class Worker:
         self.jobs_done = 0
         self.jobs_failed = 0
         self.state = WorkerState.STARTING
-        self.current_job = ""
-        self.job_started = 0.0
+        #: job -> time.time() it started, of the jobs in hand (one, a batch's, or one per
+        #: --concurrency slot): the beat shows the newest and how many.
+        self.in_hand: dict[str, float] = {}
+        self.concurrency = spec.concurrency
         self.started = time.time()
         self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
         #: job -> attempt of the jobs claimed whose claim has not ended: what a stop hands
@@ -179,8 +181,9 @@ class Worker:
             "pid": self.pid,
             "host": self.host,
             "state": self.state,
-            "job": self.current_job,
-            "job_started": self.job_started,
+            "job": next(reversed(self.in_hand), ""),
+            "job_started": next(reversed(self.in_hand.values()), 0.0),
+            "jobs_in_hand": len(self.in_hand),
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
             "started": self.started,
@@ -248,7 +251,10 @@ class Worker:
         try:
             await self._start()
             loops = self.upkeep.loops()
-            await self._consume(cold)
+            if self.concurrency == 1:
+                await self._consume(cold)
+            else:
+                await self._slots(cold)
         except Stopped:
             log.info("%s: stopping without waiting further for Redis or PostgreSQL", self.id)
         except IdInUse as exc:
@@ -305,6 +311,28 @@ class Worker:
             # The next messages, when they came with this one's ack (see _finish).
             taken = job.result()
 
+    async def _slots(self, cold: asyncio.Task[Any]) -> None:
+        """--concurrency N: N job paths at once, each its own _consume (a BLMOVE of its own,
+        its own jobs in hand), sharing the processing list, the claims and the beat. Stopped
+        (from any of them) once all have ended; a slot that fails takes the others with it."""
+
+        async def slot() -> bool:
+            try:
+                await self._consume(cold)
+            except Stopped:
+                return True
+            return False
+
+        slots = [asyncio.create_task(slot()) for _ in range(self.concurrency)]
+        try:
+            stopped = await asyncio.gather(*slots)
+        finally:
+            for task in slots:
+                task.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
+        if any(stopped):
+            raise Stopped
+
     async def _pop(self) -> bytes | None:
         """The next message, or None when none came within POP_TIMEOUT or a stop came."""
         if not self.reliable:
@@ -345,8 +373,7 @@ class Worker:
         except Rejected as exc:
             # This message, or its row, is what PostgreSQL refuses (a value out of range, a
             # trigger's veto): it would be refused again on every delivery.
-            self.claims.pop(job_id, None)
-            self._end_job()
+            self._end_job(job_id)
             await self._dead_letter(raw, str(exc))
             return []
 
@@ -362,8 +389,7 @@ class Worker:
                 return []
         _, _, attempt, since_replay, product = claim
         self.claims[job_id] = attempt
-        self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
-        fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
+        fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self._begin(job_id)}
         started: Event = (EventKind.JOB_STARTED, fields)
         again = f" ({self.policy.attempt(attempt, since_replay)})" if attempt > 1 else ""
         short = self.job_seconds < SHORT_JOB
@@ -371,7 +397,7 @@ class Worker:
             await self._publish(started[0], **started[1])
             log.info("%s: started %s (order %d)%s", self.id, job_id, order_id, again)
         try:
-            await self._work(product)
+            await self._work(product, job_id)
         except JobFailed as exc:
             await self._failed(
                 raw, job_id, order_id, (attempt, since_replay), exc, [started] * short
@@ -380,12 +406,11 @@ class Worker:
         done = await self.outages.sql(
             db.COMPLETE_JOB, {"job": job_id, "worker": self.id, "attempt": attempt}, "completion"
         )
-        self._end_job()
         # The claim has ended in PostgreSQL (completed, or not ours any more): nothing is left
         # for a stop to hand back, so a first stop no longer waits on Redis for the ack. If
         # Redis is away, the message stays in our processing list, and the worker that gets
         # it after the reaper finds the job completed and drops it.
-        self.claims.pop(job_id, None)
+        self._end_job(job_id)
         if done is None:
             await self._not_completed(raw, job_id, order_id, attempt)
             return []
@@ -431,11 +456,11 @@ class Worker:
         done: list[tuple[bytes, str, int, int]] = []
         happened: list[Event] = []
         for raw, job_id, order_id, (_, _, attempt, since_replay, product) in work:
-            self.state, self.current_job, self.job_started = WorkerState.BUSY, job_id, time.time()
-            fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": self.job_started}
+            at = self._begin(job_id)
+            fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": at}
             started: Event = (EventKind.JOB_STARTED, fields)
             try:
-                await self._work(product)
+                await self._work(product, job_id)
             except JobFailed as exc:
                 await self._failed(raw, job_id, order_id, (attempt, since_replay), exc, [started])
                 continue
@@ -459,9 +484,8 @@ class Worker:
             rows = await self.outages.rows(db.COMPLETE_JOBS, params, "completion") if done else []
         except Rejected as exc:
             rows, refused = [], str(exc)
-        self._end_job()
         for _, job_id, _, _ in done:
-            self.claims.pop(job_id, None)  # ended in PostgreSQL: see _handle_job
+            self._end_job(job_id)  # ended in PostgreSQL: see _handle_job
         took = {row[0]: float(row[1]) for row in rows}
         acks: list[bytes] = []
         for raw, job_id, order_id, attempt in done:
@@ -477,7 +501,7 @@ class Worker:
                 happened.append((EventKind.JOB_FINISHED, {"job": job_id, "order": order_id}))
         return acks
 
-    async def _work(self, product: str) -> None:
+    async def _work(self, product: str, job_id: str) -> None:
         """The job's work, with the faults this worker injects (mqlab.system.faults)."""
         if self.dice.poisoned(product):
             raise JobFailed(
@@ -493,7 +517,7 @@ class Worker:
         await do_work(self.work, self.job_seconds * fault.at)
         if fault.kind is FaultKind.CRASH:
             log.critical("%s: crashing on purpose at %.0f%% of %s (--crash-rate/--crash-on)",
-                         self.id, fault.at * 100, self.current_job)  # fmt: skip
+                         self.id, fault.at * 100, job_id)  # fmt: skip
             logging.shutdown()  # flush the line above: os._exit skips it
             os._exit(CRASH_EXIT)
         raise JobFailed(
@@ -555,9 +579,21 @@ class Worker:
     async def _ack(self, raw: bytes) -> None:
         await self.outages.retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
 
-    def _end_job(self) -> None:
-        self.current_job, self.job_started = "", 0.0
-        self.state = WorkerState.STOPPING if self._stop.is_set() else WorkerState.IDLE
+    def _begin(self, job_id: str) -> float:
+        """A claimed job starts its work: in hand, and the worker busy. Returns when."""
+        self.in_hand[job_id] = started = time.time()
+        self.state = WorkerState.BUSY
+        return started
+
+    def _end_job(self, job_id: str) -> None:
+        """The job's claim has ended in PostgreSQL: nothing of it is left for a stop to hand
+        back, and the worker is idle unless it holds others."""
+        self.claims.pop(job_id, None)
+        self.in_hand.pop(job_id, None)
+        if self._stop.is_set():
+            self.state = WorkerState.STOPPING
+        else:
+            self.state = WorkerState.BUSY if self.in_hand else WorkerState.IDLE
 
     # -- when a delivery does not go as planned: a claim that matched nothing, a job that
     # failed, a completion PostgreSQL did not take, a message that cannot be worked.
@@ -682,8 +718,7 @@ class Worker:
         row = await self.outages.sql(
             db.RETRY_JOB, {**guard, "error": error, "delay": delay}, "retry"
         )
-        self._end_job()
-        self.claims.pop(job_id, None)  # ended in PostgreSQL: see _handle_job
+        self._end_job(job_id)  # ended in PostgreSQL: see _handle_job
         if row is None:
             await self._not_completed(raw, job_id, order_id, attempt)
             return
@@ -714,8 +749,7 @@ class Worker:
         `statement`: BURY_JOB (its `bury` parameters), or BURY_ORPHAN (its order is gone)."""
         reason = one_line(reason, REASON_CHARS)
         row = await self.outages.sql(statement, {**bury, "error": reason}, "dead end")
-        self._end_job()
-        self.claims.pop(job_id, None)
+        self._end_job(job_id)
         if row is None:  # someone else's claim came between: theirs owns the outcome
             log.warning("%s: %s changed hands before it could be marked dead; dropping this "
                         "delivery", self.id, job_id)  # fmt: skip
