@@ -10,13 +10,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mqlab.system.spec import SpecError, WorkerSpec, kinds
+from mqlab.system.spec import LONG_PREFIX, SpecError, WorkerSpec, kinds
 from mqlab.system.spec import options as spec_options
 
 #: Products of a faulty row's orders: plain ones, the poison ones and the crash-loop ones.
 PLAIN_PRODUCT = "order #"
 POISON_PRODUCT = "poison #"
 CRASH_PRODUCT = "crash #"
+#: The product of a row's long orders (they work the row's long_seconds).
+LONG_PRODUCT = f"{LONG_PREFIX} #"
 #: What a crash-loop row's workers crash on when the row names no pattern.
 DEFAULT_CRASH_ON = "^crash"
 
@@ -54,6 +56,7 @@ class Row:
     # -- Kata 4: failures on purpose, and what the lab does to the system while a row runs.
     poison_orders: int = 0  # that many orders get a product containing "poison"
     crash_orders: int = 0  # that many orders get a product matching crash_on
+    long_orders: int = 0  # that many orders work the spec's long_seconds (the prefetch trap)
     kill_every: float | None = None  # SIGKILL a random worker this often, and replace it
     flushall_after: float | None = None  # FLUSHALL this long after the first order
     pg_stop_after: float | None = None  # stop PostgreSQL this long after the first order ...
@@ -94,11 +97,25 @@ class Row:
 
     @property
     def plain_orders(self) -> int:
-        return self.orders - self.poison_orders - self.crash_orders
+        return self.orders - self.poison_orders - self.crash_orders - self.long_orders
+
+    def products(self, plain: str) -> list[tuple[int, str]]:
+        """(count, product) of the row's orders, the plain ones named `plain`."""
+        return [
+            (self.long_orders, LONG_PRODUCT),
+            (self.plain_orders, plain),
+            (self.poison_orders, POISON_PRODUCT),
+            (self.crash_orders, CRASH_PRODUCT),
+        ]
 
     @property
     def ideal_seconds(self) -> float:
-        return ideal_seconds(self.orders, self.workers, self.spec.job_seconds)
+        """ceil(N / slots) waves of T, a slot being one of a worker's --concurrency jobs when
+        they sleep; CPU-bound, a process works one job at a time whatever its slots (one
+        interpreter runs Python on one core at a time)."""
+        spec = self.spec
+        slots = self.workers * (spec.concurrency if spec.work == "sleep" else 1)
+        return ideal_seconds(self.orders, slots, self.spec.job_seconds)
 
     @property
     def tolerance(self) -> float:
@@ -308,7 +325,9 @@ def _value(raw: dict[str, Any], key: str, at: str) -> Any:
 
 def _checked_together(row: Row, at: str) -> Row:
     """A row's keys that must agree with each other (the spec checked its own)."""
-    if row.poison_orders + row.crash_orders > row.orders:
+    if row.long_orders and not row.spec.long_seconds:
+        raise ExperimentError(f"{at}: long_orders needs long_seconds > 0")
+    if row.poison_orders + row.crash_orders + row.long_orders > row.orders:
         raise ExperimentError(
             f"{at}: poison_orders + crash_orders ({row.poison_orders + row.crash_orders}) "
             f"cannot exceed orders ({row.orders})"

@@ -41,6 +41,18 @@ def test_scaling_covers_sleep_and_cpu_over_1_to_16_workers() -> None:
     assert all(r.expected_seconds is None for r in suite.rows if r.spec.work == "cpu")
 
 
+def test_throughput_counts_slots_for_sleep_and_not_for_cpu() -> None:
+    rows = {r.name: r for r in load("throughput").rows}
+    assert rows["sleep, 10 slots"].ideal_seconds == 1.0  # 10 orders of 1 s, 10 at once
+    assert rows["sleep, 4 slots"].ideal_seconds == 3.0
+    assert rows["cpu, 4 slots"].ideal_seconds == rows["cpu, 1 slot"].ideal_seconds == 2.0
+    trap = [r for r in rows.values() if r.long_orders]
+    assert [(r.long_orders, r.spec.long_seconds, r.spec.batch) for r in trap] == [
+        (4, 1.0, 32), (4, 1.0, 1)
+    ]  # fmt: skip
+    assert trap[0].products("x") == [(4, "long #"), (396, "x"), (0, "poison #"), (0, "crash #")]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -68,6 +80,7 @@ def test_scaling_covers_sleep_and_cpu_over_1_to_16_workers() -> None:
             "scaled_tolerance_seconds must be >= 0",
         ),
         ("[[row]\n", "not valid TOML"),
+        ("[[row]]\norders = 2\nworkers = 1\nlong_orders = 1\n", "long_orders needs long_seconds"),
     ],
 )
 def test_a_bad_file_names_the_problem(tmp_path: Path, text: str, message: str) -> None:

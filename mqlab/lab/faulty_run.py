@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from mqlab import db
-from mqlab.experiments import CRASH_PRODUCT, PLAIN_PRODUCT, POISON_PRODUCT, Row
+from mqlab.experiments import PLAIN_PRODUCT, Row
 from mqlab.figures.ledger import Attempt, Marks, Replay, build
 from mqlab.figures.results import JobTiming, RunResult
 from mqlab.figures.shot import Shot
@@ -139,12 +139,7 @@ class FaultyRun:
     async def fire(self, api_url: str) -> list[Shot]:
         """The row's orders: plain, poison and crash-loop products, at once or paced."""
         row = self.row
-        batches = [
-            (row.plain_orders, PLAIN_PRODUCT),
-            (row.poison_orders, POISON_PRODUCT),
-            (row.crash_orders, CRASH_PRODUCT),
-        ]
-        return await fire_products(api_url, batches, row.fire_seconds)
+        return await fire_products(api_url, row.products(PLAIN_PRODUCT), row.fire_seconds)
 
     async def wait(self, accepted: asyncio.Future[int], report: Report) -> bool:
         return await wait_settled(self.row, await accepted, self.dbc, self.client, report)

@@ -83,7 +83,7 @@ class PlainRun:
         yield
 
     async def fire(self, api_url: str) -> list[Shot]:
-        return await fire_products(api_url, [(self.row.orders, f"{self.row.name} #")])
+        return await fire_products(api_url, self.row.products(f"{self.row.name} #"))
 
     async def wait(self, accepted: asyncio.Future[int], report: Report) -> bool:
         """Poll until every accepted job is completed (False) or the row times out (True).

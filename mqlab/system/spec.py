@@ -42,6 +42,9 @@ MAX_BATCH = 1000
 #: message it holds is one no other worker can start (the prefetch trap).
 BATCH_HORIZON = 0.05
 
+#: The product prefix of the lab's long orders (--long-seconds; a row's long_orders).
+LONG_PREFIX = "long"
+
 #: The most jobs one worker works at once (--concurrency): each waits in a BLMOVE of its own,
 #: on a connection of its own.
 MAX_SLOTS = 100
@@ -127,6 +130,12 @@ class WorkerSpec:
         "the live workers, and no more than this worker starts within "
         f"{BATCH_HORIZON:g} s at its --job-seconds); 1: one at a time.",
     )  # fmt: skip
+    long_seconds: float = _option(
+        0.0, "SECONDS",
+        f"Orders whose product starts with {LONG_PREFIX!r} (a suite row's long_orders) work "
+        "this long instead of --job-seconds: a few long jobs among short ones.",
+        show_default="0: none",
+    )  # fmt: skip
     concurrency: int = _option(
         1, "N",
         "Jobs this worker works at once (asyncio), for sleep-bound work; CPU-bound work gains "
@@ -146,6 +155,10 @@ class WorkerSpec:
             raise SpecError(f"--work must be one of {', '.join(WORK_KINDS)}, not {self.work!r}")
         if not 1 <= self.batch <= MAX_BATCH:
             raise SpecError(f"--batch must be 1 to {MAX_BATCH}, not {self.batch}")
+        try:
+            check_job_seconds(self.long_seconds)
+        except ValueError as exc:
+            raise SpecError(f"--long-seconds {exc}") from None
         if not 1 <= self.concurrency <= MAX_SLOTS:
             raise SpecError(f"--concurrency must be 1 to {MAX_SLOTS}, not {self.concurrency}")
         if self.fetch not in FETCH_KINDS:
@@ -178,14 +191,16 @@ class WorkerSpec:
         self._set("backoff_max", policy.cap)
         return policy
 
-    def most_taken(self) -> int:
+    def most_taken(self, job_seconds: float | None = None) -> int:
         """The most messages this worker takes at once: --batch, cut so that it starts them
-        all within BATCH_HORIZON; 1 for the kata's BLPOP (it has no processing list)."""
+        all within BATCH_HORIZON at `job_seconds` (the worker's measured average; its
+        --job-seconds by default); 1 for the kata's BLPOP (it has no processing list)."""
         if self.fetch != "reliable":
             return 1
-        if self.job_seconds <= 0:
+        seconds = self.job_seconds if job_seconds is None else job_seconds
+        if seconds <= 0:
             return self.batch
-        return max(1, min(self.batch, int(BATCH_HORIZON / self.job_seconds)))
+        return max(1, min(self.batch, int(BATCH_HORIZON / seconds)))
 
     def to_args(self) -> list[str]:
         """The `mqlab worker` flags that give a worker this spec: those of the options that

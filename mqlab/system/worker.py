@@ -57,7 +57,7 @@ from mqlab.system.faults import Fault, FaultKind, JobFailed
 from mqlab.system.outages import Outages, Rejected, Stopped, forget
 from mqlab.system.reconciler import ReconcileConfig, Reconciler
 from mqlab.system.retry_policy import RetryPolicy
-from mqlab.system.spec import WorkerSpec
+from mqlab.system.spec import LONG_PREFIX, WorkerSpec
 from mqlab.system.upkeep import STOP_STEP_SECONDS, IdInUse, Upkeep
 from mqlab.system.work import do_work
 
@@ -69,6 +69,8 @@ POP_TIMEOUT = 1.0
 #: with its ack, in the same round trip as the "finished" ones, and it logs one line, not two.
 #: Nobody could have watched it busy anyway (the lab refreshes about once a second).
 SHORT_JOB = 0.05
+#: How far each job's work time moves the worker's average of them (Worker._worked).
+JOB_AVG_WEIGHT = 0.2
 #: The exit status of a worker that crashes on purpose (--crash-rate): what a supervisor sees.
 CRASH_EXIT = 70
 
@@ -102,6 +104,7 @@ class Worker:
         #: This run of the worker: in every beat, and in each claim it makes (see _not_claimed).
         self.instance = f"{self.pid}-{secrets.token_hex(6)}"
         self.job_seconds = spec.job_seconds
+        self.long_seconds = spec.long_seconds
         self.work = spec.work
         self.policy = spec.policy or RetryPolicy()
         self.faults = spec.faults
@@ -125,7 +128,11 @@ class Worker:
         self.claims: dict[str, int] = {}
         #: The most messages taken at once (1: one at a time, BLMOVE; see _finish_once), and
         #: the live workers at the last heartbeat pass (a batch is a fair share of the queue).
+        self.spec = spec
         self.most = spec.most_taken()
+        #: The jobs' work time, a moving average (seconds): a batch is what the worker starts
+        #: within the horizon at it, so that a long job shrinks the batches that follow.
+        self.job_avg = spec.job_seconds
         self.peers = 1
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
@@ -508,13 +515,18 @@ class Worker:
                 f"poison order: product {one_line(product, 60)!r} matches /{self.faults.poison}/",
                 permanent=True,
             )
+        seconds = self.job_seconds
+        if self.long_seconds and product.startswith(LONG_PREFIX):
+            seconds = self.long_seconds
         fault = self.dice.roll()
         if self.dice.crashes_on(product):
             fault = Fault(FaultKind.CRASH, fault.at if fault else 0.5)
         if fault is None:
-            await do_work(self.work, self.job_seconds)
+            began = time.monotonic()
+            await do_work(self.work, seconds)
+            self._worked(time.monotonic() - began)
             return
-        await do_work(self.work, self.job_seconds * fault.at)
+        await do_work(self.work, seconds * fault.at)
         if fault.kind is FaultKind.CRASH:
             log.critical("%s: crashing on purpose at %.0f%% of %s (--crash-rate/--crash-on)",
                          self.id, fault.at * 100, job_id)  # fmt: skip
@@ -558,8 +570,9 @@ class Worker:
             self._queue_beat(pipe)
             for kind, fields in happened:
                 events.queue(pipe, kind, worker=self.id, **fields)
+            taking = take and self.most > 1  # read once: another slot may change it
             if take:
-                if self.most > 1:
+                if taking:
                     # Whatever waits, up to a batch; none: the next _pop waits for one.
                     batch.take(pipe, self.processing, self.most, self.peers)
                 elif self.reliable:
@@ -570,7 +583,7 @@ class Worker:
         if not take:
             return []
         last = results[-1]
-        if self.most > 1:
+        if taking:
             return list(last)
         if self.reliable:
             return [] if last is None else [last]
@@ -578,6 +591,12 @@ class Worker:
 
     async def _ack(self, raw: bytes) -> None:
         await self.outages.retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
+
+    def _worked(self, seconds: float) -> None:
+        """A job's work took `seconds`: the average moves a fifth of the way (one long job in
+        a run of short ones takes the batches to 1, and they grow back over tens of jobs)."""
+        self.job_avg += (seconds - self.job_avg) * JOB_AVG_WEIGHT
+        self.most = self.spec.most_taken(self.job_avg)
 
     def _begin(self, job_id: str) -> float:
         """A claimed job starts its work: in hand, and the worker busy. Returns when."""
