@@ -62,6 +62,8 @@ class Row:
     pg_stop_after: float | None = None  # stop PostgreSQL this long after the first order ...
     pg_stop_seconds: float = 3.0  # ... for this long
     fire_seconds: float | None = None  # pace the orders over this long (not one burst)
+    # A drain: every order queued before the workers start; timed from when they get the queue.
+    prefill: bool = False
     replay_without_poison: bool = False
     restart_crashed: bool = False
     expect_loss: bool = False
@@ -113,9 +115,22 @@ class Row:
         """ceil(N / slots) waves of T, a slot being one of a worker's --concurrency jobs when
         they sleep; CPU-bound, a process works one job at a time whatever its slots (one
         interpreter runs Python on one core at a time)."""
+        return ideal_seconds(self.orders, self.slots, self.spec.job_seconds)
+
+    @property
+    def slots(self) -> int:
+        """Jobs its workers can work at once: a worker's --concurrency counts for sleep-bound
+        work only (one interpreter runs Python on one core at a time)."""
         spec = self.spec
-        slots = self.workers * (spec.concurrency if spec.work == "sleep" else 1)
-        return ideal_seconds(self.orders, slots, self.spec.job_seconds)
+        return self.workers * (spec.concurrency if spec.work == "sleep" else 1)
+
+    @property
+    def setup(self) -> tuple[Any, ...]:
+        """What a row's speedup is measured against: the 1-worker, 1-slot row of the same
+        orders and jobs (the same batches, drain or not, long orders)."""
+        spec = self.spec
+        return (self.orders, spec.job_seconds, spec.work, spec.batch, self.prefill,
+                self.long_orders, spec.long_seconds)  # fmt: skip
 
     @property
     def tolerance(self) -> float:
@@ -325,6 +340,8 @@ def _value(raw: dict[str, Any], key: str, at: str) -> Any:
 
 def _checked_together(row: Row, at: str) -> Row:
     """A row's keys that must agree with each other (the spec checked its own)."""
+    if row.prefill and row.faulty:
+        raise ExperimentError(f"{at}: prefill (a drain) is for rows without faults")
     if row.long_orders and not row.spec.long_seconds:
         raise ExperimentError(f"{at}: long_orders needs long_seconds > 0")
     if row.poison_orders + row.crash_orders + row.long_orders > row.orders:

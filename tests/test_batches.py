@@ -45,6 +45,29 @@ def test_kill_9_in_the_middle_of_batches_loses_nothing_and_completes_nothing_twi
     assert (ledger.completed, ledger.lost, ledger.completed_twice) == (ledger.accepted, 0, 0)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_drain_row_queues_everything_first_and_times_the_workers_alone(
+    settings: Settings, sup: Supervisor
+) -> None:
+    """prefill: 300 orders wait in the queue before the row's 2 workers start; the row's time
+    runs from when they get the queue, not from the first order."""
+    sup.start_api()
+    suite = parse({
+        "suite": {"name": "drain-small", "job_seconds": 0},
+        "row": [{"name": "drain", "orders": 300, "workers": 2, "prefill": True}],
+    })  # fmt: skip
+    result = asyncio.run(Runner(settings, sup).run_suite(suite))
+    (row,) = result.rows
+    (run,) = row.runs
+    assert sum(1 for j in run.jobs if j.status == "completed") == 300
+    # The row starts once every order was answered (and the workers were up), and no job
+    # started before it: all 300 were waiting in the queue.
+    assert run.first_sent > max(s.sent_at + s.latency for s in run.shots)
+    assert min(j.started_at or 0 for j in run.jobs) >= run.first_sent - 0.01
+    assert len(run.worker_ids) == 2
+
+
 def test_a_worker_takes_no_more_than_it_starts_within_the_horizon() -> None:
     assert WorkerSpec(job_seconds=0).most_taken() == DEFAULT_BATCH
     assert WorkerSpec(job_seconds=2.0).most_taken() == 1  # the kata's jobs: one at a time

@@ -149,14 +149,16 @@ def scaling_markdown(result: SuiteResult) -> list[str]:
     ]
     for r in rows:
         row = r.row
-        if row.workers == 1:
+        if row.workers == row.spec.concurrency == 1:
             out.append(f"| {row.name} | 1 | {seconds(r.makespan)} | - | - | - | - | "
                        "(one worker: a baseline) |")  # fmt: skip
             continue
-        most = most_speedup(row.orders, row.workers)
-        rounds = math.ceil(row.orders / row.workers)
+        most = most_speedup(row.orders, row.slots)
+        rounds = math.ceil(row.orders / row.slots)
+        slots = row.spec.concurrency
+        workers = f"{row.workers} x {slots} slots" if slots > 1 else f"{row.workers}"
         out.append(
-            f"| {row.name} | {row.workers} | {seconds(r.makespan)} | {r.speedup:.2f}x | "
+            f"| {row.name} | {workers} | {seconds(r.makespan)} | {r.speedup:.2f}x | "
             f"{most:.2f}x ({row.orders} jobs in {rounds} rounds) | {100 * r.speedup / most:.0f}% "
             f"| {100 * r.efficiency:.0f}% | {r.speedup_baseline} |"
         )
@@ -167,7 +169,8 @@ def scaling_markdown(result: SuiteResult) -> list[str]:
         "possible: N jobs of one length on W workers take ceil(N/W) rounds where one worker "
         "takes N, so N / ceil(N/W) at most. Of the most: the speedup's share of that bound. "
         "Per worker: speedup / W (the classic efficiency; below 100 % whenever N is not a "
-        "multiple of W).",
+        "multiple of W). A worker with slots (--concurrency) counts as that many workers "
+        "when its jobs sleep, and as one when they spin the CPU.",
         "",
     ]
 
@@ -277,7 +280,7 @@ def row_json(r: RowResult) -> dict[str, Any]:
         "speedup": json_number(r.speedup),
         "efficiency": json_number(r.efficiency),
         "speedupBaseline": r.speedup_baseline,
-        "mostSpeedup": json_number(most_speedup(row.orders, row.workers)),
+        "mostSpeedup": json_number(most_speedup(row.orders, row.slots)),
         "apiLatencyMs": r.api_latency_ms(),
         "queueWaitMs": r.queue_wait_ms(),
         "perWorker": r.representative.per_worker(),

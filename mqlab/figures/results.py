@@ -321,9 +321,7 @@ class SuiteResult:
         same = [
             r
             for r in self.rows
-            if r.row.workers == 1
-            and (r.row.orders, r.row.spec.job_seconds, r.row.spec.work)
-            == (row.orders, row.spec.job_seconds, row.spec.work)
+            if r.row.workers == r.row.spec.concurrency == 1 and r.row.setup == row.setup
         ]
         if same and not math.isnan(same[0].makespan):
             base, result.speedup_baseline = same[0].makespan, f"measured: {same[0].row.name}"
@@ -331,7 +329,7 @@ class SuiteResult:
             base = row.orders * row.spec.job_seconds
             result.speedup_baseline = "ideal serial time (N x T): no 1-worker row of this batch"
         result.speedup = speedup(base, result.makespan)
-        result.efficiency = efficiency(result.speedup, row.workers)
+        result.efficiency = efficiency(result.speedup, row.slots)
 
     def _api_verdict(self) -> ApiVerdict:
         # A row that stops PostgreSQL expects 503s: its ledger judges its answers.

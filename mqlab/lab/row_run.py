@@ -120,6 +120,45 @@ class PlainRun:
         return run_result(shots, first_sent, startup, timed_out, jobs, history, self.pool.ids)
 
 
+class DrainRun(PlainRun):
+    """A drain row (prefill): its orders are all queued with no worker running, then its
+    workers start with the queue parked, and get it at once. The row's time runs from that
+    moment (not from the first order), so its rate is the workers', not the API's."""
+
+    def __init__(
+        self,
+        row: Row,
+        pool: Pool,
+        conn: psycopg.AsyncConnection[Any],
+        client: aioredis.Redis,
+        stop: Callable[[list[str]], Awaitable[None]],
+        restart: Restart,
+    ) -> None:
+        super().__init__(row, pool, conn, client)
+        self.stop, self.restart = stop, restart
+        self.released = 0.0
+
+    async def fire(self, api_url: str) -> list[Shot]:
+        await self.stop(list(self.pool.ids))
+        self.pool.ids.clear()
+        shots = await super().fire(api_url)
+        if any(s.status == 202 for s in shots):
+            await self.client.rename(keys.QUEUE, keys.PARKED)
+            await self.restart(self.row.spec)
+            await self.client.rename(keys.PARKED, keys.QUEUE)  # wakes the blocked BLMOVEs
+        else:
+            await self.restart(self.row.spec)
+        self.released = time.time()
+        return shots
+
+    async def result(
+        self, shots: list[Shot], first_sent: float, startup: float, timed_out: bool, report: Report
+    ) -> RunResult:
+        run = await super().result(shots, first_sent, startup, timed_out, report)
+        run.first_sent = self.released or run.first_sent
+        return run
+
+
 def run_result(
     shots: list[Shot],
     first_sent: float,

@@ -22,7 +22,7 @@ from mqlab.experiments import Row, Suite
 from mqlab.figures.progress import Progress, ProgressHandler
 from mqlab.figures.results import RowResult, RunResult, SuiteResult
 from mqlab.lab.faulty_run import FaultyRun
-from mqlab.lab.row_run import PlainRun, Pool, Report
+from mqlab.lab.row_run import DrainRun, PlainRun, Pool, Report
 from mqlab.lab.scenarios import EmbeddedPostgres
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
@@ -159,18 +159,21 @@ class Runner:
     ) -> RunResult:
         """One run of a row, the skeleton of every row: workers, reset, fire, wait, collect,
         report; the steps (plain or faulty) say how each is done for this row."""
-        steps: PlainRun | FaultyRun = (
-            FaultyRun(row, self.pool, self.settings, self.sup, client, self.pg)
-            if row.faulty
-            else PlainRun(row, self.pool, conn, client)
-        )
+        restart = functools.partial(self.ensure_workers, workers=row.workers)
+        steps: PlainRun | FaultyRun
+        if row.faulty:
+            steps = FaultyRun(row, self.pool, self.settings, self.sup, client, self.pg)
+        elif row.prefill:
+            stop = functools.partial(asyncio.to_thread, self.sup.stop_many)
+            steps = DrainRun(row, self.pool, conn, client, stop, restart)
+        else:
+            steps = PlainRun(row, self.pool, conn, client)
         if (skipped := steps.skipped()) is not None:
             report("done", total=row.orders)
             return skipped
         api_url = self.sup.api_url
         assert api_url is not None
         report("workers", total=row.orders)
-        restart = functools.partial(self.ensure_workers, workers=row.workers)
         startup = await restart(row.spec)
         await asyncio.to_thread(reset_all, self.settings, self.restart_ids)
         report("firing", total=row.orders)

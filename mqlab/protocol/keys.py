@@ -20,6 +20,10 @@ DEAD = "orders:dead"
 RECONCILER_LOCK = "mqlab:reconciler:lock"
 #: ... and its last run, a hash: when, by whom, what it found and requeued.
 RECONCILER = "mqlab:reconciler"
+#: Where the lab parks a full queue while a drain's workers start (a drain row of a suite,
+#: `mqlab bench`'s drain phases), so that their start-up is not part of the drain: renamed
+#: back to QUEUE once they wait in BLMOVE.
+PARKED = "mqlab:parked"
 #: Per-worker liveness hash with a TTL: `mqlab:worker:<worker>`.
 WORKER_PREFIX = "mqlab:worker:"
 #: Live events for the UI (job started/finished/failed, worker up/down).

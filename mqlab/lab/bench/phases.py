@@ -30,8 +30,6 @@ from mqlab.system.spec import WorkerSpec
 
 T = TypeVar("T")
 
-#: The queue is parked here while the drain phase's workers start.
-STAGING = "mqlab:bench:staging"
 #: Seconds of load before each API phase (pool connections, prepared statements, caches).
 WARMUP_SECONDS = 1.0
 #: Clients that pre-fill the queue for the drain phases.
@@ -133,10 +131,10 @@ def drain_phase(
     client = redis.Redis.from_url(settings.redis_url)
     try:
         # Parked while the workers start, so their start-up is not part of the drain rate.
-        client.rename(keys.QUEUE, STAGING)
+        client.rename(keys.QUEUE, keys.PARKED)
         children = sup.start_workers(workers, WorkerSpec(job_seconds=0, batch=batch))
         try:
-            client.rename(STAGING, keys.QUEUE)  # wakes the blocked BLMOVEs
+            client.rename(keys.PARKED, keys.QUEUE)  # wakes the blocked BLMOVEs
             done = wait_completed(settings, accepted, timeout=max(60.0, accepted / 20))
         finally:
             sup.stop_many([c.name for c in children])
