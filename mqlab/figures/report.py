@@ -17,7 +17,7 @@ import orjson
 import psutil
 
 import mqlab
-from mqlab.figures import timeline
+from mqlab.figures import speedup_chart, timeline
 from mqlab.figures.results import RowResult, SuiteResult
 from mqlab.figures.results_table import ledger_table, ms, seconds, table
 from mqlab.figures.stats import PERCENTILES, json_number, label, most_speedup, samples_for
@@ -134,7 +134,7 @@ def _latency_table(rows: list[RowResult], title: str, pick: str) -> list[str]:
     return [*lines, "", f"A percentile is shown from the number of values it needs ({needs})."]
 
 
-def scaling_markdown(result: SuiteResult) -> list[str]:
+def scaling_markdown(result: SuiteResult, chart: str | None = None) -> list[str]:
     """Each timed row's speedup against what it is measured against, and the most it could
     be (Kata 4's rows are judged by their ledgers, not timed: not here)."""
     rows = [r for r in result.rows if not r.row.faulty]
@@ -172,10 +172,23 @@ def scaling_markdown(result: SuiteResult) -> list[str]:
         "multiple of W). A worker with slots (--concurrency) counts as that many workers "
         "when its jobs sleep, and as one when they spin the CPU.",
         "",
+        *_speedup_chart(result, chart),
     ]
 
 
-def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, Any]) -> str:
+def _speedup_chart(result: SuiteResult, chart: str | None) -> list[str]:
+    """The speedup against workers of each kind of work the suite scales: the picture (when
+    written) and its figures as text."""
+    figures = speedup_chart.text(result)
+    if not figures:
+        return []
+    picture = [f"![speedup against workers]({chart})", ""] if chart else []
+    return ["### Speedup against workers", "", *picture, "```text", *figures, "```", ""]
+
+
+def render_markdown(
+    result: SuiteResult, svg_names: list[str], info: dict[str, Any], chart: str | None = None
+) -> str:
     suite = result.suite
     when = dt.datetime.fromtimestamp(result.started_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     verdict = "PASS" if result.passed else "FAIL"
@@ -195,7 +208,7 @@ def render_markdown(result: SuiteResult, svg_names: list[str], info: dict[str, A
     out += [f"- {f}" for f in result.failures()]
     out += ["", "## The kata's table", "", *kata_table(result), ""]
     out += ledger_markdown(result)
-    out += scaling_markdown(result)
+    out += scaling_markdown(result, chart)
     out += ["## API latency (POST /orders, every request of every run)", ""]
     out += _latency_table(result.rows, "Row", "api")
     out += ["", "## Queue wait (enqueued -> started)", ""]
@@ -343,8 +356,12 @@ def write(result: SuiteResult, out_dir: Path, versions: dict[str, str], command:
         name = f"{base}-row{i}.svg"
         (out_dir / name).write_text(timeline.svg(r.representative, r.row.name))
         svg_names.append(name)
+    chart = speedup_chart.svg(result)
+    chart_name = f"{base}-speedup.svg" if chart else None
+    if chart and chart_name:
+        (out_dir / chart_name).write_text(chart)
     md = out_dir / f"{base}.md"
-    md.write_text(render_markdown(result, svg_names, info))
+    md.write_text(render_markdown(result, svg_names, info, chart_name))
     js = out_dir / f"{base}.json"
     js.write_bytes(orjson.dumps(to_json(result, info, command), option=orjson.OPT_INDENT_2))
     latest = out_dir / "latest.md"

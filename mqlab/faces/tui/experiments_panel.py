@@ -17,6 +17,7 @@ from mqlab.experiments import Row, Suite
 from mqlab.faces.tui.experiment_run import ExperimentRun, RowDone, RunEnded, RunProgress
 from mqlab.faces.tui.model import Lab
 from mqlab.faces.tui.panels import LogPanel
+from mqlab.figures import speedup_chart
 from mqlab.figures.progress import Progress
 from mqlab.figures.results import RowResult, SuiteResult
 from mqlab.figures.results_table import TableRow, api_cells, api_planned, planned, row_cells
@@ -175,6 +176,11 @@ class ExperimentsPanel(Vertical):
             log = self.app.query_one(LogPanel)
             for r in result.rows:  # each row's verdict with its reason stays in the log
                 log.add("lab", f"{r.row.name}: {r.verdict}: {r.reason}")
+            chart = speedup_chart.text(result)
+            if chart:
+                log.add("lab", "speedup against workers (1 worker = 1x):")
+            for line in chart:
+                log.add("lab", line)
             self.app.notify(verdict_note(result), timeout=6)
         else:
             self.table.cancelled(message.rows)
