@@ -6,9 +6,11 @@ round trip and one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import select
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,15 +72,28 @@ class LazyConnection:
     """One autocommit connection, opened at its first use and again after it was dropped (an
     outage) or closed by the server while idle (closed_by_server): the worker's, its
     reconciler's, a faulty experiment row's. `options` go to psycopg's connect
-    (connect_timeout, prepare_threshold)."""
+    (connect_timeout, prepare_threshold).
+
+    Tasks that share it (a worker's --concurrency slots) take turns through use(): the
+    check that the server closed it reads its socket, which a query in flight of another
+    task makes readable, and a connection dropped under a query fails that query (seen:
+    a claim failed with "got no result from the query", its message dead-lettered)."""
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url, self.options = url, options
         self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The connection, for this task alone until the block ends."""
+        async with self.lock:
+            yield await self.get()
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
+        """The connection, for a holder that has it alone (use() when tasks share it)."""
         if self.conn is not None and closed_by_server(self.conn):
-            await self.drop()
+            await self._close()
         if self.conn is None:
             self.conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, **self.options
@@ -87,6 +102,10 @@ class LazyConnection:
 
     async def drop(self) -> None:
         """Close it (whatever state it is in); the next get() opens a new one."""
+        async with self.lock:
+            await self._close()
+
+    async def _close(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 await self.conn.close()

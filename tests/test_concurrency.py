@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 import httpx
 import psycopg
 import pytest
 
+from mqlab import db
 from mqlab.lab.supervisor import Supervisor
+from mqlab.settings import Settings
 from mqlab.system.spec import SpecError, WorkerSpec
 from tests.helpers import eventually, post_order
 
@@ -57,6 +60,30 @@ def test_a_stop_finishes_every_slots_job_and_exits_0(
     child.proc.send_signal(signal.SIGTERM)
     assert child.proc.wait(timeout=10) == 0
     assert _span(pg)[0] == 4
+
+
+def test_slots_that_share_the_workers_connection_take_turns(settings: Settings) -> None:
+    """Twenty queries at once through one LazyConnection, as a worker's slots claim at once:
+    each gets its own answer. Without the turns, one task's check for a connection the
+    server closed read the socket that another's answer had made readable, and closed the
+    connection under it (a claim failed, and its message was dead-lettered)."""
+
+    async def main() -> list[int]:
+        shared = db.LazyConnection(settings.database_url)
+
+        async def query(n: int) -> int:
+            async with shared.use() as conn:
+                cursor = await conn.execute("SELECT %s::int, pg_sleep(0.005)", [n])
+                row = await cursor.fetchone()
+                assert row is not None
+                return int(row[0])
+
+        try:
+            return await asyncio.gather(*(query(n) for n in range(20)))
+        finally:
+            await shared.drop()
+
+    assert asyncio.run(main()) == list(range(20))
 
 
 def test_concurrency_is_checked() -> None:

@@ -53,6 +53,13 @@ def test_throughput_counts_slots_for_sleep_and_not_for_cpu() -> None:
     assert trap[0].products("x") == [(4, "long #"), (396, "x"), (0, "poison #"), (0, "crash #")]
 
 
+def test_the_api_bar_is_the_shortest_job_that_works_unless_the_suite_says_not() -> None:
+    assert load("kata3").api_bar_ms() == 50  # jobs of 2 s: the suite's bar
+    assert load("kata3").with_job_seconds(0.01).api_bar_ms() == 10  # under the job time
+    assert load("kata3").with_job_seconds(0).api_bar_ms() == 50  # no work to wait for
+    assert load("throughput").api_bar_ms() == 500  # under_job_time = false
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -75,6 +82,10 @@ def test_throughput_counts_slots_for_sleep_and_not_for_cpu() -> None:
             "unique",
         ),
         ("[rows]\n", "unknown table(s) ['rows']"),
+        (
+            "[api]\nunder_job_time = 1\n[[row]]\norders = 1\nworkers = 1\n",
+            "under_job_time must be",
+        ),
         (
             "[suite]\nscaled_tolerance_seconds = -1\n[[row]]\norders = 1\nworkers = 1\n",
             "scaled_tolerance_seconds must be >= 0",

@@ -152,16 +152,16 @@ class Outages:
 
     async def _run(self, sql: str, params: Any, what: str, *, every: bool) -> list[tuple[Any, ...]]:
         async def op() -> list[tuple[Any, ...]]:
-            conn = await self.pg.get()
-            try:
-                cursor = await conn.execute(sql, params)
-                if every:
-                    return await cursor.fetchall()
-                row = await cursor.fetchone()
-                return [] if row is None else [row]
-            except BACKEND_DOWN:
-                raise
-            except psycopg.Error as exc:
-                raise refusal(exc, what) from exc
+            async with self.pg.use() as conn:
+                try:
+                    cursor = await conn.execute(sql, params)
+                    if every:
+                        return await cursor.fetchall()
+                    row = await cursor.fetchone()
+                    return [] if row is None else [row]
+                except BACKEND_DOWN:
+                    raise
+                except psycopg.Error as exc:
+                    raise refusal(exc, what) from exc
 
         return await self.retry("PostgreSQL", op)

@@ -190,12 +190,12 @@ class Upkeep:
         try:
             async with asyncio.timeout(STOP_STEP_SECONDS):
                 for job_id, attempt in list(w.claims.items()):
-                    conn = await w.pg.get()
-                    await conn.execute(
-                        db.RELEASE_JOB,
-                        {"job": job_id, "status": "processing", "worker": w.id,
-                         "attempt": attempt},
-                    )  # fmt: skip
+                    async with w.pg.use() as conn:
+                        await conn.execute(
+                            db.RELEASE_JOB,
+                            {"job": job_id, "status": "processing", "worker": w.id,
+                             "attempt": attempt},
+                        )  # fmt: skip
                     del w.claims[job_id]
         except (TimeoutError, psycopg.Error) as exc:
             log.warning("%s: could not mark %s pending again (%s); the next worker to take "
