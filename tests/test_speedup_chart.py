@@ -3,8 +3,9 @@ against its 1-worker row; the picture and its text."""
 
 from __future__ import annotations
 
-from mqlab.experiments import load
+from mqlab.experiments import load, parse
 from mqlab.figures import speedup_chart
+from mqlab.figures.report import render_markdown
 from mqlab.figures.results import SuiteResult
 from tests.results_data import serial_run, suite_result
 
@@ -43,3 +44,22 @@ def test_a_suite_with_nothing_to_scale_draws_nothing() -> None:
     result = suite_result(kata4, [[serial_run(row, 1.0, [3.0])] for row in kata4.rows])
     assert speedup_chart.lines(result) == []
     assert speedup_chart.svg(result) is None and speedup_chart.text(result) == []
+
+
+def test_drain_rows_get_their_rate_and_a_line_named_for_how_they_take() -> None:
+    suite = parse({
+        "suite": {"name": "d", "job_seconds": 0},
+        "row": [
+            {"name": "drain 1", "orders": 1000, "workers": 1, "prefill": True},
+            {"name": "drain 2", "orders": 1000, "workers": 2, "prefill": True},
+            {"name": "drain 1, 1 by 1", "orders": 1000, "workers": 1, "prefill": True,
+             "batch": 1},
+        ],
+    })  # fmt: skip
+    times = (0.5, 0.4, 2.0)
+    runs = [[serial_run(row, t, [3.0])] for row, t in zip(suite.rows, times, strict=True)]
+    result = suite_result(suite, runs)
+    md = render_markdown(result, ["a.svg", "b.svg", "c.svg"], {})
+    assert "| drain 1 | 1 | 1000 | 0.500 s | 2,000 |" in md
+    assert "| drain 1, 1 by 1 | 1 | 1000 | 2.000 s | 500 |" in md
+    assert [line.label for line in speedup_chart.lines(result)] == ["drain, batches"]

@@ -176,6 +176,20 @@ def scaling_markdown(result: SuiteResult, chart: str | None = None) -> list[str]
     ]
 
 
+def drain_markdown(result: SuiteResult) -> list[str]:
+    """The drain rows' rates: jobs completed a second, from the moment the workers got the
+    queue (prefill) to the last job (the median run)."""
+    rows = [r for r in result.rows if r.row.prefill and r.makespan > 0]
+    if not rows:
+        return []
+    out = ["## Drains", "", "| Row | Workers | Jobs | Time | Jobs/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        done = sum(1 for j in r.representative.jobs if j.status == "completed")
+        out.append(f"| {r.row.name} | {r.row.workers} | {done} | {seconds(r.makespan)} | "
+                   f"{done / r.makespan:,.0f} |")  # fmt: skip
+    return [*out, "", "Time: from when the workers got the full queue to its last job.", ""]
+
+
 def _speedup_chart(result: SuiteResult, chart: str | None) -> list[str]:
     """The speedup against workers of each kind of work the suite scales: the picture (when
     written) and its figures as text."""
@@ -209,6 +223,7 @@ def render_markdown(
     out += ["", "## The kata's table", "", *kata_table(result), ""]
     out += ledger_markdown(result)
     out += scaling_markdown(result, chart)
+    out += drain_markdown(result)
     out += ["## API latency (POST /orders, every request of every run)", ""]
     out += _latency_table(result.rows, "Row", "api")
     out += ["", "## Queue wait (enqueued -> started)", ""]

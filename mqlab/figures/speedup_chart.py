@@ -34,6 +34,8 @@ def kind_of(row: Row) -> str:
     name = "drain" if row.prefill else f"{spec.work} {spec.job_seconds:g} s"
     if spec.batch == 1:
         name += ", 1 by 1"
+    elif row.prefill:
+        name += ", batches"
     return name
 
 
