@@ -38,7 +38,7 @@ def test_a_short_bench_measures_every_figure(
 ) -> None:
     """Slow by design (about 15 s): every phase of the bench runs for real, shortened, with an
     API and workers of its own: API rates at 1 and 10 connections, drains with 1 and 4
-    workers, dispatch, bursts."""
+    workers, the kata's 10 orders at one worker with 10 slots, dispatch, bursts."""
     monkeypatch.setattr(phases, "DISPATCH_ORDERS", 20)
     monkeypatch.setattr(phases, "BURSTS", 3)
     monkeypatch.setattr(phases, "WARMUP_SECONDS", 0.2)
@@ -70,6 +70,8 @@ def test_a_short_bench_measures_every_figure(
         assert 0 < figures[key]["value"] < 5000, key
     for phase in ("drain_w1", "drain_w4", "drain_w1_single", "drain_w4_single"):
         assert details[phase]["completed"] == details[phase]["jobs"] == 40
+    # The kata's 10 orders of 2 s at one worker with 10 slots: about one job's time, not 20 s.
+    assert details["slots"]["completed"] == 10 and 2.0 <= details["slots"]["seconds"] < 6
     for phase in ("dispatch_w1", "dispatch_w4"):
         assert details[phase]["orders"] == 20 and details[phase]["all_completed"]
     assert details["burst"]["orders"] == 30 and details["burst"]["failed"] == 0

@@ -29,7 +29,10 @@ from mqlab.lab.interrupts import sigterm_as_ctrl_c
 from mqlab.lab.supervisor import Supervisor
 from mqlab.settings import Settings
 from mqlab.system.resetting import reset_all
-from mqlab.system.spec import DEFAULT_BATCH
+from mqlab.system.spec import DEFAULT_BATCH, WorkerSpec
+
+#: The kata's burst, at one worker with this many slots (--concurrency).
+SLOTS = 10
 
 
 def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Console) -> Results:
@@ -64,7 +67,8 @@ def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Cons
             for batch, key in ((DEFAULT_BATCH, ""), (1, "_single")):
                 how = f"batches of up to {batch}" if batch > 1 else "one at a time"
                 say.print(f"[dim]drain {jobs} jobs of 0 s with {workers} worker(s), {how} ...[/]")
-                r = drain_phase(settings, sup, url, workers, jobs, batch)
+                spec = WorkerSpec(job_seconds=0, batch=batch)
+                r = drain_phase(settings, sup, url, workers, jobs, spec)
                 results.details[f"drain_w{workers}{key}"] = r
                 note = f"{r['completed']}/{r['jobs']} jobs in {r['seconds']:.2f} s"
                 if r["redelivered"]:
@@ -73,6 +77,13 @@ def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Cons
                 label = f"Drain 0 s jobs, {who}" if batch > 1 else "  one at a time (--batch 1)"
                 results.add(f"drain_w{workers}{key}_rate", label, r["rate"], "jobs/s",
                             note)  # fmt: skip
+        say.print(f"[dim]the kata's {SLOTS} orders of 2 s, one worker with {SLOTS} slots ...[/]")
+        spec = WorkerSpec(job_seconds=2.0, concurrency=SLOTS)
+        r = drain_phase(settings, sup, url, 1, SLOTS, spec)
+        results.details["slots"] = r
+        note = f"{r['completed']}/{r['jobs']} jobs; one slot takes 20 s"
+        results.add("slots_seconds", f"{SLOTS} orders of 2 s, 1 worker x {SLOTS} slots",
+                    r["seconds"], "s", note)  # fmt: skip
         for workers in (1, 4):
             say.print(f"[dim]dispatch, {DISPATCH_ORDERS} orders to {workers} idle worker(s) ...[/]")
             r = dispatch_phase(settings, sup, url, workers)

@@ -41,6 +41,9 @@ TARGETS: dict[str, Target] = {
     "drain_w4_rate": Target(4600, True),
     "drain_w1_single_rate": Target(376, True),
     "drain_w4_single_rate": Target(810, True),
+    # Issue 20: one process with 10 slots runs the kata's 10 orders of 2 s in about 2 s (the
+    # kata table's bar for its 10 orders on 4 workers: 60 ms over).
+    "slots_seconds": Target(2.06, False),
     "dispatch_w1_p50_ms": Target(1.0, False, strict=True),
     "dispatch_w4_p50_ms": Target(1.0, False, strict=True),
     # The kata suite's verdict judges the slowest answer (< 50 ms); the burst's median is

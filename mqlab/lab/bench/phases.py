@@ -119,10 +119,10 @@ def api_phase(
 
 
 def drain_phase(
-    settings: Settings, sup: Supervisor, url: str, workers: int, jobs: int, batch: int
+    settings: Settings, sup: Supervisor, url: str, workers: int, jobs: int, spec: WorkerSpec
 ) -> dict[str, Any]:
-    """Pre-filled queue of 0-second jobs, then `workers` workers taking up to `batch` at once;
-    jobs/s from PostgreSQL."""
+    """Pre-filled queue of `jobs` jobs, then `workers` workers as `spec` says; jobs/s and the
+    seconds from the first start to the last finish, from PostgreSQL."""
     reset_all(settings)
     shots = run_async(lambda: fire(url, jobs, FILL_CLIENTS, product="Drain"))
     accepted = sum(1 for s in shots if s.status == 202)
@@ -132,7 +132,7 @@ def drain_phase(
     try:
         # Parked while the workers start, so their start-up is not part of the drain rate.
         client.rename(keys.QUEUE, keys.PARKED)
-        children = sup.start_workers(workers, WorkerSpec(job_seconds=0, batch=batch))
+        children = sup.start_workers(workers, spec)
         try:
             client.rename(keys.PARKED, keys.QUEUE)  # wakes the blocked BLMOVEs
             done = wait_completed(settings, accepted, timeout=max(60.0, accepted / 20))
@@ -144,7 +144,8 @@ def drain_phase(
         count, span, redelivered = db.drain_figures(conn)
     return {
         "workers": workers,
-        "batch": batch,
+        "batch": spec.batch,
+        "concurrency": spec.concurrency,
         "jobs": accepted,
         "completed": count,
         "all_completed": done,
