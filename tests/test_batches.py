@@ -68,6 +68,32 @@ def test_a_drain_row_queues_everything_first_and_times_the_workers_alone(
     assert len(run.worker_ids) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_short_jobs_behind_a_long_one_in_a_batch_go_to_a_free_worker(
+    settings: Settings, sup: Supervisor
+) -> None:
+    """The prefetch trap: 1 job of 1 s among 80 of 5 ms, 2 workers taking batches of up to
+    10. The short jobs in the long one's batch are handed back once it has run 50 ms, and the
+    other worker takes them: only the long job takes a second (three runs)."""
+    sup.start_api()
+    suite = parse({
+        "suite": {"name": "trap-small", "job_seconds": 0.005},
+        "api": {"max_latency_ms": 1000, "under_job_time": False},
+        "row": [{"name": "trap", "orders": 80, "long_orders": 1, "long_seconds": 1.0,
+                 "workers": 2}],
+    })  # fmt: skip
+    result = asyncio.run(Runner(settings, sup).run_suite(suite, repeat=3))
+    (row,) = result.rows
+    for run in row.runs:
+        assert len(run.jobs) == 80 and all(j.status == "completed" for j in run.jobs)
+        # A job's time runs from its claim, which for a batch is the whole batch's: a short
+        # job held behind the long one would take a second too.
+        held = [a for a in run.history if a.outcome == "completed"
+                and (a.finished_at or 0) - (a.started_at or 0) > 0.5]  # fmt: skip
+        assert len(held) == 1, f"{len(held) - 1} short job(s) waited behind the long one"
+
+
 def test_a_worker_takes_no_more_than_it_starts_within_the_horizon() -> None:
     assert WorkerSpec(job_seconds=0).most_taken() == DEFAULT_BATCH
     assert WorkerSpec(job_seconds=2.0).most_taken() == 1  # the kata's jobs: one at a time

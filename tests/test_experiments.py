@@ -48,9 +48,9 @@ def test_throughput_counts_slots_for_sleep_and_not_for_cpu() -> None:
     assert rows["cpu, 4 slots"].ideal_seconds == rows["cpu, 1 slot"].ideal_seconds == 2.0
     trap = [r for r in rows.values() if r.long_orders]
     assert [(r.long_orders, r.spec.long_seconds, r.spec.batch) for r in trap] == [
-        (4, 1.0, 32), (4, 1.0, 1)
+        (2, 1.0, 32), (2, 1.0, 1)
     ]  # fmt: skip
-    assert trap[0].products("x") == [(4, "long #"), (396, "x"), (0, "poison #"), (0, "crash #")]
+    assert trap[0].products("x") == [(2, "long #"), (398, "x"), (0, "poison #"), (0, "crash #")]
 
 
 def test_the_api_bar_is_the_shortest_job_that_works_unless_the_suite_says_not() -> None:

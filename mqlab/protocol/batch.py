@@ -34,3 +34,23 @@ def take(pipe: Any, processing: str | bytes, most: int, workers: int) -> Any:
     """Queue (on a pipeline) or run (on a client) the take of a batch: its reply is the list of
     messages moved, empty when the queue is."""
     return pipe.eval(TAKE, 2, QUEUE, processing, most, max(1, workers))
+
+
+#: KEYS: the processing list, the queue. ARGV: messages. Each one still in the processing list
+#: leaves it for the queue's head (RPUSH: the end workers take first); one no longer there (a
+#: reaper moved it) is left alone. Returns how many moved.
+GIVE_BACK = """
+local moved = 0
+for _, m in ipairs(ARGV) do
+    if redis.call('LREM', KEYS[1], 1, m) == 1 then
+        redis.call('RPUSH', KEYS[2], m)
+        moved = moved + 1
+    end
+end
+return moved
+"""
+
+
+async def give_back(client: Any, processing: str | bytes, messages: list[bytes]) -> int:
+    """Move `messages` of a batch from `processing` back to the queue's head, atomically."""
+    return int(await client.eval(GIVE_BACK, 2, processing, QUEUE, *messages))

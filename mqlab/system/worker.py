@@ -57,7 +57,7 @@ from mqlab.system.faults import Fault, FaultKind, JobFailed
 from mqlab.system.outages import Outages, Rejected, Stopped, forget
 from mqlab.system.reconciler import ReconcileConfig, Reconciler
 from mqlab.system.retry_policy import RetryPolicy
-from mqlab.system.spec import LONG_PREFIX, WorkerSpec
+from mqlab.system.spec import BATCH_HORIZON, LONG_PREFIX, WorkerSpec
 from mqlab.system.upkeep import STOP_STEP_SECONDS, IdInUse, Upkeep
 from mqlab.system.work import do_work
 
@@ -462,21 +462,62 @@ class Worker:
                 work.append((raw, job_id, order_id, row))
         done: list[tuple[bytes, str, int, int]] = []
         happened: list[Event] = []
-        for raw, job_id, order_id, (_, _, attempt, since_replay, product) in work:
+        for index, (raw, job_id, order_id, row) in enumerate(work):
+            _, _, attempt, since_replay, product = row
             at = self._begin(job_id)
             fields = {"job": job_id, "order": order_id, "attempt": attempt, "at": at}
             started: Event = (EventKind.JOB_STARTED, fields)
+            rest = work[index + 1 :]
             try:
-                await self._work(product, job_id)
+                await self._work_or_give_back(product, job_id, rest)
             except JobFailed as exc:
                 await self._failed(raw, job_id, order_id, (attempt, since_replay), exc, [started])
-                continue
-            done.append((raw, job_id, order_id, attempt))
-            happened.append(started)
+            else:
+                done.append((raw, job_id, order_id, attempt))
+                happened.append(started)
+            if rest and rest[0][1] not in self.claims:
+                break  # the rest was given back while this job worked
         acks = await self._complete_batch(done, happened)
         for raw in alone:
             await self.handle(raw, take=False)
         return await self._finish(acks, f"a batch of {len(acks)}", happened)
+
+    async def _work_or_give_back(
+        self, product: str, job_id: str, rest: list[tuple[bytes, str, int, tuple[Any, ...]]]
+    ) -> None:
+        """The job's work; if it runs past BATCH_HORIZON while `rest` of its batch waits
+        behind it, the rest goes back to the queue for another worker meanwhile (the prefetch
+        trap: a batch is sized at the average job, and this one is long)."""
+        working = asyncio.ensure_future(self._work(product, job_id))
+        try:
+            if rest:
+                await asyncio.wait({working}, timeout=BATCH_HORIZON)
+                if not working.done():
+                    await self._give_back(job_id, rest)
+            await working
+        finally:
+            if not working.done():  # cancelled (a second stop): the work stops with us
+                working.cancel()
+
+    async def _give_back(
+        self, long_job: str, rest: list[tuple[bytes, str, int, tuple[Any, ...]]]
+    ) -> None:
+        """Claims of jobs not started released in PostgreSQL (pending again, each claim
+        recorded as handed back), then their messages moved from our processing list to the
+        queue's head (the end workers take first), as a stop hands back a job."""
+        log.info("%s: %s runs long: handing the %d job(s) behind it in its batch back to the "
+                 "queue", self.id, long_job, len(rest))  # fmt: skip
+        for _, job_id, _, row in rest:
+            await self.outages.sql(
+                db.RELEASE_JOB,
+                {"job": job_id, "status": "processing", "worker": self.id, "attempt": row[2]},
+                "release",
+            )
+            self.claims.pop(job_id, None)
+        raws = [raw for raw, _, _, _ in rest]
+        await self.outages.retry(
+            "Redis", lambda: batch.give_back(self.redis, self.processing, raws)
+        )
 
     async def _complete_batch(
         self, done: list[tuple[bytes, str, int, int]], happened: list[Event]
