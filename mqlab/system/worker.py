@@ -469,7 +469,7 @@ class Worker:
             started: Event = (EventKind.JOB_STARTED, fields)
             rest = work[index + 1 :]
             try:
-                await self._work_or_give_back(product, job_id, rest)
+                await self._work_or_give_back(product, job_id, rest, done, happened)
             except JobFailed as exc:
                 await self._failed(raw, job_id, order_id, (attempt, since_replay), exc, [started])
             else:
@@ -483,17 +483,29 @@ class Worker:
         return await self._finish(acks, f"a batch of {len(acks)}", happened)
 
     async def _work_or_give_back(
-        self, product: str, job_id: str, rest: list[tuple[bytes, str, int, tuple[Any, ...]]]
+        self,
+        product: str,
+        job_id: str,
+        rest: list[tuple[bytes, str, int, tuple[Any, ...]]],
+        done: list[tuple[bytes, str, int, int]],
+        happened: list[Event],
     ) -> None:
-        """The job's work; if it runs past BATCH_HORIZON while `rest` of its batch waits
-        behind it, the rest goes back to the queue for another worker meanwhile (the prefetch
-        trap: a batch is sized at the average job, and this one is long)."""
+        """The job's work. If it runs past BATCH_HORIZON, its batch does not wait on it (the
+        prefetch trap: a batch is sized at the average job, and this one is long): the `rest`
+        behind it goes back to the queue for another worker, and the jobs `done` before it
+        are completed and acked now (then emptied, with their events in `happened`)."""
         working = asyncio.ensure_future(self._work(product, job_id))
         try:
-            if rest:
+            if rest or done:
                 await asyncio.wait({working}, timeout=BATCH_HORIZON)
                 if not working.done():
-                    await self._give_back(job_id, rest)
+                    if rest:
+                        await self._give_back(job_id, rest)
+                    if done:
+                        acks = await self._complete_batch(done, happened)
+                        await self._finish(acks, f"a batch of {len(acks)}", happened, take=False)
+                        done.clear()
+                        happened.clear()
             await working
         finally:
             if not working.done():  # cancelled (a second stop): the work stops with us

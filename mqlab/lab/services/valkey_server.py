@@ -58,8 +58,9 @@ APP_COMMANDS = (
     "auth", "hello", "ping", "client|setinfo", "info", "time",
     # Keys: the cleanups, the heartbeats' expiry, the bench's queue swap, the scans.
     "del", "exists", "expire", "rename", "scan", "type", "ttl", "pttl",
-    # The queue, the processing lists and the dead letters.
-    "lpush", "llen", "lrange", "lindex", "lrem", "lmove", "blmove", "brpop",
+    # The queue, the processing lists and the dead letters (rpush: a batch's jobs handed back
+    # to the queue's head, mqlab.protocol.batch.GIVE_BACK).
+    "lpush", "rpush", "llen", "lrange", "lindex", "lrem", "lmove", "blmove", "brpop",
     # The reconciler's lock; the workers' and the reconciler's records.
     "get", "set", "hset", "hget", "hgetall",
     # The delayed retries.
