@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 import redis
 
+import mqlab
 from mqlab.db import apply_schema, reset_data
 from mqlab.lab.environment import Servers
 from mqlab.lab.services import postgres_server, valkey_server
@@ -56,6 +58,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help=f"write how long each test file took to {FILE_SECONDS.name} (run the whole suite)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile mqlab once, in the run's first process, for the hundreds of worker, API and CLI
+    processes the tests start: where PYTHONDONTWRITEBYTECODE is set (these machines set it),
+    each of them compiled mqlab's modules again (about 0.04 s of CPU a process)."""
+    if not hasattr(config, "workerinput"):  # the controller, not an xdist worker
+        compileall.compile_dir(Path(mqlab.__file__).parent, quiet=1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,8 +18,8 @@ SUITE = {
     "suite": {"name": "batches-small", "job_seconds": 0.005},
     "api": {"max_latency_ms": 1000},
     "row": [
-        {"name": "kill -9 mid-batch", "orders": 600, "workers": 3, "kill_every": 0.3,
-         "seed": 3, "fire_seconds": 1.5},
+        {"name": "kill -9 mid-batch", "orders": 400, "workers": 3, "kill_every": 0.25,
+         "seed": 3, "fire_seconds": 1.0},
     ],
 }  # fmt: skip
 
@@ -30,7 +30,7 @@ def test_kill_9_in_the_middle_of_batches_loses_nothing_and_completes_nothing_twi
     settings: Settings, sup: Supervisor
 ) -> None:
     """Jobs of 5 ms: each worker takes batches of up to 10 (its 50 ms), and a kill every
-    0.3 s lands in the middle of one; the reaper hands the batch back and the guarded claims
+    0.25 s lands in the middle of one; the reaper hands the batch back and the guarded claims
     sort out which of its jobs were done."""
     sup.start_api()
     result = asyncio.run(Runner(settings, sup).run_suite(parse(SUITE)))
@@ -41,7 +41,7 @@ def test_kill_9_in_the_middle_of_batches_loses_nothing_and_completes_nothing_twi
     assert ledger.work_twice >= 1, ledger
     # Every order answered 202 is completed, once. (A few may be refused with 503 while the
     # workers are killed and started again on 2 cores: refused, not lost.)
-    assert ledger.accepted >= 500 and ledger.accepted + ledger.refused == 600, ledger
+    assert ledger.accepted >= 330 and ledger.accepted + ledger.refused == 400, ledger
     assert (ledger.completed, ledger.lost, ledger.completed_twice) == (ledger.accepted, 0, 0)
 
 
@@ -75,7 +75,7 @@ def test_short_jobs_behind_a_long_one_in_a_batch_go_to_a_free_worker(
 ) -> None:
     """The prefetch trap: 1 job of 1 s among 80 of 5 ms, 2 workers taking batches of up to
     10. The short jobs in the long one's batch are handed back once it has run 50 ms, and the
-    other worker takes them: only the long job takes a second (three runs)."""
+    other worker takes them: only the long job takes a second (two runs)."""
     sup.start_api()
     suite = parse({
         "suite": {"name": "trap-small", "job_seconds": 0.005},
@@ -83,7 +83,7 @@ def test_short_jobs_behind_a_long_one_in_a_batch_go_to_a_free_worker(
         "row": [{"name": "trap", "orders": 80, "long_orders": 1, "long_seconds": 1.0,
                  "workers": 2}],
     })  # fmt: skip
-    result = asyncio.run(Runner(settings, sup).run_suite(suite, repeat=3))
+    result = asyncio.run(Runner(settings, sup).run_suite(suite, repeat=2))
     (row,) = result.rows
     for run in row.runs:
         assert len(run.jobs) == 80 and all(j.status == "completed" for j in run.jobs)

@@ -42,6 +42,7 @@ def test_a_short_bench_measures_every_figure(
     monkeypatch.setattr(phases, "DISPATCH_ORDERS", 20)
     monkeypatch.setattr(phases, "BURSTS", 3)
     monkeypatch.setattr(phases, "WARMUP_SECONDS", 0.2)
+    monkeypatch.setattr(phases, "SLOT_JOB_SECONDS", 0.5)
     # Heartbeats of workers that earlier tests stopped live on for their TTL, and the bench
     # rightly refuses to run beside live workers.
     for wid in live_worker_ids_sync(rds):
@@ -70,8 +71,9 @@ def test_a_short_bench_measures_every_figure(
         assert 0 < figures[key]["value"] < 5000, key
     for phase in ("drain_w1", "drain_w4", "drain_w1_single", "drain_w4_single"):
         assert details[phase]["completed"] == details[phase]["jobs"] == 40
-    # The kata's 10 orders of 2 s at one worker with 10 slots: about one job's time, not 20 s.
-    assert details["slots"]["completed"] == 10 and 2.0 <= details["slots"]["seconds"] < 6
+    # The kata's 10 orders (of 0.5 s here) at one worker with 10 slots: about one job's time,
+    # not ten.
+    assert details["slots"]["completed"] == 10 and 0.5 <= details["slots"]["seconds"] < 3
     for phase in ("dispatch_w1", "dispatch_w4"):
         assert details[phase]["orders"] == 20 and details[phase]["all_completed"]
     assert details["burst"]["orders"] == 30 and details["burst"]["failed"] == 0

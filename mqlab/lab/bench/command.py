@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mqlab.lab.bench import phases
 from mqlab.lab.bench.figures import Results, as_json, table
 from mqlab.lab.bench.meters import cpu_meter, round_trips
 from mqlab.lab.bench.phases import (
@@ -77,12 +78,13 @@ def measure(settings: Settings, base: Path, seconds: float, jobs: int, say: Cons
                 label = f"Drain 0 s jobs, {who}" if batch > 1 else "  one at a time (--batch 1)"
                 results.add(f"drain_w{workers}{key}_rate", label, r["rate"], "jobs/s",
                             note)  # fmt: skip
-        say.print(f"[dim]the kata's {SLOTS} orders of 2 s, one worker with {SLOTS} slots ...[/]")
-        spec = WorkerSpec(job_seconds=2.0, concurrency=SLOTS)
+        t = phases.SLOT_JOB_SECONDS
+        say.print(f"[dim]the kata's {SLOTS} orders of {t:g} s, 1 worker with {SLOTS} slots ...[/]")
+        spec = WorkerSpec(job_seconds=t, concurrency=SLOTS)
         r = drain_phase(settings, sup, url, 1, SLOTS, spec)
         results.details["slots"] = r
-        note = f"{r['completed']}/{r['jobs']} jobs; one slot takes 20 s"
-        results.add("slots_seconds", f"{SLOTS} orders of 2 s, 1 worker x {SLOTS} slots",
+        note = f"{r['completed']}/{r['jobs']} jobs; one slot takes {SLOTS * t:g} s"
+        results.add("slots_seconds", f"{SLOTS} orders of {t:g} s, 1 worker x {SLOTS} slots",
                     r["seconds"], "s", note)  # fmt: skip
         for workers in (1, 4):
             say.print(f"[dim]dispatch, {DISPATCH_ORDERS} orders to {workers} idle worker(s) ...[/]")

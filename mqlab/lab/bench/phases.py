@@ -30,6 +30,8 @@ from mqlab.system.spec import WorkerSpec
 
 T = TypeVar("T")
 
+#: The kata's job time, for the phase of its 10 orders at one worker with 10 slots.
+SLOT_JOB_SECONDS = 2.0
 #: Seconds of load before each API phase (pool connections, prepared statements, caches).
 WARMUP_SECONDS = 1.0
 #: Clients that pre-fill the queue for the drain phases.
