@@ -45,7 +45,7 @@ def test_throughput_counts_slots_for_sleep_and_not_for_cpu() -> None:
     rows = {r.name: r for r in load("throughput").rows}
     assert rows["sleep, 10 slots"].ideal_seconds == 1.0  # 10 orders of 1 s, 10 at once
     assert rows["sleep, 4 slots"].ideal_seconds == 3.0
-    assert rows["cpu, 4 slots"].ideal_seconds == rows["cpu, 1 slot"].ideal_seconds == 2.0
+    assert rows["cpu, 10 slots"].ideal_seconds == rows["cpu, 1 slot"].ideal_seconds == 2.5
     trap = [r for r in rows.values() if r.long_orders]
     assert [(r.long_orders, r.spec.long_seconds, r.spec.batch) for r in trap] == [
         (2, 1.0, 32), (2, 1.0, 1)
