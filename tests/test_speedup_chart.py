@@ -3,6 +3,8 @@ against its 1-worker row; the picture and its text."""
 
 from __future__ import annotations
 
+import pytest
+
 from mqlab.experiments import load, parse
 from mqlab.figures import speedup_chart
 from mqlab.figures.report import render_markdown
@@ -32,7 +34,7 @@ def test_each_kind_of_work_is_a_line_measured_against_its_one_worker_row() -> No
     assert lines["sleep 0.5 s"] == {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0}
     assert lines["cpu 0.5 s"] == {1: 1.0, 2: 2.0, 4: 2.0, 8: 2.0, 16: 2.0}
     text = speedup_chart.text(result)
-    assert text[0].split() == ["workers", "1", "2", "4", "8", "16"]
+    assert text[0].split() == ["workers/slots", "1", "2", "4", "8", "16"]
     assert text[-1].split() == ["cpu", "0.5", "s", "1.00x", "2.00x", "2.00x", "2.00x", "2.00x"]
     picture = speedup_chart.svg(result)
     assert picture is not None and picture.count("<polyline") == 2
@@ -63,3 +65,16 @@ def test_drain_rows_get_their_rate_and_a_line_named_for_how_they_take() -> None:
     assert "| drain 1 | 1 | 1000 | 0.500 s | 2,000 |" in md
     assert "| drain 1, 1 by 1 | 1 | 1000 | 2.000 s | 500 |" in md
     assert [line.label for line in speedup_chart.lines(result)] == ["drain, batches"]
+
+
+def test_slots_of_one_process_are_a_line_of_their_own() -> None:
+    suite = load("throughput")
+    times = {r.name: 1.0 for r in suite.rows}
+    times |= {"sleep, 1 slot": 10.0, "sleep, 4 slots": 3.0, "sleep, 10 slots": 1.0}
+    times |= {"cpu, 1 slot": 2.5, "cpu, 4 slots": 2.5, "cpu, 10 slots": 2.5, "cpu, 2 workers": 1.25}
+    runs = [[serial_run(row, times[row.name], [3.0])] for row in suite.rows]
+    drawn = speedup_chart.lines(suite_result(suite, runs))
+    lines = {line.label: dict(line.points) for line in drawn}
+    assert lines["sleep 1 s, slots"] == {1: 1.0, 4: pytest.approx(10 / 3), 10: 10.0}
+    assert lines["cpu 0.25 s, slots"] == {1: 1.0, 4: 1.0, 10: 1.0}
+    assert lines["cpu 0.25 s"] == {1: 1.0, 2: 2.0}  # over processes

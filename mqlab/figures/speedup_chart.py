@@ -2,9 +2,10 @@
 a drain with batches or one at a time), measured, beside the ideal (W workers, W times
 faster). Drawn as an SVG for the report and as text for the terminal.
 
-A line is the rows of one setup (the same orders and jobs: Row.setup) at 1 slot per worker,
-with a 1-worker row to measure against and at least one more: the speedup of each is the
-1-worker row's makespan over its own (RowResult.speedup).
+A line is the rows of one setup (the same orders and jobs: Row.setup), either over worker
+processes of one slot each or over the slots of one process (--concurrency), with a 1-worker,
+1-slot row to measure against and at least one more: the speedup of each is that row's
+makespan over its own (RowResult.speedup).
 """
 
 from __future__ import annotations
@@ -40,18 +41,24 @@ def kind_of(row: Row) -> str:
 
 
 def lines(result: SuiteResult) -> list[Line]:
-    """The suite's lines (none when no setup has a 1-worker row and another)."""
-    groups: dict[tuple[object, ...], list[RowResult]] = {}
+    """The suite's lines (none when no setup has a 1-worker row and another): over worker
+    processes of one slot each, and over the slots of one process (--concurrency)."""
+    groups: dict[tuple[object, ...], list[tuple[int, RowResult]]] = {}
     for r in result.rows:
-        if r.row.faulty or r.row.spec.concurrency != 1 or math.isnan(r.speedup):
+        row = r.row
+        if row.faulty or math.isnan(r.speedup) or (row.workers > 1 and row.spec.concurrency > 1):
             continue
-        groups.setdefault(r.row.setup, []).append(r)
+        if row.workers > 1 or row.spec.concurrency == 1:
+            groups.setdefault(("workers", *row.setup), []).append((row.workers, r))
+        if row.workers == 1:
+            groups.setdefault(("slots", *row.setup), []).append((row.spec.concurrency, r))
     out = []
-    for rows in groups.values():
-        if len(rows) < 2 or not any(r.row.workers == 1 for r in rows):
+    for (axis, *_), rows in groups.items():
+        if len(rows) < 2 or not any(n == 1 for n, _ in rows):
             continue
-        points = sorted({(r.row.workers, r.speedup if r.row.workers > 1 else 1.0) for r in rows})
-        out.append(Line(kind_of(rows[0].row), tuple(points)))
+        points = sorted({(n, r.speedup if n > 1 else 1.0) for n, r in rows})
+        label = kind_of(rows[0][1].row) + (", slots" if axis == "slots" else "")
+        out.append(Line(label, tuple(points)))
     return out
 
 
@@ -87,7 +94,7 @@ def svg(result: SuiteResult) -> str | None:
         out.append(f'<text x="{x(w):.1f}" y="{_TOP + plot_h + 16}" text-anchor="middle">'
                    f"{w}</text>")  # fmt: skip
     out.append(f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_H - 8}" text-anchor="middle">'
-               "worker processes</text>")  # fmt: skip
+               "worker processes (or slots of one process)</text>")  # fmt: skip
     out.append(f'<line x1="{x(1):.1f}" y1="{y(1):.1f}" x2="{x(most_w):.1f}" y2="{y(most_w):.1f}" '
                'stroke="#999" stroke-dasharray="5,4"/>')  # fmt: skip
     legend = [("ideal (W x)", "#999", True)]
@@ -117,8 +124,8 @@ def text(result: SuiteResult) -> list[str]:
     if not drawn:
         return []
     workers = sorted({w for line in drawn for w, _ in line.points})
-    width = max(len(line.label) for line in [*drawn, Line("workers", ())])
-    head = "workers".ljust(width) + "".join(f"{w:>8}" for w in workers)
+    width = max(len(line.label) for line in [*drawn, Line("workers/slots", ())])
+    head = "workers/slots".ljust(width) + "".join(f"{w:>8}" for w in workers)
     out = [head, "ideal".ljust(width) + "".join(f"{w:>7}x" for w in workers)]
     for line in drawn:
         found = dict(line.points)
