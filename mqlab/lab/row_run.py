@@ -32,6 +32,8 @@ MAX_CONCURRENCY = 100
 Report = Callable[..., None]
 #: Make the pool match a spec; returns the seconds it took (Runner.ensure_workers).
 Restart = Callable[[WorkerSpec], Awaitable[float]]
+#: The same, with how many workers (Runner.ensure_workers itself).
+SizePool = Callable[[WorkerSpec, int], Awaitable[float]]
 
 
 @dataclass
@@ -131,23 +133,22 @@ class DrainRun(PlainRun):
         pool: Pool,
         conn: psycopg.AsyncConnection[Any],
         client: aioredis.Redis,
-        stop: Callable[[list[str]], Awaitable[None]],
-        restart: Restart,
+        size_pool: SizePool,
     ) -> None:
         super().__init__(row, pool, conn, client)
-        self.stop, self.restart = stop, restart
+        self.size_pool = size_pool
         self.released = 0.0
 
     async def fire(self, api_url: str) -> list[Shot]:
-        await self.stop(list(self.pool.ids))
-        self.pool.ids.clear()
+        spec = self.row.spec
+        await self.size_pool(spec, 0)
         shots = await super().fire(api_url)
-        if any(s.status == 202 for s in shots):
+        accepted = any(s.status == 202 for s in shots)
+        if accepted:
             await self.client.rename(keys.QUEUE, keys.PARKED)
-            await self.restart(self.row.spec)
+        await self.size_pool(spec, self.row.workers)
+        if accepted:
             await self.client.rename(keys.PARKED, keys.QUEUE)  # wakes the blocked BLMOVEs
-        else:
-            await self.restart(self.row.spec)
         self.released = time.time()
         return shots
 

@@ -164,8 +164,7 @@ class Runner:
         if row.faulty:
             steps = FaultyRun(row, self.pool, self.settings, self.sup, client, self.pg)
         elif row.prefill:
-            stop = functools.partial(asyncio.to_thread, self.sup.stop_many)
-            steps = DrainRun(row, self.pool, conn, client, stop, restart)
+            steps = DrainRun(row, self.pool, conn, client, self.ensure_workers)
         else:
             steps = PlainRun(row, self.pool, conn, client)
         if (skipped := steps.skipped()) is not None:

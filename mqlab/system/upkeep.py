@@ -61,14 +61,18 @@ class KeptWorker(Protocol):
     state: WorkerState
     #: job -> attempt of the jobs claimed whose claim has not ended: what a stop hands back.
     claims: dict[str, int]
-    #: The most messages it takes at once, and the live workers it shares the queue with.
-    most: int
+    #: The live workers it shares the queue with.
     peers: int
     last_beat_sent: float
     redis: aioredis.Redis
     pg: db.LazyConnection
     reconciler: Reconciler
     outages: Outages
+
+    @property
+    def most(self) -> int:
+        """The most messages it takes at once."""
+        ...
 
     async def beat(self) -> None: ...
 

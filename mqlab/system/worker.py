@@ -104,7 +104,6 @@ class Worker:
         #: This run of the worker: in every beat, and in each claim it makes (see _not_claimed).
         self.instance = f"{self.pid}-{secrets.token_hex(6)}"
         self.job_seconds = spec.job_seconds
-        self.long_seconds = spec.long_seconds
         self.work = spec.work
         self.policy = spec.policy or RetryPolicy()
         self.faults = spec.faults
@@ -120,19 +119,16 @@ class Worker:
         #: job -> time.time() it started, of the jobs in hand (one, a batch's, or one per
         #: --concurrency slot): the beat shows the newest and how many.
         self.in_hand: dict[str, float] = {}
-        self.concurrency = spec.concurrency
         self.started = time.time()
         self.last_beat_sent = 0.0  # time.monotonic() of the last beat queued
         #: job -> attempt of the jobs claimed whose claim has not ended: what a stop hands
         #: back. One job, or the jobs of a batch.
         self.claims: dict[str, int] = {}
-        #: The most messages taken at once (1: one at a time, BLMOVE; see _finish_once), and
-        #: the live workers at the last heartbeat pass (a batch is a fair share of the queue).
         self.spec = spec
-        self.most = spec.most_taken()
         #: The jobs' work time, a moving average (seconds): a batch is what the worker starts
-        #: within the horizon at it, so that a long job shrinks the batches that follow.
+        #: within the horizon at it (see most), so that a long job shrinks the batches after it.
         self.job_avg = spec.job_seconds
+        #: The live workers at the last heartbeat pass: a batch is a fair share of the queue.
         self.peers = 1
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
@@ -258,7 +254,7 @@ class Worker:
         try:
             await self._start()
             loops = self.upkeep.loops()
-            if self.concurrency == 1:
+            if self.spec.concurrency == 1:
                 await self._consume(cold)
             else:
                 await self._slots(cold)
@@ -330,7 +326,7 @@ class Worker:
                 return True
             return False
 
-        slots = [asyncio.create_task(slot()) for _ in range(self.concurrency)]
+        slots = [asyncio.create_task(slot()) for _ in range(self.spec.concurrency)]
         try:
             stopped = await asyncio.gather(*slots)
         finally:
@@ -569,8 +565,8 @@ class Worker:
                 permanent=True,
             )
         seconds = self.job_seconds
-        if self.long_seconds and product.startswith(LONG_PREFIX):
-            seconds = self.long_seconds
+        if self.spec.long_seconds and product.startswith(LONG_PREFIX):
+            seconds = self.spec.long_seconds
         fault = self.dice.roll()
         if self.dice.crashes_on(product):
             fault = Fault(FaultKind.CRASH, fault.at if fault else 0.5)
@@ -645,11 +641,15 @@ class Worker:
     async def _ack(self, raw: bytes) -> None:
         await self.outages.retry("Redis", lambda: self.redis.lrem(self.processing, 1, raw))
 
+    @property
+    def most(self) -> int:
+        """The most messages taken at once (1: one at a time, BLMOVE; see _finish_once)."""
+        return self.spec.most_taken(self.job_avg)
+
     def _worked(self, seconds: float) -> None:
         """A job's work took `seconds`: the average moves a fifth of the way (one long job in
         a run of short ones takes the batches to 1, and they grow back over tens of jobs)."""
         self.job_avg += (seconds - self.job_avg) * JOB_AVG_WEIGHT
-        self.most = self.spec.most_taken(self.job_avg)
 
     def _begin(self, job_id: str) -> float:
         """A claimed job starts its work: in hand, and the worker busy. Returns when."""
