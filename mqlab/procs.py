@@ -26,6 +26,7 @@ log = logging.getLogger("mqlab.procs")
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
 #: Loaded once here: dlopen() in a forked child of a threaded process can deadlock.
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 #: Servers we started and keep no other handle on: kept here so that they are reaped by
@@ -51,6 +52,28 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _enter(netns: str, drop: dict[str, Any]) -> None:
+    """In the child, before exec: join the network namespace `netns` (/run/netns/NAME, made by
+    `ip netns add`), then become drop's user. Joining needs root, and Popen drops to another
+    user before it calls preexec_fn, so a child bound for a namespace drops here instead."""
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+        os._exit(126)
+    os.close(fd)
+    if "group" in drop:
+        os.setgroups(list(drop.get("extra_groups") or []))
+        os.setgid(drop["group"])
+    if "user" in drop:
+        os.setuid(drop["user"])
+
+
+def _preexec(parent: int | None, netns: str | None, drop: dict[str, Any]) -> None:
+    if netns is not None:
+        _enter(netns, drop)
+    if parent is not None:
+        _die_with_parent(parent)
+
+
 _SPAWNER_NAME = "mqlab-spawner"
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=_SPAWNER_NAME)
 
@@ -63,23 +86,34 @@ def spawn(
     env: dict[str, str] | None = None,
     drop: dict[str, Any] | None = None,
     stdout: int | None = None,
+    netns: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a process in its own process group.
 
     owned=True: it dies with this process (parent-death signal), for anything a lab command
     starts. owned=False: a daemon that outlives us (`mqlab services up`). `drop`: Popen's
-    user/group/extra_groups/umask, to run it as another account. The log is 0600.
+    user/group/extra_groups/umask, to run it as another account. `netns`: a network
+    namespace (a lab host, mqlab.lab.hosts) to run it in. The log is 0600.
     """
     if owned and not threading.current_thread().name.startswith(_SPAWNER_NAME):
         # Linux sends the parent-death signal when the *thread* that forked exits, so owned
         # children are forked from one thread that lives as long as the process (a TUI or
         # runner may start them from short-lived worker threads).
         return _SPAWNER.submit(
-            spawn, argv, owned=owned, log_path=log_path, env=env, drop=drop, stdout=stdout
+            spawn,
+            argv,
+            owned=owned,
+            log_path=log_path,
+            env=env,
+            drop=drop,
+            stdout=stdout,
+            netns=netns,
         ).result()
+    popen = dict(drop or {})
+    moved = {k: popen.pop(k) for k in ("user", "group", "extra_groups") if netns and k in popen}
     preexec: Callable[[], None] | None = None
-    if owned:
-        preexec = functools.partial(_die_with_parent, os.getpid())
+    if owned or netns:
+        preexec = functools.partial(_preexec, os.getpid() if owned else None, netns, moved)
     out = stdout
     if log_path is not None:
         # Never through a link, nor into another user's file (see private_files).
@@ -95,7 +129,7 @@ def spawn(
             preexec_fn=preexec,
             env=env,
             close_fds=True,
-            **(drop or {}),
+            **popen,
         )
     finally:
         if log_path is not None and out is not None:

@@ -65,12 +65,13 @@ def start_server(
     log: Path,
     answers: Callable[[], bool],
     timeout: float,
+    netns: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a server as `account` (kept until procs.terminate()) and wait until `answers()`;
     RuntimeError, naming its log, when it exits first or does not answer within `timeout` s
-    (then it is killed)."""
+    (then it is killed). `netns`: the lab host (network namespace) it runs in."""
     what = Path(argv[0]).name
-    proc = spawn(argv, owned=owned, log_path=log, drop=popen_args(account))
+    proc = spawn(argv, owned=owned, log_path=log, drop=popen_args(account), netns=netns)
     keep(proc)
     if not wait_until(lambda: answers() or proc.poll() is not None, timeout=timeout):
         proc.kill()
