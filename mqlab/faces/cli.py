@@ -123,9 +123,19 @@ def _print_services(infos: list[ServiceInfo]) -> None:
 
 
 @services_app.command("up", short_help="Start the servers (or reuse them); apply the schema.")
-def services_up() -> None:
+def services_up(
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR",
+            help="Also serve other hosts on this private address of this machine (password "
+            "logins only; refused for a wildcard or a public address). `mqlab services env "
+            "--remote` prints the URLs for them.",
+        ),
+    ] = None,
+) -> None:
     """Start the embedded Valkey and PostgreSQL (or reuse them if they run) and apply the schema."""
-    _print_services(_services(lambda: services.up(owned=False)))
+    _print_services(_services(lambda: services.up(owned=False, listen=listen)))
     console.print("Stop them with [bold]mqlab services down[/].")
 
 
@@ -149,7 +159,15 @@ def services_status() -> None:
 
 
 @services_app.command("env", short_help="Print the servers' URLs as export lines, for eval.")
-def services_env() -> None:
+def services_env(
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="The URLs for other hosts (on the address of `services up --listen`).",
+        ),
+    ] = False,
+) -> None:
     """Print `export REDIS_URL=...` and `export DATABASE_URL=...` (TCP) for the running
     embedded servers. Then, for instance:
 
@@ -163,8 +181,18 @@ def services_env() -> None:
     infos = {i.name: i for i in _services(services.status) if i.state == "running"}
     if set(infos) != {"redis", "postgres"}:
         raise fail("the embedded servers are not running: `mqlab services up` starts them")
-    print(f"export REDIS_URL={infos['redis'].tcp_url}")
-    print(f"export DATABASE_URL={infos['postgres'].tcp_url}")
+    if remote and not (infos["redis"].remote_url and infos["postgres"].remote_url):
+        raise fail(
+            "the embedded servers serve this machine only: start them with "
+            "`mqlab services up --listen ADDR` (after `mqlab services down`)"
+        )
+    redis_url, database_url = (
+        (infos["redis"].remote_url, infos["postgres"].remote_url)
+        if remote
+        else (infos["redis"].tcp_url, infos["postgres"].tcp_url)
+    )
+    print(f"export REDIS_URL={redis_url}")
+    print(f"export DATABASE_URL={database_url}")
 
 
 @app.command()

@@ -84,9 +84,12 @@ class Servers(Opened[Settings]):
         database_url: str | None = None,
         *,
         base: Path | None = None,
+        listen: str | None = None,
     ) -> None:
         self._urls = (redis_url, database_url)
         self.base = base
+        #: An address to serve other hosts on too (services.up's listen), for servers started.
+        self.listen = listen
         #: The embedded servers this run started ("redis", "postgres"); close() stops them.
         self.started: list[str] = []
         self.settings: Settings | None = None
@@ -97,7 +100,7 @@ class Servers(Opened[Settings]):
         except ServicesError:
             before = dict(zip(_NAMES, running_urls(self.base), strict=True))
             try:
-                infos = services.up(owned=True, base=self.base)
+                infos = services.up(owned=True, base=self.base, listen=self.listen)
             except BaseException:
                 # One started, then the other failed (or a Ctrl-C came): stop the one now,
                 # not when this process dies, as the caller may remove `base` next.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mqlab.lab.services import listen as listening
 from mqlab.lab.services import postgres_server, valkey_server
 from mqlab.lab.services.home import (
     checked,
@@ -43,6 +44,7 @@ class ServiceInfo:
     state: str  # running | started | stopped | stale (pid file of a dead server, cleaned)
     url: str = ""
     tcp_url: str = ""
+    remote_url: str = ""  # for other hosts, on the --listen address ("" when none)
     pid: int | None = None
     version: str = ""
     healthy: bool = False
@@ -77,20 +79,35 @@ def _alive(name: str, record: dict[str, Any]) -> bool:
     return pid_alive(record.get("pid"), _EXPECT[name])
 
 
-def up(*, owned: bool = False, base: Path | None = None) -> list[ServiceInfo]:
+def up(
+    *, owned: bool = False, base: Path | None = None, listen: str | None = None
+) -> list[ServiceInfo]:
     """Start what is not running, reuse what is. Idempotent; applies the schema.
 
     owned=True makes the servers we start die with this process (the lab commands);
-    `mqlab services up` starts daemons that stay until `mqlab services down`.
+    `mqlab services up` starts daemons that stay until `mqlab services down`. `listen`: an
+    address of this machine to serve other hosts on as well (see mqlab.lab.services.listen).
     """
     from mqlab.db import apply_schema
 
+    try:
+        where = listening.check(listen) if listen is not None else None
+    except listening.ListenError as exc:
+        raise ServicesError(str(exc)) from None
     root = base or home()
     infos: list[ServiceInfo] = []
     with _locked(root):
         state = read_state(root)
         for name, module in _SERVERS.items():
             record = state.get(name)
+            # Without --listen, what runs is reused however it listens; with one, it must match.
+            now = (record or {}).get("listen")
+            if record and where and _alive(name, record) and now != where.address:
+                now = now or "127.0.0.1 only"
+                raise ServicesError(
+                    f"the embedded {name} runs already, listening on {now}: stop the servers "
+                    "with `mqlab services down`, then start them with the --listen you want"
+                )
             if record and _alive(name, record):
                 healthy, version = module.probe(record)
                 if healthy:
@@ -105,10 +122,12 @@ def up(*, owned: bool = False, base: Path | None = None) -> list[ServiceInfo]:
             ident = identity(root)
             kept = ident["ports"].get(name) or (record.get("port") if record else None)
             try:
-                start = functools.partial(module.start, root, owned=owned)
+                start = functools.partial(module.start, root, owned=owned, listen=where)
                 new = on_a_free_port(start, kept, (OSError, RuntimeError))
             except (OSError, RuntimeError) as exc:
                 raise ServicesError(f"could not start the embedded {name}: {exc}") from exc
+            if where is not None:
+                _refuses_strangers(name, new, where.address)
             if new["port"] != ident["ports"].get(name):
                 ident["ports"][name] = new["port"]
                 save_identity(root, ident)
@@ -118,6 +137,24 @@ def up(*, owned: bool = False, base: Path | None = None) -> list[ServiceInfo]:
             infos.append(_info(name, "started", new, True, new.get("version", "")))
         apply_schema(state[postgres_server.NAME]["url"])
     return infos
+
+
+def _refuses_strangers(name: str, record: dict[str, Any], address: str) -> None:
+    """The server just started on `address` must turn away a client without the password;
+    if it lets one in, it is stopped and the start fails (it must never serve other hosts
+    so)."""
+    if name == valkey_server.NAME:
+        let_in = listening.valkey_lets_in(address, record["port"])
+    else:
+        let_in = listening.postgres_lets_in(
+            address, record["port"], postgres_server.APP_ROLE, postgres_server.DATABASE
+        )
+    if let_in:
+        terminate(record["pid"], _STOP_SIGNAL[name], timeout=15)
+        raise ServicesError(
+            f"the embedded {name} let a client without the password in on {address}: "
+            "stopped; it serves other hosts only with its password"
+        )
 
 
 def down(*, base: Path | None = None, only: list[str] | None = None) -> list[ServiceInfo]:
@@ -182,6 +219,7 @@ def _info(
         state=state,
         url=record.get("url", ""),
         tcp_url=record.get("tcpUrl", ""),
+        remote_url=record.get("remoteUrl", ""),
         pid=record.get("pid"),
         version=version,
         healthy=healthy,

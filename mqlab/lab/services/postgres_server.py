@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from mqlab.lab.services.home import identity, save_identity
+from mqlab.lab.services.listen import Listen
 from mqlab.lab.services.runtime import (
     Account,
     data_root,
@@ -76,7 +77,9 @@ def _run_as(argv: list[str], drop: dict[str, Any], what: str, stdin: str = "") -
         raise RuntimeError(f"{what} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def _cluster(base: Path, root: Path, account: Account | None, binaries: Path) -> Path:
+def _cluster(
+    base: Path, root: Path, account: Account | None, binaries: Path, listen: Listen | None
+) -> Path:
     """The data folder, made by initdb on first use, its superuser password set.
 
     A cluster made by an older mqlab (MQLAB_HOME/pg, trust authentication) is moved in and
@@ -115,7 +118,9 @@ def _cluster(base: Path, root: Path, account: Account | None, binaries: Path) ->
         ident["postgresPasswordSet"] = True
         save_identity(base, ident)
     hba = data / "pg_hba.conf"
-    write_private(hba, HBA)
+    # Other hosts: the network of the --listen address, with a password like everyone else.
+    extra = f"host  all all {listen.network} scram-sha-256\n" if listen else ""
+    write_private(hba, HBA + extra)
     give(hba, account)
     return data
 
@@ -128,19 +133,20 @@ def _urls(run: Path, port: int, database: str, user: str, password: str) -> tupl
     return tcp, tcp
 
 
-def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
-    """initdb on first use, start postgres, wait until it answers, create the role and the
-    database."""
+def start(base: Path, port: int, *, owned: bool, listen: Listen | None = None) -> dict[str, Any]:
+    """initdb on first use, start postgres (on loopback, a unix socket, and listen's address
+    for other hosts), wait until it answers, create the role and the database."""
     account = service_account()
     root = data_root(base, account)
     binaries = bin_dir(account)
-    data = _cluster(base, root, account, binaries)
+    data = _cluster(base, root, account, binaries, listen)
     run = server_dir(root / "run", account)
     log = private_dir(base / "log") / "postgres.log"
     passwords = identity(base)["passwords"]
     argv = [
         str(binaries / "postgres"), "-D", str(data),
-        "-p", str(port), "-h", "127.0.0.1", "-k", str(run),
+        "-p", str(port), "-h", "127.0.0.1" + (f",{listen.address}" if listen else ""),
+        "-k", str(run),
         "-c", "unix_socket_permissions=0700",
         "-c", "password_encryption=scram-sha-256",
         "-c", "max_connections=300",
@@ -154,6 +160,9 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     _create_app(admin["url"], admin_db, passwords["app"])
     url, tcp_url = _urls(run, port, DATABASE, APP_ROLE, passwords["app"])
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}
+    if listen is not None:
+        record["listen"] = listen.address
+        record["remoteUrl"] = tcp_url.replace("@127.0.0.1:", f"@{listen.host_in_url()}:", 1)
     record["version"] = probe(record)[1]
     return record
 

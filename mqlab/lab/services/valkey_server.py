@@ -30,6 +30,7 @@ import redis
 
 from mqlab.backend_errors import REDIS_FAILURE
 from mqlab.lab.services.home import identity
+from mqlab.lab.services.listen import Listen
 from mqlab.lab.services.runtime import (
     Account,
     data_root,
@@ -103,10 +104,12 @@ def data_dir(base: Path, root: Path, account: Account | None) -> Path:
     return server_dir(data, account, deep=moved)
 
 
-def _config(data: Path, port: int, sock: Path | None, password: str) -> str:
+def _config(
+    data: Path, port: int, sock: Path | None, password: str, listen: Listen | None = None
+) -> str:
     lines = [
         f"port {port}",
-        "bind 127.0.0.1",
+        "bind 127.0.0.1" + (f" {listen.address}" if listen else ""),
         "protected-mode yes",
         f'dir "{data}"',
         # The queue survives a restart (`services down` / `up`); PostgreSQL stays the truth.
@@ -128,8 +131,9 @@ def _config(data: Path, port: int, sock: Path | None, password: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
-    """Start valkey-server on 127.0.0.1:port (and a unix socket), wait until it answers PING."""
+def start(base: Path, port: int, *, owned: bool, listen: Listen | None = None) -> dict[str, Any]:
+    """Start valkey-server on 127.0.0.1:port (and a unix socket; and listen's address, for
+    other hosts), wait until it answers PING."""
     account = service_account()
     root = data_root(base, account)
     data = data_dir(base, root, account)
@@ -139,7 +143,7 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
     sock = run / "valkey.sock"
     use_socket = len(str(sock)) <= _MAX_SOCKET_PATH
     conf = root / "valkey.conf"
-    write_private(conf, _config(data, port, sock if use_socket else None, password))
+    write_private(conf, _config(data, port, sock if use_socket else None, password, listen))
     give(conf, account)
     exe = executable()
     binary = reachable(exe.parent, [exe.name], account) / exe.name
@@ -152,6 +156,9 @@ def start(base: Path, port: int, *, owned: bool) -> dict[str, Any]:
         argv, account, owned=owned, log=log, answers=lambda: probe({"url": url})[0], timeout=15
     )
     record: dict[str, Any] = {"pid": proc.pid, "port": port, "url": url, "tcpUrl": tcp_url}
+    if listen is not None:
+        record["listen"] = listen.address
+        record["remoteUrl"] = f"redis://default:{secret}@{listen.host_in_url()}:{port}/0"
     record["version"] = probe(record)[1]
     return record
 

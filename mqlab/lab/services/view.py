@@ -72,5 +72,7 @@ def services_table(infos: list[ServiceInfo]) -> Group:
             shown = [masked(info.url)]
             if info.tcp_url and info.tcp_url != info.url:
                 shown.append(masked(info.tcp_url))
+            if info.remote_url:
+                shown.append(masked(info.remote_url))
             urls.urls.append((server, shown))
     return Group(table, urls)
