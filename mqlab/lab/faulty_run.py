@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 import psycopg
@@ -136,10 +136,10 @@ class FaultyRun:
         if isinstance(outcome, Exception):
             raise outcome
 
-    async def fire(self, api_url: str) -> list[Shot]:
+    async def fire(self, api_urls: Sequence[str]) -> list[Shot]:
         """The row's orders: plain, poison and crash-loop products, at once or paced."""
         row = self.row
-        return await fire_products(api_url, row.products(PLAIN_PRODUCT), row.fire_seconds)
+        return await fire_products(api_urls, row.products(PLAIN_PRODUCT), row.fire_seconds)
 
     async def wait(self, accepted: asyncio.Future[int], report: Report) -> bool:
         return await wait_settled(self.row, await accepted, self.dbc, self.client, report)

@@ -45,17 +45,24 @@ class Pool:
 
 
 async def fire_products(
-    api_url: str, batches: Sequence[tuple[int, str]], over_seconds: float | None = None
+    api_urls: Sequence[str], batches: Sequence[tuple[int, str]], over_seconds: float | None = None
 ) -> list[Shot]:
     """Orders of each (count, product) at once, in one burst of at most MAX_CONCURRENCY
-    connections shared by the products in proportion; or each paced over `over_seconds`."""
-    batches = [(n, product) for n, product in batches if n]
+    connections shared by the products in proportion; or each paced over `over_seconds`.
+    Each product's orders are shared out among the APIs (a lab on several hosts has one on
+    each of two)."""
+    batches = [
+        (share, product, url)
+        for n, product in batches
+        for i, url in enumerate(api_urls)
+        if (share := n // len(api_urls) + (i < n % len(api_urls)))
+    ]
     if over_seconds:
-        sent = [pace(api_url, n, over_seconds / n, product=p) for n, p in batches]
+        sent = [pace(url, n, over_seconds / n, product=p) for n, p, url in batches]
     else:
-        orders = sum(n for n, _ in batches)
+        orders = sum(n for n, _, _ in batches)
         share = min(orders, MAX_CONCURRENCY) / orders if orders else 0
-        sent = [fire(api_url, n, max(1, round(n * share)), product=p) for n, p in batches]
+        sent = [fire(url, n, max(1, round(n * share)), product=p) for n, p, url in batches]
     return [s for shots in await asyncio.gather(*sent) for s in shots]
 
 
@@ -84,8 +91,8 @@ class PlainRun:
         """What the lab does while the orders are fired and waited for: nothing here."""
         yield
 
-    async def fire(self, api_url: str) -> list[Shot]:
-        return await fire_products(api_url, self.row.products(f"{self.row.name} #"))
+    async def fire(self, api_urls: Sequence[str]) -> list[Shot]:
+        return await fire_products(api_urls, self.row.products(f"{self.row.name} #"))
 
     async def wait(self, accepted: asyncio.Future[int], report: Report) -> bool:
         """Poll until every accepted job is completed (False) or the row times out (True).
@@ -139,10 +146,10 @@ class DrainRun(PlainRun):
         self.size_pool = size_pool
         self.released = 0.0
 
-    async def fire(self, api_url: str) -> list[Shot]:
+    async def fire(self, api_urls: Sequence[str]) -> list[Shot]:
         spec = self.row.spec
         await self.size_pool(spec, 0)
-        shots = await super().fire(api_url)
+        shots = await super().fire(api_urls)
         accepted = any(s.status == 202 for s in shots)
         if accepted:
             await self.client.rename(keys.QUEUE, keys.PARKED)

@@ -170,8 +170,8 @@ class Runner:
         if (skipped := steps.skipped()) is not None:
             report("done", total=row.orders)
             return skipped
-        api_url = self.sup.api_url
-        assert api_url is not None
+        api_urls = list(self.sup.api_urls)
+        assert api_urls
         report("workers", total=row.orders)
         startup = await restart(row.spec)
         await asyncio.to_thread(reset_all, self.settings, self.restart_ids)
@@ -181,7 +181,7 @@ class Runner:
             accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             waiting = asyncio.create_task(steps.wait(accepted, report))
             try:
-                shots = await steps.fire(api_url)
+                shots = await steps.fire(api_urls)
             except BaseException:
                 waiting.cancel()
                 raise

@@ -58,34 +58,64 @@ class Child:
         return "\n".join(list(self.lines)[-n:])
 
 
-class Supervisor(Opened["Supervisor"]):
-    """Start, stop and kill the API and the workers; close() leaves nothing running."""
+@dataclass(frozen=True)
+class Place:
+    """A lab host a child may run on (mqlab.lab.hosts): its name (the child's MQLAB_HOST),
+    its network namespace, its address, and the servers' URLs as seen from it."""
 
-    def __init__(self, settings: Settings, on_line: LineHandler | None = None) -> None:
+    host: str
+    netns: str
+    address: str
+    settings: Settings
+
+
+class Supervisor(Opened["Supervisor"]):
+    """Start, stop and kill the API and the workers; close() leaves nothing running.
+
+    With `places` (lab hosts), each worker runs on the place with the fewest live workers and
+    is named `<host>-w<n>`; an API runs on the place start_api is given."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_line: LineHandler | None = None,
+        places: Sequence[Place] = (),
+    ) -> None:
         self.settings = settings
         self.on_line = on_line
+        self.places = list(places)
         self.children: dict[str, Child] = {}
-        self.api_url: str | None = None
+        #: Every API started, in order: a lab on several hosts fires through them all.
+        self.api_urls: list[str] = []
         self._lock = threading.Lock()
         self._worker_seq = 0
+        self._placed: dict[str, Place] = {}
         self._redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+    @property
+    def api_url(self) -> str | None:
+        """The first API's URL (None before one started)."""
+        return self.api_urls[0] if self.api_urls else None
 
     # -- starting ------------------------------------------------------------------------
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, place: Place | None = None) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(self.settings.to_env())
+        env.update((place.settings if place else self.settings).to_env())
+        if place is not None:
+            env["MQLAB_HOST"] = place.host
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _spawn(self, name: str, kind: str, args: list[str]) -> Child:
+    def _spawn(self, name: str, kind: str, args: list[str], place: Place | None = None) -> Child:
         if name in self.children and self.children[name].alive():
             raise ValueError(f"a child named {name} is already running")
         proc = spawn(
             [sys.executable, "-m", "mqlab", *args],
             owned=True,
-            env=self._env(),
+            env=self._env(place),
             stdout=subprocess.PIPE,
+            netns=place.netns if place else None,
         )
         child = Child(name=name, kind=kind, proc=proc)
         with self._lock:
@@ -108,12 +138,17 @@ class Supervisor(Opened["Supervisor"]):
         host: str = "127.0.0.1",
         require_healthy: bool = True,
         options: Sequence[str] = (),
+        place: Place | None = None,
     ) -> Child:
-        """Start the API and wait until /health answers 200 (any answer: require_healthy=False).
+        """Start an API and wait until /health answers 200 (any answer: require_healthy=False).
 
         `options`: more of `mqlab api`'s options (e.g. ["--header-timeout", "1"]). Without a
         `port`, a free one; if another process takes it before the API binds it (it is free
-        when chosen, and the API binds it a second later), another one (procs.on_a_free_port)."""
+        when chosen, and the API binds it a second later), another one (procs.on_a_free_port).
+        On a `place`, it listens on the place's address (`host` is not used), named
+        `<host>-api`."""
+        if place is not None:
+            return self._start_api(port or 3000, place.address, require_healthy, options, place)
         if port is not None:
             return self._start_api(port, host, require_healthy, options)
         return on_a_free_port(
@@ -124,10 +159,15 @@ class Supervisor(Opened["Supervisor"]):
         )
 
     def _start_api(
-        self, port: int, host: str, require_healthy: bool, options: Sequence[str]
+        self,
+        port: int,
+        host: str,
+        require_healthy: bool,
+        options: Sequence[str],
+        place: Place | None = None,
     ) -> Child:
         args = ["api", "--host", host, "--port", str(port), *options]
-        child = self._spawn("api", "api", args)
+        child = self._spawn(f"{place.host}-api" if place else "api", "api", args, place)
         url = f"http://{host}:{port}"
 
         def healthy() -> bool:
@@ -141,23 +181,39 @@ class Supervisor(Opened["Supervisor"]):
         wait_until(healthy, timeout=30, interval=0.1)
         if not child.alive():
             raise ChildFailed(f"the API exited at start:\n{child.tail()}")
-        self.api_url = url
+        if url not in self.api_urls:
+            self.api_urls.append(url)
         return child
 
-    def next_worker_id(self) -> str:
+    def next_worker_id(self, place: Place | None = None) -> str:
         while True:
             self._worker_seq += 1
-            candidate = f"w{self._worker_seq}"
+            candidate = f"{place.host}-w{self._worker_seq}" if place else f"w{self._worker_seq}"
             if candidate not in self.children or not self.children[candidate].alive():
                 return candidate
+
+    def next_place(self) -> Place | None:
+        """The place with the fewest live workers (the first of them on a tie); None without
+        places."""
+        if not self.places:
+            return None
+        live = [self._placed.get(c.name) for c in self.workers()]
+        return min(self.places, key=lambda p: sum(1 for q in live if q == p))
+
+    def place_of(self, name: str) -> Place | None:
+        """Where a child runs (None: on this machine's own network)."""
+        return self._placed.get(name)
 
     def start_worker(self, spec: WorkerSpec = WorkerSpec(), wait: bool = True) -> Child:
         """Start a worker as `spec` says (named by next_worker_id() when it names none); with
         wait=True, return once its heartbeat says it consumes. Options left unset in the spec
         (the policy, ...) the worker takes from the environment (MQLAB_MAX_ATTEMPTS, ...)."""
-        worker_id = spec.worker_id or self.next_worker_id()
+        place = self.next_place()
+        worker_id = spec.worker_id or self.next_worker_id(place)
         args = ["worker", *replace(spec, worker_id=worker_id).to_args()]
-        child = self._spawn(worker_id, "worker", args)
+        child = self._spawn(worker_id, "worker", args, place)
+        if place is not None:
+            self._placed[worker_id] = place
         if wait:
             self.wait_workers_ready([worker_id])
         return child

@@ -251,7 +251,7 @@ class LiveLab:
         sup = self._require_up()
         assert sup.api_url is not None
         plain, poison = split_batch(orders, self.poison_share)
-        shots = await fire_products(sup.api_url, [(plain, "tui #"), (poison, POISON_PRODUCT)])
+        shots = await fire_products(sup.api_urls, [(plain, "tui #"), (poison, POISON_PRODUCT)])
         statuses = dict(Counter(s.status for s in shots))
         said = f" ({poison} poison)" if poison else ""
         self.say(f"fired {orders} orders{said}: {statuses}")
