@@ -68,6 +68,14 @@ class Row:
     restart_crashed: bool = False
     expect_loss: bool = False
     timeout_seconds: float | None = None
+    # -- Several hosts (a suite with a [hosts] table): each host's link, and what is done to
+    # the links and the servers while the row runs.
+    link_delay_ms: float = 0.0  # added by every worker and API host's link, each way ...
+    link_jitter_ms: float = 0.0  # ... give or take this much
+    partition_host: str = ""  # cut this host off from Valkey and PostgreSQL ...
+    partition_after: float | None = None  # ... this long after the first order ...
+    partition_seconds: float = 10.0  # ... for this long, then heal its link
+    failover_after: float | None = None  # SIGKILL the Valkey primary this long after
 
     @classmethod
     def make(cls, **keys: Any) -> Row:
@@ -86,7 +94,8 @@ class Row:
             spec.fail_rate, spec.crash_rate, self.poison_orders, self.crash_orders,
             spec.fetch != "reliable", self.kill_every, self.flushall_after,
             self.pg_stop_after is not None, self.restart_crashed, self.expect_loss,
-            spec.max_attempts, self.fire_seconds,
+            spec.max_attempts, self.fire_seconds, self.partition_after is not None,
+            self.failover_after is not None,
         ))  # fmt: skip
 
     @property
@@ -167,6 +176,23 @@ class ApiExpectation:
     under_job_time: bool = True
 
 
+#: A lab host's name: what its processes report as their host (MQLAB_HOST).
+HOST_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """A suite's [hosts] table: the lab hosts (network namespaces) its APIs and its workers
+    run on; the servers run on the lab's own side of the bridge."""
+
+    api: tuple[str, ...] = ("hosta", "hostb")
+    workers: tuple[str, ...] = ("hosta", "hostb", "hostc")
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(self.api + self.workers))
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
@@ -175,6 +201,8 @@ class Suite:
     rows: tuple[Row, ...]
     api: ApiExpectation
     path: Path | None = None
+    #: Where its APIs and workers run (None: on this machine, as every other suite).
+    hosts: Hosts | None = None
     #: Each row's tolerance when the suite runs at another job time (--job-seconds).
     scaled_tolerance_seconds: float | None = None
 
@@ -243,7 +271,7 @@ def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
 
 def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
     where = str(path) if path else "suite"
-    unknown = set(data) - {"suite", "api", "row"}
+    unknown = set(data) - {"suite", "api", "row", "hosts"}
     if unknown:
         raise ExperimentError(f"{where}: unknown table(s) {sorted(unknown)}")
     head = data.get("suite", {})
@@ -278,6 +306,9 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ExperimentError(f"{where}: row names must be unique: {duplicates}")
+    hosts = _hosts(data["hosts"], where) if "hosts" in data else None
+    for index, row in enumerate(rows, 1):
+        _checked_on_hosts(row, hosts, f"{where} row {index}")
     return Suite(
         name=name,
         title=_get(head, "title", str, where) or name,
@@ -286,7 +317,56 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Suite:
         api=api,
         path=path,
         scaled_tolerance_seconds=None if scaled is None else float(scaled),
+        hosts=hosts,
     )
+
+
+def _hosts(table: Any, where: str) -> Hosts:
+    """A [hosts] table: `api` and `workers`, lists of host names."""
+    at = f"{where} [hosts]"
+    if not isinstance(table, dict):
+        raise ExperimentError(f"{at}: must be a table")
+    unknown = set(table) - {"api", "workers"}
+    if unknown:
+        raise ExperimentError(f"{at}: unknown key(s) {sorted(unknown)}; allowed: api, workers")
+    got = {}
+    for key in ("api", "workers"):
+        names = table.get(key, list(getattr(Hosts(), key)))
+        if not isinstance(names, list) or not names or not 1 <= len(names) <= 8:
+            raise ExperimentError(f"{at}: {key} must be a list of 1 to 8 host names")
+        for name in names:
+            if not isinstance(name, str) or not HOST_NAME.fullmatch(name):
+                raise ExperimentError(
+                    f"{at}: {name!r} is not a host name (a lowercase letter, then up to 15 "
+                    "lowercase letters or digits)"
+                )
+        if len(set(names)) != len(names):
+            raise ExperimentError(f"{at}: {key} names a host twice")
+        got[key] = tuple(names)
+    return Hosts(**got)
+
+
+def _checked_on_hosts(row: Row, hosts: Hosts | None, at: str) -> None:
+    """The keys of several hosts need a [hosts] table, and a partition a host of its workers."""
+    keys = {
+        "link_delay_ms": row.link_delay_ms, "link_jitter_ms": row.link_jitter_ms,
+        "partition_after": row.partition_after, "failover_after": row.failover_after,
+        "partition_host": row.partition_host,
+    }  # fmt: skip
+    used = sorted(k for k, v in keys.items() if v)
+    if hosts is None:
+        if used:
+            raise ExperimentError(f"{at}: {', '.join(used)} need a [hosts] table in the suite")
+        return
+    if (row.partition_after is None) != (not row.partition_host):
+        raise ExperimentError(f"{at}: partition_after and partition_host go together")
+    if row.partition_host and row.partition_host not in hosts.workers:
+        raise ExperimentError(
+            f"{at}: partition_host {row.partition_host!r} is not one of the workers' hosts "
+            f"({', '.join(hosts.workers)})"
+        )
+    if row.link_jitter_ms > row.link_delay_ms:
+        raise ExperimentError(f"{at}: link_jitter_ms cannot exceed link_delay_ms")
 
 
 #: A row's keys: its workers' options (WorkerSpec's fields a row may set) and its own fields.

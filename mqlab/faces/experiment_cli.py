@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -19,6 +20,9 @@ from mqlab.figures.report import write
 from mqlab.figures.results import SuiteResult, pass_words
 from mqlab.figures.results_table import ledger_table
 from mqlab.figures.results_table import table as table_rows
+from mqlab.lab.hosts.lab import HostsLab, HostsUnavailable
+from mqlab.lab.hosts.network import NetworkError
+from mqlab.lab.hosts.network import available as hosts_available
 from mqlab.lab.interrupts import sigterm_as_ctrl_c
 from mqlab.lab.runner import ForeignWorkers, Runner
 from mqlab.lab.scenarios import owned_postgres
@@ -122,25 +126,28 @@ def run(
     failed: list[str] = []
     results: list[SuiteResult] = []
     try:
-        with sigterm_as_ctrl_c(), Stack(redis_url, database_url) as stack:
-            assert stack.settings is not None and stack.sup is not None
+        with sigterm_as_ctrl_c(), contextlib.ExitStack() as exits:
+            stack: Stack | None = None
             for suite in suites:
-                display = ProgressLine()
-                # Redrawn from the progress callback only (no refresh thread): a render that
-                # holds the GIL while a burst is in flight would delay the load generator.
-                with Live(display, console=console, auto_refresh=False, transient=True) as live:
-
-                    def show(
-                        progress: Progress, live: Live = live, display: ProgressLine = display
-                    ) -> None:
-                        display.update(progress)
-                        live.refresh()
-
+                if suite.hosts is not None:
+                    if why := hosts_available():
+                        console.print(f"[yellow]skipped[/] {suite.name}: {why}")
+                        continue
+                    with HostsLab(suite.hosts) as lab:
+                        assert lab.settings is not None and lab.sup is not None
+                        runner = Runner(lab.settings, lab.sup, pg=None, hosts=lab)
+                        result = _run_suite(runner, suite, repeat, console)
+                        versions = lab.versions()
+                else:
+                    if stack is None:
+                        stack = exits.enter_context(Stack(redis_url, database_url))
+                    assert stack.settings is not None and stack.sup is not None
                     pg = owned_postgres(stack.servers)
-                    runner = Runner(stack.settings, stack.sup, on_progress=show, pg=pg)
-                    result = asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))
+                    runner = Runner(stack.settings, stack.sup, pg=pg)
+                    result = _run_suite(runner, suite, repeat, console)
+                    versions = stack.versions()
                 results.append(result)
-                written = write(result, out_dir, stack.versions(), command)
+                written = write(result, out_dir, versions, command)
                 console.print(summary_table(result))
                 ledger = ledger_summary(result)
                 if ledger is not None:
@@ -158,11 +165,27 @@ def run(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: every process this run started was stopped.")
         return 130
-    except (ServicesError, ForeignWorkers, ChildFailed) as exc:
+    except (ServicesError, ForeignWorkers, ChildFailed, HostsUnavailable, NetworkError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 1
     if failed:
         console.print(f"[bold red]FAIL[/]: {', '.join(failed)} (see the report for why)")
         return 1
-    console.print(f"[bold green]PASS[/]: {pass_words([r for x in results for r in x.rows])}.")
+    if results:
+        console.print(f"[bold green]PASS[/]: {pass_words([r for x in results for r in x.rows])}.")
     return 0
+
+
+def _run_suite(runner: Runner, suite: Suite, repeat: int, console: Console) -> SuiteResult:
+    """One suite, with its live progress line (redrawn from the progress callback only, no
+    refresh thread: a render that holds the GIL while a burst is in flight would delay the
+    load generator)."""
+    display = ProgressLine()
+    with Live(display, console=console, auto_refresh=False, transient=True) as live:
+
+        def show(progress: Progress) -> None:
+            display.update(progress)
+            live.refresh()
+
+        runner.on_progress = show
+        return asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))

@@ -34,6 +34,10 @@ class Marks:
     flushall_at: float | None = None
     pg_stopped_at: float | None = None
     pg_started_at: float | None = None
+    cut_at: float | None = None  # a host's link cut (a partition) ...
+    healed_at: float | None = None  # ... and healed
+    cut_host: str = ""
+    primary_killed_at: float | None = None  # the Valkey primary SIGKILLed (a failover)
     skipped: str = ""  # why a scenario could not run here (the row is skipped, not failed)
 
     def to_json(self) -> dict[str, object]:
@@ -43,6 +47,10 @@ class Marks:
             "flushallAt": self.flushall_at,
             "pgStoppedAt": self.pg_stopped_at,
             "pgStartedAt": self.pg_started_at,
+            "cutAt": self.cut_at,
+            "healedAt": self.healed_at,
+            "cutHost": self.cut_host or None,
+            "primaryKilledAt": self.primary_killed_at,
             "skipped": self.skipped or None,
         }
 
@@ -93,6 +101,11 @@ class Ledger:
     crashed_workers: int = 0
     kills: int = 0  # workers the lab SIGKILLed (each replaced)
     replay: Replay | None = None
+    #: Completions a worker attempted after its claim was taken over, refused by the guarded
+    #: claim (job_lost events): a partitioned worker's late ones.
+    refused_late: int = 0
+    #: Named durations of the row's disruption (seconds): "kill -> first 202", ...
+    timings: dict[str, float] = field(default_factory=dict)
     skipped: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -125,6 +138,8 @@ class Ledger:
             "crashedWorkers": self.crashed_workers,
             "kills": self.kills,
             "replay": None if self.replay is None else vars(self.replay),
+            "refusedLate": self.refused_late,
+            "timings": self.timings,
             "skipped": self.skipped or None,
             "problems": self.problems,
         }
@@ -176,6 +191,33 @@ def pg_recovery(shots: list[Shot], started_at: float) -> list[float]:
     return [min(answered) - started_at] if answered else []
 
 
+def taken_over(history: dict[str, list[Attempt]], host: str, cut_at: float) -> list[float]:
+    """cut -> the next start of each job a worker of `host` had in hand at the cut: how long
+    the other hosts took to take its jobs over (the heartbeat's TTL, then the reaper)."""
+    out = []
+    for attempts in history.values():
+        for a, after in itertools.pairwise(attempts):
+            ours = (a.worker_id or "").startswith(f"{host}-")
+            began = a.started_at is not None and a.started_at <= cut_at
+            held = ours and began and (a.finished_at or math.inf) >= cut_at
+            if held and after.started_at is not None:
+                out.append(after.started_at - cut_at)
+    return out
+
+
+def failover_timings(
+    shots: list[Shot], history: dict[str, list[Attempt]], killed_at: float
+) -> dict[str, float]:
+    """The Valkey primary killed -> the first 202 sent after it, and -> the last job's end."""
+    out: dict[str, float] = {}
+    if first := pg_recovery(shots, killed_at):
+        out["kill -> first 202"] = first[0]
+    ends = [a.finished_at for t in history.values() for a in t if a.finished_at is not None]
+    if ends:
+        out["kill -> last job"] = max(ends) - killed_at
+    return out
+
+
 def backoff(history: dict[str, list[Attempt]], policy: RetryPolicy) -> tuple[float, int, int]:
     """(seconds between failed attempts and their retries, delays checked, delays within the
     policy's [c/2, c]): each recorded delay (next_attempt_at - end) against attempt n's c."""
@@ -204,6 +246,7 @@ def build(
     timed_out: bool = False,
     crashed_workers: int = 0,
     replay: Replay | None = None,
+    refused_late: int = 0,
 ) -> Ledger:
     """The ledger of one run. `statuses`: job id -> status; `finished_events`: job id ->
     job_finished events seen (more than one: completed twice)."""
@@ -225,6 +268,7 @@ def build(
         crashed_workers=crashed_workers,
         kills=len(marks.kills),
         replay=replay,
+        refused_late=refused_late,
         skipped=marks.skipped,
     )
     if marks.kills:
@@ -238,6 +282,15 @@ def build(
     elif marks.pg_started_at is not None:
         ledger.recovery_kind = "PostgreSQL back -> first 202"
         ledger.recovery = pg_recovery(shots, marks.pg_started_at)
+    elif marks.cut_at is not None:
+        ledger.recovery_kind = "cut -> taken over"
+        ledger.recovery = taken_over(history, marks.cut_host, marks.cut_at)
+        if marks.healed_at is not None:
+            ledger.timings["cut -> healed"] = marks.healed_at - marks.cut_at
+    elif marks.primary_killed_at is not None:
+        ledger.timings = failover_timings(shots, history, marks.primary_killed_at)
+        ledger.recovery_kind = "primary killed -> first 202"
+        ledger.recovery = pg_recovery(shots, marks.primary_killed_at)
     policy = row.spec.policy or RetryPolicy()
     ledger.backoff_seconds, ledger.delays_checked, ledger.delays_in_policy = backoff(
         history, policy

@@ -214,6 +214,8 @@ class RowResult:
             self._judge_ledgers()
             return
         problems = [p for run in self.runs for p in run.problems(self.row.orders)]
+        # A timed row that kept a ledger too (on several hosts) must keep it as well.
+        problems += [p for run in self.runs if run.ledger for p in run.ledger.problems]
         expected = self.row.expected_seconds
         if problems:
             self.verdict, self.reason = Verdict.FAIL, "; ".join(dict.fromkeys(problems))

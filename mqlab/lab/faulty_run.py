@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
@@ -22,11 +21,10 @@ from mqlab.experiments import PLAIN_PRODUCT, Row
 from mqlab.figures.ledger import Attempt, Marks, Replay, build
 from mqlab.figures.results import JobTiming, RunResult
 from mqlab.figures.shot import Shot
-from mqlab.lab.row_run import Pool, Report, Restart, fire_products, run_result
-from mqlab.lab.scenarios import EmbeddedPostgres, Scenario, skip_reason
+from mqlab.lab.row_run import Pool, Report, Restart, finished_events, fire_products, run_result
+from mqlab.lab.scenarios import EmbeddedPostgres, LabHosts, Scenario, skip_reason
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
-from mqlab.protocol.events import EventKind
 from mqlab.settings import Settings
 from mqlab.system import dead_letters
 
@@ -71,15 +69,6 @@ async def wait_settled(
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def finished_events(client: aioredis.Redis) -> dict[str, int]:
-    """job id -> job_finished events in mqlab:events (more than one: completed twice)."""
-    counts: Counter[str] = Counter()
-    for _, entry in await client.xrange(keys.EVENTS, "-", "+"):
-        if entry.get("type") == EventKind.JOB_FINISHED and "job" in entry:
-            counts[entry["job"]] += 1
-    return dict(counts)
-
-
 class FaultyRun:
     """The steps of one run of a Kata 4 row (see mqlab.lab.row_run.PlainRun for the plain
     row's): the orders of each kind, the row's scenario beside them, the wait until each is
@@ -93,8 +82,10 @@ class FaultyRun:
         sup: Supervisor,
         client: aioredis.Redis,
         pg: EmbeddedPostgres | None,
+        hosts: LabHosts | None = None,
     ) -> None:
         self.row = row
+        self.hosts = hosts
         self.pool = pool
         self.settings = settings
         self.sup = sup
@@ -124,8 +115,9 @@ class FaultyRun:
             return sup.start_worker(row.spec, wait=False).name
 
         self.scenario = Scenario(
-            row, sup, pool.ids, start_worker, self.settings.redis_url, self.pg, row.spec.seed
-        )
+            row, sup, pool.ids, start_worker, self.settings.redis_url, self.pg, row.spec.seed,
+            self.hosts,
+        )  # fmt: skip
         self.actions = asyncio.create_task(self.scenario.run(first_sent))
         try:
             yield
@@ -178,7 +170,7 @@ class FaultyRun:
             conn = await self.dbc.get()
             jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
             attempts = [Attempt.from_row(r) for r in await db.attempt_times(conn)]
-            events = await finished_events(self.client)
+            events, refused_late = await finished_events(self.client)
         finally:
             await self.dbc.drop()
         ledger = build(
@@ -191,6 +183,7 @@ class FaultyRun:
             timed_out=timed_out,
             crashed_workers=self.crashed,
             replay=self.replay,
+            refused_late=refused_late,
         )
         report("done", done=ledger.completed, total=self.row.orders)
         scenario = self.scenario

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +18,13 @@ import redis.asyncio as aioredis
 
 from mqlab import db
 from mqlab.experiments import Row
-from mqlab.figures.ledger import Attempt
+from mqlab.figures.ledger import Attempt, Marks, build
 from mqlab.figures.results import JobTiming, RunResult
 from mqlab.figures.shot import Shot
 from mqlab.lab.completion import wait_completed
 from mqlab.lab.loadgen import fire, pace
 from mqlab.protocol import keys
+from mqlab.protocol.events import EventKind
 from mqlab.system.spec import WorkerSpec
 
 #: At most this many connections fire a burst (split over its kinds of order).
@@ -66,6 +68,18 @@ async def fire_products(
     return [s for shots in await asyncio.gather(*sent) for s in shots]
 
 
+async def finished_events(client: aioredis.Redis) -> tuple[dict[str, int], int]:
+    """(job id -> job_finished events in mqlab:events (more than one: completed twice),
+    job_lost events: completions refused because the claim had been taken over)."""
+    counts: Counter[str] = Counter()
+    lost = 0
+    for _, entry in await client.xrange(keys.EVENTS, "-", "+"):
+        if entry.get("type") == EventKind.JOB_FINISHED and "job" in entry:
+            counts[entry["job"]] += 1
+        lost += entry.get("type") == EventKind.JOB_LOST
+    return dict(counts), lost
+
+
 class PlainRun:
     """One run of a plain row: one burst of its orders, a wait for each to be completed, and
     every job's times read back."""
@@ -76,11 +90,15 @@ class PlainRun:
         pool: Pool,
         conn: psycopg.AsyncConnection[Any],
         client: aioredis.Redis,
+        keep_ledger: bool = False,
     ) -> None:
         self.row = row
         self.pool = pool
         self.conn = conn
         self.client = client
+        #: Keep the row's ledger too (a row on several hosts, where what crossed a network
+        #: is worth counting): judged beside its time.
+        self.keep_ledger = keep_ledger
 
     def skipped(self) -> RunResult | None:
         """The run's result when the row cannot run here (None: it can)."""
@@ -126,7 +144,13 @@ class PlainRun:
         jobs = [JobTiming.from_row(r) for r in await db.job_timings(self.conn)]
         history = [Attempt.from_row(r) for r in await db.attempt_times(self.conn)]
         report("done", done=sum(1 for j in jobs if j.status == "completed"), total=self.row.orders)
-        return run_result(shots, first_sent, startup, timed_out, jobs, history, self.pool.ids)
+        run = run_result(shots, first_sent, startup, timed_out, jobs, history, self.pool.ids)
+        if self.keep_ledger:
+            events, refused_late = await finished_events(self.client)
+            statuses = {j.job_id: j.status for j in jobs}
+            run.ledger = build(self.row, shots, statuses, history, events, Marks(),
+                               timed_out=timed_out, refused_late=refused_late)  # fmt: skip
+        return run
 
 
 class DrainRun(PlainRun):
@@ -141,8 +165,9 @@ class DrainRun(PlainRun):
         conn: psycopg.AsyncConnection[Any],
         client: aioredis.Redis,
         size_pool: SizePool,
+        keep_ledger: bool = False,
     ) -> None:
-        super().__init__(row, pool, conn, client)
+        super().__init__(row, pool, conn, client, keep_ledger)
         self.size_pool = size_pool
         self.released = 0.0
 

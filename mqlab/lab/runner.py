@@ -23,7 +23,7 @@ from mqlab.figures.progress import Progress, ProgressHandler
 from mqlab.figures.results import RowResult, RunResult, SuiteResult
 from mqlab.lab.faulty_run import FaultyRun
 from mqlab.lab.row_run import DrainRun, PlainRun, Pool, Report
-from mqlab.lab.scenarios import EmbeddedPostgres
+from mqlab.lab.scenarios import EmbeddedPostgres, LabHosts
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids
@@ -46,6 +46,7 @@ class Runner:
         on_progress: ProgressHandler | None = None,
         pg: EmbeddedPostgres | None = None,
         restart_ids: bool = True,
+        hosts: LabHosts | None = None,
     ) -> None:
         self.settings = settings
         #: Whether each row's reset starts the order ids at 1 again: each row's report then
@@ -55,6 +56,8 @@ class Runner:
         self.on_progress = on_progress or (lambda _: None)
         #: Control of PostgreSQL (rows that stop it); None: such rows are skipped.
         self.pg = pg
+        #: The lab hosts a suite with a [hosts] table runs on (None: this machine).
+        self.hosts = hosts
         self.pool = Pool()
 
     async def check_no_foreign_workers(self, client: aioredis.Redis) -> None:
@@ -161,18 +164,21 @@ class Runner:
         report; the steps (plain or faulty) say how each is done for this row."""
         restart = functools.partial(self.ensure_workers, workers=row.workers)
         steps: PlainRun | FaultyRun
+        on_hosts = self.hosts is not None
         if row.faulty:
-            steps = FaultyRun(row, self.pool, self.settings, self.sup, client, self.pg)
+            steps = FaultyRun(row, self.pool, self.settings, self.sup, client, self.pg, self.hosts)
         elif row.prefill:
-            steps = DrainRun(row, self.pool, conn, client, self.ensure_workers)
+            steps = DrainRun(row, self.pool, conn, client, self.ensure_workers, on_hosts)
         else:
-            steps = PlainRun(row, self.pool, conn, client)
+            steps = PlainRun(row, self.pool, conn, client, on_hosts)
         if (skipped := steps.skipped()) is not None:
             report("done", total=row.orders)
             return skipped
         api_urls = list(self.sup.api_urls)
         assert api_urls
         report("workers", total=row.orders)
+        if self.hosts is not None:
+            await asyncio.to_thread(self.hosts.set_links, row.link_delay_ms, row.link_jitter_ms)
         startup = await restart(row.spec)
         await asyncio.to_thread(reset_all, self.settings, self.restart_ids)
         report("firing", total=row.orders)

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
@@ -63,6 +64,18 @@ def skip_reason(row: Row, pg: EmbeddedPostgres | None) -> str:
     return ""
 
 
+class LabHosts(Protocol):
+    """What a row on several hosts does to them (mqlab.lab.hosts.lab.HostsLab)."""
+
+    def set_links(self, delay_ms: float, jitter_ms: float = 0.0) -> None: ...
+
+    def cut(self, host: str) -> None: ...
+
+    def heal(self, host: str) -> None: ...
+
+    def kill_primary(self) -> None: ...
+
+
 class Scenario:
     """The row's actions, run as one task beside the firing and the wait; cancel() ends it."""
 
@@ -75,6 +88,7 @@ class Scenario:
         redis_url: str,
         pg: EmbeddedPostgres | None,
         seed: int | None = None,
+        hosts: LabHosts | None = None,
     ) -> None:
         self.row = row
         self.sup = sup
@@ -83,6 +97,7 @@ class Scenario:
         self.start_worker = start_worker
         self.redis_url = redis_url
         self.pg = pg
+        self.hosts = hosts
         self.marks = Marks()
         self._killed: set[str] = set()
         self._rng = random.Random(seed)
@@ -106,6 +121,11 @@ class Scenario:
             actions.append(self._flushall(first_sent + row.flushall_after))
         if row.pg_stop_after is not None and self.pg is not None:
             actions.append(self._pg_outage(first_sent + row.pg_stop_after, row.pg_stop_seconds))
+        if row.partition_after is not None and self.hosts is not None:
+            at = first_sent + row.partition_after
+            actions.append(self._partition(at, row.partition_host, row.partition_seconds))
+        if row.failover_after is not None and self.hosts is not None:
+            actions.append(self._failover(first_sent + row.failover_after))
         await asyncio.gather(*actions)
 
     @staticmethod
@@ -168,3 +188,25 @@ class Scenario:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(asyncio.to_thread(self.pg.start))
             self.marks.pg_started_at = time.time()
+
+    async def _partition(self, at: float, host: str, seconds: float) -> None:
+        """Cut `host` off from Valkey and PostgreSQL (its link) for `seconds`, then heal it."""
+        assert self.hosts is not None
+        await self._until(at)
+        self.marks.cut_host = host
+        self.marks.cut_at = time.time()
+        try:
+            await asyncio.to_thread(self.hosts.cut, host)
+            await asyncio.sleep(seconds)
+        finally:
+            # Also when cancelled: a row never leaves a host cut off behind it.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(asyncio.to_thread(self.hosts.heal, host))
+            self.marks.healed_at = time.time()
+
+    async def _failover(self, at: float) -> None:
+        """SIGKILL the Valkey primary: Sentinel promotes the replica, the clients follow."""
+        assert self.hosts is not None
+        await self._until(at)
+        self.marks.primary_killed_at = time.time()
+        await asyncio.to_thread(self.hosts.kill_primary)

@@ -80,13 +80,18 @@ def _alive(name: str, record: dict[str, Any]) -> bool:
 
 
 def up(
-    *, owned: bool = False, base: Path | None = None, listen: str | None = None
+    *,
+    owned: bool = False,
+    base: Path | None = None,
+    listen: str | None = None,
+    only: list[str] | None = None,
 ) -> list[ServiceInfo]:
     """Start what is not running, reuse what is. Idempotent; applies the schema.
 
     owned=True makes the servers we start die with this process (the lab commands);
     `mqlab services up` starts daemons that stay until `mqlab services down`. `listen`: an
     address of this machine to serve other hosts on as well (see mqlab.lab.services.listen).
+    `only`: the servers to start (by name; all when None), PostgreSQL among them.
     """
     from mqlab.db import apply_schema
 
@@ -99,6 +104,8 @@ def up(
     with _locked(root):
         state = read_state(root)
         for name, module in _SERVERS.items():
+            if only is not None and name not in only:
+                continue
             record = state.get(name)
             # Without --listen, what runs is reused however it listens; with one, it must match.
             now = (record or {}).get("listen")

@@ -1,0 +1,158 @@
+"""The lab on several hosts: what `mqlab run-experiment hosts` runs a suite with a [hosts]
+table on, in place of the one-machine Stack.
+
+- a Network of namespace hosts on a private bridge (mqlab.lab.hosts.network);
+- the servers, on the lab's side: a PostgreSQL and a Valkey of their own (in a temporary
+  folder, never the person's), serving the hosts on the bridge address with their passwords;
+- on each host, a link (`mqlab link`, mqlab.lab.hosts.link) that its processes reach the
+  servers through: it listens on the host's 127.0.0.1 at the servers' ports, so the servers'
+  URLs read the same on every host and on the lab's side, and adds the row's delay or cuts
+  the host off;
+- a Supervisor whose places are the workers' hosts, and an API on each API host (:3000).
+
+Leaving it stops every process, and removes every namespace, link and folder; a SIGKILLed lab
+leaves that to the network's janitor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mqlab.experiments import Hosts
+from mqlab.lab import services
+from mqlab.lab.environment import Opened
+from mqlab.lab.hosts.link import LinkControl
+from mqlab.lab.hosts.network import Host, Network, available
+from mqlab.lab.services import postgres_server, valkey_server
+from mqlab.lab.supervisor import LineHandler, Place, Supervisor
+from mqlab.private_files import private_dir
+from mqlab.procs import spawn, wait_until
+from mqlab.settings import Settings
+
+#: The port every host's API listens on, in its own namespace: the kata's.
+API_PORT = 3000
+#: Seconds a link gets to say it is ready.
+LINK_READY_SECONDS = 15
+
+
+class HostsUnavailable(RuntimeError):
+    """Lab hosts cannot be made here (the message says why: not root, no `ip netns`)."""
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+class HostsLab(Opened["HostsLab"]):
+    """`with HostsLab(Hosts()) as lab:` lab.settings (the lab side's URLs), lab.sup (an API
+    on each API host), lab.links (each host's LinkControl)."""
+
+    def __init__(self, layout: Hosts, on_line: LineHandler | None = None) -> None:
+        self.layout = layout
+        self.on_line = on_line
+        self.base: Path | None = None
+        self.net: Network | None = None
+        self.settings: Settings | None = None
+        self.sup: Supervisor | None = None
+        self.links: dict[str, LinkControl] = {}
+        self._link_procs: list[subprocess.Popen[bytes]] = []
+        self._versions: dict[str, str] = {}
+
+    def open(self) -> HostsLab:
+        why = available()
+        if why:
+            raise HostsUnavailable(why)
+        self.base = Path(tempfile.mkdtemp(prefix="mqlab-hosts-"))
+        self.net = Network(self.layout.names, remove=[self.base]).open()
+        infos = {
+            i.name: i for i in services.up(owned=True, base=self.base, listen=self.net.lab_address)
+        }
+        redis_info, pg_info = infos[valkey_server.NAME], infos[postgres_server.NAME]
+        self._versions = {"redis": redis_info.version, "postgres": pg_info.version}
+        # The lab's side talks to its servers directly; a host through its link, which
+        # listens on the host's loopback at the servers' own ports: the same TCP URLs.
+        self.settings = Settings(redis_info.url, pg_info.url)
+        on_hosts = Settings(redis_info.tcp_url, pg_info.tcp_url)
+        ports = [_port(redis_info.tcp_url), _port(pg_info.tcp_url)]
+        for host in self.net.hosts:
+            self.links[host.name] = self._start_link(host, ports)
+        places = {
+            h.name: Place(host=h.name, netns=h.netns, address=h.address, settings=on_hosts)
+            for h in self.net.hosts
+        }
+        self.sup = Supervisor(self.settings, self.on_line, [places[n] for n in self.layout.workers])
+        for name in self.layout.api:
+            self.sup.start_api(API_PORT, place=places[name])
+        return self
+
+    def _start_link(self, host: Host, ports: list[int]) -> LinkControl:
+        assert self.base is not None and self.net is not None
+        control = private_dir(self.base / "links") / f"{host.name}.sock"
+        routes = [f"127.0.0.1:{p}={self.net.lab_address}:{p}" for p in ports]
+        argv = [sys.executable, "-m", "mqlab", "link", "--control", str(control)]
+        for route in routes:
+            argv += ["--route", route]
+        log = private_dir(self.base / "log") / f"link-{host.name}.log"
+        proc = spawn(argv, owned=True, netns=host.netns, log_path=log)
+        self._link_procs.append(proc)
+        link = LinkControl(control)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                return True
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                link.stats()
+                return True
+            return False
+
+        wait_until(ready, timeout=LINK_READY_SECONDS, interval=0.05)
+        if proc.poll() is not None:
+            said = log.read_text(errors="replace").strip()
+            raise RuntimeError(f"the link on {host.name} exited at start: {said}")
+        return link
+
+    def set_links(self, delay_ms: float, jitter_ms: float = 0.0) -> None:
+        """Every host's link: this delay each way, give or take jitter_ms; healed."""
+        for link in self.links.values():
+            link.set_delay(delay_ms, jitter_ms)
+            link.heal()
+
+    def cut(self, host: str) -> None:
+        """Cut `host` off from the servers (its link closes every connection and refuses new
+        ones) until heal()."""
+        self.links[host].cut()
+
+    def heal(self, host: str) -> None:
+        self.links[host].heal()
+
+    def close(self) -> None:
+        if self.sup is not None:
+            self.sup.close()
+            self.sup = None
+        for proc in self._link_procs:
+            proc.terminate()
+        for proc in self._link_procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._link_procs = []
+        if self.base is not None:
+            with contextlib.suppress(services.ServicesError):
+                services.down(base=self.base)
+        if self.net is not None:
+            self.net.close()  # its janitor removes the base folder
+            self.net = None
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = None
+
+    def versions(self) -> dict[str, str]:
+        """Server versions, for the report."""
+        return {**self._versions, "servers": "embedded, started by this run on lab hosts"}
