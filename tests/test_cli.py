@@ -177,6 +177,7 @@ COMMANDS = [
     ("bench",), ("services",), ("services", "up"), ("services", "down"),
     ("services", "status"), ("services", "env"), ("dead",), ("dead", "list"),
     ("dead", "show"), ("dead", "replay"), ("dead", "purge"),
+    ("link",),
 ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from mqlab import __version__
 from mqlab.experiments import available
 from mqlab.faces.cli_common import HELP, DatabaseUrl, RedisUrl, console, env_default, fail, resolve
 from mqlab.faces.dead_cli import dead_app
+from mqlab.faces.link_cli import link
 from mqlab.lab import services
 from mqlab.lab.services.manager import ServicesError
 from mqlab.procs import port_free
@@ -575,3 +576,6 @@ def bench(
             yes=yes,
         )
     )
+
+
+app.command(short_help="A TCP proxy on a lab host's path: delay, cut, heal.")(link)
