@@ -26,7 +26,7 @@ from pathlib import Path
 from mqlab.experiments import Hosts
 from mqlab.lab import services
 from mqlab.lab.environment import Opened
-from mqlab.lab.hosts.link import LinkControl
+from mqlab.lab.hosts.link_control import LinkControl
 from mqlab.lab.hosts.network import Host, Network, available
 from mqlab.lab.services import postgres_server, valkey_server
 from mqlab.lab.supervisor import LineHandler, Place, Supervisor
