@@ -3,6 +3,7 @@ Valkey, and between a socket and an echo server of the test's; its control socke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -155,7 +156,8 @@ def test_ping_goes_through_and_a_delay_adds_to_each_way(link: Lab, valkey: Valke
 
 
 def test_jitter_keeps_a_stream_whole_and_in_order(link: Lab) -> None:
-    assert link.link.control.set_delay(3, jitter_ms=3)["jitter_ms"] == 3
+    before = link.link.control.set_delay(3, jitter_ms=3)
+    assert before["jitter_ms"] == 3
     sent = os.urandom(4 * 1024 * 1024)
     got = bytearray()
     with socket.create_connection(("127.0.0.1", link.echo_port), timeout=10) as sock:
@@ -174,6 +176,22 @@ def test_jitter_keeps_a_stream_whole_and_in_order(link: Lab) -> None:
             got.extend(data)
         sender.join(10)
     assert bytes(got) == sent
+    after = link.link.control.stats()
+    assert after["bytes_up"] - before["bytes_up"] == len(sent)
+    assert after["bytes_down"] - before["bytes_down"] == len(sent)
+
+
+def test_a_cut_drops_what_the_delay_still_holds(link: Lab) -> None:
+    link.link.control.set_delay(300)
+    with socket.create_connection(("127.0.0.1", link.echo_port), timeout=5) as sock:
+        sock.sendall(b"held")
+        time.sleep(0.05)  # read by the link, not yet due
+        assert link.link.control.cut()["open"] == 0
+        got = b""
+        with contextlib.suppress(ConnectionResetError):  # closed at once: a reset is an end too
+            while data := sock.recv(4):
+                got += data
+    assert got == b""  # the held bytes never reached the echo server, nor came back
 
 
 def test_cut_closes_refuses_and_heal_restores(link: Lab, valkey: Valkey) -> None:

@@ -8,6 +8,10 @@ A unix socket, 0600 in a 0700 folder of the caller's: one JSON object per line i
     -> {"ok": true, "delay_ms": 5.0, "jitter_ms": 1.0, "cut": false, "open": 2, "accepted": 7,
         "refused": 0, "bytes_up": 1234, "bytes_down": 5678}
     a bad request -> {"ok": false, "error": "what is wrong"}, and the link goes on
+
+Every answer is the state after the request: `open`, the connections through the link now;
+`accepted`, those let through since it started; `refused`, those closed at once while cut;
+`bytes_up` (client to server) and `bytes_down`, the bytes written on so far.
 """
 
 from __future__ import annotations
