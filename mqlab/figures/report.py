@@ -18,6 +18,7 @@ import psutil
 
 import mqlab
 from mqlab.figures import speedup_chart, timeline
+from mqlab.figures.hosts_report import hosts_markdown
 from mqlab.figures.results import RowResult, SuiteResult
 from mqlab.figures.results_table import ledger_table, ms, seconds, table
 from mqlab.figures.stats import PERCENTILES, json_number, label, most_speedup, samples_for
@@ -224,6 +225,7 @@ def render_markdown(
     out += ledger_markdown(result)
     out += scaling_markdown(result, chart)
     out += drain_markdown(result)
+    out += hosts_markdown(result)
     out += ["## API latency (POST /orders, every request of every run)", ""]
     out += _latency_table(result.rows, "Row", "api")
     out += ["", "## Queue wait (enqueued -> started)", ""]

@@ -1,0 +1,132 @@
+"""The report's sections for a suite on several hosts: each host's throughput, what a
+network round trip adds (the rows that differ only by their links' delay), and the
+disruptions (a partition, a failover) with their timings."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+from mqlab.experiments import Row
+from mqlab.figures.results import RowResult, SuiteResult
+from mqlab.figures.results_table import ms, seconds
+
+
+def host_of(worker_id: str) -> str:
+    """A lab host's worker is `<host>-w<n>`: its host; any other id is its own."""
+    head, _, tail = worker_id.rpartition("-")
+    return head if head and tail.startswith("w") and tail[1:].isdigit() else worker_id
+
+
+def _completed_by_host(r: RowResult) -> Counter[str]:
+    run = r.representative
+    return Counter(host_of(j.worker_id or "?") for j in run.jobs if j.status == "completed")
+
+
+def throughput_markdown(result: SuiteResult) -> list[str]:
+    """Jobs each host's workers completed in each row's median run, and at what rate (over
+    the row's makespan)."""
+    assert result.suite.hosts is not None
+    hosts = list(result.suite.hosts.workers)
+    head = "| Row | " + " | ".join(hosts) + " |"
+    out = ["## Each host's throughput", "", head, "|---|" + "---|" * len(hosts)]
+    for r in result.rows:
+        if r.makespan <= 0:
+            continue
+        done = _completed_by_host(r)
+        cells = [f"{done[h]} ({done[h] / r.makespan:,.1f}/s)" if done[h] else "-" for h in hosts]
+        out.append(f"| {r.row.name} | " + " | ".join(cells) + " |")
+    return [
+        *out,
+        "",
+        "Jobs completed by the workers of each host in the row's median run (jobs a second "
+        "over the row's makespan). A row's workers are placed on the host with the fewest.",
+        "",
+    ]
+
+
+def _base(row: Row) -> Row:
+    """The row as it would be with no delay on its links (what the delay is compared with)."""
+    return replace(row, name="", link_delay_ms=0.0, link_jitter_ms=0.0,
+                   expected_seconds=None, tolerance_seconds=None)  # fmt: skip
+
+
+def latency_markdown(result: SuiteResult) -> list[str]:
+    """Rows that differ only by their links' delay, side by side: the makespan, the API's
+    answer, the queue wait (dispatch), the rate a worker keeps, and from it the round trips a
+    job costs: (ms per job per worker - that at 0 ms) / the round trip added."""
+    groups: dict[Row, list[RowResult]] = {}
+    for r in result.rows:
+        groups.setdefault(_base(r.row), []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1 and any(x.row.link_delay_ms for x in v)}
+    if not groups:
+        return []
+    out = [
+        "## What a network round trip adds",
+        "",
+        "| Row | Added each way | Makespan | API p50 | API max | Queue wait p50 | Jobs/s "
+        "| ms a job, per worker | Round trips a job |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rows in groups.values():
+        zero = next((x for x in rows if not x.row.link_delay_ms), None)
+        for r in sorted(rows, key=lambda x: x.row.link_delay_ms):
+            out.append(_latency_line(r, zero))
+    return [
+        *out,
+        "",
+        "Every worker and API host's link adds the delay to each direction of each of its "
+        "connections to Valkey and to PostgreSQL (a round trip: twice the delay); the lab fires "
+        "at the APIs directly. ms a job, per worker = workers x makespan / jobs. Round trips a "
+        "job = its growth over the row at +0 ms, divided by the round trip added: how many "
+        "times a job waits on a server, in sequence.",
+        "",
+    ]
+
+
+def _latency_line(r: RowResult, zero: RowResult | None) -> str:
+    done = sum(1 for j in r.representative.jobs if j.status == "completed")
+    rate = done / r.makespan if r.makespan > 0 else 0.0
+    per_job = 1000 * r.row.workers * r.makespan / done if done else float("nan")
+    trips = "-"
+    if zero is not None and r.row.link_delay_ms and r.row.spec.job_seconds == 0:
+        zero_done = sum(1 for j in zero.representative.jobs if j.status == "completed")
+        if zero_done and zero.makespan > 0:
+            zero_per_job = 1000 * zero.row.workers * zero.makespan / zero_done
+            trips = f"{(per_job - zero_per_job) / (2 * r.row.link_delay_ms):.1f}"
+    api, wait = r.api_latency_ms(), r.queue_wait_ms()
+    return (
+        f"| {r.row.name} | {r.row.link_delay_ms:g} ms | {seconds(r.makespan)} | "
+        f"{ms(api.get('p50'))} | {ms(api.get('max'))} | {ms(wait.get('p50'))} | "
+        f"{rate:,.0f} | {per_job:.1f} | {trips} |"
+    )
+
+
+def disruptions_markdown(result: SuiteResult) -> list[str]:
+    """A partition's and a failover's timings and what the guarded claim refused."""
+    out = []
+    for r in result.rows:
+        x = r.ledger
+        if x is None or not (x.timings or x.recovery_kind in ("cut -> taken over",)):
+            continue
+        figures = [f"{k}: {v:.2f} s" for k, v in x.timings.items()]
+        if x.recovery:
+            figures.append(
+                f"{x.recovery_kind}: p50 {x.recovery_p50:.2f} s, max {x.recovery_max:.2f} s "
+                f"({len(x.recovery)} job(s))"
+            )
+        figures.append(f"late completions refused by the guarded claim: {x.refused_late}")
+        figures.append(f"work run twice: {x.work_twice}; completed twice: {x.completed_twice}")
+        out += [f"### {r.row.name}", "", *(f"- {f}" for f in figures), ""]
+    return ["## Disruptions", "", *out] if out else []
+
+
+def hosts_markdown(result: SuiteResult) -> list[str]:
+    """Every section of a suite on several hosts (none for another suite)."""
+    if result.suite.hosts is None:
+        return []
+    return [
+        *throughput_markdown(result),
+        *latency_markdown(result),
+        *disruptions_markdown(result),
+    ]
