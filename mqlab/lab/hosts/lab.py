@@ -60,6 +60,8 @@ class HostsLab(Opened["HostsLab"]):
         self.settings: Settings | None = None
         self.sup: Supervisor | None = None
         self.links: dict[str, LinkControl] = {}
+        #: The servers' ports (by name: "redis", "postgres"), the same on every host.
+        self.ports: dict[str, int] = {}
         self._link_procs: list[subprocess.Popen[bytes]] = []
         self._versions: dict[str, str] = {}
 
@@ -78,9 +80,12 @@ class HostsLab(Opened["HostsLab"]):
         # listens on the host's loopback at the servers' own ports: the same TCP URLs.
         self.settings = Settings(redis_info.url, pg_info.url)
         on_hosts = Settings(redis_info.tcp_url, pg_info.tcp_url)
-        ports = [_port(redis_info.tcp_url), _port(pg_info.tcp_url)]
+        self.ports = {
+            valkey_server.NAME: _port(redis_info.tcp_url),
+            postgres_server.NAME: _port(pg_info.tcp_url),
+        }
         for host in self.net.hosts:
-            self.links[host.name] = self._start_link(host, ports)
+            self.links[host.name] = self._start_link(host, list(self.ports.values()))
         places = {
             h.name: Place(host=h.name, netns=h.netns, address=h.address, settings=on_hosts)
             for h in self.net.hosts
