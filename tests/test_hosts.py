@@ -174,9 +174,14 @@ def _started_lab(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int], st
     def workers_run() -> bool:
         return sum(1 for c in _descendants(runner.pid).values() if "worker" in c) >= 2
 
-    assert wait_until(workers_run, timeout=90, interval=0.2), "the lab did not start its workers"
-    started = list(_descendants(runner.pid))
-    assert any(ns.startswith(tag) for ns in _netns())
+    try:
+        assert wait_until(workers_run, timeout=90, interval=0.2), "no workers were started"
+        started = list(_descendants(runner.pid))
+        assert any(ns.startswith(tag) for ns in _netns())
+    except BaseException:
+        runner.send_signal(signal.SIGINT)  # a failed test leaves no lab running
+        runner.wait(60)
+        raise
     return runner, started, tag
 
 
