@@ -73,7 +73,9 @@ async def test_the_workers_table_and_timeline_show_each_host_with_its_jobs_per_s
         ]  # fmt: skip
         timeline = app.query_one(Timeline).render().plain.splitlines()
         assert timeline[0].startswith("── hosta  1.2 jobs/s ──")
-        assert [line.split()[0] for line in timeline[1:3]] == ["hosta-w1", "hosta-w2"]
+        # Under its host's line a worker is named without the host's name.
+        assert [line.split()[0] for line in timeline[1:3]] == ["w1", "w2"]
+        assert [str(table.get_row(k)[0]) for k in ("hosta-w1", "hostb-w3")] == ["w1", "w3"]
         assert timeline[3].startswith("── hostb  0.8 jobs/s ──")
         # A new worker on hosta goes into hosta's group, the cursor stays where it was.
         await pilot.press("down")

@@ -4,13 +4,13 @@ so that four workers taking ten jobs show as three waves."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from mqlab.faces.tui.model import Frame, HostGroup, JobBar, group_by_host
+from mqlab.faces.tui.model import Frame, HostGroup, JobBar, group_by_host, local_id
 from mqlab.faces.tui.panels import short_id
 from mqlab.protocol.events import WorkerState
 from mqlab.protocol.ids import worker_sort_key
@@ -41,6 +41,7 @@ class Lane:
     alive: bool
     kills: tuple[float, ...] = ()  # when this process was SIGKILLed (at most once, really)
     worker: str = ""  # the worker's whole id
+    ours: bool = True  # started by this lab (else another terminal's: its label ends in `*`)
 
 
 def lanes(frame: Frame) -> list[Lane]:
@@ -70,20 +71,24 @@ def lanes(frame: Frame) -> list[Lane]:
             (wid, pid) in live,
             tuple(kills.get((wid, pid), ())),
             wid,
+            ours.get(wid, True),
         )
         for wid, pid in order
     ]
 
 
 def host_lanes(frame: Frame) -> list[tuple[HostGroup | None, list[Lane]]]:
-    """The lanes grouped by host (model.group_by_host), hosts without a lane left out; one
-    group without a host when the workers run on one host."""
+    """The lanes grouped by host (model.group_by_host), each labelled by its id on that host
+    (model.local_id); one group without a host when the workers run on one host."""
     rows = lanes(frame)
     groups = group_by_host(frame, list(dict.fromkeys(lane.worker for lane in rows)))
     if groups is None:
         return [(None, rows)]
-    grouped = [(g, [lane for lane in rows if lane.worker in g.ids]) for g in groups]
-    return [(g, group) for g, group in grouped if group]
+    return [
+        (g, [replace(lane, label=short_id(local_id(lane.worker, g.host), lane.ours))
+             for lane in rows if lane.worker in g.ids])
+        for g in groups
+    ]  # fmt: skip
 
 
 def host_line(group: HostGroup, width: int) -> Text:

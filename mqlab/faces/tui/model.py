@@ -129,6 +129,13 @@ class HostGroup:
     ids: tuple[str, ...]
 
 
+def local_id(worker_id: str, host: str) -> str:
+    """A worker's id under its host's line: without the `<host>-` it starts with (`w3` for
+    hostc-w3 under hostc; the line names the host, and the column is 8 cells)."""
+    rest = worker_id.removeprefix(f"{host}-")
+    return rest if rest and host else worker_id
+
+
 def group_by_host(frame: Frame, ids: Sequence[str]) -> list[HostGroup] | None:
     """Worker ids grouped by host, each group in the order of `ids`, the groups in the order
     of frame.hosts (by name) and then the others' (GONE last); None when the live workers run

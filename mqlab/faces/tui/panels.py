@@ -17,7 +17,14 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import DataTable, RichLog, Sparkline, Static
 
-from mqlab.faces.tui.model import Frame, HostGroup, Service, WorkerRow, group_by_host
+from mqlab.faces.tui.model import (
+    Frame,
+    HostGroup,
+    Service,
+    WorkerRow,
+    group_by_host,
+    local_id,
+)
 from mqlab.protocol.events import WorkerState
 from mqlab.protocol.ids import shorten_job_ids, worker_sort_key
 
@@ -211,10 +218,11 @@ class WorkersTable(DataTable[Text | str]):
         #: The live worker last seen under the cursor: when it dies, the cursor moves on.
         self._followed: str | None = None
 
-    def cells(self, row: WorkerRow) -> dict[str, Text | str]:
+    def cells(self, row: WorkerRow, host: str = "") -> dict[str, Text | str]:
+        """A worker's cells; under its `host`'s line, its id without the host's name."""
         state = Text(row.state, style=STATE_STYLES.get(row.state, ""))
         return {
-            "id": short_id(row.id, row.ours),
+            "id": short_id(local_id(row.id, host), row.ours),
             "pid": str(row.pid),
             "state": state,
             "job": Text(row.job, style="dim") if row.state == WorkerState.DEAD else row.job,
@@ -246,7 +254,7 @@ class WorkersTable(DataTable[Text | str]):
             if groups is not None:
                 wanted[HOST_KEY + group.host] = self.header_cells(group)
             for wid in group.ids:
-                wanted[wid] = self.cells(by_id[wid])
+                wanted[wid] = self.cells(by_id[wid], group.host)
         with self.app.batch_update():
             for gone in [key for key in self.cells_shown if key not in wanted]:
                 self.remove_row(gone)
