@@ -244,11 +244,12 @@ class WorkersTable(DataTable[Text | str]):
             "done": str(info.jobs_done) if info and info.workers else "",
         }
 
-    def show(self, rows: tuple[WorkerRow, ...], frame: Frame | None = None) -> None:
-        """Add new workers, update changed cells, drop rows that left the frame; with workers
-        on several hosts, a line per host above its workers (keyed `HOST_KEY + host`)."""
-        groups = group_by_host(frame, [r.id for r in rows]) if frame is not None else None
-        by_id = {r.id: r for r in rows}
+    def show(self, frame: Frame) -> None:
+        """Add the frame's new workers, update changed cells, drop rows that left the frame;
+        with workers on several hosts, a line per host above its workers (keyed
+        `HOST_KEY + host`)."""
+        by_id = {r.id: r for r in frame.workers}
+        groups = group_by_host(frame, list(by_id))
         wanted: dict[str, dict[str, Text | str]] = {}
         for group in groups or [HostGroup("", None, tuple(by_id))]:
             if groups is not None:
@@ -339,7 +340,7 @@ class WorkersPanel(Vertical):
     def watch_frame(self, frame: Frame | None) -> None:
         if frame is None:
             return
-        self.query_one(WorkersTable).show(frame.workers, frame)
+        self.query_one(WorkersTable).show(frame)
         alive = sum(1 for w in frame.workers if w.state != WorkerState.DEAD)
         busy = sum(1 for w in frame.workers if w.state == WorkerState.BUSY)
         subtitle = f"{alive} alive, {busy} busy"
