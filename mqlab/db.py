@@ -439,6 +439,16 @@ JOB_AND_REPLAY_BY_ID = f"SELECT {JOB_COLUMNS}, replay_base FROM jobs WHERE id = 
 #: The health check's question: does PostgreSQL answer at all?
 PING = "SELECT 1"
 
+# Jobs completed in the last %(seconds)s seconds, by worker id: each host's throughput in
+# /stats (mqlab.system.observe), by PostgreSQL's clock, the one every host's processes share.
+# jobs_completed_at_idx (sql/schema.sql) makes it a range scan of the last seconds' rows:
+# without it, every /stats scanned all the jobs.
+COMPLETED_BY_WORKER = """
+SELECT worker_id, count(*) FROM jobs
+WHERE status = 'completed' AND finished_at > now() - make_interval(secs => %(seconds)s)
+GROUP BY worker_id
+"""
+
 # -- the lab's reads: what the runner and the bench measure, from PostgreSQL's clock -------
 
 COUNT_COMPLETED = "SELECT count(*) FROM jobs WHERE status = 'completed'"
@@ -484,6 +494,12 @@ async def attempt_outcomes(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]
     """How many attempts ended each way but completed (only the outcomes that occurred)."""
     rows = await (await conn.execute(ATTEMPT_OUTCOMES)).fetchall()
     return {str(outcome): int(n) for outcome, n in rows}
+
+
+async def completed_by_worker(conn: psycopg.AsyncConnection[Any], seconds: float) -> dict[str, int]:
+    """Worker id -> jobs it completed in the last `seconds` (PostgreSQL's clock)."""
+    cur = await conn.execute(COMPLETED_BY_WORKER, {"seconds": seconds})
+    return {str(worker): int(n) for worker, n in await cur.fetchall()}
 
 
 def drain_figures(conn: psycopg.Connection[Any]) -> tuple[int, float, int]:

@@ -65,6 +65,25 @@ def test_worker_ids_sort_naturally_the_labs_first() -> None:
     ]
 
 
+def test_lab_workers_on_hosts_sort_by_host_then_number_between_the_plain_and_the_rest() -> None:
+    ids = ["hostb-w1", "vm-99", "hosta-w10", "w2", "host10-w1", "hosta-w2", "host9-w3", "w1",
+           "a-b-w1", "a-w2", "hosta-1234", "HostC-w1"]  # fmt: skip
+    assert sorted(ids, key=worker_sort_key) == [
+        "w1",
+        "w2",
+        "a-w2",
+        "a-b-w1",  # the host is a-b: after a
+        "host9-w3",  # hosts in natural order: 9 before 10
+        "host10-w1",
+        "hosta-w2",  # by number within a host: 2 before 10
+        "hosta-w10",
+        "hostb-w1",
+        "HostC-w1",  # case does not matter
+        "hosta-1234",  # `mqlab worker`'s default <host>-<pid>: with the other ids
+        "vm-99",
+    ]
+
+
 def test_a_message_parses_back_to_what_was_encoded() -> None:
     raw = encode_message("job-3-1795814102824", 3, "2026-11-30T10:00:00.000Z")
     assert parse_message(raw) == ("job-3-1795814102824", 3)

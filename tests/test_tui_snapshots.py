@@ -14,7 +14,7 @@ from textual.pilot import Pilot
 from mqlab.experiments import load
 from mqlab.faces.tui.app import LabApp
 from mqlab.faces.tui.experiments_panel import ExperimentsTable
-from mqlab.faces.tui.fixed import FixedLab, FixedSource
+from mqlab.faces.tui.fixed import FixedLab, FixedSource, two_hosts_frame
 from mqlab.faces.tui.panels import LogPanel
 from tests.helpers import eventually_async
 
@@ -65,6 +65,18 @@ def test_experiments_filled_160x48(snap_compare: SnapCompare) -> None:
 
 
 @pytest.mark.slow
+def test_workers_on_two_hosts_80x24(snap_compare: SnapCompare) -> None:
+    """Grouped by host, each host's line with its jobs/s: in the workers table and the
+    timeline."""
+    app = LabApp(FixedSource(two_hosts_frame()), FixedLab(load("kata3")))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settled)
+
+
+def test_workers_on_two_hosts_160x48(snap_compare: SnapCompare) -> None:
+    app = LabApp(FixedSource(two_hosts_frame()), FixedLab(load("kata3")))
+    assert snap_compare(app, terminal_size=(160, 48), run_before=settled)
+
+
 def test_help_80x24(snap_compare: SnapCompare) -> None:
     assert snap_compare(fixed_app(), terminal_size=(80, 24), press=["question_mark"],
                         run_before=settled)  # fmt: skip

@@ -255,6 +255,7 @@ def api(
         limited_protocol,
     )
 
+    host_name = _host()
     setup_logging()
     budget = fd_budget(pool_size)
     if budget < 1 or (max_connections or 0) > budget:
@@ -278,7 +279,9 @@ def api(
         apply_schema(settings.database_url)
     except Exception as exc:  # the API still starts, and answers 503 until PostgreSQL is back
         logging.getLogger("mqlab.system.api").warning("could not apply the schema: %s", exc)
-    logging.getLogger("mqlab.system.api").info("API on http://%s:%d (docs at /docs)", host, port)
+    logging.getLogger("mqlab.system.api").info(
+        "API on http://%s:%d (docs at /docs), host %s", host, port, host_name
+    )
     uvicorn.run(
         create_app(settings, pool_size=pool_size),
         host=host,
@@ -305,6 +308,7 @@ def worker(redis_url: RedisUrl = None, database_url: DatabaseUrl = None, **optio
     except SpecError as exc:
         raise fail(str(exc)) from None
     _reconcile_config()  # a bad MQLAB_RECONCILE_* is said here, not as a traceback later
+    _host()  # and a bad MQLAB_HOST
     # Until serve() hands them to the worker's loop: applying the schema can wait on a
     # PostgreSQL that is away, and a stop then must not wait for it.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -381,6 +385,17 @@ def _reconcile_config() -> ReconcileConfig:
     try:
         return ReconcileConfig.from_env()
     except ReconcilerError as exc:
+        raise fail(str(exc)) from None
+
+
+def _host() -> str:
+    """This process's host name (mqlab.system.host: MQLAB_HOST, else the machine's); a bad
+    MQLAB_HOST is said here, before anything starts."""
+    from mqlab.system.host import HostError, host_name
+
+    try:
+        return host_name()
+    except HostError as exc:
         raise fail(str(exc)) from None
 
 

@@ -18,7 +18,13 @@ from mqlab.protocol.events import WorkerState
 from mqlab.protocol.messages import DeadLetter
 from mqlab.settings import Settings
 from mqlab.system.connections import both
-from mqlab.system.observe import Snapshot, latest_dead_letters, snapshot
+from mqlab.system.observe import (
+    GONE,
+    THROUGHPUT_SECONDS,
+    Snapshot,
+    latest_dead_letters,
+    snapshot,
+)
 from mqlab.system.reconciler_record import LastRun, read_run
 
 #: How many of the latest dead letters `mqlab status` lists.
@@ -98,6 +104,29 @@ def reconciler_line(run: LastRun | None, now: float) -> Text:
     )
 
 
+def live_hosts(snap: Snapshot) -> list[str]:
+    """The hosts of the live workers, by name (the snapshot's hosts but GONE)."""
+    return [h.host for h in snap.hosts if h.host != GONE]
+
+
+def hosts_table(snap: Snapshot) -> Table:
+    """Per host: live workers, busy ones, their jobs done, and jobs completed per second
+    over the last THROUGHPUT_SECONDS (PostgreSQL's count)."""
+    table = Table(title=f"hosts (jobs/s: the last {THROUGHPUT_SECONDS:g} s)", title_justify="left")
+    table.add_column("host", overflow="fold")
+    for column in ("workers", "busy", "jobs done", "jobs/s"):
+        table.add_column(column, justify="right")
+    for h in snap.hosts:
+        table.add_row(
+            Text(h.host, style="dim" if h.host == GONE else ""),
+            str(h.workers),
+            str(h.busy),
+            str(h.jobs_done),
+            f"{h.per_second:.1f}",
+        )
+    return table
+
+
 def render(
     snap: Snapshot,
     dead: list[DeadLetter] | None = None,
@@ -121,18 +150,25 @@ def render(
     workers.add_column("current job", no_wrap=True, min_width=longest)
     for column in ("for", "done", "last beat"):
         workers.add_column(column, overflow="fold")
-    for w in snap.workers:
-        running = f"{snap.taken_at - w.job_started:.1f}s" if w.job_started else ""
-        style = STATE_STYLES.get(w.state, "")
-        workers.add_row(
-            Text(w.id),
-            str(w.pid),
-            f"[{style}]{w.state}[/]" if style else w.state,
-            Text(w.job or "-"),
-            running,
-            str(w.jobs_done),
-            f"{snap.taken_at - w.last_beat:.1f}s ago",
-        )
+    # Several hosts: the workers grouped by host, a line naming each; one host: as before.
+    several = len(live_hosts(snap)) > 1
+    groups = [[w for w in snap.workers if w.host == host] for host in live_hosts(snap)]
+    for group in groups if several else [snap.workers]:
+        if several and group:
+            workers.add_row(Text(group[0].host, style="bold"), "", "", "", "", "", "")
+        for i, w in enumerate(group):
+            running = f"{snap.taken_at - w.job_started:.1f}s" if w.job_started else ""
+            style = STATE_STYLES.get(w.state, "")
+            workers.add_row(
+                Text(w.id),
+                str(w.pid),
+                f"[{style}]{w.state}[/]" if style else w.state,
+                Text(w.job or "-"),
+                running,
+                str(w.jobs_done),
+                f"{snap.taken_at - w.last_beat:.1f}s ago",
+                end_section=several and i == len(group) - 1,
+            )
     if not snap.workers:
         workers.add_row("[dim](no live worker)[/]", "", "", "", "", "", "")
 
@@ -140,7 +176,10 @@ def render(
     for name in snap.orders:
         orders.add_column(name, justify="right")
     orders.add_row(*(str(n) for n in snap.orders.values()))
-    parts: list[Table | Text] = [queue, workers, orders, retries_line(snap)]
+    parts: list[Table | Text] = [queue, workers]
+    if several:
+        parts.append(hosts_table(snap))
+    parts += [orders, retries_line(snap)]
     if dead:
         parts.append(dead_letters_table(dead, snap.dead, snap.taken_at, width))
     parts.append(reconciler_line(reconciler, snap.taken_at))

@@ -51,16 +51,28 @@ def shorten_job_ids(line: str) -> str:
     return _JOB_ID_IN_TEXT.sub(r"\1", line)
 
 
-_LAB_WORKER = re.compile(r"w\d+")
+_LAB_WORKER = re.compile(r"w(\d+)")
+#: A lab worker on one of the lab's hosts: `<host>-w<n>` (hostc-w3).
+_HOST_WORKER = re.compile(r"(.+)-w(\d+)")
 _DIGITS = re.compile(r"(\d+)")
 
 
-def worker_sort_key(worker_id: str) -> tuple[int, tuple[str | int, ...], str]:
-    """Natural order of worker ids: the lab's w1, w2, ..., w10 first, then every other id
-    (a worker started by hand is `<host>-<pid>`) with its numbers compared as numbers."""
-    # re.split with a group alternates text and digits, starting with text: the parts at
-    # one position are always of one type, so any two keys compare.
-    parts = tuple(
-        int(part) if i % 2 else part.casefold() for i, part in enumerate(_DIGITS.split(worker_id))
+def _natural(text: str) -> tuple[str | int, ...]:
+    """Text and numbers alternating, the numbers as numbers: "vm-12" -> ("vm-", 12, "").
+    re.split with a group always starts (and ends) with text, so the parts at one position
+    are of one type, and any two of these tuples compare."""
+    return tuple(
+        int(part) if i % 2 else part.casefold() for i, part in enumerate(_DIGITS.split(text))
     )
-    return (0 if _LAB_WORKER.fullmatch(worker_id) else 1, parts, worker_id)
+
+
+def worker_sort_key(worker_id: str) -> tuple[int, tuple[str | int, ...], int, str]:
+    """Natural order of worker ids: the lab's w1, w2, ..., w10 first; then the lab's workers
+    on its hosts, `<host>-w<n>`, by host (hosta-w2 before hostb-w1) and then by number; then
+    every other id (a worker started by hand is `<host>-<pid>`) with its numbers compared as
+    numbers."""
+    if match := _LAB_WORKER.fullmatch(worker_id):
+        return (0, (), int(match.group(1)), worker_id)
+    if match := _HOST_WORKER.fullmatch(worker_id):
+        return (1, _natural(match.group(1)), int(match.group(2)), worker_id)
+    return (2, _natural(worker_id), 0, worker_id)

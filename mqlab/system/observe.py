@@ -13,6 +13,7 @@ from redis.client import NEVER_DECODE
 from mqlab import db
 from mqlab.protocol import keys
 from mqlab.protocol.delayed import next_due
+from mqlab.protocol.events import WorkerState
 from mqlab.protocol.messages import DeadLetter, read_dead_letter
 from mqlab.protocol.scans import live_worker_ids, processing_lists
 
@@ -33,6 +34,69 @@ class WorkerInfo:
     in_flight: int  # length of its processing list
 
 
+#: A host's throughput counts the jobs its workers completed over this many seconds.
+THROUGHPUT_SECONDS = 10.0
+#: Where the jobs of a worker that is no longer live, and not known by its id's host, count.
+#: No host is named so: MQLAB_HOST refuses the parentheses (mqlab.system.host).
+GONE = "(gone)"
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """One host: its live workers, how many are busy, the sum of their jobs done, and the
+    jobs completed per second over the last THROUGHPUT_SECONDS by its workers."""
+
+    host: str
+    workers: int
+    busy: int
+    jobs_done: int
+    per_second: float
+
+
+def host_of(worker_id: str, live: dict[str, str]) -> str:
+    """The host a worker's completed jobs count under: its heartbeat's (`live`: live worker
+    id -> host); a worker no longer live, the live host its id starts with (`<host>-w3`,
+    `<host>-<pid>`; the longest such host, so `a-b-w1` is `a-b`'s, not `a`'s), else GONE."""
+    if worker_id in live:
+        return live[worker_id]
+    hosts = {host for host in live.values() if worker_id.startswith(f"{host}-")}
+    return max(hosts, key=len) if hosts else GONE
+
+
+def hosts(workers: list[WorkerInfo], completed: dict[str, int]) -> list[HostInfo]:
+    """Each host of a live worker, sorted by name, with its throughput from `completed`
+    (worker id -> jobs completed in the last THROUGHPUT_SECONDS); GONE last, and only when
+    workers no longer live completed any (then the hosts' rates add up to the system's)."""
+    live = {w.id: w.host for w in workers}
+    done: dict[str, int] = {}
+    for worker_id, n in completed.items():
+        host = host_of(worker_id, live)
+        done[host] = done.get(host, 0) + n
+    rows = []
+    for host in sorted(set(live.values())):
+        mine = [w for w in workers if w.host == host]
+        rows.append(
+            HostInfo(
+                host,
+                workers=len(mine),
+                busy=sum(1 for w in mine if w.state == WorkerState.BUSY),
+                jobs_done=sum(w.jobs_done for w in mine),
+                per_second=done.get(host, 0) / THROUGHPUT_SECONDS,
+            )
+        )
+    if done.get(GONE):
+        rows.append(HostInfo(GONE, 0, 0, 0, done[GONE] / THROUGHPUT_SECONDS))
+    return rows
+
+
+async def host_snapshot(
+    conn: psycopg.AsyncConnection[Any], workers: list[WorkerInfo]
+) -> list[HostInfo]:
+    """hosts() of these live workers and PostgreSQL's count of the last seconds' completions
+    (one query)."""
+    return hosts(workers, await db.completed_by_worker(conn, THROUGHPUT_SECONDS))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Queue depth, in-flight and dead messages, live workers, counts by status."""
@@ -47,6 +111,7 @@ class Snapshot:
     delayed: int = 0  # retries waiting out their backoff (ZCARD orders:delayed)
     next_retry_at: float | None = None  # epoch seconds, Redis's clock; None when none waits
     next_retry_in: float | None = None  # seconds from the snapshot to it, by Redis's clock
+    hosts: list[HostInfo] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +136,16 @@ class Snapshot:
                     "inFlight": w.in_flight,
                 }
                 for w in self.workers
+            ],
+            "hosts": [
+                {
+                    "host": h.host,
+                    "workers": h.workers,
+                    "busy": h.busy,
+                    "jobsDone": h.jobs_done,
+                    "perSecond": h.per_second,
+                }
+                for h in self.hosts
             ],
             "orders": self.orders,
             "jobs": self.jobs,
@@ -139,6 +214,7 @@ async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -
     delayed, next_at, next_in = await delayed_snapshot(client)
     cur = await conn.execute(db.COUNT_BY_STATUS)
     counts = db.counts_by_status(await cur.fetchall())
+    by_host = await host_snapshot(conn, workers)
     return Snapshot(
         taken_at=time.time(),
         queue_depth=depth,
@@ -150,6 +226,7 @@ async def snapshot(client: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -
         delayed=delayed,
         next_retry_at=next_at,
         next_retry_in=next_in,
+        hosts=by_host,
     )
 
 

@@ -30,7 +30,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -54,6 +53,7 @@ from mqlab.protocol.messages import preview as message_preview
 from mqlab.protocol.scans import runs
 from mqlab.settings import Settings
 from mqlab.system.faults import Fault, FaultKind, JobFailed
+from mqlab.system.host import host_name
 from mqlab.system.outages import Outages, Rejected, Stopped, forget
 from mqlab.system.reconciler import ReconcileConfig, Reconciler
 from mqlab.system.retry_policy import RetryPolicy
@@ -99,7 +99,7 @@ class Worker:
         self.settings = settings
         self.reliable = spec.fetch == "reliable"
         # Looked up once: they are in every beat, and a beat goes out with every job.
-        self.pid, self.host = os.getpid(), socket.gethostname()
+        self.pid, self.host = os.getpid(), host_name()
         self.id = spec.worker_id or f"{self.host}-{self.pid}"
         #: This run of the worker: in every beat, and in each claim it makes (see _not_claimed).
         self.instance = f"{self.pid}-{secrets.token_hex(6)}"

@@ -27,6 +27,7 @@ from mqlab.figures.progress import Progress, ProgressHandler
 from mqlab.figures.results import JobTiming, RowResult, RunResult, SuiteResult
 from mqlab.figures.shot import Shot
 from mqlab.protocol.events import WorkerState
+from mqlab.system.observe import HostInfo
 
 #: "Now" in the fixed world (2023-11-14 22:13:20 UTC); everything is relative to it.
 NOW = 1_700_000_000.0
@@ -100,6 +101,29 @@ def fixed_frame() -> Frame:
         ),
         bars=_bars(),
         timeline_seconds=30.0,
+    )
+
+
+#: The fixed frame's lab workers on two hosts (issue 21): w1, w2 on hosta, the others on hostb.
+_ON_HOSTS = {"w1": "hosta-w1", "w2": "hosta-w2", "w3": "hostb-w1", "w4": "hostb-w2",
+             "w5": "hostb-w3"}  # fmt: skip
+
+
+def two_hosts_frame() -> Frame:
+    """The fixed frame with its lab's workers on two hosts, named `<host>-w<n>` as the lab
+    names them there, and each host's jobs/s."""
+    frame = fixed_frame()
+    workers = tuple(
+        replace(w, id=_ON_HOSTS[w.id], host=_ON_HOSTS[w.id].split("-")[0])
+        for w in frame.workers
+        if w.id in _ON_HOSTS
+    )
+    return replace(
+        frame,
+        workers=workers,
+        bars=tuple(replace(b, worker=_ON_HOSTS[b.worker]) for b in frame.bars),
+        kills=tuple(replace(k, worker=_ON_HOSTS[k.worker]) for k in frame.kills),
+        hosts=(HostInfo("hosta", 2, 2, 6, 1.2), HostInfo("hostb", 2, 1, 4, 0.8)),
     )
 
 

@@ -4,13 +4,13 @@ so that four workers taking ten jobs show as three waves."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from mqlab.faces.tui.model import Frame, JobBar
+from mqlab.faces.tui.model import Frame, HostGroup, JobBar, group_by_host, local_id
 from mqlab.faces.tui.panels import short_id
 from mqlab.protocol.events import WorkerState
 from mqlab.protocol.ids import worker_sort_key
@@ -40,6 +40,8 @@ class Lane:
     bars: tuple[JobBar, ...]
     alive: bool
     kills: tuple[float, ...] = ()  # when this process was SIGKILLed (at most once, really)
+    worker: str = ""  # the worker's whole id
+    ours: bool = True  # started by this lab (else another terminal's: its label ends in `*`)
 
 
 def lanes(frame: Frame) -> list[Lane]:
@@ -68,9 +70,38 @@ def lanes(frame: Frame) -> list[Lane]:
             tuple(bars[(wid, pid)]),
             (wid, pid) in live,
             tuple(kills.get((wid, pid), ())),
+            wid,
+            ours.get(wid, True),
         )
         for wid, pid in order
     ]
+
+
+def host_lanes(frame: Frame) -> list[tuple[HostGroup | None, list[Lane]]]:
+    """The lanes grouped by host (model.group_by_host), each labelled by its id on that host
+    (model.local_id); one group without a host when the workers run on one host."""
+    rows = lanes(frame)
+    groups = group_by_host(frame, list(dict.fromkeys(lane.worker for lane in rows)))
+    if groups is None:
+        return [(None, rows)]
+    return [
+        (g, [replace(lane, label=short_id(local_id(lane.worker, g.host), lane.ours))
+             for lane in rows if lane.worker in g.ids])
+        for g in groups
+    ]  # fmt: skip
+
+
+def host_line(group: HostGroup, width: int) -> Text:
+    """── hosta  4.0 jobs/s ────: the line above a host's lanes."""
+    line = Text("── ", style="dim")
+    line.append(group.host, style="bold")
+    if group.info is not None:
+        line.append(f"  {group.info.per_second:.1f}", style="bold")
+        line.append(" jobs/s", style="dim")
+    line.append(" ")
+    line.append("─" * max(0, width - line.cell_len), style="dim")
+    line.truncate(width)
+    return line
 
 
 def render_lane(
@@ -162,11 +193,11 @@ class Timeline(Widget):
     def show(self, frame: Frame) -> None:
         """Take a new frame; skip the redraw while nothing moves (no bar in the window)."""
         old = self.frame
-        before, after = (lanes(old) if old is not None else None), lanes(frame)
+        before, after = (host_lanes(old) if old is not None else None), host_lanes(frame)
         quiet = not old.bars and not frame.bars and not frame.kills if old is not None else False
         if old is not None and quiet and before == after:
             return
-        relayout = before is None or len(before) != len(after)
+        relayout = before is None or _height(before) != _height(after)
         self.frame = frame
         if relayout:
             self.refresh(layout=True)
@@ -175,20 +206,26 @@ class Timeline(Widget):
         frame = self.frame
         if frame is None:
             return Text("waiting for the first sample ...", style="dim")
-        rows = lanes(frame)
+        groups = host_lanes(frame)
+        rows = [lane for _group, group_lanes in groups for lane in group_lanes]
         label_width = 1 + max([4, *(len(lane.label) for lane in rows)])
         width = max(10, self.size.width - label_width)
         out = Text()
         start = frame.at - frame.timeline_seconds
-        for lane in rows:
-            # A lane of a process that is gone keeps its bars, its label dimmed.
-            out.append(f"{lane.label:>{label_width - 1}} ", style="bold" if lane.alive else "dim")
-            out.append_text(
-                render_lane(
-                    list(lane.bars), start, frame.timeline_seconds, width, frame.at, lane.kills
+        for group, group_lanes in groups:
+            if group is not None:
+                out.append_text(host_line(group, self.size.width))
+                out.append("\n")
+            for lane in group_lanes:
+                # A lane of a process that is gone keeps its bars, its label dimmed.
+                style = "bold" if lane.alive else "dim"
+                out.append(f"{lane.label:>{label_width - 1}} ", style=style)
+                out.append_text(
+                    render_lane(
+                        list(lane.bars), start, frame.timeline_seconds, width, frame.at, lane.kills
+                    )
                 )
-            )
-            out.append("\n")
+                out.append("\n")
         if not rows:
             out.append("no worker yet\n", style="dim")
         out.append(" " * label_width)
@@ -197,4 +234,9 @@ class Timeline(Widget):
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
         frame = self.frame
-        return 1 + max(1, len(lanes(frame)) if frame is not None else 1)
+        return 1 + max(1, _height(host_lanes(frame)) if frame is not None else 1)
+
+
+def _height(groups: list[tuple[HostGroup | None, list[Lane]]]) -> int:
+    """Lines of the lanes and their hosts' lines."""
+    return sum(len(group) + (host is not None) for host, group in groups)

@@ -15,6 +15,8 @@ from typing import Protocol
 from mqlab.experiments import Row, Suite
 from mqlab.figures.progress import ProgressHandler
 from mqlab.figures.results import RowResult, SuiteResult
+from mqlab.protocol.events import WorkerState
+from mqlab.system.observe import GONE, HostInfo, host_of
 
 #: (process name, line): a child's log line, or the lab's own ("lab").
 LineHandler = Callable[[str, str], None]
@@ -42,6 +44,7 @@ class WorkerRow:
     job_age: float | None  # seconds the current job has run
     jobs_done: int
     ours: bool = True  # started by this lab's supervisor (else: another terminal's worker)
+    host: str = ""  # its heartbeat's (the last one, for a dead worker); "" not known yet
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,54 @@ class Frame:
     #: The newest dead letters, newest first (at most a few).
     dead: tuple[DeadLetterRow, ...] = ()
     kills: tuple[Kill, ...] = ()
+    #: Each host of a live worker, with its jobs/s (PostgreSQL's count, mqlab.system.observe).
+    hosts: tuple[HostInfo, ...] = ()
+
+
+#: The group of the workers whose heartbeat was not seen yet (starting, or dead before one).
+NO_HOST = "(?)"
+
+
+@dataclass(frozen=True)
+class HostGroup:
+    """The workers of one host, as the workers table and the timeline group them."""
+
+    host: str
+    info: HostInfo | None  # None: a host none of whose workers is live (its rows are dead)
+    ids: tuple[str, ...]
+
+
+def local_id(worker_id: str, host: str) -> str:
+    """A worker's id under its host's line: without the `<host>-` it starts with (`w3` for
+    hostc-w3 under hostc; the line names the host, and the column is 8 cells)."""
+    rest = worker_id.removeprefix(f"{host}-")
+    return rest if rest and host else worker_id
+
+
+def group_by_host(frame: Frame, ids: Sequence[str]) -> list[HostGroup] | None:
+    """Worker ids grouped by host, each group in the order of `ids`, the groups in the order
+    of frame.hosts (by name) and then the others' (GONE last); None when the live workers run
+    on one host or none (nothing to group: the screen stays as it was).
+
+    A worker's host is its row's; a row without one (no heartbeat seen yet) is NO_HOST's,
+    unless its id names a live host; a worker without a row (a lane of a process gone) is put
+    where mqlab.system.observe.host_of puts its completed jobs (GONE when its id names no live
+    host)."""
+    if len([h for h in frame.hosts if h.host != GONE]) < 2:
+        return None
+    known = {w.id: w.host for w in frame.workers if w.host}
+    live = {w.id: w.host for w in frame.workers if w.host and w.state != WorkerState.DEAD}
+    rows = {w.id for w in frame.workers}
+    members: dict[str, list[str]] = {}
+    for wid in ids:
+        host = known.get(wid) or host_of(wid, live)
+        if host == GONE and wid in rows:
+            host = NO_HOST
+        members.setdefault(host, []).append(wid)
+    infos = {h.host: h for h in frame.hosts}
+    order = [h.host for h in frame.hosts if h.host in members]
+    order += sorted(set(members) - set(order), key=lambda host: (host in (NO_HOST, GONE), host))
+    return [HostGroup(host, infos.get(host), tuple(members[host])) for host in order]
 
 
 class Source(Protocol):

@@ -11,12 +11,20 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.coordinate import Coordinate
 from textual.reactive import reactive, var
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import DataTable, RichLog, Sparkline, Static
 
-from mqlab.faces.tui.model import Frame, Service, WorkerRow
+from mqlab.faces.tui.model import (
+    Frame,
+    HostGroup,
+    Service,
+    WorkerRow,
+    group_by_host,
+    local_id,
+)
 from mqlab.protocol.events import WorkerState
 from mqlab.protocol.ids import shorten_job_ids, worker_sort_key
 
@@ -35,6 +43,9 @@ NOTE_STYLES = {"information": "bold", "warning": "bold yellow", "error": "bold w
 TREND = {1: ("▲ rising", "yellow"), -1: ("▼ falling", "green"), 0: ("= steady", "dim")}
 #: Cells of a worker id in the workers table and the timeline (`*` included).
 ID_WIDTH = 8
+#: The row key of a host's line in the workers table (`:` is in no host name, nor in the
+#: lab's worker ids).
+HOST_KEY = "host:"
 #: Colors of the log lines' process names: the lab, the API, then the workers in turn.
 PROCESS_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_green")
 
@@ -202,13 +213,16 @@ class WorkersTable(DataTable[Text | str]):
         for name, width in self.COLUMNS.items():
             self.add_column(name, key=name, width=width)
         self.rows_shown: dict[str, WorkerRow] = {}
+        #: Row key -> its cells, in the table's order (the workers', and the hosts' lines).
+        self.cells_shown: dict[str, dict[str, Text | str]] = {}
         #: The live worker last seen under the cursor: when it dies, the cursor moves on.
         self._followed: str | None = None
 
-    def cells(self, row: WorkerRow) -> dict[str, Text | str]:
+    def cells(self, row: WorkerRow, host: str = "") -> dict[str, Text | str]:
+        """A worker's cells; under its `host`'s line, its id without the host's name."""
         state = Text(row.state, style=STATE_STYLES.get(row.state, ""))
         return {
-            "id": short_id(row.id, row.ours),
+            "id": short_id(local_id(row.id, host), row.ours),
             "pid": str(row.pid),
             "state": state,
             "job": Text(row.job, style="dim") if row.state == WorkerState.DEAD else row.job,
@@ -216,27 +230,76 @@ class WorkersTable(DataTable[Text | str]):
             "done": str(row.jobs_done),
         }
 
-    def show(self, rows: tuple[WorkerRow, ...]) -> None:
-        """Add new workers, update changed cells, drop rows that left the frame."""
-        wanted = {r.id: r for r in rows}
+    @staticmethod
+    def header_cells(group: HostGroup) -> dict[str, Text | str]:
+        """A host's line above its workers: its name, its jobs/s, its live workers' jobs done
+        (under `done`); no figures for a host none of whose workers is live."""
+        info = group.info
+        return {
+            "id": Text(short_id(group.host, True), style="bold"),
+            "pid": "",
+            "state": Text("jobs/s" if info else "", style="dim"),
+            "job": Text(f"{info.per_second:.1f}" if info else "", style="bold"),
+            "for": "",
+            "done": str(info.jobs_done) if info and info.workers else "",
+        }
+
+    def show(self, frame: Frame) -> None:
+        """Add the frame's new workers, update changed cells, drop rows that left the frame;
+        with workers on several hosts, a line per host above its workers (keyed
+        `HOST_KEY + host`)."""
+        by_id = {r.id: r for r in frame.workers}
+        groups = group_by_host(frame, list(by_id))
+        wanted: dict[str, dict[str, Text | str]] = {}
+        for group in groups or [HostGroup("", None, tuple(by_id))]:
+            if groups is not None:
+                wanted[HOST_KEY + group.host] = self.header_cells(group)
+            for wid in group.ids:
+                wanted[wid] = self.cells(by_id[wid], group.host)
         with self.app.batch_update():
-            for gone in [wid for wid in self.rows_shown if wid not in wanted]:
+            for gone in [key for key in self.cells_shown if key not in wanted]:
                 self.remove_row(gone)
-                del self.rows_shown[gone]
-            for wid, row in wanted.items():
-                old = self.rows_shown.get(wid)
-                if old == row:
+            for key, cells in wanted.items():
+                before = self.cells_shown.get(key)
+                if before is None:
+                    self.add_row(*cells.values(), key=key)
                     continue
-                cells = self.cells(row)
-                if old is None:
-                    self.add_row(*cells.values(), key=wid)
-                else:
-                    before = self.cells(old)
-                    for column, value in cells.items():
-                        if value != before[column]:
-                            self.update_cell(wid, column, value)
-                self.rows_shown[wid] = row
+                for column, value in cells.items():
+                    if value != before[column]:
+                        self.update_cell(key, column, value)
+            self.cells_shown, self.rows_shown = wanted, by_id
+            if [k.value for k in self.rows] != list(wanted):
+                self._reorder(list(wanted))
+            if self._host_line(self.cursor_row):  # where a new table's cursor starts
+                self.move_cursor(row=self.cursor_row + 1)
         self._follow_the_living()
+
+    def _host_line(self, row: int) -> bool:
+        rows = self.ordered_rows
+        return 0 <= row < len(rows) and (rows[row].key.value or "").startswith(HOST_KEY)
+
+    def validate_cursor_coordinate(self, value: Coordinate) -> Coordinate:
+        """The cursor steps over the hosts' lines (nothing to stop or kill there): on in the
+        direction it moved, else back."""
+        value = super().validate_cursor_coordinate(value)
+        if not self._host_line(value.row):
+            return value
+        step = 1 if value.row >= self.cursor_coordinate.row else -1
+        for row in (value.row + step, value.row - step):
+            if 0 <= row < self.row_count and not self._host_line(row):
+                return Coordinate(row, value.column)
+        return value
+
+    def _reorder(self, keys: list[str]) -> None:
+        """The rows in this order, the cursor on the row it was on. New rows are added at the
+        end: a host's new worker belongs in its group (and a row in worker_sort_key order,
+        one host or several)."""
+        under = self.selected_key()
+        self.clear()
+        for key in keys:
+            self.add_row(*self.cells_shown[key].values(), key=key)
+        if under in keys:
+            self.move_cursor(row=keys.index(under))
 
     def _follow_the_living(self) -> None:
         """The worker under the cursor died (`k`, `s`, a crash, an experiment's new pool): the
@@ -256,12 +319,15 @@ class WorkersTable(DataTable[Text | str]):
                 self._followed = other.id
                 return
 
-    def selected(self) -> WorkerRow | None:
-        """The worker under the cursor, if any."""
+    def selected_key(self) -> str | None:
+        """The key of the row under the cursor (a worker id, or a host's line), if any."""
         if not self.row_count:
             return None
-        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        return self.rows_shown.get(key or "")
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+
+    def selected(self) -> WorkerRow | None:
+        """The worker under the cursor, if any (none on a host's line)."""
+        return self.rows_shown.get(self.selected_key() or "")
 
 
 class WorkersPanel(Vertical):
@@ -274,7 +340,7 @@ class WorkersPanel(Vertical):
     def watch_frame(self, frame: Frame | None) -> None:
         if frame is None:
             return
-        self.query_one(WorkersTable).show(frame.workers)
+        self.query_one(WorkersTable).show(frame)
         alive = sum(1 for w in frame.workers if w.state != WorkerState.DEAD)
         busy = sum(1 for w in frame.workers if w.state == WorkerState.BUSY)
         subtitle = f"{alive} alive, {busy} busy"

@@ -50,7 +50,9 @@ async def shoot(path: Path) -> None:
             # The cursor on a live worker, as a person about to stop or kill one would have it.
             table = app.query_one(WorkersTable)
             live = [
-                i for i, w in enumerate(table.rows_shown.values()) if w.state != WorkerState.DEAD
+                i
+                for i, key in enumerate(table.cells_shown)  # the table's rows, hosts' lines too
+                if key in table.rows_shown and table.rows_shown[key].state != WorkerState.DEAD
             ]
             table.move_cursor(row=live[0] if live else 0)
             await pilot.press("f")

@@ -24,7 +24,14 @@ from mqlab.faces.tui.model import DeadLetterRow, Frame, JobBar, Kill, Service, W
 from mqlab.protocol import keys
 from mqlab.protocol.events import JOB_ENDS, EventKind, WorkerState
 from mqlab.protocol.ids import short_job_id, worker_sort_key
-from mqlab.system.observe import WorkerInfo, delayed_snapshot, latest_dead_letters, queue_snapshot
+from mqlab.system.observe import (
+    HostInfo,
+    WorkerInfo,
+    delayed_snapshot,
+    host_snapshot,
+    latest_dead_letters,
+    queue_snapshot,
+)
 
 #: The depth sparkline covers this many seconds, in bins of HISTORY_BIN seconds.
 HISTORY_SECONDS, HISTORY_BIN = 60.0, 0.5
@@ -119,6 +126,7 @@ class LiveSource:
         self._jobs: dict[str, int] = {}
         self._delayed: tuple[int, float | None] = (0, None)
         self._dead: tuple[DeadLetterRow, ...] = ()
+        self._hosts: tuple[HostInfo, ...] = ()
 
     async def sample(self) -> Frame:
         now = time.time()
@@ -157,6 +165,7 @@ class LiveSource:
             next_retry_in=self._delayed[1],
             dead=self._dead,
             kills=self._kills(now),
+            hosts=self._hosts,
         )
 
     def _services(self) -> tuple[Service, ...]:
@@ -206,6 +215,7 @@ class LiveSource:
         try:
             rows = await (await self._pg.execute(db.COUNT_BY_STATUS)).fetchall()
             attempts = await db.attempt_outcomes(self._pg)
+            hosts = await host_snapshot(self._pg, list(self._infos.values()))
         except psycopg.Error:
             self._pg_up = False
             with contextlib.suppress(psycopg.Error):
@@ -215,6 +225,7 @@ class LiveSource:
         counts = db.counts_by_status(rows)
         self._counts, self._jobs = counts["orders"], counts["jobs"]
         self._attempts = attempts
+        self._hosts = tuple(hosts)
 
     async def _read_events(self, client: aioredis.Redis, now: float) -> None:
         """Fold new entries of mqlab:events into the timeline bars and the finish times."""
@@ -295,8 +306,8 @@ class LiveSource:
                 why = "SIGKILL" if code == -9 else f"exit {code}"
                 # Its heartbeat key is gone (or soon will be): its last one has the count.
                 last = self._seen.get(wid)
-                done = last.jobs_done if last else 0
-                rows.append(WorkerRow(wid, child.pid, WorkerState.DEAD, why, None, done))
+                done, host = (last.jobs_done, last.host) if last else (0, "")
+                rows.append(WorkerRow(wid, child.pid, WorkerState.DEAD, why, None, done, host=host))
                 continue
             self._dead_since.pop(wid, None)  # a name used again by a new worker
             if info is not None:
@@ -310,6 +321,7 @@ class LiveSource:
                         age,
                         info.jobs_done,
                         ours=child is not None,
+                        host=info.host,
                     )
                 )
             elif child is not None:

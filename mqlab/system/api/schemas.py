@@ -137,6 +137,22 @@ class Worker(_Body):
     inFlight: int = Field(description="messages in its processing list")
 
 
+class Host(_Body):
+    host: str = Field(
+        description="the workers' host (MQLAB_HOST, else the machine's name); `(gone)`: the "
+        "jobs of workers no longer live whose id names no live host"
+    )
+    workers: int = Field(ge=0, description="its live workers (0 for `(gone)`)")
+    busy: int = Field(ge=0, description="of those, busy with a job")
+    jobsDone: int = Field(ge=0, description="the sum of its live workers' jobs done")
+    perSecond: float = Field(
+        ge=0,
+        description="jobs its workers completed per second over the last 10 s, by "
+        "PostgreSQL's clock (jobs.finished_at); a worker no longer live counts under the "
+        "live host its id starts with (`hosta-w3`, `hosta-1234`), else under `(gone)`",
+    )
+
+
 class Stats(_Body):
     takenAt: str = Field(description="ISO-8601 UTC")
     queueDepth: int
@@ -147,6 +163,9 @@ class Stats(_Body):
         description="ISO-8601 UTC (Redis's clock) the next delayed retry is due; null: none"
     )
     workers: list[Worker] = Field(description="live workers (their heartbeat has not expired)")
+    hosts: list[Host] = Field(
+        description="each host of a live worker, by name, then `(gone)` when it completed any"
+    )
     orders: dict[OrderStatus, int]
     jobs: dict[JobStatus, int]
 
