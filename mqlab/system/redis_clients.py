@@ -42,6 +42,8 @@ SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
 _QUERY = {"db", "sentinel_username", "sentinel_user", "sentinel_password"}
 _SERVICE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: A host name or an IP address (an IPv6 one without its brackets, maybe with a %zone).
+_HOST = re.compile(r"[A-Za-z0-9._%:-]{1,253}")
 _FORM = f"{SENTINEL_SCHEME}://[user[:password]@]host:port[,host:port...]/SERVICE[?db=N]"
 
 
@@ -117,7 +119,7 @@ def _address(part: str) -> tuple[str, int]:
         port = tail[1:]
     elif ":" in part:
         host, _, port = part.rpartition(":")
-    if not host or any(c in host for c in "@/?# "):
+    if not _HOST.fullmatch(host):
         raise ValueError(f"a Sentinel address is empty or malformed: {_FORM}")
     if port and not (port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"the Sentinel port {port!r} of {host} is not a number 1-65535")
