@@ -11,14 +11,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import redis.exceptions
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from mqlab.backend_errors import REDIS_DOWN
 from mqlab.lab.services.replication import Address, ReplicatedValkey
+from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import free_port, pid_alive
+from mqlab.settings import Settings
 from mqlab.system.redis_clients import (
     SentinelTarget,
     async_client,
@@ -27,7 +32,7 @@ from mqlab.system.redis_clients import (
     redact,
     sync_client,
 )
-from tests.helpers import eventually
+from tests.helpers import eventually, job, post_order
 
 SECRET = "s3cr%40t"  # percent-encoded '@': the password is s3cr@t
 
@@ -107,6 +112,20 @@ def test_plain_urls_make_plain_clients() -> None:
     assert type(client) is redis.Redis
     assert client.connection_pool.connection_kwargs["socket_timeout"] == 1
     client.close()
+
+
+def test_no_sentinel_answers_is_redis_down_without_the_passwords() -> None:
+    """What the API and workers log when no Sentinel answers: no password in it."""
+    url = f"redis+sentinel://default:{SECRET}@127.0.0.1:{free_port()}/mqlab?sentinel_password=pw2"
+    client = sync_client(url, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+    try:
+        with pytest.raises(REDIS_DOWN) as caught:
+            client.ping()
+        assert isinstance(caught.value, redis.sentinel.MasterNotFoundError)
+        assert "s3cr" not in str(caught.value) and "pw2" not in str(caught.value)
+        assert "s3cr" not in repr(client)
+    finally:
+        client.close()
 
 
 def _address() -> Address:
@@ -290,3 +309,37 @@ def test_the_replica_is_promoted_and_the_same_client_follows(group: ReplicatedVa
             old.close()
     finally:
         client.close()
+
+
+def _order(client: httpx.Client) -> object:
+    """Post an order, retrying while the API answers 503 (Redis away); its job id."""
+    for _ in range(100):
+        res = client.post("/orders", json={"product": "Laptop", "quantity": 1, "price": 10})
+        if res.status_code == 202:
+            return res.json()["jobId"]
+        assert res.status_code == 503, res.text
+        time.sleep(0.2)
+    raise AssertionError("the API answered 503 for 20 s")
+
+
+@pytest.mark.slow
+def test_the_api_and_a_worker_follow_a_failover(
+    settings: Settings, clean: None, group: ReplicatedValkey
+) -> None:
+    """The API and a worker, given the Sentinel URL as REDIS_URL, work on before and after
+    the primary is killed (the same processes: their clients follow the new primary)."""
+    through = Settings(group.sentinel_url, settings.database_url)
+    sup = Supervisor(through)
+    try:
+        sup.start_api()
+        sup.start_worker()
+        with httpx.Client(base_url=sup.api_url or "", timeout=10) as client:
+            first = post_order(client)["jobId"]
+            eventually(lambda: job(client, first)["status"] == "completed", timeout=15)
+            killed, _ = group.kill_primary()
+            group.wait_primary(other_than=killed, timeout=30)
+            second = _order(client)
+            eventually(lambda: job(client, second)["status"] == "completed", timeout=30)
+        assert all(child.alive() for child in sup.children.values())
+    finally:
+        sup.close()
