@@ -18,10 +18,10 @@ import redis
 from typer.testing import CliRunner
 
 from mqlab.faces.cli import app
-from mqlab.lab.services.view import masked
 from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys, messages
 from mqlab.settings import Settings
+from mqlab.system.redis_clients import redact
 from mqlab.system.spec import WorkerSpec
 from tests.helpers import eventually, post_order
 
@@ -237,7 +237,7 @@ def test_services_urls_are_never_split_at_80_columns(
         urls = [m for line in lines for m in re.findall(r"\b[a-z]+://\S+", line)]
         assert len(urls) == 4, shown  # each server's unix socket URL and TCP URL
         for url in tcp_urls:
-            assert masked(url) in urls, shown  # whole, on one line
+            assert redact(url) in urls, shown  # whole, on one line
         # Where a line is longer than the terminal, it is a URL alone (the terminal wraps
         # it softly; copied, it is one line again).
         assert all(len(line) <= 80 or line.strip() in urls for line in lines), shown

@@ -29,10 +29,11 @@ from mqlab.faces.tui.main import timeline_window
 from mqlab.faces.tui.model import JobBar, WorkerRow
 from mqlab.faces.tui.panels import ID_WIDTH, FailuresPanel, LogPanel, QueuePanel, short_id
 from mqlab.faces.tui.screens import HELP, ConfirmScreen
-from mqlab.faces.tui.source import LiveSource, depth_bins, redact, trend
+from mqlab.faces.tui.source import LiveSource, depth_bins, trend
 from mqlab.lab.stack import NotOurServer, Stack
 from mqlab.protocol.events import WorkerState
 from mqlab.protocol.ids import short_job_id, worker_sort_key
+from mqlab.system.redis_clients import redact
 
 
 def test_short_job_and_redact() -> None:

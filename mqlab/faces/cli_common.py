@@ -61,8 +61,14 @@ def resolve(redis_url: str | None, database_url: str | None) -> Settings:
     """The servers of a command that does not start any (mqlab.lab.environment.find); a clear
     error when one is missing."""
     from mqlab.lab.environment import find
+    from mqlab.system.redis_clients import check_url
 
     try:
-        return find(redis_url, database_url)
+        settings = find(redis_url, database_url)
+        # A malformed Redis URL is refused here, before the command starts anything.
+        check_url(settings.redis_url)
     except ServicesError as exc:
         raise fail(str(exc)) from None
+    except ValueError as exc:
+        raise fail(f"the Redis URL (REDIS_URL / --redis-url): {exc}") from None
+    return settings

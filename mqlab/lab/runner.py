@@ -28,6 +28,7 @@ from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids
 from mqlab.settings import Settings
+from mqlab.system.redis_clients import async_client
 from mqlab.system.resetting import reset_all
 from mqlab.system.spec import WorkerSpec
 
@@ -83,7 +84,7 @@ class Runner:
         if self.sup.api_url is None:
             raise RuntimeError("start the API (Supervisor.start_api) before running a suite")
         result = SuiteResult(suite=suite, repeat=repeat, started_at=time.time())
-        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        client = async_client(self.settings.redis_url, decode_responses=True)
         try:
             async with await psycopg.AsyncConnection.connect(
                 self.settings.database_url, autocommit=True

@@ -16,14 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from mqlab.experiments import Row
 from mqlab.figures.ledger import Marks
 from mqlab.lab import services
 from mqlab.lab.environment import Servers
 from mqlab.lab.services import postgres_server
 from mqlab.lab.supervisor import Supervisor
+from mqlab.system.redis_clients import async_client
 
 log = logging.getLogger("mqlab.lab.scenarios")
 
@@ -169,7 +168,7 @@ class Scenario:
 
     async def _flushall(self, at: float) -> None:
         await self._until(at)
-        client = aioredis.Redis.from_url(self.redis_url)
+        client = async_client(self.redis_url)
         try:
             await client.flushall()
             self.marks.flushall_at = time.time()

@@ -27,6 +27,7 @@ from mqlab.procs import on_a_free_port, spawn, wait_until
 from mqlab.protocol import keys
 from mqlab.protocol.events import WorkerState
 from mqlab.settings import Settings
+from mqlab.system.redis_clients import sync_client
 from mqlab.system.spec import WorkerSpec
 
 log = logging.getLogger("mqlab.lab.supervisor")
@@ -90,7 +91,7 @@ class Supervisor(Opened["Supervisor"]):
         self._lock = threading.Lock()
         self._worker_seq = 0
         self._placed: dict[str, Place] = {}
-        self._redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._redis = sync_client(settings.redis_url, decode_responses=True)
 
     @property
     def api_url(self) -> str | None:

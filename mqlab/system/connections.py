@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from mqlab.backend_errors import REDIS_DOWN
 from mqlab.settings import Settings
+from mqlab.system.redis_clients import async_client
 
 #: Seconds a command waits for either server before saying it does not answer.
 TIMEOUT = 3
@@ -22,9 +23,7 @@ TIMEOUT = 3
 async def both(
     settings: Settings,
 ) -> AsyncIterator[tuple[aioredis.Redis, psycopg.AsyncConnection[Any]]]:
-    client = aioredis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=TIMEOUT
-    )
+    client = async_client(settings.redis_url, decode_responses=True, socket_timeout=TIMEOUT)
     try:
         try:
             conn = await psycopg.AsyncConnection.connect(

@@ -42,6 +42,7 @@ from mqlab.protocol.events import EventKind
 from mqlab.protocol.messages import InvalidMessage, encode_message, parse_message
 from mqlab.protocol.scans import SCAN_COUNT, processing_lists
 from mqlab.system.reconciler_record import write_run
+from mqlab.system.redis_clients import async_client
 
 log = logging.getLogger("mqlab.system.reconciler")
 
@@ -420,7 +421,7 @@ async def reconcile_now(
     """`mqlab reconcile`: one run as "cli", taking a rest mark over and waiting up to `wait`
     seconds for a run in progress (LockBusy after). Backend failures propagate."""
     interval = ReconcileConfig.from_env().interval
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False, socket_timeout=5)
+    client = async_client(redis_url, decode_responses=False, socket_timeout=5)
     reconciler = Reconciler(client, database_url, "cli", grace, interval)
     try:
         return await reconciler.run(over_rest=True, wait=wait)

@@ -4,18 +4,18 @@ stream, and no record of the reconciler's last run."""
 from __future__ import annotations
 
 import psycopg
-import redis
 
 from mqlab import db
 from mqlab.protocol import keys
 from mqlab.protocol.scans import processing_lists_sync
 from mqlab.settings import Settings
+from mqlab.system.redis_clients import sync_client
 
 
 def reset_all(settings: Settings, restart_ids: bool = True) -> None:
     """Empty PostgreSQL's tables and mqlab's Redis keys (worker heartbeats are left alone);
     the order ids start at 1 again unless restart_ids is False."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
     try:
         client.delete(
             keys.QUEUE,

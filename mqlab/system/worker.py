@@ -56,6 +56,7 @@ from mqlab.system.faults import Fault, FaultKind, JobFailed
 from mqlab.system.host import host_name
 from mqlab.system.outages import Outages, Rejected, Stopped, forget
 from mqlab.system.reconciler import ReconcileConfig, Reconciler
+from mqlab.system.redis_clients import async_client
 from mqlab.system.retry_policy import RetryPolicy
 from mqlab.system.spec import BATCH_HORIZON, LONG_PREFIX, WorkerSpec
 from mqlab.system.upkeep import STOP_STEP_SECONDS, IdInUse, Upkeep
@@ -132,7 +133,7 @@ class Worker:
         self.peers = 1
         self._stop = asyncio.Event()
         self._cold_stop = asyncio.Event()
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        self.redis: aioredis.Redis = async_client(
             settings.redis_url,
             # Bytes, not str: a queue entry need not be UTF-8 (decoding it made BLMOVE itself
             # fail), and its ack, LREM, must name its exact bytes.

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import psycopg
-import redis
-import redis.asyncio as aioredis
 
 from mqlab.experiments import POISON_PRODUCT, Row, Suite
 from mqlab.faces.tui.model import LineHandler, RowHandler
@@ -24,6 +22,7 @@ from mqlab.lab.stack import Stack
 from mqlab.lab.supervisor import Child, Supervisor
 from mqlab.settings import Settings
 from mqlab.system import dead_letters
+from mqlab.system.redis_clients import async_client, sync_client
 from mqlab.system.resetting import reset_all
 from mqlab.system.spec import WorkerSpec
 
@@ -206,7 +205,7 @@ class LiveLab:
         the dead letters and the heartbeats go; the reconciler queues the jobs again."""
         self._require_up()
         assert self.settings is not None
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = sync_client(self.settings.redis_url)
         try:
             client.flushall()
         finally:
@@ -229,7 +228,7 @@ class LiveLab:
         """Queue every dead job again; replaying twice queues once."""
         self._require_up()
         assert self.settings is not None
-        client = aioredis.Redis.from_url(self.settings.redis_url)
+        client = async_client(self.settings.redis_url)
         try:
             async with await psycopg.AsyncConnection.connect(
                 self.settings.database_url, autocommit=True, connect_timeout=5
@@ -275,7 +274,7 @@ class LiveLab:
         # Order ids keep counting from row to row: a lane spans rows, and would show #1 twice.
         runner = Runner(self.settings, sup, on_progress=on_progress, pg=pg, restart_ids=False)
         # Before our own workers are touched: a refusal leaves them as they were.
-        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        client = async_client(self.settings.redis_url, decode_responses=True)
         try:
             await runner.check_no_foreign_workers(client)
         finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from mqlab.system.observe import (
     latest_dead_letters,
     queue_snapshot,
 )
+from mqlab.system.redis_clients import async_client, redact
 
 #: The depth sparkline covers this many seconds, in bins of HISTORY_BIN seconds.
 HISTORY_SECONDS, HISTORY_BIN = 60.0, 0.5
@@ -46,13 +46,6 @@ DEAD_ROW_SECONDS = 120.0
 RECONNECT_EVERY = 1.0
 #: How many of the newest dead letters the panel shows.
 DEAD_LETTERS_SHOWN = 5
-
-_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-
-
-def redact(url: str) -> str:
-    """A URL fit for the screen: no password."""
-    return _PASSWORD.sub(r"\1***@", url)
 
 
 def depth_bins(history: collections.deque[tuple[float, int]], now: float) -> tuple[float, ...]:
@@ -134,7 +127,7 @@ class LiveSource:
         if settings is None or self.lab.sup is None:
             return Frame(at=now, services=self._services(), timeline_seconds=self.timeline_seconds)
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
+            self._redis = async_client(
                 settings.redis_url,
                 decode_responses=True,
                 socket_timeout=1,

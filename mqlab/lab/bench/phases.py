@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-import redis
 
 from mqlab import db
 from mqlab.figures.shot import Shot
@@ -25,6 +24,7 @@ from mqlab.lab.supervisor import Supervisor
 from mqlab.protocol import keys
 from mqlab.protocol.scans import live_worker_ids_sync
 from mqlab.settings import Settings
+from mqlab.system.redis_clients import sync_client
 from mqlab.system.resetting import reset_all
 from mqlab.system.spec import WorkerSpec
 
@@ -79,7 +79,7 @@ def backends(named: Settings) -> Iterator[tuple[Settings, Path]]:
 
 
 def live_workers(settings: Settings) -> list[str]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = sync_client(settings.redis_url, decode_responses=True)
     try:
         return live_worker_ids_sync(client)
     finally:
@@ -130,7 +130,7 @@ def drain_phase(
     accepted = sum(1 for s in shots if s.status == 202)
     if not accepted:
         raise BenchError(f"the API accepted none of {jobs} orders: {_first_failure(shots)}")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
     try:
         # Parked while the workers start, so their start-up is not part of the drain rate.
         client.rename(keys.QUEUE, keys.PARKED)

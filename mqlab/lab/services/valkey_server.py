@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import redis
-
 from mqlab.backend_errors import REDIS_FAILURE
 from mqlab.lab.services.home import identity
 from mqlab.lab.services.listen import Listen
@@ -41,6 +39,7 @@ from mqlab.lab.services.runtime import (
     start_server,
 )
 from mqlab.private_files import private_dir, write_private
+from mqlab.system.redis_clients import sync_client
 
 #: The role: the Redis-protocol server that holds the queue.
 NAME = "redis"
@@ -104,12 +103,23 @@ def data_dir(base: Path, root: Path, account: Account | None) -> Path:
     return server_dir(data, account, deep=moved)
 
 
-def _config(
-    data: Path, port: int, sock: Path | None, password: str, listen: Listen | None = None
-) -> str:
-    lines = [
+def app_user(password: str) -> str:
+    """The config line of mqlab's user: the home's password (stored hashed), every key, no
+    channel (mqlab publishes nothing), only mqlab's commands. It is the `default` user, so no
+    `nopass` default user is left; a replicated node (mqlab.lab.services.replication) has it
+    too."""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    rules = ["-@all", *(f"+{command}" for command in APP_COMMANDS)]
+    return f"user default on #{digest} ~* resetchannels " + " ".join(rules)
+
+
+def node_settings(data: Path, host: str, port: int) -> list[str]:
+    """The config lines every Valkey node of mqlab's has: where it listens (`host`: one
+    address, or several separated by spaces) and keeps its data, its persistence, and no
+    admin doors."""
+    return [
         f"port {port}",
-        "bind 127.0.0.1" + (f" {listen.address}" if listen else ""),
+        f"bind {host}",
         "protected-mode yes",
         f'dir "{data}"',
         # The queue survives a restart (`services down` / `up`); PostgreSQL stays the truth.
@@ -121,11 +131,14 @@ def _config(
         "enable-debug-command no",
         "enable-module-command no",
         "enable-protected-configs no",
-        # The only user: the home's password (stored hashed), every key, no channel (mqlab
-        # publishes nothing), only mqlab's commands. No `nopass` default user is left.
-        f"user default on #{hashlib.sha256(password.encode()).hexdigest()} ~* resetchannels "
-        + " ".join(["-@all", *(f"+{command}" for command in APP_COMMANDS)]),
     ]
+
+
+def _config(
+    data: Path, port: int, sock: Path | None, password: str, listen: Listen | None = None
+) -> str:
+    bind = "127.0.0.1" + (f" {listen.address}" if listen else "")
+    lines = [*node_settings(data, bind, port), app_user(password)]
     if sock is not None:
         lines += [f'unixsocket "{sock}"', "unixsocketperm 700"]
     return "\n".join(lines) + "\n"
@@ -174,7 +187,7 @@ def server_version(info: dict[str, Any]) -> str:
 def probe(record: dict[str, Any]) -> tuple[bool, str]:
     """(answers PING, server version)."""
     try:
-        client = redis.Redis.from_url(record["url"], socket_timeout=1, socket_connect_timeout=1)
+        client = sync_client(record["url"], socket_timeout=1, socket_connect_timeout=1)
         try:
             return True, server_version(client.info("server"))
         finally:

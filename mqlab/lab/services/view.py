@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mqlab.lab.services.manager import ServiceInfo
+from mqlab.system.redis_clients import redact
 
 #: Each server's one name, whatever its state (its role's key is "redis" / "postgres"; the
 #: version column says which build runs, an older mqlab's Redis 6.2 included).
@@ -18,12 +18,6 @@ SERVER_NAMES = {"redis": "valkey", "postgres": "postgresql"}
 _STATE_STYLE = {"running": "green", "started": "green", "stopped": "dim", "stale": "yellow"}
 #: URLs start in this column, beside their server's name, where the line is wide enough.
 _LABEL = 11
-
-
-def masked(url: str) -> str:
-    """The URL with its password hidden: a table is read over shoulders and pasted in
-    issues. `mqlab services env` prints the real ones."""
-    return re.sub(r"(//[^:/@]*:)[^@/]+@", r"\1***@", url)
 
 
 @dataclass
@@ -69,10 +63,10 @@ def services_table(infos: list[ServiceInfo]) -> Group:
             server, Text(info.state, style=style), health, str(info.pid or ""), info.version
         )
         if info.url and info.state in ("running", "started"):
-            shown = [masked(info.url)]
+            shown = [redact(info.url)]
             if info.tcp_url and info.tcp_url != info.url:
-                shown.append(masked(info.tcp_url))
+                shown.append(redact(info.tcp_url))
             if info.remote_url:
-                shown.append(masked(info.remote_url))
+                shown.append(redact(info.remote_url))
             urls.urls.append((server, shown))
     return Group(table, urls)

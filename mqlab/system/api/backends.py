@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-import redis.asyncio as aioredis
 from fastapi.responses import JSONResponse
 
 from mqlab import db
@@ -19,6 +18,7 @@ from mqlab.backend_errors import POSTGRES_DOWN, REDIS_DOWN
 from mqlab.settings import Settings
 from mqlab.system.api.validation import error_response
 from mqlab.system.api.writer import OrderWriter, prepare_insert
+from mqlab.system.redis_clients import async_client
 
 log = logging.getLogger("mqlab.system.api")
 
@@ -72,7 +72,7 @@ class Backends:
             reconnect_timeout=RECONNECT_TIMEOUT,
             open=False,
         )
-        self.redis = aioredis.Redis.from_url(
+        self.redis = async_client(
             settings.redis_url,
             decode_responses=True,
             socket_timeout=2,
