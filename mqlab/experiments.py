@@ -99,6 +99,12 @@ class Row:
         ))  # fmt: skip
 
     @property
+    def expects_refusals(self) -> bool:
+        """A row that takes a backend away (PostgreSQL stopped, Valkey's primary killed)
+        expects 503s while it is away: its ledger judges its answers, not the API's bar."""
+        return self.pg_stop_after is not None or self.failover_after is not None
+
+    @property
     def timeout(self) -> float:
         """Seconds to wait for its last job: its own bound, or the serial time plus a wide
         margin (wider for a faulty row: backoffs and recoveries)."""

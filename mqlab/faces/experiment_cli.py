@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich import box
@@ -15,14 +16,15 @@ from rich.table import Table
 from rich.text import Text
 
 from mqlab.experiments import ExperimentError, Suite, experiments_dir, load
-from mqlab.figures.progress import Progress
+from mqlab.figures.progress import Progress, ProgressHandler
 from mqlab.figures.report import write
 from mqlab.figures.results import SuiteResult, pass_words
 from mqlab.figures.results_table import ledger_table
 from mqlab.figures.results_table import table as table_rows
-from mqlab.lab.hosts.lab import HostsLab, HostsUnavailable
+from mqlab.lab.hosts.lab import HostsUnavailable
 from mqlab.lab.hosts.network import NetworkError
 from mqlab.lab.hosts.network import available as hosts_available
+from mqlab.lab.hosts.suite_run import run_on_hosts
 from mqlab.lab.interrupts import sigterm_as_ctrl_c
 from mqlab.lab.runner import ForeignWorkers, Runner
 from mqlab.lab.scenarios import owned_postgres
@@ -133,11 +135,8 @@ def run(
                     if why := hosts_available():
                         console.print(f"[yellow]skipped[/] {suite.name}: {why}")
                         continue
-                    with HostsLab(suite.hosts) as lab:
-                        assert lab.settings is not None and lab.sup is not None
-                        runner = Runner(lab.settings, lab.sup, pg=None, hosts=lab)
-                        result = _run_suite(runner, suite, repeat, console)
-                        versions = lab.versions()
+                    with _live(console) as show:
+                        result, versions = run_on_hosts(suite, repeat, show)
                 else:
                     if stack is None:
                         stack = exits.enter_context(Stack(redis_url, database_url))
@@ -176,10 +175,11 @@ def run(
     return 0
 
 
-def _run_suite(runner: Runner, suite: Suite, repeat: int, console: Console) -> SuiteResult:
-    """One suite, with its live progress line (redrawn from the progress callback only, no
-    refresh thread: a render that holds the GIL while a burst is in flight would delay the
-    load generator)."""
+@contextlib.contextmanager
+def _live(console: Console) -> Iterator[ProgressHandler]:
+    """The live progress line while a suite runs, and the handler that redraws it: from the
+    progress callback only, no refresh thread (a render that holds the GIL while a burst is
+    in flight would delay the load generator)."""
     display = ProgressLine()
     with Live(display, console=console, auto_refresh=False, transient=True) as live:
 
@@ -187,5 +187,11 @@ def _run_suite(runner: Runner, suite: Suite, repeat: int, console: Console) -> S
             display.update(progress)
             live.refresh()
 
+        yield show
+
+
+def _run_suite(runner: Runner, suite: Suite, repeat: int, console: Console) -> SuiteResult:
+    """One suite on one machine's stack, with its live progress line."""
+    with _live(console) as show:
         runner.on_progress = show
         return asyncio.run(runner.run_suite(suite, repeat=repeat, leave_clean=True))

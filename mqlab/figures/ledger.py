@@ -249,7 +249,8 @@ def build(
     refused_late: int = 0,
 ) -> Ledger:
     """The ledger of one run. `statuses`: job id -> status; `finished_events`: job id ->
-    job_finished events seen (more than one: completed twice)."""
+    completions seen (job_finished events of distinct attempts or workers; more than one:
+    completed twice)."""
     answers = Counter(str(s.status) for s in shots)
     accepted, refused = answers.pop("202", 0), answers.pop("503", 0)
     completed = sum(1 for s in statuses.values() if s == "completed")

@@ -79,7 +79,8 @@ def ledger_markdown(result: SuiteResult) -> list[str]:
         "",
         "accepted (202) = completed + dead + lost. Work run twice: jobs with an attempt that",
         "crashed, was reclaimed or handed back before another one (work is at least once).",
-        "Completed twice: more than one job_finished event for a job. Recovery: p50 / max.",
+        "Completed twice: job_finished events of more than one attempt or worker for a job (the "
+        "same attempt announced twice, its reply lost, is one completion). Recovery: p50 / max.",
         "",
         "| Row | Accepted | Refused (503) | Completed | Dead | Lost | Work twice / completed "
         "twice | Recovery | Verdict |",

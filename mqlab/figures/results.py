@@ -334,9 +334,9 @@ class SuiteResult:
         result.efficiency = efficiency(result.speedup, row.slots)
 
     def _api_verdict(self) -> ApiVerdict:
-        # A row that stops PostgreSQL expects 503s: its ledger judges its answers.
+        # A row that takes a backend away expects 503s: its ledger judges its answers.
         shots = [
-            s for r in self.rows if r.row.pg_stop_after is None for run in r.runs for s in run.shots
+            s for r in self.rows if not r.row.expects_refusals for run in r.runs for s in run.shots
         ]
         statuses = dict(Counter(str(s.status) for s in shots))
         latency = summary([s.latency for s in shots], scale=1000)

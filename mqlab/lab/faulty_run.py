@@ -99,7 +99,7 @@ class FaultyRun:
         self.replay: Replay | None = None
 
     def skipped(self) -> RunResult | None:
-        skipped = skip_reason(self.row, self.pg)
+        skipped = skip_reason(self.row, self.pg, self.hosts)
         if not skipped:
             return None
         ledger = build(self.row, [], {}, [], {}, Marks(skipped=skipped))

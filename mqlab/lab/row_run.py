@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,15 +68,20 @@ async def fire_products(
 
 
 async def finished_events(client: aioredis.Redis) -> tuple[dict[str, int], int]:
-    """(job id -> job_finished events in mqlab:events (more than one: completed twice),
-    job_lost events: completions refused because the claim had been taken over)."""
-    counts: Counter[str] = Counter()
+    """(job id -> completions in mqlab:events, job_lost events: completions refused because
+    the claim had been taken over).
+
+    A completion is a job_finished event of one attempt by one worker: the same one twice is
+    one announcement sent again (its reply lost: Redis failed over, or a connection broke),
+    not a second completion. More than one completion of a job: completed twice."""
+    seen: dict[str, set[tuple[str, str]]] = {}
     lost = 0
     for _, entry in await client.xrange(keys.EVENTS, "-", "+"):
         if entry.get("type") == EventKind.JOB_FINISHED and "job" in entry:
-            counts[entry["job"]] += 1
+            done = (entry.get("attempt", ""), entry.get("worker", ""))
+            seen.setdefault(entry["job"], set()).add(done)
         lost += entry.get("type") == EventKind.JOB_LOST
-    return dict(counts), lost
+    return {job: len(done) for job, done in seen.items()}, lost
 
 
 class PlainRun:

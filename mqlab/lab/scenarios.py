@@ -53,18 +53,28 @@ def owned_postgres(servers: Servers) -> EmbeddedPostgres | None:
     return EmbeddedPostgres(servers.base)
 
 
-def skip_reason(row: Row, pg: EmbeddedPostgres | None) -> str:
+def skip_reason(row: Row, pg: EmbeddedPostgres | None, hosts: LabHosts | None = None) -> str:
     """Why `row` cannot run on these servers ('' when it can)."""
     if row.pg_stop_after is not None and pg is None:
         return (
             "skipped: PostgreSQL is not one this run started (a URL was given or the embedded "
             "one was already running), and the lab stops only servers it owns"
         )
+    if row.partition_after is not None and hosts is None:
+        return "skipped: a partition cuts a lab host's link; this lab runs on one machine"
+    if row.failover_after is not None and not (hosts is not None and hosts.replicated):
+        return (
+            "skipped: a failover needs a replicated Valkey (a primary, a replica, Sentinels), "
+            "which `mqlab run-experiment` starts for this row on lab hosts"
+        )
     return ""
 
 
 class LabHosts(Protocol):
     """What a row on several hosts does to them (mqlab.lab.hosts.lab.HostsLab)."""
+
+    #: Whether Valkey runs replicated behind Sentinels (a failover row needs it).
+    replicated: bool
 
     def set_links(self, delay_ms: float, jitter_ms: float = 0.0) -> None: ...
 

@@ -423,7 +423,11 @@ class Worker:
         # Logged before the ack: _finish may then wait up to POP_TIMEOUT for the next message.
         log.info("%s: completed %s (order %d) in %.3fs%s", self.id, job_id, order_id, took,
                  again if short else "")  # fmt: skip
-        finished: Event = (EventKind.JOB_FINISHED, {"job": job_id, "order": order_id})
+        # The attempt, so that a re-sent announcement (its reply lost, a failover) is not
+        # counted as a second completion.
+        finished: Event = (
+            EventKind.JOB_FINISHED, {"job": job_id, "order": order_id, "attempt": attempt}
+        )  # fmt: skip
         happened = [started, finished] if short else [finished]
         return await self._finish([raw], job_id, happened, take)
 
@@ -555,7 +559,8 @@ class Worker:
                 log.info("%s: completed %s (order %d) in %.3fs", self.id, job_id, order_id,
                          took[job_id])  # fmt: skip
                 acks.append(raw)
-                happened.append((EventKind.JOB_FINISHED, {"job": job_id, "order": order_id}))
+                finished = {"job": job_id, "order": order_id, "attempt": attempt}
+                happened.append((EventKind.JOB_FINISHED, finished))
         return acks
 
     async def _work(self, product: str, job_id: str) -> None:

@@ -10,6 +10,12 @@ table on, in place of the one-machine Stack.
   the host off;
 - a Supervisor whose places are the workers' hosts, and an API on each API host (:3000).
 
+A replicated lab (for a failover row) runs Valkey as Valkey's own high-availability setup
+instead (mqlab.lab.services.replication): a primary and a replica on two hosts of their own
+and three Sentinels on the lab's side, which every client finds the primary through (a
+redis+sentinel:// URL). Those connections go over the bridge, not through a link: a client
+connects to whichever node the Sentinels name, and a link forwards to one fixed address.
+
 Leaving it stops every process, and removes every namespace, link and folder; a SIGKILLed lab
 leaves that to the network's janitor.
 """
@@ -29,11 +35,14 @@ from mqlab.lab.environment import Opened
 from mqlab.lab.hosts.link_control import LinkControl
 from mqlab.lab.hosts.network import Host, Network, available
 from mqlab.lab.services import postgres_server, valkey_server
+from mqlab.lab.services.replication import Address, ReplicatedValkey
 from mqlab.lab.supervisor import LineHandler, Place, Supervisor
 from mqlab.private_files import private_dir
-from mqlab.procs import spawn, wait_until
+from mqlab.procs import free_port, spawn, wait_until
 from mqlab.settings import Settings
 
+#: The hosts of a replicated Valkey's primary and replica (a failover row's lab).
+VALKEY_HOSTS = ("valkeya", "valkeyb")
 #: The port every host's API listens on, in its own namespace: the kata's.
 API_PORT = 3000
 #: Seconds a link gets to say it is ready.
@@ -52,8 +61,12 @@ class HostsLab(Opened["HostsLab"]):
     """`with HostsLab(Hosts()) as lab:` lab.settings (the lab side's URLs), lab.sup (an API
     on each API host), lab.links (each host's LinkControl)."""
 
-    def __init__(self, layout: Hosts, on_line: LineHandler | None = None) -> None:
+    def __init__(
+        self, layout: Hosts, on_line: LineHandler | None = None, replicated: bool = False
+    ) -> None:
         self.layout = layout
+        self.replicated = replicated
+        self.valkey: ReplicatedValkey | None = None
         self.on_line = on_line
         self.base: Path | None = None
         self.net: Network | None = None
@@ -70,30 +83,64 @@ class HostsLab(Opened["HostsLab"]):
         if why:
             raise HostsUnavailable(why)
         self.base = Path(tempfile.mkdtemp(prefix="mqlab-hosts-"))
-        self.net = Network(self.layout.names, remove=[self.base]).open()
+        names = self.layout.names + (list(VALKEY_HOSTS) if self.replicated else [])
+        self.net = Network(names, remove=[self.base])
+        self.net.open()
+        lab_address = self.net.lab_address
+        only = [postgres_server.NAME] if self.replicated else None
         infos = {
-            i.name: i for i in services.up(owned=True, base=self.base, listen=self.net.lab_address)
+            i.name: i
+            for i in services.up(owned=True, base=self.base, listen=lab_address, only=only)
         }
-        redis_info, pg_info = infos[valkey_server.NAME], infos[postgres_server.NAME]
-        self._versions = {"redis": redis_info.version, "postgres": pg_info.version}
+        pg_info = infos[postgres_server.NAME]
+        self.ports = {postgres_server.NAME: _port(pg_info.tcp_url)}
+        if self.replicated:
+            self.valkey = self._start_valkey()
+            lab_redis = host_redis = self.valkey.sentinel_url
+            version = valkey_server.probe({"url": self.valkey.node_url("valkey-1")})[1]
+            self._versions["redis"] = f"{version}: a primary, a replica, three Sentinels"
+        else:
+            redis_info = infos[valkey_server.NAME]
+            lab_redis, host_redis = redis_info.url, redis_info.tcp_url
+            self.ports[valkey_server.NAME] = _port(redis_info.tcp_url)
+            self._versions["redis"] = redis_info.version
+        self._versions["postgres"] = pg_info.version
         # The lab's side talks to its servers directly; a host through its link, which
         # listens on the host's loopback at the servers' own ports: the same TCP URLs.
-        self.settings = Settings(redis_info.url, pg_info.url)
-        on_hosts = Settings(redis_info.tcp_url, pg_info.tcp_url)
-        self.ports = {
-            valkey_server.NAME: _port(redis_info.tcp_url),
-            postgres_server.NAME: _port(pg_info.tcp_url),
-        }
-        for host in self.net.hosts:
-            self.links[host.name] = self._start_link(host, list(self.ports.values()))
+        self.settings = Settings(lab_redis, pg_info.url)
+        on_hosts = Settings(host_redis, pg_info.tcp_url)
+        for name in self.layout.names:
+            host = self.net.host(name)
+            self.links[name] = self._start_link(host, list(self.ports.values()))
         places = {
             h.name: Place(host=h.name, netns=h.netns, address=h.address, settings=on_hosts)
-            for h in self.net.hosts
+            for h in map(self.net.host, self.layout.names)
         }
         self.sup = Supervisor(self.settings, self.on_line, [places[n] for n in self.layout.workers])
         for name in self.layout.api:
             self.sup.start_api(API_PORT, place=places[name])
         return self
+
+    def _start_valkey(self) -> ReplicatedValkey:
+        """The primary and the replica on their hosts, the Sentinels on the lab's side."""
+        assert self.base is not None and self.net is not None
+        nodes = [self.net.host(n) for n in VALKEY_HOSTS]
+        port = free_port()  # each node in a namespace of its own: one port for both
+        lab = self.net.lab_address
+        sentinels = [Address(lab, free_port(lab)) for _ in range(3)]
+        group = ReplicatedValkey(
+            self.base,
+            Address(nodes[0].address, port, nodes[0].netns),
+            Address(nodes[1].address, port, nodes[1].netns),
+            sentinels,
+        )
+        return group.open()
+
+    def kill_primary(self) -> None:
+        """SIGKILL the Valkey primary (a replicated lab's): its Sentinels promote the replica."""
+        if self.valkey is None:
+            raise RuntimeError("this lab's Valkey is a single server: nothing fails over")
+        self.valkey.kill_primary()
 
     def _start_link(self, host: Host, ports: list[int]) -> LinkControl:
         assert self.base is not None and self.net is not None
@@ -148,6 +195,9 @@ class HostsLab(Opened["HostsLab"]):
                 proc.kill()
                 proc.wait(5)
         self._link_procs = []
+        if self.valkey is not None:
+            self.valkey.close()
+            self.valkey = None
         if self.base is not None:
             with contextlib.suppress(services.ServicesError):
                 services.down(base=self.base)
