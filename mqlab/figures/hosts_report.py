@@ -46,8 +46,10 @@ def throughput_markdown(result: SuiteResult) -> list[str]:
 
 
 def _base(row: Row) -> Row:
-    """The row as it would be with no delay on its links (what the delay is compared with)."""
-    return replace(row, name="", link_delay_ms=0.0, link_jitter_ms=0.0,
+    """The row as it would be with no delay on its links (what the delay is compared with;
+    a drain's size aside: its rate is per job)."""
+    orders = 0 if row.prefill else row.orders
+    return replace(row, name="", orders=orders, link_delay_ms=0.0, link_jitter_ms=0.0,
                    expected_seconds=None, tolerance_seconds=None)  # fmt: skip
 
 
@@ -64,9 +66,9 @@ def latency_markdown(result: SuiteResult) -> list[str]:
     out = [
         "## What a network round trip adds",
         "",
-        "| Row | Added each way | Makespan | API p50 | API max | Queue wait p50 | Jobs/s "
-        "| ms a job, per worker | Round trips a job |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Row | Added each way | Round trip | Makespan | API p50 | API max | Queue wait p50 "
+        "| Jobs/s | ms a job, per worker | Round trips a job |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rows in groups.values():
         zero = next((x for x in rows if not x.row.link_delay_ms), None)
@@ -76,27 +78,35 @@ def latency_markdown(result: SuiteResult) -> list[str]:
         *out,
         "",
         "Every worker and API host's link adds the delay to each direction of each of its "
-        "connections to Valkey and to PostgreSQL (a round trip: twice the delay); the lab fires "
-        "at the APIs directly. ms a job, per worker = workers x makespan / jobs. Round trips a "
-        "job = its growth over the row at +0 ms, divided by the round trip added: how many "
-        "times a job waits on a server, in sequence.",
+        "connections to Valkey and to PostgreSQL; the lab fires at the APIs directly. Round "
+        "trip: a SELECT 1 from a worker host through its link, measured before the row (the "
+        "median of 30; a link's timers fire up to a millisecond late, so it is more than twice "
+        "the delay). ms a job, per worker = workers x makespan / jobs. Round trips a job = its "
+        "growth over the row at +0 ms, divided by the round trip's: how many times a job "
+        "waits on a server, in sequence.",
         "",
     ]
+
+
+def _per_job_ms(r: RowResult) -> float:
+    """ms a job takes a worker: workers x makespan / jobs completed (median run)."""
+    done = sum(1 for j in r.representative.jobs if j.status == "completed")
+    return 1000 * r.row.workers * r.makespan / done if done else float("nan")
 
 
 def _latency_line(r: RowResult, zero: RowResult | None) -> str:
     done = sum(1 for j in r.representative.jobs if j.status == "completed")
     rate = done / r.makespan if r.makespan > 0 else 0.0
-    per_job = 1000 * r.row.workers * r.makespan / done if done else float("nan")
+    per_job, rtt = _per_job_ms(r), r.representative.link_rtt_ms
     trips = "-"
     if zero is not None and r.row.link_delay_ms and r.row.spec.job_seconds == 0:
-        zero_done = sum(1 for j in zero.representative.jobs if j.status == "completed")
-        if zero_done and zero.makespan > 0:
-            zero_per_job = 1000 * zero.row.workers * zero.makespan / zero_done
-            trips = f"{(per_job - zero_per_job) / (2 * r.row.link_delay_ms):.1f}"
+        # The round trip the links really added (measured), else the nominal twice the delay.
+        zero_rtt = zero.representative.link_rtt_ms
+        added = rtt - zero_rtt if rtt and zero_rtt else 2 * r.row.link_delay_ms
+        trips = f"{(per_job - _per_job_ms(zero)) / added:.1f}"
     api, wait = r.api_latency_ms(), r.queue_wait_ms()
     return (
-        f"| {r.row.name} | {r.row.link_delay_ms:g} ms | {seconds(r.makespan)} | "
+        f"| {r.row.name} | {r.row.link_delay_ms:g} ms | {ms(rtt)} | {seconds(r.makespan)} | "
         f"{ms(api.get('p50'))} | {ms(api.get('max'))} | {ms(wait.get('p50'))} | "
         f"{rate:,.0f} | {per_job:.1f} | {trips} |"
     )

@@ -37,7 +37,8 @@ class Marks:
     cut_at: float | None = None  # a host's link cut (a partition) ...
     healed_at: float | None = None  # ... and healed
     cut_host: str = ""
-    primary_killed_at: float | None = None  # the Valkey primary SIGKILLed (a failover)
+    primary_killed_at: float | None = None  # the Valkey primary SIGKILLed (a failover) ...
+    promoted_at: float | None = None  # ... and the Sentinels name the replica instead
     skipped: str = ""  # why a scenario could not run here (the row is skipped, not failed)
 
     def to_json(self) -> dict[str, object]:
@@ -51,6 +52,7 @@ class Marks:
             "healedAt": self.healed_at,
             "cutHost": self.cut_host or None,
             "primaryKilledAt": self.primary_killed_at,
+            "promotedAt": self.promoted_at,
             "skipped": self.skipped or None,
         }
 
@@ -208,10 +210,13 @@ def taken_over(history: dict[str, list[Attempt]], host: str, cut_at: float) -> l
 def failover_timings(
     shots: list[Shot], history: dict[str, list[Attempt]], killed_at: float
 ) -> dict[str, float]:
-    """The Valkey primary killed -> the first 202 sent after it, and -> the last job's end."""
+    """The Valkey primary killed -> the API's 202s again (the first 202 sent after the last
+    refusal: an order sent just as the primary died may still be answered by it), and -> the
+    last job's end."""
     out: dict[str, float] = {}
-    if first := pg_recovery(shots, killed_at):
-        out["kill -> first 202"] = first[0]
+    refused = [s.sent_at for s in shots if s.status != 202 and s.sent_at >= killed_at]
+    if again := pg_recovery(shots, max(refused, default=killed_at)):
+        out["kill -> 202s again"] = max(refused, default=killed_at) + again[0] - killed_at
     ends = [a.finished_at for t in history.values() for a in t if a.finished_at is not None]
     if ends:
         out["kill -> last job"] = max(ends) - killed_at
@@ -290,8 +295,11 @@ def build(
             ledger.timings["cut -> healed"] = marks.healed_at - marks.cut_at
     elif marks.primary_killed_at is not None:
         ledger.timings = failover_timings(shots, history, marks.primary_killed_at)
-        ledger.recovery_kind = "primary killed -> first 202"
-        ledger.recovery = pg_recovery(shots, marks.primary_killed_at)
+        if marks.promoted_at is not None:
+            ledger.timings["kill -> replica promoted"] = marks.promoted_at - marks.primary_killed_at
+        ledger.recovery_kind = "primary killed -> 202s again"
+        again = ledger.timings.get("kill -> 202s again")
+        ledger.recovery = [] if again is None else [again]
     policy = row.spec.policy or RetryPolicy()
     ledger.backoff_seconds, ledger.delays_checked, ledger.delays_in_policy = backoff(
         history, policy

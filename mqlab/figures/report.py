@@ -301,6 +301,7 @@ def row_json(r: RowResult) -> dict[str, Any]:
                 "perWorker": run.per_worker(),
                 "attempts": run.attempts,
                 "apiStatuses": dict(Counter(str(s.status) for s in run.shots)),
+                "linkRoundTripMs": run.link_rtt_ms,
             }
             for run in r.runs
         ],

@@ -94,6 +94,9 @@ class RunResult:
     kills: list[tuple[float, str]] = field(default_factory=list)
     #: A Kata 4 row's ledger (None for a row judged by its time, as kata3's).
     ledger: Ledger | None = None
+    #: On lab hosts: a round trip to PostgreSQL through a worker host's link, measured just
+    #: before the row (ms, the median of a few): what the row's links add, as it really is.
+    link_rtt_ms: float | None = None
 
     @property
     def attempts(self) -> dict[str, int]:

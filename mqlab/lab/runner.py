@@ -178,8 +178,10 @@ class Runner:
         api_urls = list(self.sup.api_urls)
         assert api_urls
         report("workers", total=row.orders)
+        rtt = None
         if self.hosts is not None:
             await asyncio.to_thread(self.hosts.set_links, row.link_delay_ms, row.link_jitter_ms)
+            rtt = await asyncio.to_thread(self.hosts.round_trip_ms)
         startup = await restart(row.spec)
         await asyncio.to_thread(reset_all, self.settings, self.restart_ids)
         report("firing", total=row.orders)
@@ -195,4 +197,6 @@ class Runner:
             accepted.set_result(sum(1 for s in shots if s.status == 202))
             timed_out = await waiting
             timed_out = await steps.after_wait(timed_out, accepted.result(), report, restart)
-        return await steps.result(shots, first_sent, startup, timed_out, report)
+        result = await steps.result(shots, first_sent, startup, timed_out, report)
+        result.link_rtt_ms = rtt
+        return result

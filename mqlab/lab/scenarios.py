@@ -78,11 +78,15 @@ class LabHosts(Protocol):
 
     def set_links(self, delay_ms: float, jitter_ms: float = 0.0) -> None: ...
 
+    def round_trip_ms(self) -> float: ...
+
     def cut(self, host: str) -> None: ...
 
     def heal(self, host: str) -> None: ...
 
     def kill_primary(self) -> None: ...
+
+    def wait_promoted(self) -> None: ...
 
 
 class Scenario:
@@ -219,3 +223,5 @@ class Scenario:
         await self._until(at)
         self.marks.primary_killed_at = time.time()
         await asyncio.to_thread(self.hosts.kill_primary)
+        await asyncio.to_thread(self.hosts.wait_promoted)
+        self.marks.promoted_at = time.time()

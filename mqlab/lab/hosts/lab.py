@@ -23,6 +23,7 @@ leaves that to the network's janitor.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,19 @@ from mqlab.settings import Settings
 VALKEY_HOSTS = ("valkeya", "valkeyb")
 #: The port every host's API listens on, in its own namespace: the kata's.
 API_PORT = 3000
+#: A round trip to PostgreSQL from a host, through its link: SELECT 1, SAMPLES times, the
+#: median in ms (the URL, with its password, comes in the environment: `ps` shows argv).
+_PROBE = """
+import os, statistics, time, psycopg
+with psycopg.connect(os.environ["PROBE_URL"], autocommit=True) as conn:
+    conn.execute("SELECT 1")
+    took = []
+    for _ in range(int(os.environ["PROBE_SAMPLES"])):
+        start = time.perf_counter()
+        conn.execute("SELECT 1")
+        took.append(time.perf_counter() - start)
+print(statistics.median(took) * 1000)
+"""
 #: Seconds a link gets to say it is ready.
 LINK_READY_SECONDS = 15
 
@@ -67,6 +81,7 @@ class HostsLab(Opened["HostsLab"]):
         self.layout = layout
         self.replicated = replicated
         self.valkey: ReplicatedValkey | None = None
+        self._killed = ""  # the Valkey node kill_primary() killed
         self.on_line = on_line
         self.base: Path | None = None
         self.net: Network | None = None
@@ -140,7 +155,12 @@ class HostsLab(Opened["HostsLab"]):
         """SIGKILL the Valkey primary (a replicated lab's): its Sentinels promote the replica."""
         if self.valkey is None:
             raise RuntimeError("this lab's Valkey is a single server: nothing fails over")
-        self.valkey.kill_primary()
+        self._killed, _ = self.valkey.kill_primary()
+
+    def wait_promoted(self, timeout: float = 60.0) -> None:
+        """Until the Sentinels name a primary other than the one kill_primary() killed."""
+        assert self.valkey is not None and self._killed
+        self.valkey.wait_primary(self._killed, timeout)
 
     def _start_link(self, host: Host, ports: list[int]) -> LinkControl:
         assert self.base is not None and self.net is not None
@@ -173,6 +193,20 @@ class HostsLab(Opened["HostsLab"]):
         for link in self.links.values():
             link.set_delay(delay_ms, jitter_ms)
             link.heal()
+
+    def round_trip_ms(self, samples: int = 30) -> float:
+        """A round trip to PostgreSQL through the first worker host's link, as it is now:
+        the median of `samples` (ms)."""
+        assert self.net is not None and self.sup is not None
+        place = self.sup.places[0]
+        env = {**os.environ, "PROBE_URL": place.settings.database_url,
+               "PROBE_SAMPLES": str(samples)}  # fmt: skip
+        proc = spawn([sys.executable, "-c", _PROBE], owned=True, env=env, netns=place.netns,
+                     stdout=subprocess.PIPE)  # fmt: skip
+        out, _ = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not measure a round trip from {place.host}")
+        return float(out.decode().strip())
 
     def cut(self, host: str) -> None:
         """Cut `host` off from the servers (its link closes every connection and refuses new
