@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,3 +344,45 @@ def test_the_api_and_a_worker_follow_a_failover(
         assert all(child.alive() for child in sup.children.values())
     finally:
         sup.close()
+
+
+@pytest.fixture
+def lab_host() -> Iterator[tuple[str, str]]:
+    """A network namespace joined to this one by a veth pair: (its name, its address)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    name, subnet = f"mqlt{os.getpid()}", f"10.231.{os.getpid() % 250}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", name)
+    try:
+        ip("link", "add", f"{name}h", "type", "veth", "peer", "name", f"{name}n")
+        ip("link", "set", f"{name}n", "netns", name)
+        ip("addr", "add", f"{subnet}.1/24", "dev", f"{name}h")
+        ip("link", "set", f"{name}h", "up")
+        ip("-n", name, "addr", "add", f"{subnet}.2/24", "dev", f"{name}n")
+        ip("-n", name, "link", "set", f"{name}n", "up")
+        # Without lo, a process in the namespace cannot reach the namespace's own address
+        # (the five members share one host here): the Sentinels saw the primary down.
+        ip("-n", name, "link", "set", "lo", "up")
+        yield name, f"{subnet}.2"
+    finally:
+        ip("netns", "del", name)  # takes the veth pair with it
+
+
+def test_a_group_runs_inside_a_lab_host(tmp_path: Path, lab_host: tuple[str, str]) -> None:
+    netns, host = lab_host
+    addresses = [Address(host, 17000 + i, netns) for i in range(5)]
+    with ReplicatedValkey(tmp_path, addresses[0], addresses[1], addresses[2:]) as g:
+        client = sync_client(g.sentinel_url, socket_timeout=2)
+        try:
+            client.set("in the lab host", "1")
+            assert client.connection_pool.get_master_address() == (host, 17000)
+        finally:
+            client.close()
+        inside = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+        assert sorted(map(int, inside.stdout.split())) == sorted(g.pids)
+    inside = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    assert inside.stdout.split() == []

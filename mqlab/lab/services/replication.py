@@ -259,10 +259,25 @@ class ReplicatedValkey(Opened["ReplicatedValkey"]):
 
     def _wait_settled(self) -> None:
         if not wait_until(self._settled, timeout=self.timeout, interval=0.2):
+            seen = "; ".join(f"{s.name}: {self._state(s)}" for s in self.sentinels)
             raise RuntimeError(
                 f"the Sentinels did not agree on a primary with a replica within "
-                f"{self.timeout:g} s; see {self.base / 'log'}/sentinel-*.log"
+                f"{self.timeout:g} s ({seen}); see {self.base / 'log'}/sentinel-*.log"
             )
+
+    def _state(self, sentinel: Member) -> str:
+        """What one Sentinel says of the primary, for an error message."""
+        client = self._sentinel(sentinel)
+        try:
+            state = client.sentinel_master(self.service)
+        except REDIS_FAILURE as exc:
+            return f"no answer ({type(exc).__name__})"
+        finally:
+            client.close()
+        return (
+            f"primary {state['ip']}:{state['port']} flags {state['flags']}, "
+            f"{state['num-slaves']} replica(s), {state['num-other-sentinels']} other Sentinel(s)"
+        )
 
     def restart(self, name: str) -> None:
         """Start a killed data node again from its config, and wait until the Sentinels have
