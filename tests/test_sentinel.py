@@ -19,8 +19,10 @@ import redis.exceptions
 import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from typer.testing import CliRunner
 
 from mqlab.backend_errors import REDIS_DOWN
+from mqlab.faces.cli import app
 from mqlab.lab.services.replication import Address, ReplicatedValkey
 from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import free_port, pid_alive
@@ -99,6 +101,17 @@ def test_malformed_urls_say_what_is_wrong_without_the_password(url: str, says: s
     assert "s3cr" not in str(caught.value)
     with pytest.raises(ValueError):
         sync_client(url)
+
+
+def test_a_command_refuses_a_malformed_redis_url(tmp_path: Path) -> None:
+    url = f"redis+sentinel://:{SECRET}@h:1/svc?db=x"
+    args = ["status", "--redis-url", url, "--database-url", "postgresql://u@127.0.0.1:1/x"]
+    env = {"COLUMNS": "200", "MQLAB_HOME": str(tmp_path)}
+    result = CliRunner().invoke(app, args, env=env, prog_name="mqlab")
+    assert result.exit_code == 1
+    assert "the Redis URL (REDIS_URL / --redis-url)" in result.output
+    assert "database (db=) must be a number" in result.output
+    assert "s3cr" not in result.output
 
 
 def test_redact_hides_every_password() -> None:
