@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ import redis.exceptions
 import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from typer.testing import CliRunner
 
 from mqlab.backend_errors import REDIS_DOWN
+from mqlab.faces.cli import app
 from mqlab.lab.services.replication import Address, ReplicatedValkey
 from mqlab.lab.supervisor import Supervisor
 from mqlab.procs import free_port, pid_alive
@@ -98,6 +101,17 @@ def test_malformed_urls_say_what_is_wrong_without_the_password(url: str, says: s
     assert "s3cr" not in str(caught.value)
     with pytest.raises(ValueError):
         sync_client(url)
+
+
+def test_a_command_refuses_a_malformed_redis_url(tmp_path: Path) -> None:
+    url = f"redis+sentinel://:{SECRET}@h:1/svc?db=x"
+    args = ["status", "--redis-url", url, "--database-url", "postgresql://u@127.0.0.1:1/x"]
+    env = {"COLUMNS": "200", "MQLAB_HOME": str(tmp_path)}
+    result = CliRunner().invoke(app, args, env=env, prog_name="mqlab")
+    assert result.exit_code == 1
+    assert "the Redis URL (REDIS_URL / --redis-url)" in result.output
+    assert "database (db=) must be a number" in result.output
+    assert "s3cr" not in result.output
 
 
 def test_redact_hides_every_password() -> None:
@@ -343,3 +357,45 @@ def test_the_api_and_a_worker_follow_a_failover(
         assert all(child.alive() for child in sup.children.values())
     finally:
         sup.close()
+
+
+@pytest.fixture
+def lab_host() -> Iterator[tuple[str, str]]:
+    """A network namespace joined to this one by a veth pair: (its name, its address)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    name, subnet = f"mqlt{os.getpid()}", f"10.231.{os.getpid() % 250}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", name)
+    try:
+        ip("link", "add", f"{name}h", "type", "veth", "peer", "name", f"{name}n")
+        ip("link", "set", f"{name}n", "netns", name)
+        ip("addr", "add", f"{subnet}.1/24", "dev", f"{name}h")
+        ip("link", "set", f"{name}h", "up")
+        ip("-n", name, "addr", "add", f"{subnet}.2/24", "dev", f"{name}n")
+        ip("-n", name, "link", "set", f"{name}n", "up")
+        # Without lo, a process in the namespace cannot reach the namespace's own address
+        # (the five members share one host here): the Sentinels saw the primary down.
+        ip("-n", name, "link", "set", "lo", "up")
+        yield name, f"{subnet}.2"
+    finally:
+        ip("netns", "del", name)  # takes the veth pair with it
+
+
+def test_a_group_runs_inside_a_lab_host(tmp_path: Path, lab_host: tuple[str, str]) -> None:
+    netns, host = lab_host
+    addresses = [Address(host, 17000 + i, netns) for i in range(5)]
+    with ReplicatedValkey(tmp_path, addresses[0], addresses[1], addresses[2:]) as g:
+        client = sync_client(g.sentinel_url, socket_timeout=2)
+        try:
+            client.set("in the lab host", "1")
+            assert client.connection_pool.get_master_address() == (host, 17000)
+        finally:
+            client.close()
+        inside = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+        assert sorted(map(int, inside.stdout.split())) == sorted(g.pids)
+    inside = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    assert inside.stdout.split() == []

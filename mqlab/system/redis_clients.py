@@ -159,7 +159,13 @@ def _sentinel_kwargs(target: SentinelTarget, kwargs: dict[str, Any]) -> dict[str
 
 
 def _primary_kwargs(target: SentinelTarget, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"db": target.db, "username": target.username, "password": target.password, **kwargs}
+    """The caller's kwargs, with what the URL says winning (as in redis-py's from_url)."""
+    found = {**kwargs, "db": target.db}
+    if target.username is not None:
+        found["username"] = target.username
+    if target.password is not None:
+        found["password"] = target.password
+    return found
 
 
 class SentinelRedis(redis.Redis):

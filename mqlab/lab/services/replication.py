@@ -15,13 +15,12 @@ Users, each with its own password (generated, kept in the 0600 configs only):
 - on the Sentinels: `client`, only what a client needs to find the primary
   (CLIENT_SENTINEL_COMMANDS); `peer`, what the Sentinels send each other
   (`sentinel sentinel-user`); `default` is off.
+The configs, and the lists named here, are in replication_configs.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import secrets
 import signal
 import subprocess
 import time
@@ -38,6 +37,16 @@ from mqlab.backend_errors import REDIS_FAILURE
 from mqlab.lab.environment import Opened
 from mqlab.lab.services import valkey_server
 from mqlab.lab.services.home import identity
+from mqlab.lab.services.replication_configs import (
+    DOWN_AFTER_MS,
+    FAILOVER_TIMEOUT_MS,
+    SERVICE,
+    Address,
+    Secrets,
+    hostport,
+    node_config,
+    sentinel_config,
+)
 from mqlab.lab.services.runtime import (
     Account,
     data_root,
@@ -52,49 +61,11 @@ from mqlab.procs import terminate, wait_until
 from mqlab.system.redis_clients import SENTINEL_SCHEME, parse_sentinel_url, sync_client
 from mqlab.system.redis_clients import redact as redact_url
 
-#: The name the Sentinels know the primary by (the Sentinel URL's path).
-SERVICE = "mqlab"
-#: How long the Sentinels wait before they call an unanswering primary down (ms). 1 s is
-#: the shortest that stays quiet on a busy 2-core machine: the lab's own load delays PINGs.
-DOWN_AFTER_MS = 1000
-#: A failover's timeout (ms): also how long before a failed one is tried again (twice it).
-FAILOVER_TIMEOUT_MS = 3000
-#: What a replica sends its primary.
-REPLICA_COMMANDS = ("psync", "replconf", "ping")
-#: What a Sentinel sends a node it monitors: Valkey's documented list (topics/sentinel.md,
-#: "Redis ACL authentication"), plus REPLICAOF (the new name of SLAVEOF) and FAILOVER,
-#: which Valkey 9's Sentinel may use.
-NODE_SENTINEL_RULES = (
-    "allchannels -@all +multi +slaveof +replicaof +ping +exec +subscribe +config|rewrite "
-    "+role +publish +info +client|setname +client|kill +script|kill +failover"
-)
-#: What a client may ask a Sentinel: redis-py's discovery (SENTINEL MASTERS, REPLICAS,
-#: SENTINELS), the one-question form other clients use, and connecting.
-CLIENT_SENTINEL_COMMANDS = (
-    "auth", "hello", "ping", "client|setinfo", "client|setname",
-    "sentinel|masters", "sentinel|master", "sentinel|get-master-addr-by-name",
-    "sentinel|replicas", "sentinel|slaves", "sentinel|sentinels",
-)  # fmt: skip
-#: What the Sentinels send each other: hellos, the vote on a primary being down, PINGs.
-PEER_SENTINEL_COMMANDS = (
-    "auth", "hello", "ping", "client|setname", "publish", "sentinel|is-master-down-by-addr",
-)  # fmt: skip
-
-
 #: How the group's own checks connect: one try, a short wait. redis-py's default retries,
 #: with backoff, held a check of a node that does not answer (or refuses) for seconds.
 _QUICK: dict[str, Any] = {
     "socket_timeout": 1, "socket_connect_timeout": 1, "retry": Retry(NoBackoff(), 0),
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where a node listens, and the lab host (network namespace) it runs in."""
-
-    host: str
-    port: int
-    netns: str | None = None
 
 
 @dataclass
@@ -107,34 +78,6 @@ class Member:
     sentinel: bool = False
     conf: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
-
-
-def _hostport(address: Address) -> str:
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{host}:{address.port}"
-
-
-def _user(name: str, password: str, rules: str) -> str:
-    """A config line for a user with its password stored hashed."""
-    digest = hashlib.sha256(password.encode()).hexdigest()
-    return f"user {name} on #{digest} {rules}"
-
-
-def _allow(commands: Sequence[str], channels: str = "resetchannels") -> str:
-    """ACL rules: these commands only (and no pub/sub channel unless `channels` says)."""
-    return " ".join([channels, "-@all", *(f"+{command}" for command in commands)])
-
-
-class _Secrets:
-    """The group's own passwords (the app user's is the home's); never in a repr."""
-
-    def __init__(self) -> None:
-        self.replica, self.sentinel, self.client, self.peer = (
-            secrets.token_urlsafe(24) for _ in range(4)
-        )
-
-    def __repr__(self) -> str:
-        return "_Secrets(...)"
 
 
 class ReplicatedValkey(Opened["ReplicatedValkey"]):
@@ -164,7 +107,7 @@ class ReplicatedValkey(Opened["ReplicatedValkey"]):
         self.nodes = [Member("valkey-1", primary), Member("valkey-2", replica)]
         self.sentinels = [Member(f"sentinel-{i}", a, True) for i, a in enumerate(sentinels, 1)]
         self._password = identity(base)["passwords"]["redis"]
-        self._secrets = _Secrets()
+        self._secrets = Secrets()
         #: The group's folder in the home's runtime folder (0700), once open() has made it.
         self.folder: Path | None = None
         self._run_as: tuple[str, Account | None] = ("", None)
@@ -172,55 +115,7 @@ class ReplicatedValkey(Opened["ReplicatedValkey"]):
         # URL parser's message, when malformed (a line break would add a config line).
         parse_sentinel_url(self.sentinel_url)
         for node in self.nodes:
-            parse_sentinel_url(f"{SENTINEL_SCHEME}://{_hostport(node.address)}/{service}")
-
-    # -- configs ------------------------------------------------------------------------
-
-    def _node_config(self, node: Member, data: Path, primary: Address | None) -> str:
-        lines = [
-            *valkey_server.node_settings(data, node.address.host, node.address.port),
-            valkey_server.app_user(self._password),
-            _user("replica", self._secrets.replica, _allow(REPLICA_COMMANDS)),
-            _user("sentinel", self._secrets.sentinel, NODE_SENTINEL_RULES),
-            # Both nodes: whichever is demoted logs in to the other as `replica`.
-            "masteruser replica",
-            f"masterauth {self._secrets.replica}",
-            # The address the Sentinels and the primary are told: the one it listens on,
-            # not the source address of its connection (another on a multi-homed lab host).
-            f"replica-announce-ip {node.address.host}",
-            # A replica's first sync starts at once, not after the default 5 s wait for
-            # more replicas to share it (there is one): the group is up in ~1 s, not ~6.
-            "repl-diskless-sync-delay 0",
-        ]
-        if primary is not None:
-            lines.append(f"replicaof {primary.host} {primary.port}")
-        return "\n".join(lines) + "\n"
-
-    def _sentinel_config(self, node: Member, data: Path) -> str:
-        primary = self.nodes[0].address
-        name = self.service
-        return "\n".join([
-            f"port {node.address.port}",
-            f"bind {node.address.host}",
-            "protected-mode yes",
-            f'dir "{data}"',
-            "daemonize no",
-            'logfile ""',
-            f"sentinel announce-ip {node.address.host}",
-            f"sentinel monitor {name} {primary.host} {primary.port} 2",
-            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
-            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
-            f"sentinel parallel-syncs {name} 1",
-            f"sentinel auth-user {name} sentinel",
-            f"sentinel auth-pass {name} {self._secrets.sentinel}",
-            "sentinel sentinel-user peer",
-            f"sentinel sentinel-pass {self._secrets.peer}",
-            "user default off resetchannels -@all",
-            _user("client", self._secrets.client, _allow(CLIENT_SENTINEL_COMMANDS)),
-            _user("peer", self._secrets.peer, _allow(PEER_SENTINEL_COMMANDS, "allchannels")),
-        ]) + "\n"  # fmt: skip
-
-    # -- the group ----------------------------------------------------------------------
+            parse_sentinel_url(f"{SENTINEL_SCHEME}://{hostport(node.address)}/{service}")
 
     def open(self) -> ReplicatedValkey:
         account = service_account()
@@ -233,10 +128,13 @@ class ReplicatedValkey(Opened["ReplicatedValkey"]):
             data = server_dir(root / member.name, account)
             member.conf = data / ("sentinel.conf" if member.sentinel else "valkey.conf")
             if member.sentinel:
-                text = self._sentinel_config(member, data)
+                text = sentinel_config(
+                    member.address, data, self._secrets, primary, service=self.service,
+                    down_after_ms=self.down_after_ms, failover_timeout_ms=self.failover_timeout_ms,
+                )  # fmt: skip
             else:
                 of = None if member is self.nodes[0] else primary
-                text = self._node_config(member, data, of)
+                text = node_config(member.address, data, self._password, self._secrets, of)
             write_private(member.conf, text)
             give(member.conf, account)  # a Sentinel rewrites its config, and a node its own
             self._run(member)
@@ -259,10 +157,25 @@ class ReplicatedValkey(Opened["ReplicatedValkey"]):
 
     def _wait_settled(self) -> None:
         if not wait_until(self._settled, timeout=self.timeout, interval=0.2):
+            seen = "; ".join(f"{s.name}: {self._state(s)}" for s in self.sentinels)
             raise RuntimeError(
                 f"the Sentinels did not agree on a primary with a replica within "
-                f"{self.timeout:g} s; see {self.base / 'log'}/sentinel-*.log"
+                f"{self.timeout:g} s ({seen}); see {self.base / 'log'}/sentinel-*.log"
             )
+
+    def _state(self, sentinel: Member) -> str:
+        """What one Sentinel says of the primary, for an error message."""
+        client = self._sentinel(sentinel)
+        try:
+            state = client.sentinel_master(self.service)
+        except REDIS_FAILURE as exc:
+            return f"no answer ({type(exc).__name__})"
+        finally:
+            client.close()
+        return (
+            f"primary {state['ip']}:{state['port']} flags {state['flags']}, "
+            f"{state['num-slaves']} replica(s), {state['num-other-sentinels']} other Sentinel(s)"
+        )
 
     def restart(self, name: str) -> None:
         """Start a killed data node again from its config, and wait until the Sentinels have
@@ -301,7 +214,7 @@ class ReplicatedValkey(Opened["ReplicatedValkey"]):
     def sentinel_url(self) -> str:
         """The URL clients find the primary by (mqlab.system.redis_clients): the app user's
         password for the nodes, the `client` user's for the Sentinels."""
-        hosts = ",".join(_hostport(s.address) for s in self.sentinels)
+        hosts = ",".join(hostport(s.address) for s in self.sentinels)
         return (
             f"{SENTINEL_SCHEME}://default:{self._password}@{hosts}/{self.service}"
             f"?sentinel_username=client&sentinel_password={self._secrets.client}"
