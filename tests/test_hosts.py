@@ -20,8 +20,10 @@ import pytest
 
 from mqlab.experiments import Hosts, parse
 from mqlab.figures.hosts_report import host_of
+from mqlab.figures.results import Verdict
 from mqlab.lab.hosts.lab import HostsLab
 from mqlab.lab.hosts.network import available
+from mqlab.lab.hosts.suite_run import run_on_hosts
 from mqlab.lab.runner import Runner
 from mqlab.lab.services.listen import ListenError, check, postgres_lets_in, valkey_lets_in
 from mqlab.procs import wait_until
@@ -217,3 +219,33 @@ def test_nothing_is_left_after_ctrl_c_or_sigkill(tmp_path: Path, sig: signal.Sig
     if sig == signal.SIGINT:
         assert runner.returncode == 130
     _nothing_left(started, tag, timeout=30)
+
+
+FAILOVER = {
+    "suite": {"name": "hosts-failover", "job_seconds": 0.1},
+    "api": {"max_latency_ms": 500},
+    "hosts": {"api": ["hosta"], "workers": ["hosta", "hostb"]},
+    "row": [
+        {"name": "failover", "orders": 80, "workers": 2, "fire_seconds": 8,
+         "failover_after": 2},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_failover_row_loses_nothing() -> None:
+    """About 25 s: Valkey replicated behind Sentinels on lab hosts, its primary SIGKILLed
+    mid-run; the APIs and workers follow the promoted replica, and the ledger balances."""
+    _needs_hosts()
+    result, versions = run_on_hosts(parse(FAILOVER))
+    (row,) = result.rows
+    x = row.ledger
+    assert x is not None
+    assert (x.lost, x.completed_twice, x.dead) == (0, 0, 0), x.problems
+    assert x.accepted + x.refused == 80 and x.accepted == x.completed
+    assert 0 < x.timings["kill -> replica promoted"] < 30
+    assert x.timings["kill -> last job"] > 0
+    assert 0 < x.timings["kill -> 202s again"] < 30
+    assert row.verdict is Verdict.OK, row.reason
+    assert "Sentinels" in versions["redis"]

@@ -126,6 +126,7 @@ def disruptions_markdown(result: SuiteResult) -> list[str]:
                 f"({len(x.recovery)} job(s))"
             )
         figures.append(f"late completions refused by the guarded claim: {x.refused_late}")
+        figures.append(f"jobs the reconciler queued again (their messages lost): {x.reconciled}")
         figures.append(f"work run twice: {x.work_twice}; completed twice: {x.completed_twice}")
         out += [f"### {r.row.name}", "", *(f"- {f}" for f in figures), ""]
     return ["## Disruptions", "", *out] if out else []

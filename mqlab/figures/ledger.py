@@ -106,6 +106,8 @@ class Ledger:
     #: Completions a worker attempted after its claim was taken over, refused by the guarded
     #: claim (job_lost events): a partitioned worker's late ones.
     refused_late: int = 0
+    #: Jobs the reconciler queued again (their messages lost: FLUSHALL, a failover).
+    reconciled: int = 0
     #: Named durations of the row's disruption (seconds): "kill -> first 202", ...
     timings: dict[str, float] = field(default_factory=dict)
     skipped: str = ""
@@ -141,6 +143,7 @@ class Ledger:
             "kills": self.kills,
             "replay": None if self.replay is None else vars(self.replay),
             "refusedLate": self.refused_late,
+            "reconciled": self.reconciled,
             "timings": self.timings,
             "skipped": self.skipped or None,
             "problems": self.problems,
@@ -252,6 +255,7 @@ def build(
     crashed_workers: int = 0,
     replay: Replay | None = None,
     refused_late: int = 0,
+    reconciled: int = 0,
 ) -> Ledger:
     """The ledger of one run. `statuses`: job id -> status; `finished_events`: job id ->
     completions seen (job_finished events of distinct attempts or workers; more than one:
@@ -275,6 +279,7 @@ def build(
         kills=len(marks.kills),
         replay=replay,
         refused_late=refused_late,
+        reconciled=reconciled,
         skipped=marks.skipped,
     )
     if marks.kills:

@@ -170,7 +170,7 @@ class FaultyRun:
             conn = await self.dbc.get()
             jobs = [JobTiming.from_row(r) for r in await db.job_timings(conn)]
             attempts = [Attempt.from_row(r) for r in await db.attempt_times(conn)]
-            events, refused_late = await finished_events(self.client)
+            events = await finished_events(self.client)
         finally:
             await self.dbc.drop()
         ledger = build(
@@ -178,12 +178,13 @@ class FaultyRun:
             shots,
             {j.job_id: j.status for j in jobs},
             attempts,
-            events,
+            events.completions,
             self.scenario.marks,
             timed_out=timed_out,
             crashed_workers=self.crashed,
             replay=self.replay,
-            refused_late=refused_late,
+            refused_late=events.refused_late,
+            reconciled=events.reconciled,
         )
         report("done", done=ledger.completed, total=self.row.orders)
         scenario = self.scenario

@@ -67,21 +67,34 @@ async def fire_products(
     return [s for shots in await asyncio.gather(*sent) for s in shots]
 
 
-async def finished_events(client: aioredis.Redis) -> tuple[dict[str, int], int]:
-    """(job id -> completions in mqlab:events, job_lost events: completions refused because
-    the claim had been taken over).
+@dataclass
+class EventCounts:
+    """What the events stream (mqlab:events) says of a run."""
 
-    A completion is a job_finished event of one attempt by one worker: the same one twice is
-    one announcement sent again (its reply lost: Redis failed over, or a connection broke),
-    not a second completion. More than one completion of a job: completed twice."""
+    #: job id -> its completions: job_finished events of distinct (attempt, worker). The
+    #: same one twice is one announcement sent again (its reply lost: Redis failed over, a
+    #: connection broke), not a second completion. More than one: completed twice.
+    completions: dict[str, int] = field(default_factory=dict)
+    #: job_lost events: completions refused because the claim had been taken over.
+    refused_late: int = 0
+    #: Jobs the reconciler queued again (Redis had lost their messages).
+    reconciled: int = 0
+
+
+async def finished_events(client: aioredis.Redis) -> EventCounts:
+    """The run's EventCounts, read from mqlab:events."""
     seen: dict[str, set[tuple[str, str]]] = {}
-    lost = 0
+    counts = EventCounts()
     for _, entry in await client.xrange(keys.EVENTS, "-", "+"):
-        if entry.get("type") == EventKind.JOB_FINISHED and "job" in entry:
+        kind = entry.get("type")
+        if kind == EventKind.JOB_FINISHED and "job" in entry:
             done = (entry.get("attempt", ""), entry.get("worker", ""))
             seen.setdefault(entry["job"], set()).add(done)
-        lost += entry.get("type") == EventKind.JOB_LOST
-    return {job: len(done) for job, done in seen.items()}, lost
+        counts.refused_late += kind == EventKind.JOB_LOST
+        if kind == EventKind.RECONCILED and entry.get("requeued", "").isdigit():
+            counts.reconciled += int(entry["requeued"])
+    counts.completions = {job: len(done) for job, done in seen.items()}
+    return counts
 
 
 class PlainRun:
@@ -150,10 +163,11 @@ class PlainRun:
         report("done", done=sum(1 for j in jobs if j.status == "completed"), total=self.row.orders)
         run = run_result(shots, first_sent, startup, timed_out, jobs, history, self.pool.ids)
         if self.keep_ledger:
-            events, refused_late = await finished_events(self.client)
+            events = await finished_events(self.client)
             statuses = {j.job_id: j.status for j in jobs}
-            run.ledger = build(self.row, shots, statuses, history, events, Marks(),
-                               timed_out=timed_out, refused_late=refused_late)  # fmt: skip
+            run.ledger = build(self.row, shots, statuses, history, events.completions, Marks(),
+                               timed_out=timed_out, refused_late=events.refused_late,
+                               reconciled=events.reconciled)  # fmt: skip
         return run
 
 
