@@ -15,6 +15,7 @@ from mqlab.experiments import POISON_PRODUCT, Row, Suite
 from mqlab.faces.tui.model import LineHandler, RowHandler
 from mqlab.figures.progress import ProgressHandler
 from mqlab.figures.results import RowResult, SuiteResult
+from mqlab.lab.hosts.lab import HostsLab
 from mqlab.lab.row_run import fire_products
 from mqlab.lab.runner import Runner
 from mqlab.lab.scenarios import owned_postgres
@@ -58,7 +59,13 @@ class LiveLab:
         self.state = "starting"
         self.error = ""
         self._handler: LineHandler = lambda _name, _line: None
-        self.stack = Stack(redis_url, database_url, on_line=self._line)
+        #: A suite with a [hosts] table runs on lab hosts (namespaces, links, an API on each
+        #: API host); any other on this machine.
+        self.stack: Stack | HostsLab = (
+            HostsLab(suite.hosts, on_line=self._line)
+            if suite.hosts is not None
+            else Stack(redis_url, database_url, on_line=self._line)
+        )
         # open() and close() may run at once (a person quits while the servers start).
         self._state_lock = threading.Lock()
         self._closing = False
@@ -81,9 +88,10 @@ class LiveLab:
         return [] if sup is None else list(sup.children.values())
 
     def api_alive(self) -> bool | None:
+        """Whether the API runs (every API, on lab hosts); None before one started."""
         sup = self.stack.sup
-        api = None if sup is None else sup.children.get("api")
-        return None if api is None else api.alive()
+        apis = [] if sup is None else [c for c in sup.children.values() if c.kind == "api"]
+        return all(a.alive() for a in apis) if apis else None
 
     # -- log lines ----------------------------------------------------------------------------
 
@@ -115,7 +123,7 @@ class LiveLab:
             assert sup is not None
             if self.stack.started_services:
                 self.say(f"started embedded {' and '.join(self.stack.started_services)}")
-            self.say(f"API on {sup.api_url}")
+            self.say(f"API on {', '.join(sup.api_urls)}")
             if self.initial_workers and not self._closing:
                 started = sup.start_workers(self.initial_workers, self.spec())
                 self.say(f"workers {', '.join(c.name for c in started)} ready")
@@ -270,9 +278,11 @@ class LiveLab:
         assert self.settings is not None
         # The embedded PostgreSQL this lab started, if it did: kata4's PostgreSQL row stops it
         # (skipped, with its reason, when the servers are someone else's).
-        pg = owned_postgres(self.stack.servers)
+        hosts = self.stack if isinstance(self.stack, HostsLab) else None
+        pg = None if hosts is not None else owned_postgres(self.stack.servers)
         # Order ids keep counting from row to row: a lane spans rows, and would show #1 twice.
-        runner = Runner(self.settings, sup, on_progress=on_progress, pg=pg, restart_ids=False)
+        runner = Runner(self.settings, sup, on_progress=on_progress, pg=pg, restart_ids=False,
+                        hosts=hosts)  # fmt: skip
         # Before our own workers are touched: a refusal leaves them as they were.
         client = async_client(self.settings.redis_url, decode_responses=True)
         try:

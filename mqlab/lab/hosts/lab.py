@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from mqlab.experiments import Hosts
@@ -37,6 +38,7 @@ from mqlab.lab.hosts.link_control import LinkControl
 from mqlab.lab.hosts.network import Host, Network, available
 from mqlab.lab.services import postgres_server, valkey_server
 from mqlab.lab.services.replication import Address, ReplicatedValkey
+from mqlab.lab.stack import NotOurServer
 from mqlab.lab.supervisor import LineHandler, Place, Supervisor
 from mqlab.private_files import private_dir
 from mqlab.procs import free_port, spawn, wait_until
@@ -241,6 +243,21 @@ class HostsLab(Opened["HostsLab"]):
         if self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
+
+    @property
+    def started_services(self) -> list[str]:
+        """The servers this lab started (all of them: its own, in a folder of its own)."""
+        return ["replicated valkey" if self.replicated else "valkey", "postgresql"]
+
+    def postgres_stoppable(self) -> str | None:
+        """Why its PostgreSQL cannot be stopped by the TUI's drill (a lab on hosts keeps it)."""
+        return (
+            "the lab on hosts does not stop its PostgreSQL: run the drill on one machine "
+            "(mqlab tui --suite kata4)"
+        )
+
+    def stop_postgres(self, seconds: float, still_wanted: Callable[[], bool]) -> None:
+        raise NotOurServer(self.postgres_stoppable() or "")
 
     def versions(self) -> dict[str, str]:
         """Server versions, for the report."""
