@@ -132,3 +132,19 @@ def test_an_order_the_database_refuses_is_a_json_500_and_leaves_nothing(
 
 def test_the_test_hook_is_off_unless_asked_for(client: httpx.Client) -> None:
     assert client.get("/_test/fail").status_code == 404
+
+
+def test_a_full_redis_is_a_503_not_a_500() -> None:
+    """Valkey out of memory (maxmemory, noeviction) refuses the push: the order is not taken,
+    and the client is told to come back (docs/production.md measured a 500 before)."""
+    from mqlab.system.api.backends import redis_failure
+
+    full = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+    answer = redis_failure("POST /orders", full)
+    assert answer.status_code == 503 and "Retry-After" in answer.headers
+    assert b"Redis is full" in answer.body
+    assert redis_failure("POST /orders", redis.exceptions.ConnectionError()).status_code == 503
+    assert (
+        redis_failure("POST /orders", redis.exceptions.ResponseError("WRONGTYPE")).status_code
+        == 500
+    )

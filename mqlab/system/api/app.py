@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mqlab import db
-from mqlab.backend_errors import REDIS_DOWN, REDIS_FAILURE
+from mqlab.backend_errors import REDIS_FAILURE
 from mqlab.protocol import keys
 from mqlab.settings import Settings
 from mqlab.system import dead_letters
@@ -27,10 +27,9 @@ from mqlab.system.api import schemas
 from mqlab.system.api.backends import (
     RETRY_AFTER,
     Backends,
-    internal_error,
     log_down,
     pg_failure,
-    unavailable,
+    redis_failure,
 )
 from mqlab.system.api.fastpath import OrdersAPI, fast_post_orders
 from mqlab.system.api.validation import OrderIn, echo, error_response
@@ -153,9 +152,7 @@ def create_app(settings: Settings, pool_size: int = 20) -> OrdersAPI:
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
-        if isinstance(exc, REDIS_DOWN):
-            return unavailable("Redis", exc)
-        return internal_error(f"{request.method} {request.url.path}", exc)
+        return redis_failure(f"{request.method} {request.url.path}", exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+import redis.exceptions
 from fastapi.responses import JSONResponse
 
 from mqlab import db
@@ -128,6 +129,20 @@ def internal_error(where: str, exc: BaseException) -> JSONResponse:
     """500 for a failure of ours: logged here, once, with its traceback; none in the body."""
     log.error("%s failed", where, exc_info=exc)
     return error_response(500, "internal error")
+
+
+def redis_failure(where: str, exc: BaseException) -> JSONResponse:
+    """503 when Redis is away, or full (out of memory under `maxmemory` with noeviction: it
+    refuses writes until the workers drain it, see docs/production.md), else 500."""
+    if isinstance(exc, REDIS_DOWN):
+        return unavailable("Redis", exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        log_seldom("Redis", f"Redis refuses writes: {exc}")
+        return error_response(
+            503, "Redis is full (out of memory): it refuses new jobs until the queue drains",
+            [{"backend": "Redis"}], headers=RETRY_AFTER,
+        )  # fmt: skip
+    return internal_error(where, exc)
 
 
 def pg_failure(where: str, exc: BaseException) -> JSONResponse:

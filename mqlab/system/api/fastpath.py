@@ -11,8 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from mqlab.backend_errors import REDIS_DOWN
-from mqlab.system.api.backends import Backends, internal_error, pg_failure, unavailable
+from mqlab.system.api.backends import Backends, internal_error, pg_failure, redis_failure
 from mqlab.system.api.validation import (
     MAX_BODY_BYTES,
     BadRequest,
@@ -95,11 +94,8 @@ def fast_post_orders(backends: Backends) -> Callable[[Scope, Receive, Send], Awa
         except BadRequest as exc:
             response = error_response(exc.status, exc.error, exc.details)
         except RedisDown as exc:
-            cause = exc.__cause__ or exc
-            if isinstance(cause, REDIS_DOWN):
-                response = unavailable("Redis", cause)
-            else:  # Redis answered, with an error (e.g. the queue key holds no list)
-                response = internal_error("POST /orders", cause)
+            # Away or full: 503; any other error reply (the queue key holds no list): 500.
+            response = redis_failure("POST /orders", exc.__cause__ or exc)
         except psycopg.Error as exc:  # PoolTimeout included (a psycopg.OperationalError)
             response = pg_failure("POST /orders", exc)
         except Exception as exc:
