@@ -10,17 +10,15 @@ from dataclasses import replace
 from mqlab.experiments import Row
 from mqlab.figures.results import RowResult, SuiteResult
 from mqlab.figures.results_table import ms, seconds
+from mqlab.protocol.ids import host_by_prefix
 
 
-def host_of(worker_id: str) -> str:
-    """A lab host's worker is `<host>-w<n>`: its host; any other id is its own."""
-    head, _, tail = worker_id.rpartition("-")
-    return head if head and tail.startswith("w") and tail[1:].isdigit() else worker_id
-
-
-def _completed_by_host(r: RowResult) -> Counter[str]:
+def _completed_by_host(r: RowResult, hosts: list[str]) -> Counter[str]:
+    """Jobs completed in the row's median run, by the host its worker (`<host>-w<n>`) ran on."""
     run = r.representative
-    return Counter(host_of(j.worker_id or "?") for j in run.jobs if j.status == "completed")
+    return Counter(
+        host_by_prefix(j.worker_id or "", hosts) or "?" for j in run.jobs if j.status == "completed"
+    )
 
 
 def throughput_markdown(result: SuiteResult) -> list[str]:
@@ -33,7 +31,7 @@ def throughput_markdown(result: SuiteResult) -> list[str]:
     for r in result.rows:
         if r.makespan <= 0:
             continue
-        done = _completed_by_host(r)
+        done = _completed_by_host(r, hosts)
         cells = [f"{done[h]} ({done[h] / r.makespan:,.1f}/s)" if done[h] else "-" for h in hosts]
         out.append(f"| {r.row.name} | " + " | ".join(cells) + " |")
     return [

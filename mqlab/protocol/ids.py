@@ -9,6 +9,7 @@ tests/test_protocol.py checks that PostgreSQL's agrees with Python's.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import NamedTuple
 
 JOB_ID_PREFIX = "job-"
@@ -76,3 +77,11 @@ def worker_sort_key(worker_id: str) -> tuple[int, tuple[str | int, ...], int, st
     if match := _HOST_WORKER.fullmatch(worker_id):
         return (1, _natural(match.group(1)), int(match.group(2)), worker_id)
     return (2, _natural(worker_id), 0, worker_id)
+
+
+def host_by_prefix(worker_id: str, hosts: Iterable[str]) -> str | None:
+    """The host of `hosts` that a worker id starts with (`<host>-w3`, `<host>-<pid>`: a lab
+    host's worker, or one started by hand there); the longest such host, so that `a-b-w1` is
+    `a-b`'s, not `a`'s. None when it starts with none of them."""
+    found = [host for host in hosts if worker_id.startswith(f"{host}-")]
+    return max(found, key=len) if found else None

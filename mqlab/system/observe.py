@@ -14,6 +14,7 @@ from mqlab import db
 from mqlab.protocol import keys
 from mqlab.protocol.delayed import next_due
 from mqlab.protocol.events import WorkerState
+from mqlab.protocol.ids import host_by_prefix
 from mqlab.protocol.messages import DeadLetter, read_dead_letter
 from mqlab.protocol.scans import live_worker_ids, processing_lists
 
@@ -59,8 +60,7 @@ def host_of(worker_id: str, live: dict[str, str]) -> str:
     `<host>-<pid>`; the longest such host, so `a-b-w1` is `a-b`'s, not `a`'s), else GONE."""
     if worker_id in live:
         return live[worker_id]
-    hosts = {host for host in live.values() if worker_id.startswith(f"{host}-")}
-    return max(hosts, key=len) if hosts else GONE
+    return host_by_prefix(worker_id, set(live.values())) or GONE
 
 
 def hosts(workers: list[WorkerInfo], completed: dict[str, int]) -> list[HostInfo]:
