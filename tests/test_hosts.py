@@ -21,7 +21,7 @@ import pytest
 from mqlab.experiments import Hosts, parse
 from mqlab.figures.results import Verdict
 from mqlab.lab.hosts.lab import HostsLab
-from mqlab.lab.hosts.network import available
+from mqlab.lab.hosts.network import available, tag_prefix
 from mqlab.lab.hosts.suite_run import run_on_hosts
 from mqlab.lab.runner import Runner
 from mqlab.lab.services.listen import ListenError, check, postgres_lets_in, valkey_lets_in
@@ -172,7 +172,7 @@ def _started_lab(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int], st
         [sys.executable, "-m", "mqlab", "run-experiment", str(suite), "--out", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    tag = f"mqlab-{runner.pid:x}-"
+    tag = f"mqlab-{tag_prefix(runner.pid)}"
 
     def workers_run() -> bool:
         return sum(1 for c in _descendants(runner.pid).values() if "worker" in c) >= 2
@@ -200,8 +200,9 @@ def _nothing_left(started: list[int], tag: str, timeout: float) -> None:
         alive = [
             p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
         ]
-        bridge = f"mqbr-{tag.split('-')[1]}"
-        return not alive and not any(n.startswith(tag) for n in _netns()) and bridge not in _links()
+        bridge = tag.replace("mqlab-", "mqbr-", 1)
+        ours = [n for n in [*_netns(), *_links()] if n.startswith((tag, bridge))]
+        return not alive and not ours
 
     assert wait_until(gone, timeout=timeout, interval=0.2), (
         [p for p in started if psutil.pid_exists(p)],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import itertools
 import json
 import os
 import shutil
@@ -39,6 +40,27 @@ POOL = ipaddress.ip_network("10.200.0.0/16")
 FIRST_HOST = 11
 #: One lab at a time picks its subnet and makes its bridge.
 _LOCK = Path("/run/mqlab-hosts.lock")
+
+
+#: Networks made by this process so far: a process may hold two at once (a test's, a row's).
+_NETWORKS = itertools.count(1)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, d = divmod(n, 36)
+        out = digits[d] + out
+        if not n:
+            return out
+
+
+def tag_prefix(pid: int) -> str:
+    """What the names of every network made by process `pid` start with after `mqlab-` (or
+    `mqbr-`): its pid in base 36 and an `x`, then the network's number (a short tag: a link's
+    name holds 15 characters)."""
+    return f"{_base36(pid)}x"
 
 
 class NetworkError(RuntimeError):
@@ -122,7 +144,7 @@ class Network(Opened["Network"]):
         self.names = names
         #: Folders of the lab's own (made by it) that the janitor removes if the lab dies.
         self.remove = list(remove or [])
-        self.tag = f"{os.getpid():x}"[-8:]
+        self.tag = f"{tag_prefix(os.getpid())}{_base36(next(_NETWORKS))}"
         self.bridge = f"mqbr-{self.tag}"
         self.hosts: list[Host] = []
         self.subnet: ipaddress.IPv4Network | None = None
@@ -172,6 +194,7 @@ class Network(Opened["Network"]):
         address = str(self.subnet.network_address + FIRST_HOST + i)
         self._tell(netns=netns)
         _ip("netns", "add", netns)
+        self._tell(link=veth)  # deleting it deletes its peer too
         _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
         _ip("link", "set", peer, "netns", netns)
         _ip("link", "set", veth, "master", self.bridge)
