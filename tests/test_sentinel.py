@@ -169,6 +169,7 @@ def _refused(host: str, port: int, **login: str) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_group_starts_and_a_sentinel_client_writes(group: ReplicatedValkey) -> None:
     assert group.primary() == "valkey-1"
     client = sync_client(group.sentinel_url, socket_timeout=2, decode_responses=True)
@@ -189,6 +190,7 @@ def test_a_group_starts_and_a_sentinel_client_writes(group: ReplicatedValkey) ->
         replica.close()
 
 
+@pytest.mark.slow
 async def test_an_async_sentinel_client_writes_and_closes_its_sentinel_clients(
     group: ReplicatedValkey,
 ) -> None:
@@ -206,6 +208,7 @@ async def test_an_async_sentinel_client_writes_and_closes_its_sentinel_clients(
     assert not any(c.is_connected for c in asked)
 
 
+@pytest.mark.slow
 def test_nodes_and_sentinels_require_passwords(group: ReplicatedValkey) -> None:
     target = parse_sentinel_url(group.sentinel_url)
     for member in [*group.nodes, *group.sentinels]:
@@ -219,6 +222,7 @@ def test_nodes_and_sentinels_require_passwords(group: ReplicatedValkey) -> None:
     assert _refused(node.host, node.port, username="client", password=target.sentinel_password)
 
 
+@pytest.mark.slow
 def test_the_sentinel_client_user_may_only_find_the_primary(group: ReplicatedValkey) -> None:
     target = parse_sentinel_url(group.sentinel_url)
     address = group.sentinels[0].address
@@ -243,6 +247,7 @@ def test_the_sentinel_client_user_may_only_find_the_primary(group: ReplicatedVal
         client.close()
 
 
+@pytest.mark.slow
 def test_files_are_private_and_close_leaves_nothing_running(tmp_path: Path) -> None:
     g = ReplicatedValkey(tmp_path, _address(), _address(), [_address() for _ in range(3)])
     with g:
@@ -263,6 +268,7 @@ def test_files_are_private_and_close_leaves_nothing_running(tmp_path: Path) -> N
     assert not any(pid_alive(pid) for pid in pids)
 
 
+@pytest.mark.slow
 def test_a_group_that_fails_to_start_stops_what_it_started(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -387,6 +393,7 @@ def lab_host() -> Iterator[tuple[str, str]]:
         ip("netns", "del", name)  # takes the veth pair with it
 
 
+@pytest.mark.slow
 def test_a_group_runs_inside_a_lab_host(tmp_path: Path, lab_host: tuple[str, str]) -> None:
     netns, host = lab_host
     addresses = [Address(host, 17000 + i, netns) for i in range(5)]
