@@ -118,7 +118,7 @@ def disruptions_markdown(result: SuiteResult) -> list[str]:
         if x is None or not (x.timings or x.recovery_kind in ("cut -> taken over",)):
             continue
         figures = [f"{k}: {v:.2f} s" for k, v in x.timings.items()]
-        if x.recovery:
+        if x.recovery and x.recovery_kind == "cut -> taken over":  # a failover's: in timings
             figures.append(
                 f"{x.recovery_kind}: p50 {x.recovery_p50:.2f} s, max {x.recovery_max:.2f} s "
                 f"({len(x.recovery)} job(s))"
