@@ -42,13 +42,13 @@ def schema_path() -> Path:
 
 def apply_schema(url: str) -> None:
     """Create the tables if they are missing (idempotent; safe with concurrent starters)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        # An advisory lock, so two processes starting at once do not race on CREATE.
-        conn.execute("SELECT pg_advisory_lock(727274)")
-        try:
-            conn.execute(schema_path().read_text())  # type: ignore[arg-type]
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(727274)")
+    with psycopg.connect(url) as conn, conn.transaction():
+        # An advisory lock, so two processes starting at once do not race on CREATE. Held by
+        # the transaction, not the session: behind a pooler in transaction mode (PgBouncer) a
+        # session lock and its unlock could go to two server connections, leaving the lock
+        # held for good and every later start waiting (docs/production.md saw it).
+        conn.execute("SELECT pg_advisory_xact_lock(727274)")
+        conn.execute(schema_path().read_text())  # type: ignore[arg-type]
 
 
 def closed_by_server(conn: psycopg.AsyncConnection[Any]) -> bool:
