@@ -75,7 +75,8 @@ class Row:
     partition_host: str = ""  # cut this host off from Valkey and PostgreSQL ...
     partition_after: float | None = None  # ... this long after the first order ...
     partition_seconds: float = 10.0  # ... for this long, then heal its link
-    failover_after: float | None = None  # SIGKILL the Valkey primary this long after
+    failover_after: float | None = None  # SIGKILL the Valkey primary this long after ...
+    failover_lag_seconds: float = 0.0  # ... its replica cut off from it this long first
 
     @classmethod
     def make(cls, **keys: Any) -> Row:
@@ -357,7 +358,7 @@ def _checked_on_hosts(row: Row, hosts: Hosts | None, at: str) -> None:
     keys = {
         "link_delay_ms": row.link_delay_ms, "link_jitter_ms": row.link_jitter_ms,
         "partition_after": row.partition_after, "failover_after": row.failover_after,
-        "partition_host": row.partition_host,
+        "partition_host": row.partition_host, "failover_lag_seconds": row.failover_lag_seconds,
     }  # fmt: skip
     used = sorted(k for k, v in keys.items() if v)
     if hosts is None:
@@ -371,6 +372,8 @@ def _checked_on_hosts(row: Row, hosts: Hosts | None, at: str) -> None:
             f"{at}: partition_host {row.partition_host!r} is not one of the workers' hosts "
             f"({', '.join(hosts.workers)})"
         )
+    if row.failover_lag_seconds and row.failover_after is None:
+        raise ExperimentError(f"{at}: failover_lag_seconds needs failover_after")
     if row.link_jitter_ms > row.link_delay_ms:
         raise ExperimentError(f"{at}: link_jitter_ms cannot exceed link_delay_ms")
 

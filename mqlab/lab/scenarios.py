@@ -84,7 +84,7 @@ class LabHosts(Protocol):
 
     def heal(self, host: str) -> None: ...
 
-    def kill_primary(self) -> None: ...
+    def kill_primary(self, lag_seconds: float = 0.0) -> float: ...
 
     def wait_promoted(self) -> None: ...
 
@@ -218,12 +218,14 @@ class Scenario:
             self.marks.healed_at = time.time()
 
     async def _failover(self, at: float) -> None:
-        """SIGKILL the Valkey primary: Sentinel promotes the replica, the clients follow."""
+        """SIGKILL the Valkey primary (the replica held back the row's failover_lag_seconds
+        first): Sentinel promotes the replica, the clients follow."""
         assert self.hosts is not None
         await self._until(at)
-        self.marks.primary_killed_at = time.time()
+        self.marks.primary_killed_at = time.time()  # corrected below, once it is known
         try:
-            await asyncio.to_thread(self.hosts.kill_primary)
+            lag = self.row.failover_lag_seconds
+            self.marks.primary_killed_at = await asyncio.to_thread(self.hosts.kill_primary, lag)
         finally:
             # Also when cancelled (the row's orders all settled first): the row ends with a
             # primary to read its results from.

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,11 +154,21 @@ class HostsLab(Opened["HostsLab"]):
         )
         return group.open()
 
-    def kill_primary(self) -> None:
-        """SIGKILL the Valkey primary (a replicated lab's): its Sentinels promote the replica."""
+    def kill_primary(self, lag_seconds: float = 0.0) -> float:
+        """SIGKILL the Valkey primary (a replicated lab's): its Sentinels promote the replica.
+        With lag_seconds, the replica is cut off from the primary that long first, and until
+        it is promoted (the dead primary's kernel would still deliver what it had sent): the
+        writes the primary acknowledged meanwhile are lost with it. Returns when it was
+        killed (epoch seconds)."""
         if self.valkey is None:
             raise RuntimeError("this lab's Valkey is a single server: nothing fails over")
-        self._killed, _ = self.valkey.kill_primary()
+        with self.valkey.replica_behind() if lag_seconds else contextlib.nullcontext():
+            time.sleep(lag_seconds)
+            killed_at = time.time()
+            self._killed, _ = self.valkey.kill_primary()
+            if lag_seconds:
+                self.wait_promoted()
+        return killed_at
 
     def wait_promoted(self, timeout: float = 60.0) -> None:
         """Until the Sentinels name a primary other than the one kill_primary() killed."""

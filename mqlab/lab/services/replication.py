@@ -24,7 +24,7 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,6 +320,26 @@ class ReplicatedValkey(Opened["ReplicatedValkey"]):
         terminate(node.proc.pid, signal.SIGKILL, timeout=5)
         node.proc = None
         return name, at
+
+    @contextlib.contextmanager
+    def replica_behind(self) -> Iterator[None]:
+        """Inside the block, nothing the primary sends reaches its replica: a blackhole route
+        to the replica's address in the primary's lab host (network namespace). The writes the
+        primary acknowledges meanwhile are not replicated (replication is asynchronous), as
+        with a replica that lags; a failover in the block loses them. (A stopped replica
+        would not do: the kernel keeps what arrives for it, and it reads that on waking.)"""
+        primary = self._node(self.primary() or "")
+        netns = primary.address.netns
+        if netns is None:
+            raise RuntimeError("a replica is held back only when the primary runs on a lab host")
+        routes = [f"{n.address.host}/32" for n in self.nodes if n is not primary]
+        for route in routes:
+            subprocess.run(["ip", "-n", netns, "route", "add", "blackhole", route], check=True)
+        try:
+            yield
+        finally:
+            for route in routes:
+                subprocess.run(["ip", "-n", netns, "route", "del", "blackhole", route], check=False)
 
     def wait_primary(self, other_than: str, timeout: float = 30.0) -> str:
         """Wait until the Sentinels name a primary other than `other_than`; its name.
