@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import select
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,33 @@ def schema_path() -> Path:
     raise FileNotFoundError("sql/schema.sql not found beside the mqlab package")
 
 
+#: "off" for a PostgreSQL behind a pooler that cannot keep prepared statements (PgBouncer
+#: before 1.21 in transaction pooling, or without max_prepared_statements): the API and the
+#: workers then send every statement unprepared (docs/production.md measured what it costs).
+ENV_PREPARE = "MQLAB_PG_PREPARE"
+
+
+def prepare_threshold(environ: Mapping[str, str] | None = None) -> int | None:
+    """psycopg's prepare_threshold for the API's and the workers' connections: 0 (prepared
+    from the first use: they run the same few statements all their lives), or None (never)
+    when MQLAB_PG_PREPARE is off. ValueError, saying what it takes, for any other value."""
+    value = (os.environ if environ is None else environ).get(ENV_PREPARE, "on").strip().lower()
+    if value in ("on", "1", "yes", "true", ""):
+        return 0
+    if value in ("off", "0", "no", "false"):
+        return None
+    raise ValueError(f"{ENV_PREPARE} must be on or off, not {value!r}")
+
+
+def connect_options() -> dict[str, Any]:
+    """What every connection of mqlab's adds to psycopg's connect: nothing, or, when
+    MQLAB_PG_PREPARE is off, never to prepare (psycopg prepares a statement run 5 times)."""
+    return {} if prepare_threshold() is not None else {"prepare_threshold": None}
+
+
 def apply_schema(url: str) -> None:
     """Create the tables if they are missing (idempotent; safe with concurrent starters)."""
-    with psycopg.connect(url) as conn, conn.transaction():
+    with psycopg.connect(url, **connect_options()) as conn, conn.transaction():
         # An advisory lock, so two processes starting at once do not race on CREATE. Held by
         # the transaction, not the session: behind a pooler in transaction mode (PgBouncer) a
         # session lock and its unlock could go to two server connections, leaving the lock
@@ -80,7 +105,7 @@ class LazyConnection:
     a claim failed with "got no result from the query", its message dead-lettered)."""
 
     def __init__(self, url: str, **options: Any) -> None:
-        self.url, self.options = url, options
+        self.url, self.options = url, {**connect_options(), **options}
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.lock = asyncio.Lock()
 

@@ -390,12 +390,14 @@ def _reconcile_config() -> ReconcileConfig:
 
 def _host() -> str:
     """This process's host name (mqlab.system.host: MQLAB_HOST, else the machine's); a bad
-    MQLAB_HOST is said here, before anything starts."""
+    MQLAB_HOST, or a bad MQLAB_PG_PREPARE, is said here, before anything starts."""
+    from mqlab.db import prepare_threshold
     from mqlab.system.host import HostError, host_name
 
     try:
+        prepare_threshold()
         return host_name()
-    except HostError as exc:
+    except (HostError, ValueError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -42,5 +42,7 @@ async def wait_completed(
 
 async def wait_completed_at(url: str, jobs: int, timeout: float) -> bool:
     """wait_completed on a connection of its own to the PostgreSQL at `url`."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, **db.connect_options()
+    ) as conn:
         return await wait_completed(conn, jobs, timeout)

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 
+from mqlab import db
 from mqlab.experiments import Row, Suite
 from mqlab.figures.progress import Progress, ProgressHandler
 from mqlab.figures.results import RowResult, RunResult, SuiteResult
@@ -87,7 +88,7 @@ class Runner:
         client = async_client(self.settings.redis_url, decode_responses=True)
         try:
             async with await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True
+                self.settings.database_url, autocommit=True, **db.connect_options()
             ) as conn:
                 await self.check_no_foreign_workers(client)
                 for index, row in enumerate(suite.rows, 1):

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 
+from mqlab import db
 from mqlab.backend_errors import REDIS_DOWN
 from mqlab.settings import Settings
 from mqlab.system.redis_clients import async_client
@@ -27,7 +28,10 @@ async def both(
     try:
         try:
             conn = await psycopg.AsyncConnection.connect(
-                settings.database_url, autocommit=True, connect_timeout=TIMEOUT
+                settings.database_url,
+                autocommit=True,
+                **db.connect_options(),
+                connect_timeout=TIMEOUT,
             )
         except psycopg.OperationalError as exc:
             raise ConnectionError(f"PostgreSQL does not answer: {exc}") from None

@@ -27,5 +27,5 @@ def reset_all(settings: Settings, restart_ids: bool = True) -> None:
         )
     finally:
         client.close()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_url, autocommit=True, **db.connect_options()) as conn:
         db.reset_data(conn, restart_ids)

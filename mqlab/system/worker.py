@@ -148,7 +148,10 @@ class Worker:
         )
         # Prepared from the first use: a worker runs the same three statements all its life,
         # and planning them unprepared costs PostgreSQL CPU the API needs in a burst.
-        self.pg = db.LazyConnection(settings.database_url, connect_timeout=3, prepare_threshold=0)
+        # (Or never, behind a pooler that cannot keep them: db.prepare_threshold.)
+        self.pg = db.LazyConnection(
+            settings.database_url, connect_timeout=3, prepare_threshold=db.prepare_threshold()
+        )
         self.outages = Outages(self.id, self.pg, self._stop_for_now)
         config = ReconcileConfig.from_env()
         self.reconciler = Reconciler(

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import psycopg
 
+from mqlab import db
 from mqlab.experiments import POISON_PRODUCT, Row, Suite
 from mqlab.faces.tui.model import LineHandler, RowHandler
 from mqlab.figures.progress import ProgressHandler
@@ -239,7 +240,10 @@ class LiveLab:
         client = async_client(self.settings.redis_url)
         try:
             async with await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=5
+                self.settings.database_url,
+                autocommit=True,
+                **db.connect_options(),
+                connect_timeout=5,
             ) as conn:
                 replayed = await dead_letters.replay(client, conn, None)
         finally:

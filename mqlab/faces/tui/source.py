@@ -200,7 +200,7 @@ class LiveSource:
             self._pg_retry_at = now + RECONNECT_EVERY
             try:
                 self._pg = await psycopg.AsyncConnection.connect(
-                    url, autocommit=True, connect_timeout=2
+                    url, autocommit=True, **db.connect_options(), connect_timeout=2
                 )
             except psycopg.Error:
                 self._pg_up = False

@@ -142,7 +142,7 @@ def drain_phase(
             sup.stop_many([c.name for c in children])
     finally:
         client.close()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_url, autocommit=True, **db.connect_options()) as conn:
         count, span, redelivered = db.drain_figures(conn)
     return {
         "workers": workers,
@@ -167,7 +167,7 @@ def dispatch_phase(settings: Settings, sup: Supervisor, url: str, workers: int) 
         done = wait_completed(settings, accepted, timeout=30)
     finally:
         sup.stop_many([c.name for c in children])
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_url, autocommit=True, **db.connect_options()) as conn:
         times = db.dispatch_times(conn)
     dispatch = summary([start for start, _ in times], scale=1000)
     through = summary([finish for _, finish in times if finish is not None], scale=1000)

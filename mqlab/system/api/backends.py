@@ -67,7 +67,8 @@ class Backends:
             # Prepared on first use: the pool hands out its connections in turn, so with the
             # default threshold (5 runs per connection) a lab's few orders were never prepared
             # and each paid for planning the statement (single-order p50 3.2 -> 2.8 ms).
-            kwargs={"autocommit": True, "prepare_threshold": 0},
+            # (Or never, behind a pooler that cannot keep them: db.prepare_threshold.)
+            kwargs={"autocommit": True, "prepare_threshold": db.prepare_threshold()},
             configure=prepare_insert,
             timeout=POOL_TIMEOUT,
             reconnect_timeout=RECONNECT_TIMEOUT,

@@ -153,7 +153,8 @@ async def prepare_insert(conn: psycopg.AsyncConnection[object]) -> None:
     It leaves nothing behind: the INSERT runs for no orders (no sequence value taken), and
     the warm-up row is rolled back.
     """
-    await conn.execute(db.INSERT_ORDERS, _insert_params([]), prepare=True)
+    prepare = db.prepare_threshold() is not None  # none behind a pooler that cannot keep them
+    await conn.execute(db.INSERT_ORDERS, _insert_params([]), prepare=prepare)
     async with conn.transaction(force_rollback=True):
         await conn.execute(db.WARM_UP_INSERT)
 
