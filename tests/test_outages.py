@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -13,10 +14,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from mqlab import db
 from mqlab.lab.supervisor import Child, Supervisor
 from mqlab.procs import free_port
 from mqlab.protocol import keys
 from mqlab.settings import Settings
+from mqlab.system.outages import Outages, Stopped
 from mqlab.system.spec import WorkerSpec
 from mqlab.system.upkeep import requeue_orphans
 from tests.conftest import StoppableServer, counts
@@ -243,3 +246,26 @@ def test_the_first_order_after_valkey_restarts_is_accepted(
             res = c.post("/orders", json=ORDER)
             assert res.status_code == 202, (res.text, api.tail())
         assert c.get("/health").status_code == 200
+
+
+async def test_a_full_redis_is_waited_out_and_a_stop_ends_the_wait() -> None:
+    """Valkey out of memory (maxmemory, noeviction) refuses even LMOVE: a worker says so and
+    retries, as through an outage, and a stop meanwhile is a clean Stopped, not a traceback
+    (docs/production.md saw a worker die with OutOfMemoryError on SIGTERM)."""
+    stop = asyncio.Event()
+    outages = Outages("w-full", db.LazyConnection("postgresql://unused"), lambda: stop)
+    refusals = iter(range(2))
+
+    async def lmove() -> str:
+        if next(refusals, None) is not None:
+            raise redis.exceptions.OutOfMemoryError("command not allowed when used memory > ...")
+        return "moved"
+
+    assert await outages.retry("Redis", lmove) == "moved"  # after two refusals
+
+    async def always_full() -> str:
+        raise redis.exceptions.OutOfMemoryError("command not allowed when used memory > ...")
+
+    asyncio.get_running_loop().call_later(0.3, stop.set)
+    with pytest.raises(Stopped):
+        await outages.retry("Redis", always_full)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
+import redis.exceptions
 
 from mqlab import db
 from mqlab.backend_errors import BACKEND_DOWN
@@ -49,8 +50,15 @@ class Rejected(Exception):
     """PostgreSQL refused a statement about one message (its data, or its row's)."""
 
 
-#: What Outages.retry waits out.
-RETRYABLE: tuple[type[BaseException], ...] = (*BACKEND_DOWN, NotReady)
+#: What Outages.retry waits out: a backend away, not ready, or Valkey full (out of memory
+#: under maxmemory with noeviction: it refuses even BLMOVE and LMOVE until memory is freed, so
+#: a worker says so and waits, and a stop meanwhile is a clean one; docs/production.md saw a
+#: worker take nothing and say nothing, then die on SIGTERM with OutOfMemoryError).
+RETRYABLE: tuple[type[BaseException], ...] = (
+    *BACKEND_DOWN,
+    NotReady,
+    redis.exceptions.OutOfMemoryError,
+)
 
 
 def refusal(exc: psycopg.Error, what: str) -> NotReady | Rejected:

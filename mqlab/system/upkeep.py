@@ -214,8 +214,9 @@ class Upkeep:
                 if moved:
                     log.info("%s: handed %d unfinished job(s) back to the queue", w.id, moved)
                 await events.emit(w.redis, EventKind.WORKER_DOWN, worker=w.id)
-        except (TimeoutError, *BACKEND_DOWN) as exc:
-            log.warning("%s: Redis did not answer at the stop (%s): what %s holds goes back "
+        except (TimeoutError, *BACKEND_DOWN, redis.exceptions.OutOfMemoryError) as exc:
+            # Away, or full (it refuses LMOVE under maxmemory): nothing is lost either way.
+            log.warning("%s: Redis did not take the stop (%s): what %s holds goes back "
                         "to the queue once our heartbeat has expired", w.id, exc,
                         w.processing)  # fmt: skip
         await self._close()
