@@ -255,7 +255,7 @@ def api(
         limited_protocol,
     )
 
-    host_name = _host()
+    host_name = _checked_environment()
     setup_logging()
     budget = fd_budget(pool_size)
     if budget < 1 or (max_connections or 0) > budget:
@@ -308,7 +308,7 @@ def worker(redis_url: RedisUrl = None, database_url: DatabaseUrl = None, **optio
     except SpecError as exc:
         raise fail(str(exc)) from None
     _reconcile_config()  # a bad MQLAB_RECONCILE_* is said here, not as a traceback later
-    _host()  # and a bad MQLAB_HOST
+    _checked_environment()
     # Until serve() hands them to the worker's loop: applying the schema can wait on a
     # PostgreSQL that is away, and a stop then must not wait for it.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -388,9 +388,10 @@ def _reconcile_config() -> ReconcileConfig:
         raise fail(str(exc)) from None
 
 
-def _host() -> str:
-    """This process's host name (mqlab.system.host: MQLAB_HOST, else the machine's); a bad
-    MQLAB_HOST, or a bad MQLAB_PG_PREPARE, is said here, before anything starts."""
+def _checked_environment() -> str:
+    """The settings `mqlab api` and `mqlab worker` read from the environment, checked before
+    anything starts (a bad value is said, no traceback): MQLAB_PG_PREPARE, and MQLAB_HOST,
+    whose host name (else the machine's, mqlab.system.host) it returns."""
     from mqlab.db import prepare_threshold
     from mqlab.system.host import HostError, host_name
 

@@ -86,15 +86,19 @@ def latency_markdown(result: SuiteResult) -> list[str]:
     ]
 
 
+def _completed(r: RowResult) -> int:
+    """Jobs completed in the row's median run."""
+    return sum(1 for j in r.representative.jobs if j.status == "completed")
+
+
 def _per_job_ms(r: RowResult) -> float:
     """ms a job takes a worker: workers x makespan / jobs completed (median run)."""
-    done = sum(1 for j in r.representative.jobs if j.status == "completed")
+    done = _completed(r)
     return 1000 * r.row.workers * r.makespan / done if done else float("nan")
 
 
 def _latency_line(r: RowResult, zero: RowResult | None) -> str:
-    done = sum(1 for j in r.representative.jobs if j.status == "completed")
-    rate = done / r.makespan if r.makespan > 0 else 0.0
+    rate = _completed(r) / r.makespan if r.makespan > 0 else 0.0
     per_job, rtt = _per_job_ms(r), r.representative.link_rtt_ms
     trips = "-"
     if zero is not None and r.row.link_delay_ms and r.row.spec.job_seconds == 0:

@@ -218,8 +218,9 @@ def failover_timings(
     last job's end."""
     out: dict[str, float] = {}
     refused = [s.sent_at for s in shots if s.status != 202 and s.sent_at >= killed_at]
-    if again := pg_recovery(shots, max(refused, default=killed_at)):
-        out["kill -> 202s again"] = max(refused, default=killed_at) + again[0] - killed_at
+    last_refused = max(refused, default=killed_at)
+    if again := pg_recovery(shots, last_refused):
+        out["kill -> 202s again"] = last_refused + again[0] - killed_at
     ends = [a.finished_at for t in history.values() for a in t if a.finished_at is not None]
     if ends:
         out["kill -> last job"] = max(ends) - killed_at

@@ -39,6 +39,17 @@ class ChildFailed(RuntimeError):
     """A child exited or did not become ready."""
 
 
+@dataclass(frozen=True)
+class Place:
+    """A lab host a child may run on (mqlab.lab.hosts): its name (the child's MQLAB_HOST),
+    its network namespace, its address, and the servers' URLs as seen from it."""
+
+    host: str
+    netns: str
+    address: str
+    settings: Settings
+
+
 @dataclass
 class Child:
     """One process of the lab."""
@@ -46,6 +57,8 @@ class Child:
     name: str
     kind: str  # api | worker
     proc: subprocess.Popen[bytes]
+    #: The lab host it runs on (None: this machine's own network).
+    place: Place | None = None
     lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=500))
 
     @property
@@ -57,17 +70,6 @@ class Child:
 
     def tail(self, n: int = 20) -> str:
         return "\n".join(list(self.lines)[-n:])
-
-
-@dataclass(frozen=True)
-class Place:
-    """A lab host a child may run on (mqlab.lab.hosts): its name (the child's MQLAB_HOST),
-    its network namespace, its address, and the servers' URLs as seen from it."""
-
-    host: str
-    netns: str
-    address: str
-    settings: Settings
 
 
 class Supervisor(Opened["Supervisor"]):
@@ -90,7 +92,6 @@ class Supervisor(Opened["Supervisor"]):
         self.api_urls: list[str] = []
         self._lock = threading.Lock()
         self._worker_seq = 0
-        self._placed: dict[str, Place] = {}
         self._redis = sync_client(settings.redis_url, decode_responses=True)
 
     @property
@@ -118,7 +119,7 @@ class Supervisor(Opened["Supervisor"]):
             stdout=subprocess.PIPE,
             netns=place.netns if place else None,
         )
-        child = Child(name=name, kind=kind, proc=proc)
+        child = Child(name=name, kind=kind, proc=proc, place=place)
         with self._lock:
             self.children[name] = child
         threading.Thread(target=self._pump, args=(child,), daemon=True).start()
@@ -198,12 +199,8 @@ class Supervisor(Opened["Supervisor"]):
         places."""
         if not self.places:
             return None
-        live = [self._placed.get(c.name) for c in self.workers()]
+        live = [c.place for c in self.workers()]
         return min(self.places, key=lambda p: sum(1 for q in live if q == p))
-
-    def place_of(self, name: str) -> Place | None:
-        """Where a child runs (None: on this machine's own network)."""
-        return self._placed.get(name)
 
     def start_worker(self, spec: WorkerSpec = WorkerSpec(), wait: bool = True) -> Child:
         """Start a worker as `spec` says (named by next_worker_id() when it names none); with
@@ -213,8 +210,6 @@ class Supervisor(Opened["Supervisor"]):
         worker_id = spec.worker_id or self.next_worker_id(place)
         args = ["worker", *replace(spec, worker_id=worker_id).to_args()]
         child = self._spawn(worker_id, "worker", args, place)
-        if place is not None:
-            self._placed[worker_id] = place
         if wait:
             self.wait_workers_ready([worker_id])
         return child

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mqlab.procs import pid_alive
+
 #: The names a lab network gives its namespaces and links (see network.py): nothing else is
 #: touched, whatever the pipe says.
 OWN_NAME = re.compile(r"mqlab-[0-9a-z]{1,8}-[a-z0-9]{1,16}|mq(br|v)-[0-9a-z]{1,8}(-\d{1,2})?")
@@ -77,20 +79,8 @@ def kill_all(pids: list[int]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + GRACE_SECONDS
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (not yet reaped by its parent) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
 
 
 def clean(journal: Journal) -> None:

@@ -42,7 +42,7 @@ from mqlab.lab.services.replication import Address, ReplicatedValkey
 from mqlab.lab.stack import NotOurServer
 from mqlab.lab.supervisor import LineHandler, Place, Supervisor
 from mqlab.private_files import private_dir
-from mqlab.procs import free_port, spawn, wait_until
+from mqlab.procs import free_port, keep, spawn, terminate, wait_until
 from mqlab.settings import Settings
 
 #: The hosts of a replicated Valkey's primary and replica (a failover row's lab).
@@ -184,6 +184,7 @@ class HostsLab(Opened["HostsLab"]):
             argv += ["--route", route]
         log = private_dir(self.base / "log") / f"link-{host.name}.log"
         proc = spawn(argv, owned=True, netns=host.netns, log_path=log)
+        keep(proc)  # reaped by terminate() at close
         self._link_procs.append(proc)
         link = LinkControl(control)
 
@@ -234,13 +235,7 @@ class HostsLab(Opened["HostsLab"]):
             self.sup.close()
             self.sup = None
         for proc in self._link_procs:
-            proc.terminate()
-        for proc in self._link_procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            terminate(proc.pid, timeout=5)
         self._link_procs = []
         if self.valkey is not None:
             self.valkey.close()

@@ -28,10 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from mqlab.lab.environment import Opened
 from mqlab.lab.hosts.janitor import OWN_NAME, Journal, clean
+from mqlab.lab.services.listen import interface_networks
 from mqlab.procs import is_root
 
 #: The subnets a lab network takes one /24 of.
@@ -105,12 +104,7 @@ def _ip(
 
 def used_networks() -> list[ipaddress.IPv4Network]:
     """The IPv4 networks of this namespace's interfaces."""
-    nets = []
-    for addrs in psutil.net_if_addrs().values():
-        for addr in addrs:
-            if addr.family.name == "AF_INET" and addr.netmask:
-                nets.append(ipaddress.ip_network(f"{addr.address}/{addr.netmask}", strict=False))
-    return nets
+    return [net for _, net in interface_networks() if isinstance(net, ipaddress.IPv4Network)]
 
 
 def free_subnet() -> ipaddress.IPv4Network:

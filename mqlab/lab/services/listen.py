@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import psutil
 import psycopg
 import redis
+import redis.exceptions
 
-from mqlab.backend_errors import REDIS_FAILURE
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ListenError(ValueError):
@@ -63,38 +65,36 @@ def check(text: str) -> Listen:
     return Listen(str(address), str(network))
 
 
-def interface_network(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    """The network of the interface that has `address` (None: no interface has it)."""
+def interface_networks() -> list[tuple[IPAddress, IPNetwork]]:
+    """(address, the network of its interface) of every IP address of this machine's
+    interfaces, in this process's network namespace."""
+    out = []
     for addrs in psutil.net_if_addrs().values():
         for addr in addrs:
             if addr.netmask is None or addr.family.name not in ("AF_INET", "AF_INET6"):
                 continue
             try:
                 mine = ipaddress.ip_address(addr.address.split("%")[0])
-                if mine != address:
-                    continue
-                return ipaddress.ip_network(f"{mine}/{addr.netmask}", strict=False)
+                out.append((mine, ipaddress.ip_network(f"{mine}/{addr.netmask}", strict=False)))
             except ValueError:
                 continue
-    return None
+    return out
+
+
+def interface_network(address: IPAddress) -> IPNetwork | None:
+    """The network of the interface that has `address` (None: no interface has it)."""
+    return next((net for mine, net in interface_networks() if mine == address), None)
 
 
 def valkey_lets_in(address: str, port: int) -> bool:
-    """Whether Valkey on address:port runs a command for a client that gave no password."""
+    """Whether Valkey on address:port runs a command for a client that gave no password
+    (NOAUTH, or the ACL's NOPERM, say no; any other failure is no proof either way)."""
     client = redis.Redis(host=address, port=port, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.dbsize()
         return True
-    except redis.AuthenticationError:
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
         return False
-    except REDIS_FAILURE as exc:
-        # NOAUTH, or the ACL's refusal: both say "no"; anything else is no proof.
-        text = str(exc).lower()
-        if "noauth" in text or "auth" in text or "permission" in text:
-            return False
-        raise
     finally:
         client.close()
 
