@@ -15,7 +15,7 @@ from mqlab.settings import Settings
 from mqlab.system.spec import BATCH_HORIZON, DEFAULT_BATCH, SpecError, WorkerSpec
 
 SUITE = {
-    "suite": {"name": "batches-small", "job_seconds": 0.005},
+    "suite": {"name": "batches-small", "job_seconds": 0.01},
     "api": {"max_latency_ms": 1000},
     "row": [
         {"name": "kill -9 mid-batch", "orders": 400, "workers": 3, "kill_every": 0.25,
@@ -29,9 +29,11 @@ SUITE = {
 def test_kill_9_in_the_middle_of_batches_loses_nothing_and_completes_nothing_twice(
     settings: Settings, sup: Supervisor
 ) -> None:
-    """Jobs of 5 ms: each worker takes batches of up to 10 (its 50 ms), and a kill every
-    0.25 s lands in the middle of one; the reaper hands the batch back and the guarded claims
-    sort out which of its jobs were done."""
+    """Jobs of 10 ms: 400 orders in 1 s come faster than 3 workers take them (300/s), so the
+    queue stays deep and each worker holds a batch of up to 5 (its 50 ms) all along: a kill
+    every 0.25 s lands in the middle of one; the reaper hands the batch back and the guarded
+    claims sort out which of its jobs were done. (With jobs of 5 ms the workers kept up, and
+    a fresh clone saw 21 kills all land between batches: no job ran twice.)"""
     sup.start_api()
     result = asyncio.run(Runner(settings, sup).run_suite(parse(SUITE)))
     (row,) = result.rows
