@@ -148,9 +148,19 @@ def _address() -> Address:
     return Address("127.0.0.1", free_port())
 
 
+#: The tests' Sentinels wait this long before they call a node down (the lab's: 1 s). Seen
+#: once in a run of the whole suite on 2 cores: after the old primary's restart the Sentinels
+#: named it primary again. The likely cause, not proven: a PING answered late under the load
+#: started a second failover.
+TEST_DOWN_AFTER_MS = 3000
+
+
 @pytest.fixture
 def group(tmp_path: Path) -> Iterator[ReplicatedValkey]:
-    with ReplicatedValkey(tmp_path, _address(), _address(), [_address() for _ in range(3)]) as g:
+    with ReplicatedValkey(
+        tmp_path, _address(), _address(), [_address() for _ in range(3)],
+        down_after_ms=TEST_DOWN_AFTER_MS,
+    ) as g:  # fmt: skip
         yield g
 
 
